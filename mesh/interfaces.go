@@ -1,0 +1,69 @@
+package mesh
+
+import (
+	"context"
+	"net/netip"
+	"time"
+)
+
+// Source delivers the cluster's nodes to the reconciler: mesh/kube (Node
+// objects and annotations) or mesh/file (the peers file).
+type Source interface {
+	// Run starts watching and blocks until ctx is done or watching fails for
+	// good. It is called once.
+	Run(ctx context.Context) error
+	// Synced reports whether the source has delivered a complete view at
+	// least once. The reconciler never removes peers or routes before that.
+	Synced() bool
+	// Nodes returns a snapshot of all nodes, including the local one. After a
+	// lost watch it keeps returning the last known state.
+	Nodes() []Node
+	// Changes is signalled (coalesced, never blocking the sender) whenever
+	// Nodes may have changed.
+	Changes() <-chan struct{}
+	// Publish makes the local node's identity known to the other nodes
+	// (annotations on the own Node; for the peers file, a check that the
+	// file's entry agrees). It is called after start and after each key
+	// rotation, and must be idempotent.
+	Publish(ctx context.Context, self Self) error
+	// Report surfaces the current problems (Events, logs), rate-limited by
+	// the source; called after every reconcile with the full list.
+	Report(problems []Problem)
+}
+
+// Self is what the local agent publishes about itself.
+type Self struct {
+	Name      string
+	PublicKey Key
+	Endpoint  netip.AddrPort // zero: let the source choose (e.g. InternalIP)
+	Backend   Backend
+}
+
+// Device configures the local WireGuard interface. device.Device satisfies it.
+type Device interface {
+	// Configure makes the interface's WireGuard state equal cfg, touching only
+	// what differs: unchanged peers keep their sessions.
+	Configure(ctx context.Context, cfg DeviceConfig) error
+}
+
+// Router programs the routing table, policy rules, interface addresses and
+// ingress filter from a Desired. routing.Router satisfies it.
+type Router interface {
+	// Apply makes the OS state equal d, adding before deleting, and returns
+	// every failure joined (it converges as far as it can).
+	Apply(ctx context.Context, d Desired) error
+}
+
+// Result is the outcome of one reconcile, for status and metrics.
+type Result struct {
+	Time     time.Time
+	Duration time.Duration
+	Desired  Desired
+	// Err is nil when both device and router applied cleanly.
+	Err error
+}
+
+// StatusSink receives every reconcile result (metrics, readiness).
+type StatusSink interface {
+	Observe(Result)
+}

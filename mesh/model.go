@@ -1,0 +1,182 @@
+// Package mesh is the pure core of wgmesh: the data model (Node, Peer, Route,
+// Problem, Desired), the Derive function that turns a set of Nodes into the
+// desired WireGuard and routing state, the key store, and the reconcile loop
+// that drives the outside world through the small interfaces declared here.
+//
+// Package mesh never imports client-go, netlink, wgctrl or nftables; a test
+// enforces it. The sources (mesh/kube, mesh/file), the device and the router
+// satisfy the interfaces in this package and cmd/wgmesh plugs them together.
+package mesh
+
+import (
+	"net/netip"
+	"time"
+)
+
+// Backend names the WireGuard implementation behind a node's interface.
+type Backend string
+
+const (
+	// BackendKernel is the in-kernel WireGuard module driven over netlink.
+	BackendKernel Backend = "kernel"
+	// BackendUserspace is wireguard-go running inside the agent on a TUN device.
+	BackendUserspace Backend = "userspace"
+)
+
+// Node is one member of the cluster as a source sees it: a Kubernetes Node or
+// an entry of the peers file. Sources fill only what they could parse; what
+// they could not parse is described in Problems so Derive can report it.
+type Node struct {
+	Name   string
+	Labels map[string]string
+	// PublicKey is the node's WireGuard public key; the zero Key means no
+	// agent has published one (yet).
+	PublicKey Key
+	// Endpoint is where the node's agent listens; the zero value means none
+	// was published.
+	Endpoint netip.AddrPort
+	// PodCIDRs are the prefixes this node routes for.
+	PodCIDRs []netip.Prefix
+	// HostIPs are the node's own addresses (InternalIP); used with host
+	// encryption.
+	HostIPs []netip.Addr
+	// Backend is what the node's agent reported it runs (informational).
+	Backend Backend
+	// Problems are defects the source found while reading this node, such as
+	// a malformed key annotation. A node with an InvalidKey or InvalidEndpoint
+	// problem is treated as keyless (or endpoint-less) by Derive.
+	Problems []Problem
+}
+
+// Peer is one WireGuard peer the local interface must have.
+type Peer struct {
+	Node       string
+	PublicKey  Key
+	Endpoint   netip.AddrPort
+	AllowedIPs []netip.Prefix // sorted, masked
+	// Keepalive is the persistent keepalive interval; 0 disables it.
+	Keepalive time.Duration
+}
+
+// RouteKind says what the routing table does with a destination.
+type RouteKind int
+
+const (
+	// ViaTunnel sends the destination into the WireGuard interface.
+	ViaTunnel RouteKind = iota + 1
+	// Throw ends the lookup in the wgmesh table so the main table decides
+	// (plaintext; used for own CIDRs, unmanaged nodes and, when allowed,
+	// keyless nodes).
+	Throw
+	// Unreachable drops the packet with an ICMP error: the strict answer for
+	// a node that cannot be reached encrypted.
+	Unreachable
+)
+
+func (k RouteKind) String() string {
+	switch k {
+	case ViaTunnel:
+		return "tunnel"
+	case Throw:
+		return "throw"
+	case Unreachable:
+		return "unreachable"
+	}
+	return "unknown"
+}
+
+// Route is one entry of the wgmesh routing table.
+type Route struct {
+	Dst  netip.Prefix
+	Kind RouteKind
+	// Node is the node this route exists for ("" for routes that belong to no
+	// single node, such as the API server's addresses).
+	Node string
+}
+
+// Reason classifies a Problem.
+type Reason string
+
+const (
+	ReasonInvalidKey        Reason = "InvalidKey"
+	ReasonNoKey             Reason = "NoKey"
+	ReasonDuplicateKey      Reason = "DuplicateKey"
+	ReasonInvalidEndpoint   Reason = "InvalidEndpoint"
+	ReasonNoEndpoint        Reason = "NoEndpoint"
+	ReasonDuplicateEndpoint Reason = "DuplicateEndpoint"
+	ReasonInvalidCIDR       Reason = "InvalidCIDR"
+	ReasonCIDROverlap       Reason = "CIDROverlap"
+	ReasonOwnCIDROverlap    Reason = "OwnCIDROverlap"
+	ReasonUnmanaged         Reason = "Unmanaged"
+	ReasonSelfMissing       Reason = "SelfMissing"
+	ReasonSelfKeyMismatch   Reason = "SelfKeyMismatch"
+)
+
+// Problem is something wrong with one node's input. Problems are reported
+// (logs, Events, metrics); they never stop the rest of the mesh.
+type Problem struct {
+	Node   string
+	Reason Reason
+	Detail string
+}
+
+// Desired is everything the local node's data plane must look like. Every
+// slice is sorted so two Derive calls on the same input are deep-equal.
+type Desired struct {
+	// Peers sorted by Node.
+	Peers []Peer
+	// Routes for the wgmesh table, sorted by Dst (address, then bits).
+	Routes []Route
+	// Addresses are the tunnel addresses of the local interface, one per
+	// enabled family, as single-address prefixes (/32, /128).
+	Addresses []netip.Prefix
+	// StrictSources are remote pod prefixes whose packets must only ever
+	// arrive through the tunnel; the router drops them on any other
+	// interface.
+	StrictSources []netip.Prefix
+	// Unencrypted names the nodes whose pod traffic is not encrypted
+	// (unmanaged, or keyless with AllowUnencrypted), sorted.
+	Unencrypted []string
+	// Problems sorted by Node, then Reason.
+	Problems []Problem
+}
+
+// TunnelAddressMode says how the local interface's address is chosen.
+type TunnelAddressMode string
+
+const (
+	// TunnelAddressFirst takes the first address of each own pod CIDR.
+	TunnelAddressFirst TunnelAddressMode = "first"
+	// TunnelAddressNone puts no address on the interface.
+	TunnelAddressNone TunnelAddressMode = "none"
+	// TunnelAddressFixed uses Options.TunnelAddrs.
+	TunnelAddressFixed TunnelAddressMode = "fixed"
+)
+
+// Options steer Derive.
+type Options struct {
+	IPv4, IPv6       bool
+	HostEncryption   bool
+	AllowUnencrypted bool
+	Keepalive        time.Duration
+	// Unmanaged reports whether a node is outside the mesh (e.g. matches the
+	// --unmanaged-nodes label selector). nil means no node is unmanaged.
+	Unmanaged func(labels map[string]string) bool
+	// TunnelAddress picks the interface address; "" means TunnelAddressFirst.
+	TunnelAddress TunnelAddressMode
+	TunnelAddrs   []netip.Addr
+	// KeepOutside are addresses that must never be routed into the tunnel
+	// with host encryption on (the Kubernetes API server); they get Throw
+	// routes. Peers' endpoint addresses are always kept outside.
+	KeepOutside []netip.Addr
+}
+
+// DeviceConfig is the complete WireGuard configuration of the local interface.
+type DeviceConfig struct {
+	PrivateKey Key
+	ListenPort int
+	// FwMark is set on the device's UDP socket so encrypted packets skip the
+	// wgmesh routing table.
+	FwMark uint32
+	Peers  []Peer
+}
