@@ -1,0 +1,217 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Addressing of the two-host lab. The underlay is inside 198.18.0.0/15 (the
+// benchmarking range) and the inner addresses inside the pod range
+// 10.244.0.0/16, so no packet can leave the namespaces the harness created.
+const (
+	underlayA = "198.19.77.1"
+	underlayB = "198.19.77.2"
+	innerA    = "10.244.201.1"
+	innerB    = "10.244.202.1"
+	podCIDRA  = "10.244.201.0/24"
+	podCIDRB  = "10.244.202.0/24"
+	wgPort    = 51820
+	// tunnelMTU is the inner MTU every tunnel gets: 1500-byte veth minus the
+	// 60 bytes of IPv4+UDP+WireGuard overhead, what wg-quick would choose.
+	tunnelMTU = 1440
+)
+
+// lab is two network namespaces joined by a veth pair.
+type lab struct {
+	id     string
+	nsA    string
+	nsB    string
+	dir    string
+	procs  []*exec.Cmd
+	pinned bool
+}
+
+func newLab(pinned bool) (*lab, error) {
+	b := make([]byte, 3)
+	if _, err := rand.Read(b); err != nil {
+		return nil, err
+	}
+	id := hex.EncodeToString(b)
+	dir, err := os.MkdirTemp("", "wgmesh-bench-")
+	if err != nil {
+		return nil, err
+	}
+	l := &lab{id: id, nsA: "wgbench-a-" + id, nsB: "wgbench-b-" + id, dir: dir, pinned: pinned}
+	steps := [][]string{
+		{"ip", "netns", "add", l.nsA},
+		{"ip", "netns", "add", l.nsB},
+		{"ip", "link", "add", "wbv-a-" + id, "netns", l.nsA, "type", "veth", "peer", "name", "wbv-b-" + id, "netns", l.nsB},
+		{"ip", "-n", l.nsA, "addr", "add", underlayA + "/24", "dev", "wbv-a-" + id},
+		{"ip", "-n", l.nsB, "addr", "add", underlayB + "/24", "dev", "wbv-b-" + id},
+		{"ip", "-n", l.nsA, "link", "set", "lo", "up"},
+		{"ip", "-n", l.nsB, "link", "set", "lo", "up"},
+		{"ip", "-n", l.nsA, "link", "set", "wbv-a-" + id, "up"},
+		{"ip", "-n", l.nsB, "link", "set", "wbv-b-" + id, "up"},
+	}
+	for _, s := range steps {
+		if err := run(s...); err != nil {
+			l.close()
+			return nil, err
+		}
+	}
+	return l, nil
+}
+
+// close kills what the lab started and removes its namespaces; safe twice.
+func (l *lab) close() {
+	for _, c := range l.procs {
+		if c.Process != nil {
+			_ = c.Process.Kill()
+			_, _ = c.Process.Wait()
+		}
+	}
+	l.procs = nil
+	for _, ns := range []string{l.nsA, l.nsB} {
+		// Tunnel interfaces may be persistent TUN devices; delete every
+		// non-loopback link before the namespace so nothing outlives it.
+		out, _ := exec.Command("ip", "-n", ns, "-o", "link", "show").Output()
+		for _, line := range strings.Split(string(out), "\n") {
+			f := strings.Fields(line)
+			if len(f) < 2 {
+				continue
+			}
+			name := strings.TrimSuffix(strings.SplitN(f[1], "@", 2)[0], ":")
+			if name != "lo" {
+				_ = exec.Command("ip", "-n", ns, "link", "del", name).Run()
+			}
+		}
+		_ = exec.Command("ip", "netns", "del", ns).Run()
+	}
+	for _, name := range l.sockets() {
+		_ = os.Remove(name)
+	}
+	_ = os.RemoveAll(l.dir)
+}
+
+func (l *lab) sockets() []string {
+	var s []string
+	for _, ifc := range []string{l.ifName("a"), l.ifName("b")} {
+		s = append(s, "/var/run/wireguard/"+ifc+".sock")
+	}
+	return s
+}
+
+// ifName is the tunnel interface of a side; unique across labs because the
+// UAPI socket directory is shared by every namespace.
+func (l *lab) ifName(side string) string { return "wgb" + side + "-" + l.id }
+
+func (l *lab) ns(side string) string {
+	if side == "a" {
+		return l.nsA
+	}
+	return l.nsB
+}
+
+// cpu is the core a side's processes are pinned to in pinned mode.
+func (l *lab) cpu(side string) string {
+	if side == "a" {
+		return "0"
+	}
+	return "1"
+}
+
+// command builds a command run inside a side's namespace, pinned to that
+// side's core in pinned mode.
+func (l *lab) command(ctx context.Context, side string, env []string, args ...string) *exec.Cmd {
+	full := []string{"netns", "exec", l.ns(side)}
+	if l.pinned {
+		full = append(full, "taskset", "-c", l.cpu(side))
+	}
+	full = append(full, args...)
+	c := exec.CommandContext(ctx, "ip", full...)
+	c.Env = append(os.Environ(), env...)
+	return c
+}
+
+// start runs a long-lived process in a side; its output goes to a log file.
+func (l *lab) start(side string, env []string, args ...string) (*exec.Cmd, error) {
+	c := l.command(context.Background(), side, env, args...)
+	logf, err := os.Create(fmt.Sprintf("%s/%s-%d.log", l.dir, side, len(l.procs)))
+	if err != nil {
+		return nil, err
+	}
+	c.Stdout, c.Stderr = logf, logf
+	if err := c.Start(); err != nil {
+		return nil, fmt.Errorf("start %v in %s: %w", args, l.ns(side), err)
+	}
+	l.procs = append(l.procs, c)
+	return c, nil
+}
+
+// waitPing waits until side a reaches addr through whatever tunnel is up.
+func (l *lab) waitPing(addr string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		err := exec.Command("ip", "netns", "exec", l.nsA, "ping", "-c", "1", "-W", "1", addr).Run()
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("no reply from %s within %s: tunnel did not come up (logs in %s)", addr, timeout, l.dir)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+func run(args ...string) error {
+	out, err := exec.Command(args[0], args[1:]...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("%s: %w: %s", strings.Join(args, " "), err, bytes.TrimSpace(out))
+	}
+	return nil
+}
+
+func output(ctx context.Context, args ...string) (string, error) {
+	var stderr bytes.Buffer
+	c := exec.CommandContext(ctx, args[0], args[1:]...)
+	c.Stderr = &stderr
+	out, err := c.Output()
+	if err != nil {
+		return string(out), fmt.Errorf("%s: %w: %s", strings.Join(args, " "), err, bytes.TrimSpace(stderr.Bytes()))
+	}
+	return string(out), nil
+}
+
+// cpuSeconds is user+system CPU time of a process and all its threads, from
+// /proc/<pid>/stat (fields 14 and 15, in clock ticks of 1/100 s on Linux).
+func cpuSeconds(pid int) (float64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	s := string(b)
+	// The command name (field 2) may contain spaces; fields restart after ')'.
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("unexpected /proc/%d/stat", pid)
+	}
+	f := strings.Fields(s[i+1:])
+	if len(f) < 13 {
+		return 0, fmt.Errorf("short /proc/%d/stat", pid)
+	}
+	ut, err1 := strconv.ParseFloat(f[11], 64)
+	st, err2 := strconv.ParseFloat(f[12], 64)
+	if err1 != nil || err2 != nil {
+		return 0, fmt.Errorf("parse /proc/%d/stat", pid)
+	}
+	const clockTicks = 100 // USER_HZ on every Linux architecture Go supports here
+	return (ut + st) / clockTicks, nil
+}

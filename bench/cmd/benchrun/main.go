@@ -1,0 +1,216 @@
+// Command benchrun is the throughput comparison harness behind `make bench`.
+//
+// It joins two network namespaces with a veth pair and measures one TCP
+// stream (iperf3) through each competitor in turn, interleaved round by round
+// so that the noise of a shared machine hits every competitor alike:
+//
+//	B0 plain veth (the ceiling)
+//	B1 Debian's wireguard-go (the class of userspace peer other meshes ship)
+//	B2 upstream wireguard-go, built from the exact module version in go.mod
+//	B3 the wgmesh agent (userspace backend, offloads on)
+//	B4 the wgmesh agent with offloads off
+//
+// It also measures the ChaCha20-Poly1305 bound of this machine, runs the Go
+// benchmarks of ./bench, and writes everything as Markdown. A competitor that
+// is not installed is reported as skipped, never estimated.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"log"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strings"
+	"time"
+)
+
+func ctxBG() context.Context { return context.Background() }
+
+type sample struct {
+	gbps       float64
+	cpuPerGB   float64 // tunnel CPU-seconds per GB moved; 0 when no tunnel process
+	hasCPU     bool
+	bytesMoved float64
+}
+
+type result struct {
+	b       backend
+	pinned  bool
+	samples []sample
+	errs    []string
+}
+
+func main() {
+	wgmesh := flag.String("wgmesh", "bin/wgmesh", "path of the wgmesh binary")
+	out := flag.String("out", "bench/RESULTS.md", "where to write the Markdown report")
+	duration := flag.Duration("duration", 8*time.Second, "length of each iperf3 run")
+	rounds := flag.Int("rounds", 3, "interleaved rounds per competitor (median of these)")
+	pinned := flag.Bool("pinned", true, "also run with each namespace's processes pinned to one core")
+	goBench := flag.Bool("go-bench", true, "run the Go benchmarks of ./bench as well")
+	flag.Parse()
+	log.SetFlags(0)
+
+	report := &strings.Builder{}
+	var results []*result
+	cryptoGbps := chachaBound(2 * time.Second)
+
+	if os.Geteuid() != 0 {
+		log.Printf("not root: the namespace throughput comparison is skipped (Go benchmarks still run)")
+	} else if _, err := exec.LookPath("iperf3"); err != nil {
+		log.Printf("iperf3 not installed: the throughput comparison is skipped")
+	} else {
+		upstream, err := buildUpstream()
+		backends := []backend{
+			plainBackend(),
+			wireguardGoBackend("B1", "Debian wireguard-go", "/usr/bin/wireguard-go"),
+		}
+		if err != nil {
+			backends = append(backends, backend{ID: "B2", Name: "upstream wireguard-go", skip: err.Error()})
+		} else {
+			backends = append(backends, wireguardGoBackend("B2", "upstream wireguard-go "+wireguardVersion(), upstream))
+		}
+		backends = append(backends,
+			wgmeshBackend("B3", "wgmesh agent (userspace, offloads on)", *wgmesh),
+			wgmeshBackend("B4", "wgmesh agent (userspace, offloads off)", *wgmesh, "--offloads=false"))
+		modes := []bool{false}
+		if *pinned && runtime.NumCPU() >= 2 {
+			modes = append(modes, true)
+		}
+		for _, pin := range modes {
+			var rs []*result
+			for _, b := range backends {
+				rs = append(rs, &result{b: b, pinned: pin})
+			}
+			for r := 0; r < *rounds; r++ {
+				for _, res := range rs {
+					if res.b.skip != "" {
+						continue
+					}
+					s, err := measure(res.b, pin, *duration)
+					if err != nil {
+						log.Printf("%s round %d: %v", res.b.ID, r+1, err)
+						res.errs = append(res.errs, err.Error())
+						continue
+					}
+					log.Printf("%s pinned=%v round %d: %.2f Gbit/s", res.b.ID, pin, r+1, s.gbps)
+					res.samples = append(res.samples, s)
+				}
+			}
+			results = append(results, rs...)
+		}
+	}
+
+	var goBenchOut string
+	if *goBench {
+		o, err := output(ctxBG(), "go", "test", "-run", "^$", "-bench", ".", "-benchmem", "-count", "1", "./bench/")
+		if err != nil {
+			log.Printf("go benchmarks: %v", err)
+		}
+		goBenchOut = o
+	}
+
+	writeReport(report, results, cryptoGbps, goBenchOut, *duration, *rounds)
+	if err := os.MkdirAll(filepath.Dir(*out), 0o755); err != nil {
+		log.Fatal(err)
+	}
+	if err := os.WriteFile(*out, []byte(report.String()), 0o644); err != nil {
+		log.Fatal(err)
+	}
+	fmt.Print(report.String())
+}
+
+// measure sets up a fresh lab for one competitor, runs one iperf3 stream and
+// tears the lab down again.
+func measure(b backend, pinned bool, d time.Duration) (sample, error) {
+	l, err := newLab(pinned)
+	if err != nil {
+		return sample{}, err
+	}
+	defer l.close()
+	target, pids, err := b.setup(l)
+	if err != nil {
+		return sample{}, err
+	}
+	if _, err := l.start("b", nil, "iperf3", "-s", "-1", "-B", target); err != nil {
+		return sample{}, err
+	}
+	time.Sleep(300 * time.Millisecond)
+	before := totalCPU(pids)
+	ctx, cancel := context.WithTimeout(context.Background(), d+30*time.Second)
+	defer cancel()
+	c := l.command(ctx, "a", nil, "iperf3", "-c", target, "-t", fmt.Sprint(int(d.Seconds())), "-O", "1", "-J")
+	raw, err := c.Output()
+	if err != nil {
+		return sample{}, fmt.Errorf("iperf3 client: %w (%s)", err, strings.TrimSpace(string(raw)))
+	}
+	after := totalCPU(pids)
+	var res struct {
+		End struct {
+			SumReceived struct {
+				Bytes         float64 `json:"bytes"`
+				BitsPerSecond float64 `json:"bits_per_second"`
+			} `json:"sum_received"`
+		} `json:"end"`
+		Error string `json:"error"`
+	}
+	if err := json.Unmarshal(raw, &res); err != nil {
+		return sample{}, fmt.Errorf("iperf3 output: %w", err)
+	}
+	if res.Error != "" {
+		return sample{}, fmt.Errorf("iperf3: %s", res.Error)
+	}
+	s := sample{gbps: res.End.SumReceived.BitsPerSecond / 1e9, bytesMoved: res.End.SumReceived.Bytes}
+	if len(pids) > 0 && s.bytesMoved > 0 {
+		s.hasCPU = true
+		s.cpuPerGB = (after - before) / (s.bytesMoved / 1e9)
+	}
+	return s, nil
+}
+
+func totalCPU(pids []int) float64 {
+	var t float64
+	for _, p := range pids {
+		s, err := cpuSeconds(p)
+		if err == nil {
+			t += s
+		}
+	}
+	return t
+}
+
+// buildUpstream builds wireguard-go's own main package at the exact version
+// our go.mod requires, so B2 and B3 differ only in what wgmesh adds.
+func buildUpstream() (string, error) {
+	dir, err := os.MkdirTemp("", "wgmesh-upstream-")
+	if err != nil {
+		return "", err
+	}
+	bin := filepath.Join(dir, "wireguard-go")
+	if _, err := output(ctxBG(), "go", "build", "-o", bin, "golang.zx2c4.com/wireguard"); err != nil {
+		return "", fmt.Errorf("build upstream wireguard-go: %w", err)
+	}
+	return bin, nil
+}
+
+func wireguardVersion() string {
+	v, err := output(ctxBG(), "go", "list", "-m", "-f", "{{.Version}}", "golang.zx2c4.com/wireguard")
+	if err != nil {
+		return "?"
+	}
+	return strings.TrimSpace(v)
+}
+
+func stats(xs []float64) (min, med, max float64) {
+	if len(xs) == 0 {
+		return 0, 0, 0
+	}
+	s := append([]float64(nil), xs...)
+	sort.Float64s(s)
+	return s[0], s[len(s)/2], s[len(s)-1]
+}

@@ -1,0 +1,144 @@
+package main
+
+import (
+	"crypto/rand"
+	"fmt"
+	"os/exec"
+	"runtime"
+	"strings"
+	"time"
+
+	"golang.org/x/crypto/chacha20poly1305"
+)
+
+// chachaBound measures single-core ChaCha20-Poly1305 seal+open throughput on
+// 1420-byte payloads (a full WireGuard packet at the default MTU) — the work
+// every userspace implementation must do per packet, so no tunnel on this
+// core can exceed it.
+func chachaBound(d time.Duration) float64 {
+	key := make([]byte, chacha20poly1305.KeySize)
+	_, _ = rand.Read(key)
+	aead, err := chacha20poly1305.New(key)
+	if err != nil {
+		return 0
+	}
+	const size = 1420
+	plain := make([]byte, size)
+	buf := make([]byte, 0, size+aead.Overhead())
+	nonce := make([]byte, aead.NonceSize())
+	var n int
+	start := time.Now()
+	for time.Since(start) < d {
+		for i := 0; i < 256; i++ {
+			sealed := aead.Seal(buf[:0], nonce, plain, nil)
+			if _, err := aead.Open(plain[:0], nonce, sealed, nil); err != nil {
+				return 0
+			}
+			n++
+		}
+	}
+	return float64(n) * size * 8 / time.Since(start).Seconds() / 1e9
+}
+
+func median(r *result) float64 {
+	var g []float64
+	for _, s := range r.samples {
+		g = append(g, s.gbps)
+	}
+	_, m, _ := stats(g)
+	return m
+}
+
+func medianCPU(r *result) (float64, bool) {
+	var c []float64
+	for _, s := range r.samples {
+		if s.hasCPU {
+			c = append(c, s.cpuPerGB)
+		}
+	}
+	if len(c) == 0 {
+		return 0, false
+	}
+	_, m, _ := stats(c)
+	return m, true
+}
+
+func writeReport(w *strings.Builder, results []*result, cryptoGbps float64, goBench string, d time.Duration, rounds int) {
+	host, _ := exec.Command("uname", "-srm").Output()
+	cpu, _ := exec.Command("sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2").Output()
+	fmt.Fprintf(w, "# wgmesh benchmark results\n\n")
+	fmt.Fprintf(w, "Reproduce with `make bench` (as root; needs iperf3, wireguard-tools, wireguard-go).\n\n")
+	fmt.Fprintf(w, "- date: %s\n- machine: %s, %d cores, %s\n- go: %s\n- wireguard-go module: %s\n- run: one TCP stream (iperf3) for %s, %d interleaved rounds per competitor; figures are min / median / max\n\n",
+		time.Now().UTC().Format(time.RFC3339), strings.TrimSpace(string(host)), runtime.NumCPU(), strings.TrimSpace(string(cpu)),
+		runtime.Version(), wireguardVersion(), d, rounds)
+	fmt.Fprintf(w, "ChaCha20-Poly1305 seal+open bound, one core, 1420-byte packets: **%.2f Gbit/s**\n\n", cryptoGbps)
+	if len(results) == 0 {
+		fmt.Fprintf(w, "Throughput comparison: skipped (needs root and iperf3).\n\n")
+	}
+	for _, pinned := range []bool{false, true} {
+		var rs []*result
+		for _, r := range results {
+			if r.pinned == pinned {
+				rs = append(rs, r)
+			}
+		}
+		if len(rs) == 0 {
+			continue
+		}
+		mode := "unpinned (scheduler decides)"
+		if pinned {
+			mode = "pinned (each namespace's processes on one core)"
+		}
+		fmt.Fprintf(w, "## Throughput, %s\n\n", mode)
+		fmt.Fprintf(w, "| id | competitor | Gbit/s min | median | max | tunnel CPU-s/GB (median) | note |\n|---|---|---|---|---|---|---|\n")
+		byID := map[string]*result{}
+		for _, r := range rs {
+			byID[r.b.ID] = r
+			if r.b.skip != "" {
+				fmt.Fprintf(w, "| %s | %s | – | – | – | – | skipped: %s |\n", r.b.ID, r.b.Name, r.b.skip)
+				continue
+			}
+			var g []float64
+			for _, s := range r.samples {
+				g = append(g, s.gbps)
+			}
+			lo, med, hi := stats(g)
+			cpuCol := "–"
+			if c, ok := medianCPU(r); ok {
+				cpuCol = fmt.Sprintf("%.2f", c)
+			}
+			note := fmt.Sprintf("%d/%d rounds ok", len(r.samples), len(r.samples)+len(r.errs))
+			if len(r.errs) > 0 {
+				note += "; first error: " + strings.ReplaceAll(r.errs[0], "|", "/")
+			}
+			fmt.Fprintf(w, "| %s | %s | %.2f | %.2f | %.2f | %s | %s |\n", r.b.ID, r.b.Name, lo, med, hi, cpuCol, note)
+		}
+		fmt.Fprintf(w, "\nRatios of medians:\n\n")
+		ratio := func(a, b string) {
+			ra, rb := byID[a], byID[b]
+			if ra == nil || rb == nil || len(ra.samples) == 0 || len(rb.samples) == 0 {
+				fmt.Fprintf(w, "- %s/%s: n/a (a competitor was skipped or failed)\n", a, b)
+				return
+			}
+			fmt.Fprintf(w, "- %s/%s = %.2f\n", a, b, median(ra)/median(rb))
+		}
+		ratio("B3", "B2")
+		ratio("B3", "B1")
+		ratio("B3", "B0")
+		ratio("B3", "B4")
+		if r3, r2 := byID["B3"], byID["B2"]; r3 != nil && r2 != nil {
+			c3, ok3 := medianCPU(r3)
+			c2, ok2 := medianCPU(r2)
+			if ok3 && ok2 && c2 > 0 {
+				fmt.Fprintf(w, "- CPU-s/GB B3/B2 = %.2f (target ≤ 1)\n", c3/c2)
+			}
+		}
+		if r3 := byID["B3"]; r3 != nil && len(r3.samples) > 0 && cryptoGbps > 0 {
+			fmt.Fprintf(w, "- B3 / one-core ChaCha20-Poly1305 bound = %.2f\n", median(r3)/cryptoGbps)
+		}
+		fmt.Fprintln(w)
+	}
+	if goBench != "" {
+		fmt.Fprintf(w, "## Go benchmarks (`go test -run '^$' -bench . -benchmem ./bench/`)\n\n```\n%s```\n", goBench)
+	}
+}
