@@ -1,0 +1,706 @@
+package mesh
+
+import (
+	"cmp"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+)
+
+// Reasons Derive reports in addition to those declared with Problem. Sources
+// never produce them: Kubernetes names are unique and non-empty, and the
+// peers file parser rejects such files, but Derive must stay total for any
+// input.
+const (
+	// ReasonInvalidName marks a node without a name: it cannot be told apart
+	// from the others in peers, routes, metrics and events.
+	ReasonInvalidName Reason = "InvalidName"
+	// ReasonDuplicateName marks nodes that share a name; none of them is
+	// programmed because no output could say which one a peer is.
+	ReasonDuplicateName Reason = "DuplicateName"
+)
+
+// maxNamesInDetail bounds how many other node names a Problem's Detail lists,
+// so a key copied onto thousands of nodes does not make megabyte-long events.
+const maxNamesInDetail = 3
+
+// Derive computes the desired data plane of the local node self from every
+// node of the cluster. It is deterministic (every output slice is sorted and
+// prefixes are masked, so the order of nodes does not matter) and total: bad
+// input never panics, it becomes a Problem and the node, or the claim, is left
+// out.
+//
+// The local node is recognised by name: every entry of nodes named self.Name
+// is the local node (its pod CIDRs, host IPs and endpoints are merged with
+// self's); its key is the caller's business. If no entry has that name,
+// Derive reports SelfMissing and still derives the peers.
+//
+// Every other node is exactly one of:
+//   - a peer: managed, with a usable key and endpoint, in conflict with no
+//     other node. Its claims (pod CIDRs of the enabled families, and with
+//     HostEncryption its host IPs as /32 or /128) become its AllowedIPs and
+//     ViaTunnel routes; its pod CIDRs become StrictSources.
+//   - unmanaged (Options.Unmanaged matches its labels, key or not): its pod
+//     CIDRs get Throw routes, it is listed in Unencrypted and reported.
+//   - left out because of a Problem (NoKey, InvalidKey, NoEndpoint,
+//     InvalidEndpoint, DuplicateKey including the local node's key,
+//     DuplicateEndpoint, InvalidName, DuplicateName): in strict mode its pod
+//     CIDRs get Unreachable routes and are StrictSources; with
+//     AllowUnencrypted they get Throw routes and the node is listed in
+//     Unencrypted.
+//
+// Claims are checked independently of the node's standing:
+//   - a claim that overlaps one of another node's (equal, containing or
+//     contained) is contested: neither claim is programmed, only the contested
+//     prefixes — the nodes' other claims still are. A contested pod CIDR gets
+//     an Unreachable route (Throw with AllowUnencrypted) owned by no node, so
+//     its traffic goes to neither claimant; contested host IPs get no route.
+//   - a claim that overlaps the local node's own pod CIDRs (or, with
+//     HostEncryption, own host IPs) is reported as OwnCIDROverlap and gets no
+//     route at all: own traffic must stay local.
+//   - a pod CIDR that contains an endpoint address (any node's) or a
+//     KeepOutside address is reported as CIDROverlap and gets no route, so
+//     the agent always reaches its peers and the API server outside the
+//     tunnel. A host IP equal to such an address is simply not a claim: with
+//     HostEncryption the usual node address that is also its endpoint stays
+//     outside the tunnel, with a Throw route.
+//
+// Host IPs of nodes that are not peers get no routes: the promise of strict
+// mode covers pod traffic only, and a host without an agent must stay
+// reachable. A disabled address family is ignored entirely: its pod CIDRs,
+// host IPs, tunnel addresses and keep-outside routes are not considered.
+// Problems carried in Node.Problems are copied to the output.
+func Derive(self Node, nodes []Node, o Options) Desired {
+	d := &deriver{o: o, selfName: self.Name, selfKey: self.PublicKey}
+	d.collectSelf(self, nodes)
+	d.collectOthers(nodes)
+	d.findConflicts()
+	d.collectKeepOutside()
+	d.collectClaims()
+	d.checkOwnAndKeepOutside()
+	d.sweepOverlaps()
+	return d.build()
+}
+
+// deriver holds the intermediate state of one Derive call.
+type deriver struct {
+	o        Options
+	selfName string
+	selfKey  Key
+
+	selfFound     bool
+	ownPods       []netip.Prefix
+	ownHosts      []netip.Addr
+	selfEndpoints []netip.AddrPort
+
+	cands []candidate
+	// own are the local node's claims, sorted and pairwise disjoint.
+	own []claim
+	// claims are every other node's claims; claim.owner indexes cands.
+	claims []claim
+	// keep are the addresses that never go through the tunnel, sorted.
+	keep []keepOut
+
+	problems []Problem
+}
+
+// candidate is a node other than the local one.
+type candidate struct {
+	node *Node
+	// endpoint is the node's endpoint with the address unmapped, valid only
+	// if endpointOK.
+	endpoint   netip.AddrPort
+	keyOK      bool
+	endpointOK bool
+	unmanaged  bool
+	// blocked says the node is managed but cannot be a peer (a Problem says
+	// why).
+	blocked bool
+}
+
+// isPeer reports whether c is programmed as a WireGuard peer.
+func (c *candidate) isPeer() bool { return !c.unmanaged && !c.blocked }
+
+// claim is one prefix a node asks to have routed to it.
+type claim struct {
+	prefix netip.Prefix
+	owner  int // index into deriver.cands; -1 for the local node
+	host   bool
+	// contested: overlaps another node's claim.
+	contested bool
+	// dropped: overlaps an own claim or contains a keep-outside address; no
+	// route at all.
+	dropped bool
+}
+
+// keepOut is an address that must stay outside the tunnel.
+type keepOut struct {
+	addr netip.Addr
+	// cand indexes deriver.cands for another node's endpoint; it is
+	// keepSelf or keepOption otherwise.
+	cand int
+	what string // for Problem details
+}
+
+const (
+	keepSelf   = -1 // the local node's endpoint
+	keepOption = -2 // Options.KeepOutside
+)
+
+func (d *deriver) problem(node string, r Reason, format string, args ...any) {
+	d.problems = append(d.problems, Problem{Node: node, Reason: r, Detail: fmt.Sprintf(format, args...)})
+}
+
+// copyProblems carries a source's problems into the output, naming the node
+// when the source left it out.
+func (d *deriver) copyProblems(n *Node) {
+	for _, p := range n.Problems {
+		if p.Node == "" {
+			p.Node = n.Name
+		}
+		d.problems = append(d.problems, p)
+	}
+}
+
+// familyEnabled reports whether a's family is switched on; a must be unmapped.
+func (d *deriver) familyEnabled(a netip.Addr) bool {
+	if a.Is4() {
+		return d.o.IPv4
+	}
+	return a.Is6() && d.o.IPv6
+}
+
+// consequence says what happens to a left-out node's pod traffic.
+func (d *deriver) consequence() string {
+	if d.o.AllowUnencrypted {
+		return "its pod traffic is sent unencrypted (allow-unencrypted)"
+	}
+	return "its pod CIDRs are unreachable until this is fixed (strict mode)"
+}
+
+func (d *deriver) collectSelf(self Node, nodes []Node) {
+	d.ownPods = append(d.ownPods, self.PodCIDRs...)
+	d.ownHosts = append(d.ownHosts, self.HostIPs...)
+	d.selfEndpoints = append(d.selfEndpoints, self.Endpoint)
+	d.copyProblems(&self)
+	for i := range nodes {
+		n := &nodes[i]
+		if n.Name != d.selfName {
+			continue
+		}
+		d.selfFound = true
+		d.ownPods = append(d.ownPods, n.PodCIDRs...)
+		d.ownHosts = append(d.ownHosts, n.HostIPs...)
+		d.selfEndpoints = append(d.selfEndpoints, n.Endpoint)
+		d.copyProblems(n)
+	}
+	if !d.selfFound {
+		d.problem(d.selfName, ReasonSelfMissing,
+			"the local node %q is not in the node list; peers are derived without its entry", d.selfName)
+	}
+}
+
+// hasReason reports whether the source already reported r for n.
+func hasReason(n *Node, r Reason) bool {
+	return slices.ContainsFunc(n.Problems, func(p Problem) bool { return p.Reason == r })
+}
+
+// usableEndpointAddr reports whether a can be a node's address on the
+// underlay.
+func usableEndpointAddr(a netip.Addr) bool {
+	return a.IsValid() && !a.IsUnspecified() && !a.IsMulticast()
+}
+
+func (d *deriver) collectOthers(nodes []Node) {
+	for i := range nodes {
+		n := &nodes[i]
+		if n.Name == d.selfName {
+			continue
+		}
+		d.copyProblems(n)
+		c := candidate{node: n}
+		if n.Name == "" {
+			d.problem("", ReasonInvalidName, "a node has no name; not programmed, %s", d.consequence())
+			c.blocked = true
+		}
+		c.endpoint = netip.AddrPortFrom(n.Endpoint.Addr().Unmap(), n.Endpoint.Port())
+		if d.o.Unmanaged != nil && d.o.Unmanaged(n.Labels) {
+			c.unmanaged = true
+			d.problem(n.Name, ReasonUnmanaged,
+				"node matches the unmanaged-nodes selector: it is outside the mesh and its pod traffic is not encrypted")
+			d.cands = append(d.cands, c)
+			continue
+		}
+		switch {
+		case hasReason(n, ReasonInvalidKey):
+			// The source reported why; the key field holds nothing usable.
+		case n.PublicKey.IsZero():
+			d.problem(n.Name, ReasonNoKey, "node has published no WireGuard public key (is the agent running?); %s", d.consequence())
+		default:
+			c.keyOK = true
+		}
+		ep := n.Endpoint
+		switch {
+		case hasReason(n, ReasonInvalidEndpoint):
+		case !ep.Addr().IsValid():
+			d.problem(n.Name, ReasonNoEndpoint, "node has published no WireGuard endpoint; %s", d.consequence())
+		case !usableEndpointAddr(ep.Addr()):
+			d.problem(n.Name, ReasonInvalidEndpoint, "endpoint %s is not a unicast address; %s", ep, d.consequence())
+		case ep.Port() == 0:
+			d.problem(n.Name, ReasonInvalidEndpoint, "endpoint %s has port 0; %s", ep, d.consequence())
+		default:
+			c.endpointOK = true
+		}
+		if !c.keyOK || !c.endpointOK {
+			c.blocked = true
+		}
+		d.cands = append(d.cands, c)
+	}
+}
+
+// findConflicts blocks managed nodes that share a name, a key (with each
+// other or with the local node) or an endpoint. Every member of a conflict is
+// blocked and reported: Derive cannot know which one is genuine.
+func (d *deriver) findConflicts() {
+	var managed []int
+	for i := range d.cands {
+		if !d.cands[i].unmanaged {
+			managed = append(managed, i)
+		}
+	}
+	name := func(i int) string { return d.cands[i].node.Name }
+
+	d.groups(managed, func(i int) bool { return name(i) != "" },
+		func(a, b int) int { return strings.Compare(name(a), name(b)) },
+		func(i int, others string) {
+			d.problem(name(i), ReasonDuplicateName, "another node has the same name (%s); none of them is programmed, %s", others, d.consequence())
+		})
+	d.groups(managed, func(i int) bool { return d.cands[i].keyOK },
+		func(a, b int) int { return slices.Compare(d.cands[a].node.PublicKey[:], d.cands[b].node.PublicKey[:]) },
+		func(i int, others string) {
+			d.problem(name(i), ReasonDuplicateKey, "public key is also published by %s; none of them is programmed, %s", others, d.consequence())
+		})
+	d.groups(managed, func(i int) bool { return d.cands[i].endpointOK },
+		func(a, b int) int { return d.cands[a].endpoint.Compare(d.cands[b].endpoint) },
+		func(i int, others string) {
+			d.problem(name(i), ReasonDuplicateEndpoint, "endpoint %s is also published by %s; none of them is programmed, %s", d.cands[i].endpoint, others, d.consequence())
+		})
+
+	// Only the self argument's key is the local key: entries of the list
+	// named like the local node may be stale, and the sources check them.
+	for _, i := range managed {
+		c := &d.cands[i]
+		if c.keyOK && !d.selfKey.IsZero() && c.node.PublicKey == d.selfKey {
+			c.blocked = true
+			d.problem(name(i), ReasonDuplicateKey, "node publishes the public key of the local node %q; not programmed, %s", d.selfName, d.consequence())
+		}
+	}
+}
+
+// groups sorts the members of idx that pass keep by cmpFn and calls report
+// for every member of each group of equal ones, blocking them.
+func (d *deriver) groups(idx []int, keep func(int) bool, cmpFn func(a, b int) int, report func(i int, others string)) {
+	var s []int
+	for _, i := range idx {
+		if keep(i) {
+			s = append(s, i)
+		}
+	}
+	slices.SortFunc(s, func(a, b int) int {
+		return cmp.Or(cmpFn(a, b), strings.Compare(d.cands[a].node.Name, d.cands[b].node.Name))
+	})
+	for start := 0; start < len(s); {
+		end := start + 1
+		for end < len(s) && cmpFn(s[start], s[end]) == 0 {
+			end++
+		}
+		if end-start > 1 {
+			group := s[start:end]
+			for k, i := range group {
+				d.cands[i].blocked = true
+				report(i, d.otherNames(group, k))
+			}
+		}
+		start = end
+	}
+}
+
+// otherNames lists the names of group except its k-th member, sorted (group
+// is sorted by name within equal keys), at most maxNamesInDetail of them.
+func (d *deriver) otherNames(group []int, k int) string {
+	var names []string
+	for j, i := range group {
+		if j != k {
+			names = append(names, fmt.Sprintf("%q", d.cands[i].node.Name))
+		}
+	}
+	if len(names) > maxNamesInDetail {
+		more := len(names) - maxNamesInDetail
+		names = append(names[:maxNamesInDetail:maxNamesInDetail], fmt.Sprintf("%d more", more))
+	}
+	return "node " + strings.Join(names, ", ")
+}
+
+func (d *deriver) collectKeepOutside() {
+	for i := range d.cands {
+		c := &d.cands[i]
+		if a := c.endpoint.Addr(); usableEndpointAddr(a) {
+			d.keep = append(d.keep, keepOut{addr: a, cand: i, what: fmt.Sprintf("the endpoint address of node %q", c.node.Name)})
+		}
+	}
+	for _, ep := range d.selfEndpoints {
+		if a := ep.Addr().Unmap(); usableEndpointAddr(a) {
+			d.keep = append(d.keep, keepOut{addr: a, cand: keepSelf, what: "the local node's endpoint address"})
+		}
+	}
+	for _, a := range d.o.KeepOutside {
+		if a = a.Unmap().WithZone(""); a.IsValid() {
+			d.keep = append(d.keep, keepOut{addr: a, cand: keepOption, what: "a keep-outside address (API server)"})
+		}
+	}
+	slices.SortFunc(d.keep, func(a, b keepOut) int {
+		// what names the node, so this order does not depend on the input's.
+		return cmp.Or(a.addr.Compare(b.addr), strings.Compare(a.what, b.what))
+	})
+}
+
+// isKept reports whether a is a keep-outside address.
+func (d *deriver) isKept(a netip.Addr) bool {
+	_, ok := slices.BinarySearchFunc(d.keep, a, func(k keepOut, a netip.Addr) int { return k.addr.Compare(a) })
+	return ok
+}
+
+// keptIn returns the first keep-outside address inside p.
+func (d *deriver) keptIn(p netip.Prefix) (keepOut, bool) {
+	i, _ := slices.BinarySearchFunc(d.keep, p.Addr(), func(k keepOut, a netip.Addr) int { return k.addr.Compare(a) })
+	if i < len(d.keep) && p.Contains(d.keep[i].addr) {
+		return d.keep[i], true
+	}
+	return keepOut{}, false
+}
+
+func (d *deriver) collectClaims() {
+	d.own = d.nodeClaims(-1, d.selfName, d.ownPods, d.ownHosts)
+	for i := range d.cands {
+		n := d.cands[i].node
+		d.claims = append(d.claims, d.nodeClaims(i, n.Name, n.PodCIDRs, n.HostIPs)...)
+	}
+}
+
+// nodeClaims validates one node's pod CIDRs and host IPs and returns its
+// claims sorted, with claims inside another claim of the same node removed,
+// so a node's claims are pairwise disjoint.
+func (d *deriver) nodeClaims(owner int, name string, pods []netip.Prefix, hosts []netip.Addr) []claim {
+	var cs []claim
+	for _, p := range pods {
+		switch {
+		case !p.IsValid():
+			d.problem(name, ReasonInvalidCIDR, "pod CIDR %q is not a valid prefix; ignored", p.String())
+			continue
+		case p.Addr().Is4In6():
+			d.problem(name, ReasonInvalidCIDR, "pod CIDR %s is an IPv4-mapped IPv6 prefix; ignored (use the IPv4 form)", p)
+			continue
+		case p.Bits() == 0:
+			d.problem(name, ReasonInvalidCIDR, "pod CIDR %s covers a whole address family; ignored", p)
+			continue
+		}
+		p = p.Masked()
+		if d.familyEnabled(p.Addr()) {
+			cs = append(cs, claim{prefix: p, owner: owner})
+		}
+	}
+	if d.o.HostEncryption {
+		for _, a := range hosts {
+			a = a.Unmap().WithZone("")
+			if !usableEndpointAddr(a) {
+				d.problem(name, ReasonInvalidCIDR, "host IP %q is not a unicast address; ignored", a.String())
+				continue
+			}
+			// A peer's endpoint (usually its host IP) and the API server stay
+			// outside the tunnel so the agent can always reach them.
+			if !d.familyEnabled(a) || (owner >= 0 && d.isKept(a)) {
+				continue
+			}
+			cs = append(cs, claim{prefix: netip.PrefixFrom(a, a.BitLen()), owner: owner, host: true})
+		}
+	}
+	slices.SortFunc(cs, func(a, b claim) int {
+		return cmp.Or(comparePrefix(a.prefix, b.prefix), compareBool(a.host, b.host))
+	})
+	out := cs[:0]
+	for _, c := range cs {
+		// Sorted by start address, shorter first: c is inside an earlier
+		// claim only if it is inside the last one kept.
+		if len(out) > 0 && out[len(out)-1].prefix.Contains(c.prefix.Addr()) {
+			continue
+		}
+		out = append(out, c)
+	}
+	return out
+}
+
+// ownOverlap returns an own claim overlapping p. Own claims are sorted and
+// pairwise disjoint, so the only candidates are the last one starting at or
+// before p (which may contain p) and the first one starting at or after p
+// (which p may contain).
+func (d *deriver) ownOverlap(p netip.Prefix) (claim, bool) {
+	i, found := slices.BinarySearchFunc(d.own, p.Addr(), func(c claim, a netip.Addr) int { return c.prefix.Addr().Compare(a) })
+	if found {
+		return d.own[i], true
+	}
+	if i > 0 && d.own[i-1].prefix.Contains(p.Addr()) {
+		return d.own[i-1], true
+	}
+	if i < len(d.own) && p.Contains(d.own[i].prefix.Addr()) {
+		return d.own[i], true
+	}
+	return claim{}, false
+}
+
+func (d *deriver) checkOwnAndKeepOutside() {
+	for i := range d.claims {
+		c := &d.claims[i]
+		name := d.cands[c.owner].node.Name
+		if o, ok := d.ownOverlap(c.prefix); ok {
+			c.dropped = true
+			d.problem(name, ReasonOwnCIDROverlap, "%s overlaps the local node's %s; not programmed", describe(*c), describe(o))
+			continue
+		}
+		if c.host {
+			continue
+		}
+		if k, ok := d.keptIn(c.prefix); ok {
+			c.dropped = true
+			d.problem(name, ReasonCIDROverlap, "%s contains %s %s; not programmed, so that address stays outside the tunnel", describe(*c), k.what, k.addr)
+		}
+	}
+}
+
+// sweepOverlaps marks every claim that overlaps another node's claim as
+// contested in O(n log n): in a list sorted by start address, shorter prefix
+// first, two prefixes overlap only if one contains the other, so a stack of
+// nested prefixes finds every overlap. Claims of one node are disjoint, so
+// every overlap found is between two nodes.
+func (d *deriver) sweepOverlaps() {
+	order := make([]int, len(d.claims))
+	for i := range order {
+		order[i] = i
+	}
+	slices.SortFunc(order, func(a, b int) int {
+		ca, cb := &d.claims[a], &d.claims[b]
+		return cmp.Or(comparePrefix(ca.prefix, cb.prefix),
+			strings.Compare(d.cands[ca.owner].node.Name, d.cands[cb.owner].node.Name),
+			compareBool(ca.host, cb.host))
+	})
+	// partner remembers one overlapping claim per claim for the Problem.
+	partner := make([]int, len(d.claims))
+	var stack []int
+	for _, i := range order {
+		c := &d.claims[i]
+		for len(stack) > 0 && !d.claims[stack[len(stack)-1]].prefix.Contains(c.prefix.Addr()) {
+			stack = stack[:len(stack)-1]
+		}
+		if len(stack) > 0 {
+			// Every claim below the top is already contested: it was when
+			// the second claim was pushed onto it.
+			top := stack[len(stack)-1]
+			c.contested = true
+			partner[i] = top
+			if !d.claims[top].contested {
+				partner[top] = i
+			}
+			d.claims[top].contested = true
+		}
+		stack = append(stack, i)
+	}
+	for _, i := range order {
+		c := d.claims[i]
+		if !c.contested {
+			continue
+		}
+		o := d.claims[partner[i]]
+		d.problem(d.cands[c.owner].node.Name, ReasonCIDROverlap, "%s overlaps %s of node %q; neither claim is programmed",
+			describe(c), describe(o), d.cands[o.owner].node.Name)
+	}
+}
+
+// describe names a claim for a Problem detail.
+func describe(c claim) string {
+	if c.host {
+		return "host IP " + c.prefix.Addr().String()
+	}
+	return "pod CIDR " + c.prefix.String()
+}
+
+// route precedence when two routes have the same destination: the local
+// node's and keep-outside Throw routes win, so own and control traffic is
+// never diverted.
+const (
+	precOwn = iota
+	precKeepOutside
+	precOther
+)
+
+type rankedRoute struct {
+	Route
+	prec int
+}
+
+func (d *deriver) build() Desired {
+	var out Desired
+	var routes []rankedRoute
+	add := func(p netip.Prefix, k RouteKind, node string, prec int) {
+		routes = append(routes, rankedRoute{Route{Dst: p, Kind: k, Node: node}, prec})
+	}
+	// fallback is the route for pod CIDRs that cannot be encrypted.
+	fallback := Unreachable
+	if d.o.AllowUnencrypted {
+		fallback = Throw
+	}
+
+	for _, c := range d.own {
+		if !c.host {
+			add(c.prefix, Throw, d.selfName, precOwn)
+		}
+	}
+
+	allowed := make([][]netip.Prefix, len(d.cands))
+	for _, c := range d.claims {
+		cand := &d.cands[c.owner]
+		name := cand.node.Name
+		switch {
+		case c.dropped:
+		case c.contested:
+			if !c.host {
+				add(c.prefix, fallback, "", precOther)
+				if fallback == Unreachable {
+					out.StrictSources = append(out.StrictSources, c.prefix)
+				}
+			}
+		case cand.isPeer():
+			allowed[c.owner] = append(allowed[c.owner], c.prefix)
+			add(c.prefix, ViaTunnel, name, precOther)
+			if !c.host {
+				out.StrictSources = append(out.StrictSources, c.prefix)
+			}
+		case c.host:
+			// Hosts that are not peers stay reachable in plaintext.
+		case cand.unmanaged:
+			add(c.prefix, Throw, name, precOther)
+		default:
+			add(c.prefix, fallback, name, precOther)
+			if fallback == Unreachable {
+				out.StrictSources = append(out.StrictSources, c.prefix)
+			}
+		}
+	}
+
+	keepalive := max(d.o.Keepalive, 0)
+	for i := range d.cands {
+		c := &d.cands[i]
+		switch {
+		case c.isPeer():
+			ips := allowed[i]
+			slices.SortFunc(ips, comparePrefix)
+			out.Peers = append(out.Peers, Peer{
+				Node:       c.node.Name,
+				PublicKey:  c.node.PublicKey,
+				Endpoint:   c.endpoint,
+				AllowedIPs: ips,
+				Keepalive:  keepalive,
+			})
+		case c.unmanaged || d.o.AllowUnencrypted:
+			out.Unencrypted = append(out.Unencrypted, c.node.Name)
+		}
+	}
+
+	if d.o.HostEncryption {
+		// Peers' endpoints and the API server must be reached outside the
+		// tunnel even when a host IP or a wider claim would cover them.
+		for _, k := range d.keep {
+			if !d.familyEnabled(k.addr) {
+				continue
+			}
+			dst := netip.PrefixFrom(k.addr, k.addr.BitLen())
+			switch {
+			case k.cand == keepOption:
+				add(dst, Throw, "", precKeepOutside)
+			case k.cand >= 0 && d.cands[k.cand].isPeer():
+				add(dst, Throw, d.cands[k.cand].node.Name, precKeepOutside)
+			}
+		}
+	}
+
+	slices.SortFunc(routes, func(a, b rankedRoute) int {
+		return cmp.Or(comparePrefix(a.Dst, b.Dst), cmp.Compare(a.prec, b.prec), cmp.Compare(a.Kind, b.Kind), strings.Compare(a.Node, b.Node))
+	})
+	for i, r := range routes {
+		if i > 0 && routes[i-1].Dst == r.Dst {
+			continue
+		}
+		out.Routes = append(out.Routes, r.Route)
+	}
+
+	out.Addresses = d.addresses()
+
+	slices.SortFunc(out.Peers, func(a, b Peer) int {
+		return cmp.Or(strings.Compare(a.Node, b.Node), slices.Compare(a.PublicKey[:], b.PublicKey[:]), a.Endpoint.Compare(b.Endpoint))
+	})
+	slices.SortFunc(out.StrictSources, comparePrefix)
+	out.StrictSources = slices.Compact(out.StrictSources)
+	slices.Sort(out.Unencrypted)
+	out.Unencrypted = slices.Compact(out.Unencrypted)
+	slices.SortFunc(d.problems, func(a, b Problem) int {
+		return cmp.Or(strings.Compare(a.Node, b.Node), strings.Compare(string(a.Reason), string(b.Reason)), strings.Compare(a.Detail, b.Detail))
+	})
+	out.Problems = slices.Compact(d.problems)
+	return out
+}
+
+// addresses picks the tunnel addresses of the local interface.
+func (d *deriver) addresses() []netip.Prefix {
+	var addrs []netip.Prefix
+	switch d.o.TunnelAddress {
+	case TunnelAddressNone:
+		return nil
+	case TunnelAddressFixed:
+		for _, a := range d.o.TunnelAddrs {
+			a = a.Unmap().WithZone("")
+			if a.IsValid() && d.familyEnabled(a) {
+				addrs = append(addrs, netip.PrefixFrom(a, a.BitLen()))
+			}
+		}
+	default:
+		// One address per family, from the lowest own pod CIDR of that
+		// family: tunnel routes use it as their preferred source.
+		var have4, have6 bool
+		for _, c := range d.own {
+			a := c.prefix.Addr()
+			if c.host || (a.Is4() && have4) || (a.Is6() && have6) {
+				continue
+			}
+			have4 = have4 || a.Is4()
+			have6 = have6 || a.Is6()
+			addrs = append(addrs, netip.PrefixFrom(a, a.BitLen()))
+		}
+	}
+	slices.SortFunc(addrs, comparePrefix)
+	return slices.Compact(addrs)
+}
+
+// comparePrefix orders prefixes by address, then by length, as
+// Desired.Routes promises.
+func comparePrefix(a, b netip.Prefix) int {
+	return cmp.Or(a.Addr().Compare(b.Addr()), cmp.Compare(a.Bits(), b.Bits()))
+}
+
+func compareBool(a, b bool) int {
+	switch {
+	case a == b:
+		return 0
+	case !a:
+		return -1
+	}
+	return 1
+}
