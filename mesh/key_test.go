@@ -73,7 +73,7 @@ func TestParseKeyErrors(t *testing.T) {
 		"",
 		"short",
 		strings.Repeat("A", 43) + "!",
-		strings.Repeat("A", 44),                      // 33 bytes worth of characters, no padding
+		strings.Repeat("A", 44), // 33 bytes worth of characters, no padding
 		"2POeogxgDFSEvluf+v1KS9HLiyiJeMeIpVL9Wcho7H5=", // non-canonical trailing bits
 		" 2POeogxgDFSEvluf+v1KS9HLiyiJeMeIpVL9Wcho7H4",
 		"2POeogxgDFSEvluf-v1KS9HLiyiJeMeIpVL9Wcho7H4=", // URL alphabet
