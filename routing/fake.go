@@ -1,0 +1,467 @@
+package routing
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/wgmesh/wgmesh/mesh"
+)
+
+// Fake is a Router over an in-memory host. It runs the same observe, plan
+// and ownership logic as the kernel Router and differs only in where ops
+// land, so what its Render shows is what the kernel would hold.
+//
+// A new Fake's host has lo, an underlay eth0 (MTU 1500, 198.18.0.1/15 and
+// 2001:db8::1/64 with default routes through it), the tunnel interface with
+// MTU 1420 and a link-local address, the kernel's default rules and src_valid_mark=0.
+// Tests may change it with SetLink, RemoveLink, Delete and Fail.
+type Fake struct {
+	r   *router
+	sys *fakeHost
+}
+
+var _ Router = (*Fake)(nil)
+
+// NewFake returns a Fake for o. Invalid options make every Apply fail.
+func NewFake(o Options) *Fake {
+	h := newFakeHost(o.Interface)
+	return &Fake{r: newRouter(o, fakeView{h, o}), sys: h}
+}
+
+// Apply implements Router.
+func (f *Fake) Apply(ctx context.Context, d mesh.Desired) error { return f.r.Apply(ctx, d) }
+
+// Cleanup implements Router.
+func (f *Fake) Cleanup(ctx context.Context) error { return f.r.Cleanup(ctx) }
+
+// Status implements Router.
+func (f *Fake) Status() Status { return f.r.Status() }
+
+// Render returns the whole in-memory host, ours and foreign entries alike,
+// as sorted `ip`, `sysctl` and `nft` command lines.
+func (f *Fake) Render() string {
+	f.sys.mu.Lock()
+	defer f.sys.mu.Unlock()
+	return f.sys.render()
+}
+
+// SetLink creates the interface name or changes its MTU.
+func (f *Fake) SetLink(name string, mtu int) {
+	f.sys.mu.Lock()
+	defer f.sys.mu.Unlock()
+	for i := range f.sys.links {
+		if f.sys.links[i].Name == name {
+			f.sys.links[i].MTU = mtu
+			return
+		}
+	}
+	f.sys.links = append(f.sys.links, link{Name: name, MTU: mtu})
+}
+
+// RemoveLink deletes the interface name with its addresses and the routes
+// through it, as the kernel does.
+func (f *Fake) RemoveLink(name string) {
+	f.sys.mu.Lock()
+	defer f.sys.mu.Unlock()
+	f.sys.links = slices.DeleteFunc(f.sys.links, func(l link) bool { return l.Name == name })
+	f.sys.routes = slices.DeleteFunc(f.sys.routes, func(r route) bool { return r.Dev == name })
+}
+
+// Delete removes the entry that Render shows as line, as an operator
+// deleting it by hand would. "nft add element ..." empties that set. It
+// reports whether something matched.
+func (f *Fake) Delete(line string) bool {
+	f.sys.mu.Lock()
+	defer f.sys.mu.Unlock()
+	s := f.sys
+	n := len(s.rules) + len(s.routes)
+	s.rules = slices.DeleteFunc(s.rules, func(r rule) bool { return r.String() == line })
+	s.routes = slices.DeleteFunc(s.routes, func(r route) bool { return r.String() == line })
+	if len(s.rules)+len(s.routes) != n {
+		return true
+	}
+	for i, l := range s.links {
+		for j, a := range l.Addrs {
+			if addrLine(a, l.Name) == line {
+				s.links[i].Addrs = slices.Delete(l.Addrs, j, j+1)
+				return true
+			}
+		}
+	}
+	if s.filter == nil {
+		return false
+	}
+	lines := s.filter.lines()
+	switch i := slices.Index(lines, line); {
+	case i < 0:
+		return false
+	case i == 0:
+		s.filter = nil
+	case strings.HasPrefix(line, "nft add chain"):
+		// Deleting a chain takes its rules with it.
+		s.filter.Chain, s.filter.Rules = false, nil
+	case strings.HasPrefix(line, "nft add counter"):
+		s.filter.Counter = false
+	case strings.HasPrefix(line, "nft add rule"):
+		s.filter.Rules = slices.DeleteFunc(s.filter.Rules, func(r string) bool { return strings.HasSuffix(line, r) })
+	case strings.HasPrefix(line, "nft add element"):
+		for j := range s.filter.Sets {
+			if strings.HasPrefix(line, fmt.Sprintf("nft add element inet %s %s ", NFTTable, s.filter.Sets[j].Name)) {
+				s.filter.Sets[j].Ranges = nil
+			}
+		}
+	default:
+		return false
+	}
+	return true
+}
+
+// Fail makes every op whose command line (as in error messages, e.g.
+// "ip route replace 10.244.2.0/24 dev wgmesh0 ...") contains match fail
+// with err; a nil err removes the failure.
+func (f *Fake) Fail(match string, err error) {
+	f.sys.mu.Lock()
+	defer f.sys.mu.Unlock()
+	if err == nil {
+		delete(f.sys.fail, match)
+		return
+	}
+	f.sys.fail[match] = err
+}
+
+// Lookup resolves dst for a packet carrying mark the way the kernel's
+// policy routing would: rules by priority, longest prefix in each table,
+// throw continues with the next rule. It returns the matching route as `ip
+// route` shows it, or "" when nothing matches. Rules with a source selector
+// and the local table are not modelled.
+func (f *Fake) Lookup(dst netip.Addr, mark uint32) string {
+	f.sys.mu.Lock()
+	defer f.sys.mu.Unlock()
+	fam := familyOf(dst)
+	for _, ru := range sortedRules(f.sys.rules) {
+		if ru.Family != fam || ru.From.IsValid() || ru.Table == unix.RT_TABLE_LOCAL {
+			continue
+		}
+		if (mark&ru.Mask == ru.Mark) == ru.Invert {
+			continue
+		}
+		var best *route
+		for i, rt := range f.sys.routes {
+			if rt.Table != ru.Table || !rt.Dst.Contains(dst) {
+				continue
+			}
+			if best == nil || rt.Dst.Bits() > best.Dst.Bits() || (rt.Dst.Bits() == best.Dst.Bits() && rt.Metric < best.Metric) {
+				best = &f.sys.routes[i]
+			}
+		}
+		if best == nil || best.Type == typeThrow {
+			continue
+		}
+		return best.spec()
+	}
+	return ""
+}
+
+// Inject offers the strict ingress filter a packet from src arriving on
+// interface iif and reports whether it was dropped (and counted).
+func (f *Fake) Inject(src netip.Addr, iif string) bool {
+	f.sys.mu.Lock()
+	defer f.sys.mu.Unlock()
+	flt := f.sys.filter
+	if flt == nil || !flt.Chain {
+		return false
+	}
+	src = src.Unmap()
+	fam := familyOf(src)
+	for _, r := range flt.Rules {
+		iface, ok := ruleIface(r, fam)
+		if !ok || iface == iif {
+			continue
+		}
+		for _, s := range flt.Sets {
+			if s.Name != nftSetName(fam) {
+				continue
+			}
+			for _, rg := range s.Ranges {
+				if rg.From.Compare(src) <= 0 && src.Compare(rg.To) <= 0 {
+					if flt.Counter {
+						f.sys.drops++
+					}
+					return true
+				}
+			}
+		}
+	}
+	return false
+}
+
+// ruleIface extracts the tunnel interface from a rule signature of family f.
+func ruleIface(sig string, f family) (string, bool) {
+	prefix := nftRuleSig(f, "")
+	prefix = prefix[:strings.Index(prefix, `""`)]
+	if !strings.HasPrefix(sig, prefix) {
+		return "", false
+	}
+	q, err := strconv.QuotedPrefix(sig[len(prefix):])
+	if err != nil {
+		return "", false
+	}
+	name, err := strconv.Unquote(q)
+	return name, err == nil && sig == nftRuleSig(f, name)
+}
+
+// fakeHost is the in-memory host behind a Fake. Several routers (with
+// different options) may share one host, as successive agent runs do.
+type fakeHost struct {
+	mu sync.Mutex
+
+	links        []link
+	rules        []rule
+	routes       []route
+	srcValidMark bool
+	filter       *filter
+	// foreignNFT are other software's nftables lines, rendered untouched.
+	foreignNFT []string
+	drops      uint64
+	fail       map[string]error
+}
+
+// newFakeHost returns the host a new Fake starts with; iface is the tunnel
+// interface, "" for none.
+func newFakeHost(iface string) *fakeHost {
+	mp := netip.MustParsePrefix
+	ma := netip.MustParseAddr
+	s := &fakeHost{fail: map[string]error{}}
+	s.links = []link{
+		{Name: "lo", MTU: 65536, Addrs: []netip.Prefix{mp("127.0.0.1/8"), mp("::1/128")}},
+		{Name: "eth0", MTU: 1500, Addrs: []netip.Prefix{mp("198.18.0.1/15"), mp("2001:db8::1/64")}},
+	}
+	if iface != "" {
+		s.links = append(s.links, link{Name: iface, MTU: 1420, Addrs: []netip.Prefix{mp("fe80::1/64")}})
+	}
+	for _, f := range []family{v4, v6} {
+		s.rules = append(s.rules,
+			rule{Family: f, Priority: 0, Table: unix.RT_TABLE_LOCAL, Protocol: unix.RTPROT_KERNEL},
+			rule{Family: f, Priority: 32766, Table: unix.RT_TABLE_MAIN, Protocol: unix.RTPROT_KERNEL})
+	}
+	s.rules = append(s.rules, rule{Family: v4, Priority: 32767, Table: unix.RT_TABLE_DEFAULT, Protocol: unix.RTPROT_KERNEL})
+	s.routes = []route{
+		{Table: unix.RT_TABLE_MAIN, Dst: mp("0.0.0.0/0"), Type: typeUnicast, Gw: ma("198.18.0.254"), Dev: "eth0", Protocol: unix.RTPROT_STATIC},
+		{Table: unix.RT_TABLE_MAIN, Dst: mp("198.18.0.0/15"), Type: typeUnicast, Dev: "eth0", Src: ma("198.18.0.1"), Protocol: unix.RTPROT_KERNEL},
+		{Table: unix.RT_TABLE_MAIN, Dst: mp("::/0"), Type: typeUnicast, Gw: ma("2001:db8::fffe"), Dev: "eth0", Protocol: unix.RTPROT_STATIC, Metric: 1024},
+		{Table: unix.RT_TABLE_MAIN, Dst: mp("2001:db8::/64"), Type: typeUnicast, Dev: "eth0", Protocol: unix.RTPROT_KERNEL, Metric: 256},
+	}
+	return s
+}
+
+// fakeView is a fakeHost seen by a router with options o: the system the
+// router drives.
+type fakeView struct {
+	h *fakeHost
+	o Options
+}
+
+var _ system = fakeView{}
+
+func (v fakeView) observe(ctx context.Context) (observed, error) { return v.h.observe(v.o), nil }
+func (v fakeView) do(ctx context.Context, o op) error            { return v.h.do(o) }
+func (v fakeView) dropped() (uint64, error)                      { return v.h.dropped(), nil }
+
+// observe applies the same ownership predicates as the kernel system.
+func (s *fakeHost) observe(o Options) observed {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var w observed
+	for _, l := range s.links {
+		w.Links = append(w.Links, link{Name: l.Name, MTU: l.MTU, Addrs: slices.Clone(l.Addrs)})
+		if l.Name == o.Interface {
+			w.Ours.LinkMTU = l.MTU
+			for _, a := range l.Addrs {
+				if ownsAddr(a) {
+					w.Ours.Addrs = append(w.Ours.Addrs, a)
+				}
+			}
+		}
+	}
+	for _, r := range s.routes {
+		if r.Table == unix.RT_TABLE_MAIN && r.Dst.Bits() == 0 {
+			w.Defaults = append(w.Defaults, r)
+		}
+		if ownsRoute(r) {
+			w.Ours.Routes = append(w.Ours.Routes, r)
+		}
+	}
+	for _, r := range s.rules {
+		if o.ownsRule(r) {
+			w.Ours.Rules = append(w.Ours.Rules, r)
+		}
+	}
+	w.Ours.SrcValidMark = s.srcValidMark
+	w.Ours.Filter = s.filter.clone()
+	return w
+}
+
+func (f *filter) clone() *filter {
+	if f == nil {
+		return nil
+	}
+	g := *f
+	g.Rules = slices.Clone(f.Rules)
+	g.Sets = slices.Clone(f.Sets)
+	for i := range g.Sets {
+		g.Sets[i].Ranges = slices.Clone(g.Sets[i].Ranges)
+	}
+	return &g
+}
+
+// Errors the fake returns where the kernel would fail.
+var (
+	errFakeNoDevice = errors.New("no such device")
+	errFakePrefsrc  = errors.New("invalid prefsrc address")
+	errFakeNoSet    = errors.New("no such set")
+)
+
+func (s *fakeHost) do(o op) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	line := o.String()
+	for match, err := range s.fail {
+		if strings.Contains(line, match) {
+			return err
+		}
+	}
+	switch o.kind {
+	case opSysctl:
+		s.srcValidMark = true
+	case opSetMTU:
+		l := s.link(o.iface)
+		if l == nil {
+			return errFakeNoDevice
+		}
+		l.MTU = o.mtu
+	case opAddAddr:
+		l := s.link(o.iface)
+		if l == nil {
+			return errFakeNoDevice
+		}
+		if !slices.Contains(l.Addrs, o.addr) {
+			l.Addrs = append(l.Addrs, o.addr)
+		}
+	case opDelAddr:
+		if l := s.link(o.iface); l != nil {
+			l.Addrs = slices.DeleteFunc(l.Addrs, func(a netip.Prefix) bool { return a == o.addr })
+		}
+	case opReplaceRoute:
+		r := o.route
+		if r.Type == typeUnicast {
+			if s.link(r.Dev) == nil {
+				return errFakeNoDevice
+			}
+			if r.Src.IsValid() && !s.hasAddr(r.Src) {
+				return errFakePrefsrc
+			}
+		}
+		s.routes = slices.DeleteFunc(s.routes, func(x route) bool { return x.key() == r.key() })
+		s.routes = append(s.routes, r)
+	case opDelRoute:
+		s.routes = slices.DeleteFunc(s.routes, func(x route) bool { return x == o.route })
+	case opAddRule:
+		if !slices.Contains(s.rules, o.rule) {
+			s.rules = append(s.rules, o.rule)
+		}
+	case opDelRule:
+		if i := slices.Index(s.rules, o.rule); i >= 0 {
+			s.rules = slices.Delete(s.rules, i, i+1)
+		}
+	case opPutFilter:
+		s.filter = o.filter.clone()
+		s.drops = 0
+	case opUpdateSet:
+		if s.filter == nil {
+			return errFakeNoSet
+		}
+		i := slices.IndexFunc(s.filter.Sets, func(x nftSet) bool { return x.Name == o.set.Name })
+		if i < 0 {
+			return errFakeNoSet
+		}
+		set := &s.filter.Sets[i]
+		set.Ranges = slices.DeleteFunc(set.Ranges, func(r ipRange) bool { return slices.Contains(o.del, r) })
+		set.Ranges = append(set.Ranges, o.add...)
+		slices.SortFunc(set.Ranges, func(a, b ipRange) int { return a.From.Compare(b.From) })
+	case opDelFilter:
+		s.filter = nil
+	default:
+		return fmt.Errorf("unknown op %d", o.kind)
+	}
+	return nil
+}
+
+func (s *fakeHost) dropped() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.drops
+}
+
+func (s *fakeHost) link(name string) *link {
+	for i := range s.links {
+		if s.links[i].Name == name {
+			return &s.links[i]
+		}
+	}
+	return nil
+}
+
+func (s *fakeHost) hasAddr(a netip.Addr) bool {
+	for _, l := range s.links {
+		for _, p := range l.Addrs {
+			if p.Addr() == a {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func addrLine(a netip.Prefix, dev string) string {
+	return fmt.Sprintf("ip%s address add %s dev %s", familyOf(a.Addr()).ipFlag(), a, dev)
+}
+
+// render prints the whole host in the same line format as ours.render.
+func (s *fakeHost) render() string {
+	var out []string
+	links := slices.Clone(s.links)
+	slices.SortFunc(links, func(a, b link) int { return strings.Compare(a.Name, b.Name) })
+	for _, l := range links {
+		out = append(out, fmt.Sprintf("ip link set dev %s mtu %d", l.Name, l.MTU))
+	}
+	for _, l := range links {
+		for _, a := range sortedPrefixes(l.Addrs) {
+			out = append(out, addrLine(a, l.Name))
+		}
+	}
+	svm := 0
+	if s.srcValidMark {
+		svm = 1
+	}
+	out = append(out, fmt.Sprintf("sysctl -w net.ipv4.conf.all.src_valid_mark=%d", svm))
+	for _, r := range sortedRules(s.rules) {
+		out = append(out, r.String())
+	}
+	for _, r := range sortedRoutes(s.routes) {
+		out = append(out, r.String())
+	}
+	nft := slices.Clone(s.foreignNFT)
+	if s.filter != nil {
+		nft = append(nft, s.filter.lines()...)
+	}
+	out = append(out, nft...)
+	return strings.Join(out, "\n") + "\n"
+}

@@ -1,0 +1,387 @@
+package routing
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"runtime"
+	"strings"
+	"sync"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// nsCurrent selects the network namespace of the calling process.
+var nsCurrent = netns.None()
+
+// srcValidMarkPath is the sysctl wg-quick sets so that reverse-path
+// filtering takes the fwmark into account for packets the tunnel receives.
+const srcValidMarkPath = "/proc/sys/net/ipv4/conf/all/src_valid_mark"
+
+// kernel is the system backed by netlink (links, addresses, rules, routes),
+// nftables (ingress filter) and procfs (src_valid_mark), optionally bound to
+// one network namespace.
+type kernel struct {
+	o  Options
+	ns netns.NsHandle
+	nl *netlink.Handle
+
+	mu sync.Mutex
+	// ifindex maps interface names to indexes as of the last observe, so
+	// route ops need no lookup each.
+	ifindex map[string]int
+}
+
+var _ system = (*kernel)(nil)
+
+func newKernel(o Options, ns netns.NsHandle) (*kernel, error) {
+	h, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		return nil, fmt.Errorf("routing: open netlink socket: %w", err)
+	}
+	return &kernel{o: o, ns: ns, nl: h, ifindex: map[string]int{}}, nil
+}
+
+func (k *kernel) close() { k.nl.Close() }
+
+// dumpRetries bounds retries of netlink dumps interrupted by concurrent
+// changes (the kernel then flags the dump as inconsistent).
+const dumpRetries = 5
+
+func retryDump[T any](what string, f func() (T, error)) (T, error) {
+	var v T
+	var err error
+	for range dumpRetries {
+		v, err = f()
+		if !errors.Is(err, netlink.ErrDumpInterrupted) {
+			break
+		}
+	}
+	if err != nil {
+		return v, fmt.Errorf("list %s: %w", what, err)
+	}
+	return v, nil
+}
+
+func (k *kernel) observe(ctx context.Context) (observed, error) {
+	var w observed
+	links, err := retryDump("links", k.nl.LinkList)
+	if err != nil {
+		return w, err
+	}
+	addrs, err := retryDump("addresses", func() ([]netlink.Addr, error) { return k.nl.AddrList(nil, netlink.FAMILY_ALL) })
+	if err != nil {
+		return w, err
+	}
+	byIndex := map[int]string{}
+	index := map[string]int{}
+	for _, l := range links {
+		a := l.Attrs()
+		byIndex[a.Index], index[a.Name] = a.Name, a.Index
+	}
+	linkAddrs := map[int][]netip.Prefix{}
+	for _, a := range addrs {
+		if p, ok := prefixOf(a.IPNet); ok {
+			linkAddrs[a.LinkIndex] = append(linkAddrs[a.LinkIndex], p)
+		}
+	}
+	for _, l := range links {
+		a := l.Attrs()
+		w.Links = append(w.Links, link{Name: a.Name, MTU: a.MTU, Addrs: linkAddrs[a.Index]})
+		if a.Name == k.o.Interface {
+			w.Ours.LinkMTU = a.MTU
+			for _, p := range linkAddrs[a.Index] {
+				if ownsAddr(p) {
+					w.Ours.Addrs = append(w.Ours.Addrs, p)
+				}
+			}
+		}
+	}
+	k.mu.Lock()
+	k.ifindex = index
+	k.mu.Unlock()
+
+	mains, err := retryDump("main table routes", func() ([]netlink.Route, error) {
+		return k.nl.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
+	})
+	if err != nil {
+		return w, err
+	}
+	for _, r := range mains {
+		if rt, ok := fromNLRoute(r, byIndex); ok && rt.Dst.Bits() == 0 {
+			w.Defaults = append(w.Defaults, rt)
+		}
+	}
+	// Table 0 with RT_FILTER_TABLE lists every table.
+	routes, err := retryDump("routes", func() ([]netlink.Route, error) {
+		return k.nl.RouteListFiltered(netlink.FAMILY_ALL,
+			&netlink.Route{Table: unix.RT_TABLE_UNSPEC, Protocol: netlink.RouteProtocol(RouteProtocol)},
+			netlink.RT_FILTER_TABLE|netlink.RT_FILTER_PROTOCOL)
+	})
+	if err != nil {
+		return w, err
+	}
+	for _, r := range routes {
+		if rt, ok := fromNLRoute(r, byIndex); ok && ownsRoute(rt) {
+			w.Ours.Routes = append(w.Ours.Routes, rt)
+		}
+	}
+	for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
+		rules, err := retryDump("rules", func() ([]netlink.Rule, error) { return k.nl.RuleList(fam) })
+		if err != nil {
+			return w, err
+		}
+		for _, r := range rules {
+			if ru, ok := fromNLRule(r); ok && k.o.ownsRule(ru) {
+				w.Ours.Rules = append(w.Ours.Rules, ru)
+			}
+		}
+	}
+	if err := k.inNS(func() error {
+		b, err := os.ReadFile(srcValidMarkPath)
+		w.Ours.SrcValidMark = err == nil && strings.TrimSpace(string(b)) == "1"
+		return err
+	}); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return w, fmt.Errorf("read %s: %w", srcValidMarkPath, err)
+	}
+	if w.Ours.Filter, err = k.observeFilter(); err != nil {
+		return w, err
+	}
+	return w, nil
+}
+
+func (k *kernel) do(ctx context.Context, o op) error {
+	switch o.kind {
+	case opSysctl:
+		return k.inNS(func() error { return os.WriteFile(srcValidMarkPath, []byte("1"), 0o644) })
+	case opSetMTU:
+		l, err := k.nl.LinkByName(o.iface)
+		if err != nil {
+			return err
+		}
+		return k.nl.LinkSetMTU(l, o.mtu)
+	case opAddAddr, opDelAddr:
+		l, err := k.nl.LinkByName(o.iface)
+		if err != nil {
+			return err
+		}
+		a := &netlink.Addr{IPNet: ipNetOf(o.addr)}
+		if o.kind == opDelAddr {
+			return ignore(k.nl.AddrDel(l, a), unix.EADDRNOTAVAIL, unix.ENODEV)
+		}
+		if familyOf(o.addr.Addr()) == v6 {
+			// Without NODAD the address stays tentative for a while and the
+			// kernel refuses it as a route's preferred source.
+			a.Flags = unix.IFA_F_NODAD
+		}
+		return ignore(k.nl.AddrAdd(l, a), unix.EEXIST)
+	case opReplaceRoute:
+		r, err := k.toNLRoute(o.route)
+		if err != nil {
+			return err
+		}
+		return k.nl.RouteReplace(r)
+	case opDelRoute:
+		r, err := k.toNLRoute(o.route)
+		if err != nil {
+			return err
+		}
+		return ignore(k.nl.RouteDel(r), unix.ESRCH, unix.ENOENT)
+	case opAddRule:
+		return ignore(k.nl.RuleAdd(toNLRule(o.rule)), unix.EEXIST)
+	case opDelRule:
+		return ignore(k.nl.RuleDel(toNLRule(o.rule)), unix.ENOENT)
+	case opPutFilter:
+		return k.putFilter(o.filter)
+	case opUpdateSet:
+		return k.updateSet(o.set, o.add, o.del)
+	case opDelFilter:
+		return k.deleteFilter()
+	}
+	return fmt.Errorf("unknown op %d", o.kind)
+}
+
+// ignore treats the given errnos as success: adding what exists, deleting
+// what is gone.
+func ignore(err error, errnos ...unix.Errno) error {
+	for _, e := range errnos {
+		if errors.Is(err, e) {
+			return nil
+		}
+	}
+	return err
+}
+
+// inNS runs f on a thread inside the router's namespace (for procfs, whose
+// net entries follow the opening thread's namespace).
+func (k *kernel) inNS(f func() error) error {
+	if k.ns == nsCurrent {
+		return f()
+	}
+	runtime.LockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		runtime.UnlockOSThread()
+		return fmt.Errorf("get network namespace: %w", err)
+	}
+	defer orig.Close()
+	if err := netns.Set(k.ns); err != nil {
+		runtime.UnlockOSThread()
+		return fmt.Errorf("enter network namespace: %w", err)
+	}
+	ferr := f()
+	if err := netns.Set(orig); err != nil {
+		// Leave the thread locked: the runtime discards it when this
+		// goroutine ends, instead of reusing a thread in the wrong
+		// namespace.
+		return errors.Join(ferr, fmt.Errorf("leave network namespace: %w", err))
+	}
+	runtime.UnlockOSThread()
+	return ferr
+}
+
+func prefixOf(n *net.IPNet) (netip.Prefix, bool) {
+	if n == nil {
+		return netip.Prefix{}, false
+	}
+	a, ok := netip.AddrFromSlice(n.IP)
+	if !ok {
+		return netip.Prefix{}, false
+	}
+	a = a.Unmap()
+	ones, bits := n.Mask.Size()
+	if bits == 0 {
+		return netip.Prefix{}, false
+	}
+	if a.Is4() && bits == 128 {
+		ones -= 96
+	}
+	return netip.PrefixFrom(a, ones), true
+}
+
+func ipNetOf(p netip.Prefix) *net.IPNet {
+	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+}
+
+func ipOf(a netip.Addr) net.IP {
+	if !a.IsValid() {
+		return nil
+	}
+	return a.AsSlice()
+}
+
+func addrOf(ip net.IP) netip.Addr {
+	a, ok := netip.AddrFromSlice(ip)
+	if !ok {
+		return netip.Addr{}
+	}
+	return a.Unmap()
+}
+
+func nlFamily(f family) int {
+	if f == v6 {
+		return netlink.FAMILY_V6
+	}
+	return netlink.FAMILY_V4
+}
+
+func fromNLRoute(r netlink.Route, names map[int]string) (route, bool) {
+	fam := v4
+	if r.Family == netlink.FAMILY_V6 {
+		fam = v6
+	}
+	rt := route{
+		Table: r.Table, Type: routeType(r.Type), Protocol: uint8(r.Protocol), Metric: r.Priority,
+		Src: addrOf(r.Src), Gw: addrOf(r.Gw),
+	}
+	if r.Dst != nil {
+		p, ok := prefixOf(r.Dst)
+		if !ok {
+			return route{}, false
+		}
+		rt.Dst = p
+	} else if fam == v6 {
+		rt.Dst = netip.PrefixFrom(netip.IPv6Unspecified(), 0)
+	} else {
+		rt.Dst = netip.PrefixFrom(netip.IPv4Unspecified(), 0)
+	}
+	if rt.Type == typeUnicast {
+		idx := r.LinkIndex
+		if idx == 0 && len(r.MultiPath) > 0 {
+			idx = r.MultiPath[0].LinkIndex
+			rt.Gw = addrOf(r.MultiPath[0].Gw)
+		}
+		rt.Dev = names[idx]
+	}
+	return rt, true
+}
+
+func (k *kernel) toNLRoute(r route) (*netlink.Route, error) {
+	nr := &netlink.Route{
+		Family: nlFamily(r.family()), Dst: ipNetOf(r.Dst), Table: r.Table, Type: int(r.Type),
+		Protocol: netlink.RouteProtocol(r.Protocol), Priority: r.Metric, Src: ipOf(r.Src), Gw: ipOf(r.Gw),
+	}
+	if r.Type == typeUnicast && r.Dev != "" {
+		k.mu.Lock()
+		idx, ok := k.ifindex[r.Dev]
+		k.mu.Unlock()
+		if !ok {
+			l, err := k.nl.LinkByName(r.Dev)
+			if err != nil {
+				return nil, fmt.Errorf("interface %s: %w", r.Dev, err)
+			}
+			idx = l.Attrs().Index
+		}
+		nr.LinkIndex = idx
+		if !r.Gw.IsValid() {
+			nr.Scope = netlink.SCOPE_LINK
+		}
+	}
+	return nr, nil
+}
+
+func fromNLRule(r netlink.Rule) (rule, bool) {
+	ru := rule{
+		Priority: r.Priority, Table: r.Table, Mark: r.Mark, Invert: r.Invert, Protocol: r.Protocol,
+	}
+	switch r.Family {
+	case netlink.FAMILY_V4:
+		ru.Family = v4
+	case netlink.FAMILY_V6:
+		ru.Family = v6
+	default:
+		return rule{}, false
+	}
+	if r.Mask != nil {
+		ru.Mask = *r.Mask
+	} else if r.Mark != 0 {
+		ru.Mask = 0xffffffff
+	}
+	if p, ok := prefixOf(r.Src); ok {
+		ru.From = p
+	}
+	return ru, true
+}
+
+func toNLRule(r rule) *netlink.Rule {
+	nr := netlink.NewRule()
+	nr.Family = nlFamily(r.Family)
+	nr.Priority = r.Priority
+	nr.Table = r.Table
+	nr.Mark = r.Mark
+	if r.Mask != 0 {
+		m := r.Mask
+		nr.Mask = &m
+	}
+	nr.Invert = r.Invert
+	nr.Protocol = r.Protocol
+	if r.From.IsValid() {
+		nr.Src = ipNetOf(r.From)
+	}
+	return nr
+}

@@ -1,0 +1,300 @@
+package routing
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+
+	"github.com/wgmesh/wgmesh/mesh"
+)
+
+// Ownership predicates, shared by the kernel and the fake so both filter the
+// observed state identically.
+
+// ownsRule: a rule looking up our table is ours by definition; one carrying
+// our protocol is ours even if it points elsewhere (a previous run with
+// another --route-table).
+func (o Options) ownsRule(r rule) bool {
+	return r.Table == o.Table || r.Protocol == RouteProtocol
+}
+
+// ownsRoute: our routes carry our protocol, in whatever table.
+func ownsRoute(r route) bool { return r.Protocol == RouteProtocol }
+
+// ownsAddr: every address on our interface is ours except the link-local
+// ones the kernel generates.
+func ownsAddr(p netip.Prefix) bool { return !p.Addr().IsLinkLocalUnicast() }
+
+// enabled reports whether family f is switched on.
+func (o Options) enabled(f family) bool {
+	return (f == v4 && o.IPv4) || (f == v6 && o.IPv6)
+}
+
+// target computes the state d asks for, given what the host looks like. The
+// notes are problems worth reporting that do not stop the apply (the
+// interface is absent; the underlay cannot be found).
+func (o Options) target(d mesh.Desired, w observed) (want ours, notes []error) {
+	_, haveLink := w.link(o.Interface)
+	if !haveLink {
+		notes = append(notes, fmt.Errorf("interface %s does not exist: tunnel routes are unreachable until the device creates it", o.Interface))
+	}
+	want.SrcValidMark = true
+
+	if haveLink {
+		mtu, err := o.linkMTU(w)
+		if err != nil {
+			notes = append(notes, err)
+		}
+		want.LinkMTU = mtu
+	}
+
+	src := map[family]netip.Addr{}
+	if haveLink {
+		for _, a := range d.Addresses {
+			f := familyOf(a.Addr())
+			if !a.IsValid() || !o.enabled(f) || slices.Contains(want.Addrs, a) {
+				continue
+			}
+			want.Addrs = append(want.Addrs, a)
+			if _, ok := src[f]; !ok {
+				src[f] = a.Addr()
+			}
+		}
+	}
+
+	for _, f := range []family{v4, v6} {
+		if o.enabled(f) {
+			want.Rules = append(want.Rules, rule{
+				Family: f, Priority: o.Priority, Invert: true,
+				Mark: o.FwMark, Mask: o.FwMark, Table: o.Table, Protocol: RouteProtocol,
+			})
+		}
+	}
+
+	seen := map[netip.Prefix]bool{}
+	for _, r := range d.Routes {
+		if !r.Dst.IsValid() {
+			notes = append(notes, fmt.Errorf("route for node %q: invalid destination: skipped", r.Node))
+			continue
+		}
+		dst := r.Dst.Masked()
+		f := familyOf(dst.Addr())
+		if !o.enabled(f) || seen[dst] {
+			// Desired.Routes holds one route per destination; a duplicate
+			// would be a Derive bug, and the first one wins.
+			continue
+		}
+		seen[dst] = true
+		rt := route{Table: o.Table, Dst: dst, Protocol: RouteProtocol, Metric: defaultMetric(f)}
+		switch r.Kind {
+		case mesh.ViaTunnel:
+			if haveLink {
+				rt.Type, rt.Dev, rt.Src = typeUnicast, o.Interface, src[f]
+			} else {
+				rt.Type = typeUnreachable
+			}
+		case mesh.Throw:
+			rt.Type = typeThrow
+		case mesh.Unreachable:
+			rt.Type = typeUnreachable
+		default:
+			// Fail closed: an unknown kind must not let traffic through.
+			rt.Type = typeUnreachable
+			notes = append(notes, fmt.Errorf("route %s for node %q: unknown kind %d: installed as unreachable", dst, r.Node, r.Kind))
+		}
+		want.Routes = append(want.Routes, rt)
+	}
+
+	if !o.DisableIngressFilter {
+		f := &filter{Chain: true, Counter: true}
+		for _, fam := range []family{v4, v6} {
+			if o.enabled(fam) {
+				f.Sets = append(f.Sets, nftSet{Name: nftSetName(fam), Family: fam, Ranges: rangesOf(d.StrictSources, fam)})
+				f.Rules = append(f.Rules, nftRuleSig(fam, o.Interface))
+			}
+		}
+		want.Filter = f
+	}
+	return want, notes
+}
+
+// linkMTU is the MTU the tunnel interface should have: Options.MTU, else
+// AutoMTU of the underlay. 0 (with an error) means the underlay could not be
+// found and the MTU is left as it is.
+func (o Options) linkMTU(w observed) (int, error) {
+	if o.MTU > 0 {
+		return o.MTU, nil
+	}
+	if a := o.UnderlayAddr.Unmap(); a.IsValid() {
+		for _, l := range w.Links {
+			if l.Name == o.Interface {
+				continue
+			}
+			for _, p := range l.Addrs {
+				if p.Addr().Unmap() == a && l.MTU > 0 {
+					return AutoMTU(l.MTU, a.Is6()), nil
+				}
+			}
+		}
+	}
+	// The default route of the underlay address's family first, then IPv4,
+	// then IPv6.
+	order := []family{v4, v6}
+	if o.UnderlayAddr.IsValid() && familyOf(o.UnderlayAddr) == v6 {
+		order = []family{v6, v4}
+	}
+	for _, f := range order {
+		for _, r := range w.Defaults {
+			if r.family() != f || r.Dev == "" || r.Dev == o.Interface {
+				continue
+			}
+			if l, ok := w.link(r.Dev); ok && l.MTU > 0 {
+				return AutoMTU(l.MTU, f == v6), nil
+			}
+		}
+	}
+	return 0, fmt.Errorf("interface %s: cannot find the underlay (no interface holds %v and there is no default route): MTU left unchanged; set --mtu", o.Interface, o.UnderlayAddr)
+}
+
+// opKind says what an op does. The order of the constants is the order in
+// which plan emits them: everything that adds or replaces first, then
+// everything that deletes.
+type opKind int
+
+const (
+	opSysctl opKind = iota
+	opSetMTU
+	opAddAddr
+	opReplaceRoute
+	opAddRule
+	opPutFilter
+	opUpdateSet
+	opDelRule
+	opDelRoute
+	opDelAddr
+	opDelFilter
+)
+
+// op is one change to the OS state.
+type op struct {
+	kind  opKind
+	iface string
+	mtu   int
+	addr  netip.Prefix
+	rule  rule
+	route route
+	// filter is the whole table for opPutFilter.
+	filter *filter
+	// set, add and del are the element changes for opUpdateSet.
+	set      nftSet
+	add, del []ipRange
+}
+
+// String names the op as the command that would carry it out; errors and
+// logs use it.
+func (o op) String() string {
+	switch o.kind {
+	case opSysctl:
+		return "sysctl -w net.ipv4.conf.all.src_valid_mark=1"
+	case opSetMTU:
+		return fmt.Sprintf("ip link set dev %s mtu %d", o.iface, o.mtu)
+	case opAddAddr, opDelAddr:
+		verb := "add"
+		if o.kind == opDelAddr {
+			verb = "del"
+		}
+		return fmt.Sprintf("ip%s address %s %s dev %s", familyOf(o.addr.Addr()).ipFlag(), verb, o.addr, o.iface)
+	case opReplaceRoute:
+		return "ip" + o.route.family().ipFlag() + " route replace " + o.route.spec()
+	case opDelRoute:
+		return "ip" + o.route.family().ipFlag() + " route del " + o.route.spec()
+	case opAddRule:
+		return "ip" + o.rule.Family.ipFlag() + " rule add " + o.rule.spec()
+	case opDelRule:
+		return "ip" + o.rule.Family.ipFlag() + " rule del " + o.rule.spec()
+	case opPutFilter:
+		return "nft create table inet " + NFTTable + " (replacing it whole)"
+	case opUpdateSet:
+		return fmt.Sprintf("nft update set inet %s %s (+%d -%d ranges)", NFTTable, o.set.Name, len(o.add), len(o.del))
+	case opDelFilter:
+		return "nft delete table inet " + NFTTable
+	}
+	return fmt.Sprintf("op %d", o.kind)
+}
+
+// plan returns the ops that turn have into want, adds and replaces before
+// deletes. have holds only our own entries, so deleting everything in have
+// that want lacks never touches anyone else's.
+func plan(iface string, have, want ours) []op {
+	var ops []op
+	if want.SrcValidMark && !have.SrcValidMark {
+		ops = append(ops, op{kind: opSysctl})
+	}
+	// have.LinkMTU is 0 when the interface is absent; nothing to set then.
+	if want.LinkMTU > 0 && have.LinkMTU > 0 && want.LinkMTU != have.LinkMTU {
+		ops = append(ops, op{kind: opSetMTU, iface: iface, mtu: want.LinkMTU})
+	}
+	for _, a := range sortedPrefixes(want.Addrs) {
+		if !slices.Contains(have.Addrs, a) {
+			ops = append(ops, op{kind: opAddAddr, iface: iface, addr: a})
+		}
+	}
+	haveRoutes := setOf(have.Routes)
+	for _, r := range sortedRoutes(want.Routes) {
+		if !haveRoutes[r] {
+			ops = append(ops, op{kind: opReplaceRoute, route: r})
+		}
+	}
+	for _, r := range sortedRules(want.Rules) {
+		if !slices.Contains(have.Rules, r) {
+			ops = append(ops, op{kind: opAddRule, rule: r})
+		}
+	}
+	switch {
+	case want.Filter == nil:
+	case have.Filter == nil || !have.Filter.sameShape(want.Filter):
+		ops = append(ops, op{kind: opPutFilter, filter: want.Filter})
+	default:
+		for i, s := range want.Filter.Sets {
+			add, del := diffRanges(have.Filter.Sets[i].Ranges, s.Ranges)
+			if len(add)+len(del) > 0 {
+				ops = append(ops, op{kind: opUpdateSet, set: s, add: add, del: del})
+			}
+		}
+	}
+	for _, r := range sortedRules(have.Rules) {
+		if !slices.Contains(want.Rules, r) {
+			ops = append(ops, op{kind: opDelRule, rule: r})
+		}
+	}
+	wantKeys := map[routeKey]bool{}
+	for _, r := range want.Routes {
+		wantKeys[r.key()] = true
+	}
+	// Routes are compared as whole values; a key match alone (same table,
+	// destination, metric) only keeps the old one from being deleted.
+	for _, r := range sortedRoutes(have.Routes) {
+		// A route whose key a wanted route shares was overwritten by the
+		// replace above; deleting it would delete the new one.
+		if !wantKeys[r.key()] {
+			ops = append(ops, op{kind: opDelRoute, route: r})
+		}
+	}
+	for _, a := range sortedPrefixes(have.Addrs) {
+		if !slices.Contains(want.Addrs, a) {
+			ops = append(ops, op{kind: opDelAddr, iface: iface, addr: a})
+		}
+	}
+	if want.Filter == nil && have.Filter != nil {
+		ops = append(ops, op{kind: opDelFilter})
+	}
+	return ops
+}
+
+func setOf[T comparable](xs []T) map[T]bool {
+	m := make(map[T]bool, len(xs))
+	for _, x := range xs {
+		m[x] = true
+	}
+	return m
+}

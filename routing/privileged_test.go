@@ -1,0 +1,209 @@
+package routing
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"net/netip"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/vishvananda/netns"
+
+	"github.com/wgmesh/wgmesh/mesh"
+)
+
+// lab is a network namespace holding a "wgmesh0" (one end of a veth pair,
+// standing in for the WireGuard interface) and a veth underlay ul0 (198.18.0.1/24, MTU 1400,
+// default route via the peer), plus a peer namespace on the other end of
+// the veth (ul1, 198.18.0.2/24) that can send packets from a remote pod
+// address (10.244.2.5).
+type lab struct {
+	t        *testing.T
+	ns, peer string
+	h        netns.NsHandle
+}
+
+func requireRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (network namespaces, netlink, nftables)")
+	}
+}
+
+func newLab(t *testing.T) *lab {
+	requireRoot(t)
+	suffix := fmt.Sprintf("%d-%06x", os.Getpid(), rand.Uint32()&0xffffff)
+	l := &lab{t: t, ns: "wgrt-" + suffix, peer: "wgrp-" + suffix}
+	for _, ns := range []string{l.ns, l.peer} {
+		l.run("ip", "netns", "add", ns)
+		t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", ns).Run() })
+	}
+	l.ip("link", "set", "lo", "up")
+	// No dummy module on every machine: a veth pair stands in for the tunnel.
+	l.ip("link", "add", DefaultInterface, "type", "veth", "peer", "name", "wgpeer")
+	l.ip("link", "set", "wgpeer", "up")
+	l.ip("link", "set", DefaultInterface, "up")
+	l.ip("link", "add", "ul0", "mtu", "1400", "type", "veth", "peer", "name", "ul1", "netns", l.peer)
+	l.ip("addr", "add", "198.18.0.1/24", "dev", "ul0")
+	l.ip("link", "set", "ul0", "up")
+	l.ip("route", "add", "default", "via", "198.18.0.2", "dev", "ul0")
+	l.peerIP("link", "set", "lo", "up")
+	l.peerIP("addr", "add", "198.18.0.2/24", "dev", "ul1")
+	l.peerIP("addr", "add", "10.244.2.5/32", "dev", "ul1")
+	l.peerIP("link", "set", "ul1", "up")
+	h, err := netns.GetFromName(l.ns)
+	if err != nil {
+		t.Fatalf("open namespace %s: %v", l.ns, err)
+	}
+	t.Cleanup(func() { h.Close() })
+	l.h = h
+	return l
+}
+
+func (l *lab) run(name string, args ...string) string {
+	l.t.Helper()
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		l.t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// ip runs `ip -n <lab ns> args...`.
+func (l *lab) ip(args ...string) string {
+	l.t.Helper()
+	return l.run("ip", append([]string{"-n", l.ns}, args...)...)
+}
+
+func (l *lab) peerIP(args ...string) string {
+	l.t.Helper()
+	return l.run("ip", append([]string{"-n", l.peer}, args...)...)
+}
+
+// routeGet returns `ip route get` output and whether it succeeded.
+func (l *lab) routeGet(args ...string) (string, bool) {
+	out, err := exec.Command("ip", append([]string{"-n", l.ns, "route", "get"}, args...)...).CombinedOutput()
+	return string(out), err == nil
+}
+
+// router returns a kernel router inside the lab namespace.
+func (l *lab) router(o Options) (*router, *kernel) {
+	l.t.Helper()
+	if err := o.validate(); err != nil {
+		l.t.Fatal(err)
+	}
+	k, err := newKernel(o, l.h)
+	if err != nil {
+		l.t.Fatal(err)
+	}
+	l.t.Cleanup(k.close)
+	return newRouter(o, k), k
+}
+
+// labDesired is a dual-stack mesh seen from node-1 (10.244.1.0/24): node-2
+// is encrypted, node-3 is keyless (strict: unreachable).
+func labDesired() mesh.Desired {
+	p := netip.MustParsePrefix
+	return mesh.Desired{
+		Routes: []mesh.Route{
+			{Dst: p("10.244.1.0/24"), Kind: mesh.Throw, Node: "node-1"},
+			{Dst: p("10.244.2.0/24"), Kind: mesh.ViaTunnel, Node: "node-2"},
+			{Dst: p("10.244.3.0/24"), Kind: mesh.Unreachable, Node: "node-3"},
+			{Dst: p("fd00:10:244:1::/64"), Kind: mesh.Throw, Node: "node-1"},
+			{Dst: p("fd00:10:244:2::/64"), Kind: mesh.ViaTunnel, Node: "node-2"},
+			{Dst: p("fd00:10:244:3::/64"), Kind: mesh.Unreachable, Node: "node-3"},
+		},
+		Addresses:     []netip.Prefix{p("10.244.1.0/32"), p("fd00:10:244:1::/128")},
+		StrictSources: []netip.Prefix{p("10.244.2.0/24"), p("fd00:10:244:2::/64")},
+	}
+}
+
+// TestPrivilegedApply applies a dual-stack Desired in a namespace, reads the
+// kernel back through the same model and compares it with what the fake
+// renders for the same input; then checks the kernel's own route lookups.
+func TestPrivilegedApply(t *testing.T) {
+	l := newLab(t)
+	o := DefaultOptions()
+	r, k := l.router(o)
+	ctx := context.Background()
+	if err := r.Apply(ctx, labDesired()); err != nil {
+		t.Fatalf("Apply: %v", err)
+	}
+	got, err := k.observe(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fake := NewFake(o)
+	fake.SetLink("eth0", 1400)
+	if err := fake.Apply(ctx, labDesired()); err != nil {
+		t.Fatalf("fake Apply: %v", err)
+	}
+	want := fake.sys.observe(o)
+	t.Logf("kernel state:\n%s", got.Ours.render(o.Interface))
+	if diff := cmp.Diff(want.Ours.render(o.Interface), got.Ours.render(o.Interface)); diff != "" {
+		t.Errorf("kernel state differs from the fake's (-fake +kernel):\n%s", diff)
+	}
+	if st := r.Status(); st.LinkMTU != 1340 || st.PodMTU != 1340 {
+		t.Errorf("Status() = %+v, want LinkMTU and PodMTU 1340 (veth 1400 - 60)", st)
+	}
+
+	rules := l.ip("rule")
+	if !strings.Contains(rules, "99:\tnot from all fwmark 0x20000/0x20000 lookup 51820 proto 0x57") &&
+		!strings.Contains(rules, "99:\tnot from all fwmark 0x20000/0x20000 lookup 51820 proto 87") {
+		t.Errorf("ip rule lacks the wgmesh rule:\n%s", rules)
+	}
+	if rules6 := l.ip("-6", "rule"); !strings.Contains(rules6, "not from all fwmark 0x20000/0x20000 lookup 51820") {
+		t.Errorf("ip -6 rule lacks the wgmesh rule:\n%s", rules6)
+	}
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"10.244.2.5"}, "dev wgmesh0 table 51820 src 10.244.1.0"},
+		{[]string{"fd00:10:244:2::5"}, "dev wgmesh0"},
+		{[]string{"10.244.1.7"}, "dev ul0"},                 // own CIDR: throw → main
+		{[]string{"10.244.2.5", "mark", "0x20000"}, "dev ul0"}, // encrypted packets skip the table
+		{[]string{"198.18.0.2"}, "dev ul0"},
+	} {
+		out, ok := l.routeGet(c.args...)
+		if !ok || !strings.Contains(out, c.want) {
+			t.Errorf("ip route get %s = %q (ok %v), want %q", strings.Join(c.args, " "), out, ok, c.want)
+		}
+	}
+	for _, dst := range []string{"10.244.3.5", "fd00:10:244:3::5"} {
+		if out, ok := l.routeGet(dst); ok {
+			t.Errorf("ip route get %s (keyless node, strict) = %q, want unreachable", dst, out)
+		}
+	}
+	if out := l.ip("-6", "route", "show", "table", "51820"); !strings.Contains(out, "fd00:10:244:2::/64 dev wgmesh0 proto 87 src fd00:10:244:1::") {
+		t.Errorf("ip -6 route show table 51820:\n%s", out)
+	}
+	nft := l.run("ip", "netns", "exec", l.ns, "nft", "list", "table", "inet", "wgmesh")
+	for _, want := range []string{"10.244.2.0/24", "fd00:10:244:2::/64", `iifname != "wgmesh0"`, "priority raw"} {
+		if !strings.Contains(nft, want) {
+			t.Errorf("nft list table inet wgmesh lacks %q:\n%s", want, nft)
+		}
+	}
+	svm := l.run("ip", "netns", "exec", l.ns, "sysctl", "-n", "net.ipv4.conf.all.src_valid_mark")
+	if strings.TrimSpace(svm) != "1" {
+		t.Errorf("src_valid_mark = %q, want 1", svm)
+	}
+	// A second Apply of the same input changes nothing.
+	again, _ := k.observe(ctx)
+	if ops := plan(o.Interface, again.Ours, mustTarget(t, o, labDesired(), again)); len(ops) != 0 {
+		t.Errorf("after Apply, plan still has %d ops: %v", len(ops), ops)
+	}
+}
+
+func mustTarget(t *testing.T, o Options, d mesh.Desired, w observed) ours {
+	t.Helper()
+	want, notes := o.target(d, w)
+	if len(notes) > 0 {
+		t.Fatalf("target notes: %v", notes)
+	}
+	return want
+}
