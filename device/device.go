@@ -1,0 +1,199 @@
+// Package device owns the local WireGuard interface of wgmesh.
+//
+// Two backends sit behind one Device interface:
+//
+//   - userspace: wireguard-go inside the agent on a kernel TUN device with the
+//     library's offloads (virtio-net header, TSO/GRO on the TUN, UDP GSO/GRO on
+//     the socket). The TUN device is persistent: when the agent dies the
+//     interface, its addresses and its routes stay and packets routed into it
+//     are dropped, never sent elsewhere in plaintext; the next agent re-attaches
+//     to the same interface. The UAPI socket is served at
+//     /var/run/wireguard/<iface>.sock, so `wg show` and wgctrl work.
+//   - kernel: a `wireguard` link created over rtnetlink.
+//
+// Both backends are configured through wgctrl (one code path, see Configure):
+// the desired configuration is diffed against the device's current state and
+// only what differs is sent, so unchanged peers keep their sessions.
+//
+// Interface addresses, routes and MTU changes after Open belong to package
+// routing, not to this package.
+package device
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"time"
+
+	"golang.zx2c4.com/wireguard/conn"
+	"golang.zx2c4.com/wireguard/tun"
+
+	"github.com/wgmesh/wgmesh/mesh"
+)
+
+// Choice selects the backend at Open.
+type Choice string
+
+const (
+	// ChoiceAuto uses the kernel module when a `wireguard` link can be
+	// created and falls back to userspace otherwise (logged, with the reason).
+	ChoiceAuto Choice = "auto"
+	// ChoiceUserspace always uses wireguard-go on a TUN device.
+	ChoiceUserspace Choice = "userspace"
+	// ChoiceKernel always uses the kernel module; Open fails without it.
+	ChoiceKernel Choice = "kernel"
+)
+
+// DefaultName is the interface name used when Options.Name is empty.
+const DefaultName = "wgmesh0"
+
+// DefaultMTU is the initial MTU when Options.MTU is 0: 1500 minus the 80 bytes
+// of WireGuard overhead over an IPv6 underlay, the value wg-quick uses. The
+// routing layer sets the real MTU (derived from the underlay) afterwards.
+const DefaultMTU = 1420
+
+// linkAlias marks interfaces created by wgmesh (IFLA_IFALIAS), so a TUN
+// device of the same name that belongs to someone else is never adopted or
+// deleted.
+const linkAlias = "wgmesh"
+
+// Options configure Open.
+type Options struct {
+	// Name is the interface name; "" means DefaultName.
+	Name string
+	// Backend is auto, userspace or kernel; "" means auto.
+	Backend Choice
+	// MTU is the MTU of a newly created interface; 0 means DefaultMTU. An
+	// existing interface keeps its MTU (routing owns it after creation).
+	MTU int
+	// DisableOffloads opens the TUN device without the virtio-net header, so
+	// the kernel hands wireguard-go one packet per read: no TSO/GRO/checksum
+	// offload on the TUN and, as a consequence, no UDP GSO batching on send.
+	// wireguard-go has no switch for UDP GRO on its receive socket, which
+	// stays on. Meant for benchmarks; userspace backend only.
+	DisableOffloads bool
+	// Logger receives structured logs; nil discards them. Key material is
+	// never logged.
+	Logger *slog.Logger
+
+	// TUN and Bind, set together, make Open build a userspace device on them
+	// instead of a kernel TUN device and UDP sockets: the in-memory pairs of
+	// package devicetest (tuntest.ChannelTUN, bindtest.ChannelBind). No
+	// kernel interface exists then; Name only names the UAPI socket, which
+	// must be unique on the host, and Destroy is Close.
+	TUN  tun.Device
+	Bind conn.Bind
+}
+
+// Device is the local WireGuard interface.
+//
+// Configure may be called any number of times and is safe for concurrent use
+// with Stats. After Close or Destroy every method but Name and Backend
+// returns an error wrapping net.ErrClosed.
+type Device interface {
+	// Configure makes the interface's WireGuard state equal cfg and touches
+	// nothing that already matches: an unchanged peer is not re-sent (that
+	// could interrupt its session), the private key, listen port and fwmark
+	// are written only when they differ. cfg.ListenPort 0 means "keep the
+	// current port". Allowed IPs that move between peers are first withdrawn
+	// from their old owner and then granted to the new one, so no address is
+	// ever routed to a peer that does not own it (it is dropped for the
+	// instant in between).
+	mesh.Device
+	// Name is the interface name.
+	Name() string
+	// Backend is the implementation in use.
+	Backend() mesh.Backend
+	// Stats returns per-peer counters and handshake times, sorted by public
+	// key.
+	Stats(ctx context.Context) ([]PeerStats, error)
+	// Close releases the device: wireguard-go and the UAPI socket stop, the
+	// interface and its routes stay (a userspace interface then drops every
+	// packet until an agent re-attaches). Idempotent.
+	Close() error
+	// Destroy closes the device and removes the interface. Idempotent.
+	Destroy() error
+}
+
+// PeerStats are one peer's counters as the device reports them.
+type PeerStats struct {
+	PublicKey  mesh.Key
+	Endpoint   netip.AddrPort
+	AllowedIPs []netip.Prefix
+	// ReceiveBytes and TransmitBytes count encrypted bytes since the peer was
+	// added.
+	ReceiveBytes, TransmitBytes int64
+	// LastHandshake is the zero Time when no handshake has completed.
+	LastHandshake time.Time
+}
+
+// Info is the state of an interface as read from outside the owning process.
+type Info struct {
+	Name       string
+	Backend    mesh.Backend
+	PublicKey  mesh.Key
+	ListenPort int
+	FwMark     uint32
+	Peers      []PeerStats
+}
+
+// ErrNotFound is wrapped by Inspect when no WireGuard device of that name
+// answers (no interface, or a userspace interface whose agent is not running).
+var ErrNotFound = errors.New("no WireGuard device")
+
+// Open creates the interface or re-attaches to an existing one left by a
+// previous agent, sets it up and returns it ready for Configure.
+func Open(ctx context.Context, o Options) (Device, error) {
+	return open(ctx, o, systemEnv())
+}
+
+// Inspect reads an interface's WireGuard state through wgctrl, from any
+// process (for `wgmesh status`). Keys in the result are public.
+func Inspect(name string) (Info, error) {
+	return inspect(name, systemEnv())
+}
+
+// Remove deletes the interface of either backend created by wgmesh; an absent
+// interface is not an error (for `wgmesh cleanup`). An agent still attached
+// to a userspace interface loses it, so stop the agent first.
+func Remove(name string) error {
+	return remove(name, systemEnv())
+}
+
+// withDefaults fills zero fields and validates the rest.
+func (o Options) withDefaults() (Options, error) {
+	if o.Name == "" {
+		o.Name = DefaultName
+	}
+	if err := validateName(o.Name); err != nil {
+		return o, err
+	}
+	switch o.Backend {
+	case "":
+		o.Backend = ChoiceAuto
+	case ChoiceAuto, ChoiceUserspace, ChoiceKernel:
+	default:
+		return o, fmt.Errorf("device %s: backend %q: want auto, userspace or kernel", o.Name, o.Backend)
+	}
+	if o.MTU == 0 {
+		o.MTU = DefaultMTU
+	}
+	// 1280 is the smallest MTU IPv6 allows; 65535 the largest a TUN device
+	// and the wireguard link accept.
+	if o.MTU < 1280 || o.MTU > 65535 {
+		return o, fmt.Errorf("device %s: MTU %d: want 1280..65535", o.Name, o.MTU)
+	}
+	if (o.TUN == nil) != (o.Bind == nil) {
+		return o, fmt.Errorf("device %s: options: TUN and Bind must be set together", o.Name)
+	}
+	if o.TUN != nil && o.Backend == ChoiceKernel {
+		return o, fmt.Errorf("device %s: options: an in-memory TUN needs the userspace backend, not kernel", o.Name)
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	o.Logger = o.Logger.With("component", "device", "interface", o.Name)
+	return o, nil
+}

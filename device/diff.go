@@ -1,0 +1,342 @@
+package device
+
+import (
+	"bytes"
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+	"time"
+
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/wgmesh/wgmesh/mesh"
+)
+
+// plan is the minimal sequence of wgctrl configurations that turns a device's
+// current state into the desired one.
+//
+// Ordering, and why: WireGuard routes by a single allowed-IPs table that maps
+// each prefix to exactly one peer. A configuration is applied item by item
+// (wireguard-go walks the UAPI lines, the kernel walks the netlink peer list)
+// while packets flow, so every intermediate state is visible to traffic.
+// The plan therefore has two phases, sent as two ConfigureDevice calls:
+//
+//  1. Withdraw: remove peers that are gone, and shrink every peer that loses
+//     prefixes to exactly the prefixes it keeps (ReplaceAllowedIPs with the
+//     kept set; wgctrl cannot remove a single prefix). After this call the
+//     table is old ∩ new: a moving address routes to nobody and is dropped.
+//  2. Grant: set private key, listen port and fwmark if they changed, add new
+//     peers, and add to existing peers only the prefixes they gain (no
+//     ReplaceAllowedIPs, so their kept prefixes never blink), plus changed
+//     endpoints and keepalives.
+//
+// At no instant does an address route to a peer that does not own it in the
+// new configuration, except an unchanged old entry before its withdrawal:
+// moves fail closed for the moment between the two calls. A peer whose
+// endpoint, keepalive and allowed IPs already match appears in neither phase.
+type plan struct {
+	// Withdraw is nil when nothing has to be removed.
+	Withdraw *wgtypes.Config
+	// Grant is nil when nothing has to be added or changed.
+	Grant   *wgtypes.Config
+	Summary summary
+}
+
+// summary counts what a plan changes, for logs (never keys).
+type summary struct {
+	Added, Removed, Updated, Unchanged int
+	PrivateKey, ListenPort, FwMark     bool
+}
+
+// empty reports whether the plan changes nothing.
+func (p plan) empty() bool { return p.Withdraw == nil && p.Grant == nil }
+
+// wantPeer is a validated, normalized desired peer.
+type wantPeer struct {
+	peer    mesh.Peer
+	key     wgtypes.Key
+	allowed []netip.Prefix // masked, unmapped, sorted, unique
+	ka      int            // keepalive seconds
+}
+
+// diff computes the plan that turns cur into want. cur nil means a device
+// without any configuration. It is pure: no I/O, deterministic output (peers
+// in public-key order).
+func diff(cur *wgtypes.Device, want mesh.DeviceConfig) (plan, error) {
+	if cur == nil {
+		cur = &wgtypes.Device{}
+	}
+	wants, err := validate(want)
+	if err != nil {
+		return plan{}, err
+	}
+
+	var p plan
+	withdraw := &wgtypes.Config{}
+	grant := &wgtypes.Config{}
+
+	if wgtypes.Key(want.PrivateKey) != cur.PrivateKey {
+		k := wgtypes.Key(want.PrivateKey)
+		grant.PrivateKey = &k
+		p.Summary.PrivateKey = true
+	}
+	if want.ListenPort != 0 && want.ListenPort != cur.ListenPort {
+		port := want.ListenPort
+		grant.ListenPort = &port
+		p.Summary.ListenPort = true
+	}
+	if int64(want.FwMark) != int64(cur.FirewallMark) {
+		mark := int(want.FwMark)
+		grant.FirewallMark = &mark
+		p.Summary.FwMark = true
+	}
+
+	current := make(map[wgtypes.Key]*wgtypes.Peer, len(cur.Peers))
+	for i := range cur.Peers {
+		current[cur.Peers[i].PublicKey] = &cur.Peers[i]
+	}
+	desired := make(map[wgtypes.Key]bool, len(wants))
+	for _, w := range wants {
+		desired[w.key] = true
+	}
+
+	// Removals, in key order for deterministic output.
+	var gone []wgtypes.Key
+	for k := range current {
+		if !desired[k] {
+			gone = append(gone, k)
+		}
+	}
+	slices.SortFunc(gone, func(a, b wgtypes.Key) int { return bytes.Compare(a[:], b[:]) })
+	for _, k := range gone {
+		withdraw.Peers = append(withdraw.Peers, wgtypes.PeerConfig{PublicKey: k, Remove: true})
+		p.Summary.Removed++
+	}
+
+	for _, w := range wants {
+		c, ok := current[w.key]
+		if !ok {
+			grant.Peers = append(grant.Peers, newPeerConfig(w))
+			p.Summary.Added++
+			continue
+		}
+		have := currentPrefixes(c.AllowedIPs)
+		kept, lost := intersect(have, w.allowed)
+		gained := subtract(w.allowed, have)
+
+		changed := false
+		if lost {
+			withdraw.Peers = append(withdraw.Peers, wgtypes.PeerConfig{
+				PublicKey:         w.key,
+				UpdateOnly:        true,
+				ReplaceAllowedIPs: true,
+				AllowedIPs:        ipNets(kept),
+			})
+			changed = true
+		}
+		pc := wgtypes.PeerConfig{PublicKey: w.key, UpdateOnly: true}
+		update := false
+		if len(gained) > 0 {
+			pc.AllowedIPs = ipNets(gained)
+			update = true
+		}
+		if w.peer.Endpoint.IsValid() && !sameEndpoint(c.Endpoint, w.peer.Endpoint) {
+			pc.Endpoint = udpAddr(w.peer.Endpoint)
+			update = true
+		}
+		if int(c.PersistentKeepaliveInterval/time.Second) != w.ka {
+			d := time.Duration(w.ka) * time.Second
+			pc.PersistentKeepaliveInterval = &d
+			update = true
+		}
+		if update {
+			grant.Peers = append(grant.Peers, pc)
+			changed = true
+		}
+		if changed {
+			p.Summary.Updated++
+		} else {
+			p.Summary.Unchanged++
+		}
+	}
+
+	if len(withdraw.Peers) > 0 {
+		p.Withdraw = withdraw
+	}
+	if len(grant.Peers) > 0 || grant.PrivateKey != nil || grant.ListenPort != nil || grant.FirewallMark != nil {
+		p.Grant = grant
+	}
+	return p, nil
+}
+
+// validate checks the desired configuration and returns its peers
+// normalized and sorted by public key. It rejects what WireGuard would
+// silently resolve in a way nobody asked for: a peer listed twice, a prefix
+// given to two peers (the last would win), a peer with the device's own key
+// (wireguard-go drops it, so every Configure would re-add it).
+func validate(want mesh.DeviceConfig) ([]wantPeer, error) {
+	if want.PrivateKey.IsZero() {
+		return nil, fmt.Errorf("configure: private key is empty; the agent must load or create a key first")
+	}
+	if want.ListenPort < 0 || want.ListenPort > 65535 {
+		return nil, fmt.Errorf("configure: listen port %d: want 0..65535", want.ListenPort)
+	}
+	self := want.PrivateKey.PublicKey()
+	seen := make(map[mesh.Key]string, len(want.Peers))
+	owner := make(map[netip.Prefix]string)
+	out := make([]wantPeer, 0, len(want.Peers))
+	for _, pe := range want.Peers {
+		name := pe.Node
+		if name == "" {
+			name = pe.PublicKey.String()
+		}
+		switch {
+		case pe.PublicKey.IsZero():
+			return nil, fmt.Errorf("configure: peer %s: public key is empty", name)
+		case pe.PublicKey == self:
+			return nil, fmt.Errorf("configure: peer %s: has this device's own public key", name)
+		case seen[pe.PublicKey] != "":
+			return nil, fmt.Errorf("configure: peers %s and %s have the same public key", seen[pe.PublicKey], name)
+		case pe.Keepalive < 0 || pe.Keepalive > 65535*time.Second:
+			return nil, fmt.Errorf("configure: peer %s: keepalive %v: want 0..65535s", name, pe.Keepalive)
+		case pe.Endpoint.IsValid() && pe.Endpoint.Port() == 0:
+			return nil, fmt.Errorf("configure: peer %s: endpoint %v has port 0", name, pe.Endpoint)
+		}
+		seen[pe.PublicKey] = name
+		w := wantPeer{peer: pe, key: wgtypes.Key(pe.PublicKey), ka: int(pe.Keepalive / time.Second)}
+		for _, pfx := range pe.AllowedIPs {
+			if !pfx.IsValid() {
+				return nil, fmt.Errorf("configure: peer %s: invalid allowed IP prefix %v", name, pfx)
+			}
+			pfx = normPrefix(pfx)
+			if o, dup := owner[pfx]; dup && o != name {
+				return nil, fmt.Errorf("configure: allowed IP %v is claimed by peers %s and %s", pfx, o, name)
+			}
+			owner[pfx] = name
+			w.allowed = append(w.allowed, pfx)
+		}
+		w.allowed = sortPrefixes(w.allowed)
+		w.peer.Endpoint = netip.AddrPortFrom(pe.Endpoint.Addr().Unmap(), pe.Endpoint.Port())
+		out = append(out, w)
+	}
+	slices.SortFunc(out, func(a, b wantPeer) int { return bytes.Compare(a.key[:], b.key[:]) })
+	return out, nil
+}
+
+func newPeerConfig(w wantPeer) wgtypes.PeerConfig {
+	pc := wgtypes.PeerConfig{
+		PublicKey:         w.key,
+		ReplaceAllowedIPs: true,
+		AllowedIPs:        ipNets(w.allowed),
+	}
+	if w.peer.Endpoint.IsValid() {
+		pc.Endpoint = udpAddr(w.peer.Endpoint)
+	}
+	if w.ka != 0 {
+		d := time.Duration(w.ka) * time.Second
+		pc.PersistentKeepaliveInterval = &d
+	}
+	return pc
+}
+
+// normPrefix masks p and unmaps IPv4-mapped IPv6 prefixes, the form both
+// WireGuard implementations report back.
+func normPrefix(p netip.Prefix) netip.Prefix {
+	a := p.Addr()
+	if a.Is4In6() && p.Bits() >= 96 {
+		return netip.PrefixFrom(a.Unmap(), p.Bits()-96).Masked()
+	}
+	return p.Masked()
+}
+
+// prefixFromIPNet converts what wgctrl reports; ok is false for a malformed
+// mask.
+func prefixFromIPNet(n net.IPNet) (netip.Prefix, bool) {
+	a, ok := netip.AddrFromSlice(n.IP)
+	if !ok {
+		return netip.Prefix{}, false
+	}
+	ones, bits := n.Mask.Size()
+	if bits == 0 {
+		return netip.Prefix{}, false
+	}
+	if bits == 32 {
+		a = a.Unmap()
+	}
+	if a.BitLen() != bits {
+		if a.Is4In6() && bits == 128 && ones >= 96 {
+			return normPrefix(netip.PrefixFrom(a, ones)), true
+		}
+		return netip.Prefix{}, false
+	}
+	return normPrefix(netip.PrefixFrom(a, ones)), true
+}
+
+func currentPrefixes(nets []net.IPNet) []netip.Prefix {
+	out := make([]netip.Prefix, 0, len(nets))
+	for _, n := range nets {
+		if p, ok := prefixFromIPNet(n); ok {
+			out = append(out, p)
+		}
+	}
+	return sortPrefixes(out)
+}
+
+func comparePrefix(a, b netip.Prefix) int {
+	if c := a.Addr().Compare(b.Addr()); c != 0 {
+		return c
+	}
+	return a.Bits() - b.Bits()
+}
+
+func sortPrefixes(ps []netip.Prefix) []netip.Prefix {
+	slices.SortFunc(ps, comparePrefix)
+	return slices.Compact(ps)
+}
+
+// intersect returns the prefixes of have that are also in want, and whether
+// any prefix of have is missing from want. Both inputs are sorted and unique.
+func intersect(have, want []netip.Prefix) (kept []netip.Prefix, lost bool) {
+	for _, p := range have {
+		if _, found := slices.BinarySearchFunc(want, p, comparePrefix); found {
+			kept = append(kept, p)
+		} else {
+			lost = true
+		}
+	}
+	return kept, lost
+}
+
+// subtract returns the prefixes of a that are not in b (both sorted, unique).
+func subtract(a, b []netip.Prefix) (rest []netip.Prefix) {
+	for _, p := range a {
+		if _, found := slices.BinarySearchFunc(b, p, comparePrefix); !found {
+			rest = append(rest, p)
+		}
+	}
+	return rest
+}
+
+func ipNets(ps []netip.Prefix) []net.IPNet {
+	out := make([]net.IPNet, 0, len(ps))
+	for _, p := range ps {
+		out = append(out, net.IPNet{
+			IP:   p.Addr().AsSlice(),
+			Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen()),
+		})
+	}
+	return out
+}
+
+func udpAddr(ap netip.AddrPort) *net.UDPAddr {
+	return &net.UDPAddr{IP: ap.Addr().AsSlice(), Port: int(ap.Port()), Zone: ap.Addr().Zone()}
+}
+
+func sameEndpoint(cur *net.UDPAddr, want netip.AddrPort) bool {
+	if cur == nil {
+		return false
+	}
+	ap := cur.AddrPort()
+	return ap.Addr().Unmap() == want.Addr().Unmap() && ap.Port() == want.Port()
+}
