@@ -98,9 +98,9 @@ func TestDiff(t *testing.T) {
 		expect plan
 	}{
 		{
-			name: "unchanged configuration sends nothing",
-			cur:  baseDevice,
-			want: baseConfig,
+			name:   "unchanged configuration sends nothing",
+			cur:    baseDevice,
+			want:   baseConfig,
 			expect: plan{Summary: summary{Unchanged: 2}},
 		},
 		{
@@ -152,9 +152,9 @@ func TestDiff(t *testing.T) {
 			},
 		},
 		{
-			name: "listen port 0 keeps the current port",
-			cur:  baseDevice,
-			want: func() mesh.DeviceConfig { c := baseConfig(); c.ListenPort = 0; return c },
+			name:   "listen port 0 keeps the current port",
+			cur:    baseDevice,
+			want:   func() mesh.DeviceConfig { c := baseConfig(); c.ListenPort = 0; return c },
 			expect: plan{Summary: summary{Unchanged: 2}},
 		},
 		{
@@ -194,9 +194,9 @@ func TestDiff(t *testing.T) {
 			},
 		},
 		{
-			name: "no desired endpoint keeps the roamed one",
-			cur:  baseDevice,
-			want: func() mesh.DeviceConfig { c := baseConfig(); c.Peers[1].Endpoint = netip.AddrPort{}; return c },
+			name:   "no desired endpoint keeps the roamed one",
+			cur:    baseDevice,
+			want:   func() mesh.DeviceConfig { c := baseConfig(); c.Peers[1].Endpoint = netip.AddrPort{}; return c },
 			expect: plan{Summary: summary{Unchanged: 2}},
 		},
 		{

@@ -52,9 +52,9 @@ func systemEnv() *env {
 type sysNetlink struct{}
 
 func (sysNetlink) LinkByName(name string) (netlink.Link, error) { return netlink.LinkByName(name) }
-func (sysNetlink) LinkAdd(link netlink.Link) error               { return netlink.LinkAdd(link) }
-func (sysNetlink) LinkDel(link netlink.Link) error               { return netlink.LinkDel(link) }
-func (sysNetlink) LinkSetUp(link netlink.Link) error             { return netlink.LinkSetUp(link) }
+func (sysNetlink) LinkAdd(link netlink.Link) error              { return netlink.LinkAdd(link) }
+func (sysNetlink) LinkDel(link netlink.Link) error              { return netlink.LinkDel(link) }
+func (sysNetlink) LinkSetUp(link netlink.Link) error            { return netlink.LinkSetUp(link) }
 func (sysNetlink) LinkSetAlias(link netlink.Link, alias string) error {
 	return netlink.LinkSetAlias(link, alias)
 }
