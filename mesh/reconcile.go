@@ -1,0 +1,487 @@
+package mesh
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net/netip"
+	"path/filepath"
+	"reflect"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/fsnotify/fsnotify"
+)
+
+// Defaults for the zero values of ReconcilerOptions.
+const (
+	// DefaultResync is the period of the full reconcile that repairs state
+	// someone changed by hand (a deleted route, a removed peer).
+	DefaultResync = 30 * time.Second
+	// DefaultDebounce coalesces a burst of source changes (a rollout touching
+	// hundreds of Nodes) into one reconcile, and bounds the delay of a change.
+	DefaultDebounce = 200 * time.Millisecond
+	// DefaultMinBackoff is the first retry delay after a failed apply or
+	// publish; it doubles per consecutive failure.
+	DefaultMinBackoff = time.Second
+	// DefaultMaxBackoff caps the retry delay: a failure is retried at least
+	// this often, so a repaired system converges within it.
+	DefaultMaxBackoff = 30 * time.Second
+)
+
+// syncPoll is how often the loop checks Source.Synced before the first sync,
+// for sources that do not signal Changes when they become synced.
+const syncPoll = time.Second
+
+// ReconcilerOptions configure a Reconciler. NodeName, Source, Device, Router
+// and Keys are required.
+type ReconcilerOptions struct {
+	// NodeName is the local node's name in the Source.
+	NodeName string
+	Source   Source
+	Device   Device
+	Router   Router
+	// Sink receives every reconcile Result; optional.
+	Sink StatusSink
+	// Keys holds the private key; it is created on first start.
+	Keys *KeyStore
+	// Derive steers Derive.
+	Derive Options
+	// ListenPort is the device's UDP port.
+	ListenPort int
+	// FwMark marks the device's encrypted packets so they skip the wgmesh
+	// routing table.
+	FwMark uint32
+	// Endpoint is published as this node's endpoint; the zero value lets the
+	// source choose (the Node's InternalIP).
+	Endpoint netip.AddrPort
+	// Backend is published as this node's backend.
+	Backend Backend
+	// Resync is the full reconcile period; 0 means DefaultResync.
+	Resync time.Duration
+	// Debounce is the delay between a source change and the reconcile; 0
+	// means DefaultDebounce.
+	Debounce time.Duration
+	// MinBackoff and MaxBackoff bound the retry delay after failures; 0 means
+	// DefaultMinBackoff and DefaultMaxBackoff.
+	MinBackoff, MaxBackoff time.Duration
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+}
+
+// Reconciler is the agent's control loop: it derives the desired state from
+// the Source's nodes and the local key, and makes the Device and the Router
+// match it, on every change, every Resync and after every key rotation.
+//
+// Its rules:
+//   - nothing is applied before Source.Synced: an agent restarting next to a
+//     working data plane must not prune peers and routes it has not yet
+//     learned again (the old state keeps forwarding, encrypted);
+//   - a failed apply is retried with exponential backoff, and both the device
+//     and the router are always attempted (converge as far as possible);
+//   - the public key is published at start and after every rotation, retried
+//     until it succeeds;
+//   - Run never tears down the data plane: on shutdown the interface, peers
+//     and routes stay, so packets keep flowing encrypted or are dropped, and
+//     the next agent takes over. Removal is `wgmesh cleanup`'s business.
+type Reconciler struct {
+	o      ReconcilerOptions
+	log    *slog.Logger
+	reload chan struct{}
+
+	running atomic.Bool
+	ready   atomic.Bool
+
+	mu   sync.Mutex
+	last Result
+}
+
+// NewReconciler checks o and fills its defaults.
+func NewReconciler(o ReconcilerOptions) (*Reconciler, error) {
+	var missing []string
+	for name, isNil := range map[string]bool{
+		"NodeName": o.NodeName == "", "Source": o.Source == nil, "Device": o.Device == nil,
+		"Router": o.Router == nil, "Keys": o.Keys == nil,
+	} {
+		if isNil {
+			missing = append(missing, name)
+		}
+	}
+	if len(missing) > 0 {
+		slices.Sort(missing)
+		return nil, fmt.Errorf("reconciler: options %s are required", strings.Join(missing, ", "))
+	}
+	if o.ListenPort < 1 || o.ListenPort > 65535 {
+		return nil, fmt.Errorf("reconciler: listen port %d is not in 1-65535", o.ListenPort)
+	}
+	if o.Resync <= 0 {
+		o.Resync = DefaultResync
+	}
+	if o.Debounce <= 0 {
+		o.Debounce = DefaultDebounce
+	}
+	if o.MinBackoff <= 0 {
+		o.MinBackoff = DefaultMinBackoff
+	}
+	if o.MaxBackoff <= 0 {
+		o.MaxBackoff = DefaultMaxBackoff
+	}
+	if o.MaxBackoff < o.MinBackoff {
+		o.MaxBackoff = o.MinBackoff
+	}
+	log := o.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	return &Reconciler{
+		o:      o,
+		log:    log.With("component", "reconciler", "node", o.NodeName),
+		reload: make(chan struct{}, 1),
+	}, nil
+}
+
+// Reload re-reads the key file and asks the source to re-read its input (if
+// it has a Reload method), then reconciles: the SIGHUP handler. It never
+// blocks and may be called before Run.
+func (r *Reconciler) Reload() {
+	select {
+	case r.reload <- struct{}{}:
+	default:
+	}
+}
+
+// Ready reports whether the source has synced and the last apply succeeded.
+func (r *Reconciler) Ready() bool { return r.ready.Load() }
+
+// Last returns the result of the last reconcile (the zero Result before the
+// first one).
+func (r *Reconciler) Last() Result {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.last
+}
+
+// Run loads (or creates) the key, runs the Source, and reconciles until ctx
+// is done; then it returns nil, leaving the data plane in place. Run starts
+// Source.Run itself: callers must not run the Source. It returns an error if
+// the key cannot be loaded or the Source stops on its own. Run may be called
+// only once.
+func (r *Reconciler) Run(ctx context.Context) error {
+	if !r.running.CompareAndSwap(false, true) {
+		return errors.New("reconciler: Run called twice")
+	}
+	priv, created, err := r.o.Keys.LoadOrCreate()
+	if err != nil {
+		return fmt.Errorf("reconciler: %w; fix or remove the key file (removing it gives this node a new identity)", err)
+	}
+	if created {
+		r.log.Info("created a new private key", "keyFile", r.o.Keys.Path(), "publicKey", priv.PublicKey().String())
+	} else {
+		r.log.Info("loaded the private key", "keyFile", r.o.Keys.Path(), "publicKey", priv.PublicKey().String())
+	}
+
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	srcDone := make(chan error, 1)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		srcDone <- r.o.Source.Run(ctx)
+	}()
+
+	l := &loop{r: r, key: priv, needPublish: true}
+	return l.run(ctx, srcDone)
+}
+
+// loop is the state of one Run, owned by its goroutine.
+type loop struct {
+	r   *Reconciler
+	key Key
+
+	keyWatch   *fsnotify.Watcher
+	keyErr     string // last key file error logged, to log each distinct one once
+	synced     bool
+	waitLogged bool
+
+	failures    int // consecutive failed applies
+	needPublish bool
+	pubFailures int
+	lastDesired *Desired
+
+	debounce, retry, publish, keyDebounce *time.Timer
+	debounceArmed                         bool
+}
+
+func (l *loop) run(ctx context.Context, srcDone <-chan error) error {
+	r := l.r
+	l.keyWatch = l.watchKey()
+	defer func() {
+		if l.keyWatch != nil {
+			l.keyWatch.Close()
+		}
+	}()
+	l.debounce, l.retry, l.publish, l.keyDebounce = stopped(), stopped(), stopped(), stopped()
+	defer func() {
+		for _, t := range []*time.Timer{l.debounce, l.retry, l.publish, l.keyDebounce} {
+			t.Stop()
+		}
+	}()
+	resync := time.NewTicker(r.o.Resync)
+	defer resync.Stop()
+
+	var keyEvents <-chan fsnotify.Event
+	var keyErrs <-chan error
+	if l.keyWatch != nil {
+		keyEvents, keyErrs = l.keyWatch.Events, l.keyWatch.Errors
+	}
+
+	l.doPublish(ctx)
+	l.reconcile(ctx)
+	for {
+		select {
+		case <-ctx.Done():
+			r.log.Info("stopping; the WireGuard interface, peers and routes stay in place")
+			return nil
+		case err := <-srcDone:
+			if ctx.Err() != nil {
+				return nil
+			}
+			if err == nil {
+				err = errors.New("it returned without error")
+			}
+			return fmt.Errorf("reconciler: the node source stopped: %w", err)
+		case <-r.o.Source.Changes():
+			l.changed()
+		case <-l.debounce.C:
+			l.debounceArmed = false
+			l.reconcile(ctx)
+		case <-l.retry.C:
+			l.reconcile(ctx)
+		case <-resync.C:
+			l.checkKey(ctx)
+			if l.failures == 0 {
+				l.reconcile(ctx)
+			}
+		case <-l.publish.C:
+			l.doPublish(ctx)
+		case ev, ok := <-keyEvents:
+			if !ok {
+				keyEvents = nil
+				continue
+			}
+			if l.keyFileEvent(ev.Name) {
+				l.keyDebounce.Reset(r.o.Debounce)
+			}
+		case err, ok := <-keyErrs:
+			if !ok {
+				keyErrs = nil
+				continue
+			}
+			r.log.Warn("key file watch error; checking the key file", "error", err)
+			l.keyDebounce.Reset(r.o.Debounce)
+		case <-l.keyDebounce.C:
+			l.checkKey(ctx)
+		case <-r.reload:
+			r.log.Info("reload requested: re-reading the key file and the node source")
+			if s, ok := r.o.Source.(interface{ Reload() }); ok {
+				s.Reload()
+			}
+			if !l.checkKey(ctx) {
+				l.reconcile(ctx)
+			}
+		}
+	}
+}
+
+// stopped returns a timer that has not been started.
+func stopped() *time.Timer {
+	t := time.NewTimer(time.Hour)
+	t.Stop()
+	return t
+}
+
+// changed handles a source change: reconcile after the debounce, unless a
+// failure's backoff is pending (the retry will use the latest nodes).
+func (l *loop) changed() {
+	if l.failures > 0 || l.debounceArmed {
+		return
+	}
+	l.debounceArmed = true
+	l.debounce.Reset(l.r.o.Debounce)
+}
+
+// watchKey watches the key file's directory, where `wgmesh rotate-key`
+// renames a new file over the old one (and a Secret volume swaps a
+// symlink). Without a watch, rotations are still noticed on Reload and on
+// every resync.
+func (l *loop) watchKey() *fsnotify.Watcher {
+	w, err := fsnotify.NewWatcher()
+	if err != nil {
+		l.r.log.Warn("cannot watch the key file; key rotations are noticed on SIGHUP and every resync", "error", err)
+		return nil
+	}
+	if err := w.Add(filepath.Dir(l.r.o.Keys.Path())); err != nil {
+		w.Close()
+		l.r.log.Warn("cannot watch the key file's directory; key rotations are noticed on SIGHUP and every resync", "error", err)
+		return nil
+	}
+	return w
+}
+
+func (l *loop) keyFileEvent(name string) bool {
+	base := filepath.Base(name)
+	return base == filepath.Base(l.r.o.Keys.Path()) || strings.HasPrefix(base, "..")
+}
+
+// checkKey re-reads the key file; when the key changed it reconfigures the
+// device and publishes the new public key, and reports true. A file that
+// cannot be read keeps the current key (logged once per distinct error).
+func (l *loop) checkKey(ctx context.Context) bool {
+	r := l.r
+	k, err := r.o.Keys.Load()
+	if err != nil {
+		if msg := err.Error(); msg != l.keyErr {
+			l.keyErr = msg
+			r.log.Error("cannot read the key file; the key in use stays (a restart would fail or create a new key)", "error", err)
+		}
+		return false
+	}
+	l.keyErr = ""
+	if k == l.key {
+		return false
+	}
+	l.key = k
+	r.log.Info("private key changed: reconfiguring the device and publishing the new public key", "publicKey", k.PublicKey().String())
+	// A rotation must reach the device now, even during a backoff.
+	l.reconcile(ctx)
+	l.needPublish, l.pubFailures = true, 0
+	l.publish.Stop()
+	l.doPublish(ctx)
+	return true
+}
+
+// doPublish publishes the local identity if needed, scheduling a retry on
+// failure.
+func (l *loop) doPublish(ctx context.Context) {
+	r := l.r
+	if !l.needPublish || ctx.Err() != nil {
+		return
+	}
+	self := Self{Name: r.o.NodeName, PublicKey: l.key.PublicKey(), Endpoint: r.o.Endpoint, Backend: r.o.Backend}
+	if err := r.o.Source.Publish(ctx, self); err != nil {
+		l.pubFailures++
+		delay := r.backoff(l.pubFailures)
+		// Before the first sync a source may not be able to publish yet (the
+		// peers file is checked against its entry); that is expected.
+		level := slog.LevelWarn
+		if !l.synced {
+			level = slog.LevelInfo
+		}
+		r.log.Log(ctx, level, "cannot publish this node's identity; retrying", "error", err, "retryIn", delay)
+		l.publish.Reset(delay)
+		return
+	}
+	l.needPublish, l.pubFailures = false, 0
+	r.log.Info("published this node's identity", "publicKey", self.PublicKey.String(), "endpoint", endpointText(self.Endpoint), "backend", string(self.Backend))
+}
+
+func endpointText(ep netip.AddrPort) string {
+	if !ep.IsValid() {
+		return "chosen by the source"
+	}
+	return ep.String()
+}
+
+// reconcile derives the desired state and applies it, if the source has
+// synced.
+func (l *loop) reconcile(ctx context.Context) {
+	r := l.r
+	if ctx.Err() != nil {
+		return
+	}
+	if !l.synced {
+		if !r.o.Source.Synced() {
+			if !l.waitLogged {
+				l.waitLogged = true
+				r.log.Info("waiting for the node source to sync before changing the data plane")
+			}
+			l.retry.Reset(syncPoll)
+			return
+		}
+		l.synced = true
+		r.log.Info("node source synced")
+		// A publish that failed only because the source was not ready can
+		// go now rather than after its backoff.
+		if l.needPublish && l.pubFailures > 0 {
+			l.publish.Stop()
+			l.doPublish(ctx)
+		}
+	}
+
+	start := time.Now()
+	self := Node{Name: r.o.NodeName, PublicKey: l.key.PublicKey(), Endpoint: r.o.Endpoint}
+	d := Derive(self, r.o.Source.Nodes(), r.o.Derive)
+	var errs []error
+	// The device goes first: a route into the tunnel for a peer not yet
+	// configured drops packets; it never leaks them. A device failure does
+	// not stop the router: converge as far as possible.
+	cfg := DeviceConfig{PrivateKey: l.key, ListenPort: r.o.ListenPort, FwMark: r.o.FwMark, Peers: d.Peers}
+	if err := r.o.Device.Configure(ctx, cfg); err != nil {
+		errs = append(errs, fmt.Errorf("configure the WireGuard device: %w", err))
+	}
+	if err := r.o.Router.Apply(ctx, d); err != nil {
+		errs = append(errs, fmt.Errorf("apply routes: %w", err))
+	}
+	err := errors.Join(errs...)
+	if err != nil && ctx.Err() != nil {
+		return // shutting down: the error is the cancellation, not a result
+	}
+	r.o.Source.Report(d.Problems)
+	res := Result{Time: start, Duration: time.Since(start), Desired: d, Err: err}
+	r.mu.Lock()
+	r.last = res
+	r.mu.Unlock()
+	r.ready.Store(err == nil)
+	if r.o.Sink != nil {
+		r.o.Sink.Observe(res)
+	}
+
+	if err != nil {
+		l.failures++
+		delay := r.backoff(l.failures)
+		r.log.Warn("reconcile failed; retrying", "error", err, "failures", l.failures, "retryIn", delay)
+		l.retry.Reset(delay)
+		return
+	}
+	if l.failures > 0 {
+		r.log.Info("reconcile succeeded again", "afterFailures", l.failures)
+	}
+	l.failures = 0
+	l.retry.Stop()
+	if l.lastDesired == nil || !reflect.DeepEqual(*l.lastDesired, d) {
+		r.log.Info("applied", "peers", len(d.Peers), "routes", len(d.Routes), "unencrypted", len(d.Unencrypted), "problems", len(d.Problems), "took", res.Duration)
+	} else {
+		r.log.Debug("resynced", "peers", len(d.Peers), "took", res.Duration)
+	}
+	l.lastDesired = &d
+}
+
+// backoff returns the delay before retry number n (1-based): MinBackoff
+// doubled per failure, capped at MaxBackoff, with up to 10% jitter so
+// thousands of agents failing together (API server outage) do not retry in
+// lockstep.
+func (r *Reconciler) backoff(n int) time.Duration {
+	d := r.o.MinBackoff
+	for i := 1; i < n && d < r.o.MaxBackoff; i++ {
+		d *= 2
+	}
+	d = min(d, r.o.MaxBackoff)
+	return d - time.Duration(rand.Int64N(int64(d)/10+1))
+}
