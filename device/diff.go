@@ -61,9 +61,12 @@ type wantPeer struct {
 }
 
 // diff computes the plan that turns cur into want. cur nil means a device
-// without any configuration. It is pure: no I/O, deterministic output (peers
-// in public-key order).
-func diff(cur *wgtypes.Device, want mesh.DeviceConfig) (plan, error) {
+// without any configuration. sent holds the endpoint last written for each
+// peer by this process (nil: none): WireGuard roams a peer's endpoint to the
+// source of its authenticated packets (NAT), and a roamed endpoint is kept as
+// long as the desired endpoint is the one already written. It is pure: no
+// I/O, deterministic output (peers in public-key order).
+func diff(cur *wgtypes.Device, want mesh.DeviceConfig, sent map[wgtypes.Key]netip.AddrPort) (plan, error) {
 	if cur == nil {
 		cur = &wgtypes.Device{}
 	}
@@ -141,7 +144,8 @@ func diff(cur *wgtypes.Device, want mesh.DeviceConfig) (plan, error) {
 			pc.AllowedIPs = ipNets(gained)
 			update = true
 		}
-		if w.peer.Endpoint.IsValid() && !sameEndpoint(c.Endpoint, w.peer.Endpoint) {
+		roamed := c.Endpoint != nil && sent[w.key] == w.peer.Endpoint
+		if w.peer.Endpoint.IsValid() && !sameEndpoint(c.Endpoint, w.peer.Endpoint) && !roamed {
 			pc.Endpoint = udpAddr(w.peer.Endpoint)
 			update = true
 		}

@@ -95,8 +95,38 @@ func TestDiff(t *testing.T) {
 		name   string
 		cur    func() *wgtypes.Device
 		want   func() mesh.DeviceConfig
+		sent   map[wgtypes.Key]netip.AddrPort
 		expect plan
 	}{
+		{
+			name: "roamed endpoint is kept when the desired one was already written",
+			cur: func() *wgtypes.Device {
+				d := baseDevice()
+				d.Peers[1].Endpoint = udpAddr(epY2) // roamed behind NAT
+				return d
+			},
+			want:   baseConfig,
+			sent:   map[wgtypes.Key]netip.AddrPort{wgk(peerY): epY},
+			expect: plan{Summary: summary{Unchanged: 2}},
+		},
+		{
+			name: "roamed endpoint is replaced when the desired one changes",
+			cur: func() *wgtypes.Device {
+				d := baseDevice()
+				d.Peers[1].Endpoint = udpAddr(epY2)
+				return d
+			},
+			want: func() mesh.DeviceConfig {
+				c := baseConfig()
+				c.Peers[1].Endpoint = epX
+				return c
+			},
+			sent: map[wgtypes.Key]netip.AddrPort{wgk(peerY): epY},
+			expect: plan{
+				Grant:   &wgtypes.Config{Peers: []wgtypes.PeerConfig{{PublicKey: wgk(peerY), UpdateOnly: true, Endpoint: udpAddr(epX)}}},
+				Summary: summary{Updated: 1, Unchanged: 1},
+			},
+		},
 		{
 			name:   "unchanged configuration sends nothing",
 			cur:    baseDevice,
@@ -285,12 +315,15 @@ func TestDiff(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			got, err := diff(tc.cur(), tc.want())
+			got, err := diff(tc.cur(), tc.want(), tc.sent)
 			if err != nil {
 				t.Fatalf("diff: %v", err)
 			}
 			if d := cmp.Diff(tc.expect, got, cmp.Comparer(func(a, b net.IPNet) bool { return a.String() == b.String() })); d != "" {
 				t.Errorf("plan mismatch (-want +got):\n%s", d)
+			}
+			if tc.sent != nil {
+				return // the expected state then keeps the roamed endpoint
 			}
 			// Applying the plan must reach the desired state.
 			state := simFromDevice(tc.cur())
@@ -326,7 +359,7 @@ func TestDiffRejects(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			c := baseConfig()
 			tc.edit(&c)
-			_, err := diff(baseDevice(), c)
+			_, err := diff(baseDevice(), c, nil)
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("diff error = %v, want it to contain %q", err, tc.want)
 			}
@@ -544,7 +577,7 @@ func randomScenario(r *rand.Rand) (*wgtypes.Device, mesh.DeviceConfig) {
 
 func checkScenario(t testing.TB, cur *wgtypes.Device, want mesh.DeviceConfig) {
 	t.Helper()
-	p, err := diff(cur, want)
+	p, err := diff(cur, want, nil)
 	if err != nil {
 		t.Fatalf("diff: %v", err)
 	}
@@ -568,7 +601,7 @@ func checkScenario(t testing.TB, cur *wgtypes.Device, want mesh.DeviceConfig) {
 		}
 	}
 	// A second diff against the result is empty.
-	again, err := diff(deviceFromSim(final), want)
+	again, err := diff(deviceFromSim(final), want, nil)
 	if err != nil || !again.empty() {
 		t.Fatalf("second diff not empty: %+v, %v", again, err)
 	}

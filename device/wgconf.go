@@ -25,9 +25,13 @@ type wgconf struct {
 	name string
 	log  *slog.Logger
 
-	mu     sync.Mutex // serializes Configure and guards closed
+	mu     sync.Mutex // serializes Configure and guards closed and sent
 	wg     wgClient
 	closed bool
+	// sent is the endpoint last written per peer, so a peer that roamed
+	// (WireGuard follows its authenticated source address) is not pulled
+	// back on every reconcile.
+	sent map[wgtypes.Key]netip.AddrPort
 }
 
 func (c *wgconf) configure(ctx context.Context, want mesh.DeviceConfig) error {
@@ -43,7 +47,7 @@ func (c *wgconf) configure(ctx context.Context, want mesh.DeviceConfig) error {
 	if err != nil {
 		return opError(c.name, "configure: read current state through wgctrl", err)
 	}
-	p, err := diff(cur, want)
+	p, err := diff(cur, want, c.sent)
 	if err != nil {
 		return &Error{Interface: c.name, Op: "configure", Err: err}
 	}
@@ -63,6 +67,12 @@ func (c *wgconf) configure(ctx context.Context, want mesh.DeviceConfig) error {
 		}
 		if err := c.wg.ConfigureDevice(c.name, *step.cfg); err != nil {
 			return configureError(c.name, step.phase, step.cfg, err)
+		}
+	}
+	c.sent = make(map[wgtypes.Key]netip.AddrPort, len(want.Peers))
+	for _, pe := range want.Peers {
+		if pe.Endpoint.IsValid() {
+			c.sent[wgtypes.Key(pe.PublicKey)] = netip.AddrPortFrom(pe.Endpoint.Addr().Unmap(), pe.Endpoint.Port())
 		}
 	}
 	c.log.Info("device configured",
