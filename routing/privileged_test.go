@@ -207,3 +207,181 @@ func mustTarget(t *testing.T, o Options, d mesh.Desired, w observed) ours {
 	}
 	return want
 }
+
+// TestPrivilegedIngressDrop sends plaintext pings from a remote pod address
+// (10.244.2.5, in node-2's strict CIDR) over the underlay: the filter drops
+// and counts them, while pings from the peer's underlay address still pass.
+func TestPrivilegedIngressDrop(t *testing.T) {
+	l := newLab(t)
+	r, _ := l.router(DefaultOptions())
+	if err := r.Apply(context.Background(), labDesired()); err != nil {
+		t.Fatalf("Apply: %v", err)
+	}
+	t.Logf("nft list table inet wgmesh:\n%s", l.run("ip", "netns", "exec", l.ns, "nft", "list", "table", "inet", "wgmesh"))
+	ping := func(src string) error {
+		return exec.Command("ip", "netns", "exec", l.peer, "ping", "-n", "-q", "-c", "3", "-i", "0.2", "-W", "1", "-I", src, "198.18.0.1").Run()
+	}
+	if err := ping("198.18.0.2"); err != nil {
+		t.Fatalf("ping from the peer's underlay address failed: %v (the lab is broken)", err)
+	}
+	if n := r.Status().IngressDropped; n != 0 {
+		t.Errorf("IngressDropped = %d after underlay pings, want 0", n)
+	}
+	if err := ping("10.244.2.5"); err == nil {
+		t.Errorf("ping from remote pod address 10.244.2.5 over the underlay got answers; want dropped")
+	}
+	if n := r.Status().IngressDropped; n < 3 {
+		t.Errorf("IngressDropped = %d, want >= 3", n)
+	}
+
+	// With the filter disabled the table goes and the same packets pass.
+	o := DefaultOptions()
+	o.DisableIngressFilter = true
+	r2, _ := l.router(o)
+	if err := r2.Apply(context.Background(), labDesired()); err != nil {
+		t.Fatalf("Apply without ingress filter: %v", err)
+	}
+	if out, err := exec.Command("ip", "netns", "exec", l.ns, "nft", "list", "table", "inet", "wgmesh").CombinedOutput(); err == nil {
+		t.Errorf("table inet wgmesh still present with DisableIngressFilter:\n%s", out)
+	}
+	l.peerIP("route", "add", "10.244.1.0/24", "via", "198.18.0.1")
+	l.ip("route", "add", "10.244.2.0/24", "via", "198.18.0.2")
+	// The router namespace answers from its main table only for marked
+	// traffic; unmarked replies to 10.244.2.5 go into "wgmesh0". What
+	// matters here is that the request arrives: count it with a rule.
+	l.run("ip", "netns", "exec", l.ns, "nft", "add", "table", "inet", "probe")
+	l.run("ip", "netns", "exec", l.ns, "nft", "add", "chain", "inet", "probe", "c", "{ type filter hook input priority 0; }")
+	l.run("ip", "netns", "exec", l.ns, "nft", "add", "rule", "inet", "probe", "c", "ip", "saddr", "10.244.2.5", "counter")
+	_ = ping("10.244.2.5")
+	if out := l.run("ip", "netns", "exec", l.ns, "nft", "list", "chain", "inet", "probe", "c"); strings.Contains(out, "packets 0 ") {
+		t.Errorf("with the filter disabled the packets did not arrive:\n%s", out)
+	}
+}
+
+// TestPrivilegedHostEncryption: with host encryption the peers' host IPs go
+// through the tunnel, but their endpoints and the API server stay outside.
+func TestPrivilegedHostEncryption(t *testing.T) {
+	l := newLab(t)
+	r, _ := l.router(DefaultOptions())
+	p := netip.MustParsePrefix
+	d := labDesired()
+	d.Routes = append(d.Routes,
+		mesh.Route{Dst: p("198.18.0.0/24"), Kind: mesh.ViaTunnel, Node: "node-2"}, // peer host range
+		mesh.Route{Dst: p("198.18.0.2/32"), Kind: mesh.Throw, Node: "node-2"},     // its endpoint
+		mesh.Route{Dst: p("198.18.0.9/32"), Kind: mesh.Throw},                     // the API server
+	)
+	if err := r.Apply(context.Background(), d); err != nil {
+		t.Fatalf("Apply: %v", err)
+	}
+	for dst, want := range map[string]string{
+		"198.18.0.3": "dev wgmesh0",
+		"198.18.0.2": "dev ul0",
+		"198.18.0.9": "dev ul0",
+	} {
+		if out, ok := l.routeGet(dst); !ok || !strings.Contains(out, want) {
+			t.Errorf("ip route get %s = %q, want %q", dst, out, want)
+		}
+	}
+	if err := exec.Command("ip", "netns", "exec", l.ns, "ping", "-n", "-q", "-c", "1", "-W", "2", "198.18.0.2").Run(); err != nil {
+		t.Errorf("the peer's endpoint is not reachable with host encryption on: %v", err)
+	}
+}
+
+// TestPrivilegedRepair deletes a route, a rule, an address and the nft table
+// by hand; the next Apply puts them all back.
+func TestPrivilegedRepair(t *testing.T) {
+	l := newLab(t)
+	o := DefaultOptions()
+	r, k := l.router(o)
+	ctx := context.Background()
+	if err := r.Apply(ctx, labDesired()); err != nil {
+		t.Fatalf("Apply: %v", err)
+	}
+	before, _ := k.observe(ctx)
+	l.ip("route", "del", "10.244.2.0/24", "table", "51820")
+	l.ip("-6", "route", "del", "fd00:10:244:3::/64", "table", "51820")
+	l.ip("rule", "del", "pref", "99")
+	l.ip("addr", "del", "10.244.1.0/32", "dev", DefaultInterface)
+	l.run("ip", "netns", "exec", l.ns, "nft", "delete", "element", "inet", "wgmesh", "strict6", "{ fd00:10:244:2::/64 }")
+	mid, _ := k.observe(ctx)
+	if mid.Ours.render(o.Interface) == before.Ours.render(o.Interface) {
+		t.Fatal("deleting by hand changed nothing; the test is broken")
+	}
+	if err := r.Apply(ctx, labDesired()); err != nil {
+		t.Fatalf("re-Apply: %v", err)
+	}
+	after, _ := k.observe(ctx)
+	if diff := cmp.Diff(before.Ours.render(o.Interface), after.Ours.render(o.Interface)); diff != "" {
+		t.Errorf("re-Apply did not repair (-before +after):\n%s", diff)
+	}
+	l.run("ip", "netns", "exec", l.ns, "nft", "delete", "table", "inet", "wgmesh")
+	if err := r.Apply(ctx, labDesired()); err != nil {
+		t.Fatalf("re-Apply: %v", err)
+	}
+	after, _ = k.observe(ctx)
+	if diff := cmp.Diff(before.Ours.render(o.Interface), after.Ours.render(o.Interface)); diff != "" {
+		t.Errorf("re-Apply did not recreate the nft table (-before +after):\n%s", diff)
+	}
+}
+
+// TestPrivilegedCleanup installs foreign entries (a route in wgmesh's own
+// table, a rule, another table, another nft table), applies, changes options
+// and cleans up twice: the namespace's rules, routes, addresses and ruleset
+// are exactly as before (the link MTU aside: Cleanup leaves it) and nothing
+// of wgmesh's is left.
+func TestPrivilegedCleanup(t *testing.T) {
+	l := newLab(t)
+	l.ip("route", "add", "10.99.0.0/16", "via", "198.18.0.2", "table", "51820")
+	l.ip("rule", "add", "pref", "200", "from", "10.98.0.0/16", "lookup", "100")
+	l.ip("route", "add", "10.97.0.0/16", "via", "198.18.0.2", "table", "100")
+	l.run("ip", "netns", "exec", l.ns, "nft", "add", "table", "inet", "other")
+	l.run("ip", "netns", "exec", l.ns, "nft", "add", "chain", "inet", "other", "c", "{ type filter hook prerouting priority raw; }")
+	snapshot := func() string {
+		return l.ip("rule") + l.ip("-6", "rule") + l.ip("route", "show", "table", "all") + l.ip("-6", "route", "show", "table", "all") +
+			l.ip("-br", "addr") + l.run("ip", "netns", "exec", l.ns, "nft", "list", "ruleset")
+	}
+	before := snapshot()
+
+	ctx := context.Background()
+	r, _ := l.router(DefaultOptions())
+	if err := r.Apply(ctx, labDesired()); err != nil {
+		t.Fatalf("Apply: %v", err)
+	}
+	// A second run with other table, priority and mark must garbage-collect
+	// the first run's entries, recognised by their protocol.
+	o := DefaultOptions()
+	o.Table, o.Priority, o.FwMark = 1234, 98, 0x40000
+	r2, k2 := l.router(o)
+	if err := r2.Apply(ctx, labDesired()); err != nil {
+		t.Fatalf("Apply with other options: %v", err)
+	}
+	if rules := l.ip("rule"); strings.Contains(rules, "lookup 51820") || !strings.Contains(rules, "lookup 1234") {
+		t.Errorf("after switching to table 1234, ip rule shows:\n%s", rules)
+	}
+	if routes := l.ip("route", "show", "table", "51820"); strings.Contains(routes, "10.244.") || !strings.Contains(routes, "10.99.0.0/16") {
+		t.Errorf("after switching to table 1234, table 51820 holds:\n%s", routes)
+	}
+	if err := cleanupTwice(ctx, r2); err != nil {
+		t.Fatalf("Cleanup: %v", err)
+	}
+	w, err := k2.observe(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Ours.LinkMTU, w.Ours.SrcValidMark = 0, false
+	if got := w.Ours.render(o.Interface); got != "\n" {
+		t.Errorf("after Cleanup, wgmesh entries remain:\n%s", got)
+	}
+	if diff := cmp.Diff(before, snapshot()); diff != "" {
+		t.Errorf("Cleanup did not restore the namespace (-before +after):\n%s", diff)
+	}
+}
+
+// cleanupTwice runs the Router's Cleanup twice; the second must succeed as
+// a no-op.
+func cleanupTwice(ctx context.Context, r Router) error {
+	if err := r.Cleanup(ctx); err != nil {
+		return err
+	}
+	return r.Cleanup(ctx)
+}

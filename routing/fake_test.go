@@ -1,0 +1,501 @@
+package routing
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"math/rand/v2"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"golang.org/x/sys/unix"
+
+	"github.com/wgmesh/wgmesh/mesh"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
+
+var (
+	pfx  = netip.MustParsePrefix
+	addr = netip.MustParseAddr
+)
+
+// Foreign entries every test host starts with. None may ever change.
+var (
+	foreignRule  = rule{Family: v4, Priority: 100, From: pfx("10.0.0.0/8"), Table: 200, Protocol: unix.RTPROT_BOOT}
+	foreignRoute = []route{
+		{Table: 200, Dst: pfx("10.0.0.0/8"), Type: typeUnicast, Gw: addr("198.18.0.254"), Dev: "eth0", Protocol: unix.RTPROT_BOOT},
+		// Someone else's route inside wgmesh's own table.
+		{Table: DefaultTable, Dst: pfx("10.99.0.0/16"), Type: typeUnicast, Gw: addr("198.18.0.254"), Dev: "eth0", Protocol: unix.RTPROT_STATIC},
+		// A CNI's route in main.
+		{Table: unix.RT_TABLE_MAIN, Dst: pfx("10.244.2.0/24"), Type: typeUnicast, Gw: addr("198.18.0.2"), Dev: "eth0", Protocol: 0x50},
+	}
+	foreignNFT = []string{
+		"nft add table inet filter",
+		"nft add chain inet filter input { type filter hook input priority filter; }",
+	}
+)
+
+// testHost is a fresh fake host with foreign entries.
+func testHost(iface string) *fakeHost {
+	h := newFakeHost(iface)
+	h.rules = append(h.rules, foreignRule)
+	h.routes = append(h.routes, foreignRoute...)
+	h.foreignNFT = slices.Clone(foreignNFT)
+	return h
+}
+
+func foreignLines() []string {
+	out := []string{foreignRule.String()}
+	for _, r := range foreignRoute {
+		out = append(out, r.String())
+	}
+	return append(out, foreignNFT...)
+}
+
+type config struct {
+	name string
+	o    Options
+	d    mesh.Desired
+}
+
+func tunnel(dst, node string) mesh.Route {
+	return mesh.Route{Dst: pfx(dst), Kind: mesh.ViaTunnel, Node: node}
+}
+func throw(dst, node string) mesh.Route { return mesh.Route{Dst: pfx(dst), Kind: mesh.Throw, Node: node} }
+func unreachable(dst, node string) mesh.Route {
+	return mesh.Route{Dst: pfx(dst), Kind: mesh.Unreachable, Node: node}
+}
+
+// dual is node-1's view of a mesh: node-2 and node-4 encrypted.
+func dual() mesh.Desired {
+	return mesh.Desired{
+		Routes: []mesh.Route{
+			throw("10.244.1.0/24", "node-1"), tunnel("10.244.2.0/24", "node-2"), tunnel("10.244.4.0/24", "node-4"),
+			throw("fd00:10:244:1::/64", "node-1"), tunnel("fd00:10:244:2::/64", "node-2"),
+		},
+		Addresses:     []netip.Prefix{pfx("10.244.1.0/32"), pfx("fd00:10:244:1::/128")},
+		StrictSources: []netip.Prefix{pfx("10.244.2.0/24"), pfx("10.244.4.0/24"), pfx("fd00:10:244:2::/64")},
+	}
+}
+
+func with(d mesh.Desired, routes ...mesh.Route) mesh.Desired {
+	d.Routes = append(slices.Clone(d.Routes), routes...)
+	return d
+}
+
+func opts(f func(*Options)) Options {
+	o := DefaultOptions()
+	if f != nil {
+		f(&o)
+	}
+	return o
+}
+
+// configs are the golden configurations. All share the interface name, so
+// any may follow any other on the same host (replay test).
+func configs() []config {
+	many := mesh.Desired{Addresses: []netip.Prefix{pfx("10.244.1.0/32")}}
+	for n := 2; n < 42; n++ {
+		many.Routes = append(many.Routes, tunnel(fmt.Sprintf("10.244.%d.0/24", n), fmt.Sprintf("node-%d", n)))
+		many.StrictSources = append(many.StrictSources, pfx(fmt.Sprintf("10.244.%d.0/24", n)))
+	}
+	noAddr := dual()
+	noAddr.Addresses = nil
+	fixed := dual()
+	fixed.Addresses = []netip.Prefix{pfx("10.250.0.1/32"), pfx("fd00:10:250::1/128")}
+	merge := dual()
+	merge.StrictSources = []netip.Prefix{
+		pfx("10.244.2.0/24"), pfx("10.244.3.0/24"), pfx("10.244.8.0/21"), pfx("10.244.9.0/24"),
+		pfx("10.244.20.0/24"), pfx("fd00:10:244:2::/64"), pfx("fd00:10:244:3::/64"),
+	}
+	return []config{
+		{"dual", opts(nil), dual()},
+		{"ipv4-only", opts(func(o *Options) { o.IPv6 = false }), dual()},
+		{"ipv6-only", opts(func(o *Options) { o.IPv4 = false }), dual()},
+		{"strict-keyless", opts(nil), with(dual(), unreachable("10.244.3.0/24", "node-3"), unreachable("fd00:10:244:3::/64", "node-3"))},
+		{"unencrypted-keyless", opts(nil), with(dual(), throw("10.244.3.0/24", "node-3"), throw("fd00:10:244:3::/64", "node-3"))},
+		{"unmanaged-nodes", opts(nil), with(dual(), throw("10.244.5.0/24", "win-1"), throw("10.244.6.0/24", "win-2"))},
+		{"host-encryption", opts(nil), with(dual(),
+			tunnel("198.18.0.12/32", "node-2"), tunnel("198.18.0.14/32", "node-4"), tunnel("2001:db8::12/128", "node-2"),
+			throw("198.18.0.2/32", "node-2"), throw("198.18.0.4/32", "node-4"), throw("198.18.0.100/32", ""))},
+		{"tunnel-address-none", opts(nil), noAddr},
+		{"tunnel-address-fixed", opts(nil), fixed},
+		{"mtu-fixed", opts(func(o *Options) { o.MTU = 1380 }), dual()},
+		{"mtu-auto-ipv6-underlay", opts(func(o *Options) { o.UnderlayAddr = addr("2001:db8::1") }), dual()},
+		{"mtu-auto-underlay-addr", opts(func(o *Options) { o.UnderlayAddr = addr("198.18.0.1") }), dual()},
+		{"ingress-filter-off", opts(func(o *Options) { o.DisableIngressFilter = true }), dual()},
+		{"custom-table-priority-mark", opts(func(o *Options) { o.Table, o.Priority, o.FwMark = 4242, 50, 0x800000 }), dual()},
+		{"empty", opts(nil), mesh.Desired{}},
+		{"strict-sources-merge", opts(nil), merge},
+		{"many-nodes", opts(func(o *Options) { o.IPv6 = false }), many},
+	}
+}
+
+func golden(t *testing.T, name, got string) {
+	t.Helper()
+	path := filepath.Join("testdata", name+".golden")
+	if *update {
+		if err := os.MkdirAll("testdata", 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v (run go test -run %s -update to create it)", err, t.Name())
+	}
+	if diff := cmp.Diff(string(want), got); diff != "" {
+		t.Errorf("%s differs from %s (-want +got):\n%s", name, path, diff)
+	}
+}
+
+func assertForeign(t *testing.T, rendered string) {
+	t.Helper()
+	for _, l := range foreignLines() {
+		if !strings.Contains(rendered, l+"\n") {
+			t.Errorf("foreign entry %q is gone:\n%s", l, rendered)
+		}
+	}
+}
+
+// applyOn applies c on host h through a router with c's options.
+func applyOn(t *testing.T, h *fakeHost, c config) {
+	t.Helper()
+	r := newRouter(c.o, fakeView{h, c.o})
+	if err := r.Apply(context.Background(), c.d); err != nil {
+		t.Fatalf("%s: Apply: %v", c.name, err)
+	}
+	// Idempotence: nothing left to do.
+	w := h.observe(c.o)
+	want, _ := c.o.target(c.d, w)
+	if ops := plan(c.o.Interface, w.Ours, want); len(ops) != 0 {
+		t.Errorf("%s: after Apply, plan still has ops: %v", c.name, ops)
+	}
+}
+
+func TestGolden(t *testing.T) {
+	for _, c := range configs() {
+		t.Run(c.name, func(t *testing.T) {
+			h := testHost(c.o.Interface)
+			applyOn(t, h, c)
+			got := h.render()
+			golden(t, c.name, got)
+			assertForeign(t, got)
+		})
+	}
+}
+
+// TestReplay applies the configurations in random orders on one host: after
+// each Apply the host must look exactly like the golden of that
+// configuration, so the end state depends only on the last one.
+func TestReplay(t *testing.T) {
+	if *update {
+		t.Skip("goldens are being rewritten")
+	}
+	cs := configs()
+	for seed := uint64(1); seed <= 5; seed++ {
+		rng := rand.New(rand.NewPCG(seed, 0x5eed))
+		h := testHost(DefaultInterface)
+		var order []config
+		for range 3 {
+			order = append(order, cs...)
+		}
+		rng.Shuffle(len(order), func(i, j int) { order[i], order[j] = order[j], order[i] })
+		for i, c := range order {
+			applyOn(t, h, c)
+			want, err := os.ReadFile(filepath.Join("testdata", c.name+".golden"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(string(want), h.render()); diff != "" {
+				prev := "fresh host"
+				if i > 0 {
+					prev = order[i-1].name
+				}
+				t.Fatalf("seed %d step %d: %s after %s differs from its golden (-want +got):\n%s", seed, i, c.name, prev, diff)
+			}
+		}
+	}
+}
+
+func TestCustomInterface(t *testing.T) {
+	c := config{"custom-interface", opts(func(o *Options) { o.Interface = "wg-test" }), dual()}
+	h := testHost(c.o.Interface)
+	applyOn(t, h, c)
+	golden(t, c.name, h.render())
+}
+
+// TestCleanup: Cleanup after any configuration restores the fresh host
+// apart from the link MTU and src_valid_mark, which it leaves.
+func TestCleanup(t *testing.T) {
+	fresh := testHost(DefaultInterface).render()
+	for _, c := range configs() {
+		h := testHost(DefaultInterface)
+		applyOn(t, h, c)
+		r := newRouter(c.o, fakeView{h, c.o})
+		for range 2 {
+			if err := r.Cleanup(context.Background()); err != nil {
+				t.Fatalf("%s: Cleanup: %v", c.name, err)
+			}
+		}
+		got := h.render()
+		got = strings.Replace(got, "src_valid_mark=1", "src_valid_mark=0", 1)
+		if l := h.link(DefaultInterface); l != nil {
+			got = strings.Replace(got, fmt.Sprintf("dev %s mtu %d", DefaultInterface, l.MTU), "dev "+DefaultInterface+" mtu 1420", 1)
+		}
+		if diff := cmp.Diff(fresh, got); diff != "" {
+			t.Errorf("%s: Cleanup left (-fresh +after):\n%s", c.name, diff)
+		}
+	}
+}
+
+// TestRepair deletes entries by hand; the next Apply restores the golden.
+func TestRepair(t *testing.T) {
+	f := newTestFake(opts(nil))
+	ctx := context.Background()
+	if err := f.Apply(ctx, dual()); err != nil {
+		t.Fatal(err)
+	}
+	want := f.Render()
+	for _, line := range []string{
+		"ip route add 10.244.2.0/24 dev wgmesh0 table 51820 proto 0x57 src 10.244.1.0",
+		"ip -6 rule add pref 99 not fwmark 0x20000/0x20000 lookup 51820 proto 0x57",
+		"ip address add 10.244.1.0/32 dev wgmesh0",
+		"nft add element inet wgmesh strict4 { 10.244.2.0/24, 10.244.4.0/24 }",
+		`nft add rule inet wgmesh prerouting meta nfproto ipv6 iifname != "wgmesh0" ip6 saddr @strict6 counter name "strict_drops" drop`,
+	} {
+		if !f.Delete(line) {
+			t.Fatalf("Delete(%q) matched nothing in:\n%s", line, want)
+		}
+	}
+	if err := f.Apply(ctx, dual()); err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(want, f.Render()); diff != "" {
+		t.Errorf("Apply did not repair (-want +got):\n%s", diff)
+	}
+	if !f.Delete("nft add table inet wgmesh") {
+		t.Fatal("cannot delete the nft table")
+	}
+	if err := f.Apply(ctx, dual()); err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(want, f.Render()); diff != "" {
+		t.Errorf("Apply did not recreate the nft table (-want +got):\n%s", diff)
+	}
+}
+
+func newTestFake(o Options) *Fake {
+	f := NewFake(o)
+	f.sys.rules = append(f.sys.rules, foreignRule)
+	f.sys.routes = append(f.sys.routes, foreignRoute...)
+	return f
+}
+
+// TestInterfaceAbsent: without the interface the tunnel routes are
+// unreachable (fail closed) and Apply says why; once it appears they are
+// tunnel routes again.
+func TestInterfaceAbsent(t *testing.T) {
+	f := newTestFake(opts(nil))
+	f.RemoveLink(DefaultInterface)
+	ctx := context.Background()
+	err := f.Apply(ctx, dual())
+	if err == nil || !strings.Contains(err.Error(), "interface wgmesh0 does not exist") {
+		t.Errorf("Apply without interface: err = %v, want one naming the interface", err)
+	}
+	golden(t, "interface-absent", f.Render())
+	if got := f.Lookup(addr("10.244.2.5"), 0); !strings.HasPrefix(got, "unreachable 10.244.2.0/24") {
+		t.Errorf("Lookup(10.244.2.5) without interface = %q, want the unreachable route", got)
+	}
+	f.SetLink(DefaultInterface, 1420)
+	if err := f.Apply(ctx, dual()); err != nil {
+		t.Fatal(err)
+	}
+	if got := f.Lookup(addr("10.244.2.5"), 0); !strings.Contains(got, "dev wgmesh0") || !strings.Contains(got, "src 10.244.1.0") {
+		t.Errorf("Lookup(10.244.2.5) = %q, want via wgmesh0 from the tunnel address", got)
+	}
+	if st := f.Status(); st.LinkMTU != 1440 || st.PodMTU != 1440 {
+		t.Errorf("Status = %+v, want MTU 1440", st)
+	}
+}
+
+func TestUnderlayUnknown(t *testing.T) {
+	f := newTestFake(opts(nil))
+	f.sys.routes = slices.DeleteFunc(f.sys.routes, func(r route) bool { return r.Dst.Bits() == 0 })
+	err := f.Apply(context.Background(), dual())
+	if err == nil || !strings.Contains(err.Error(), "cannot find the underlay") {
+		t.Errorf("err = %v, want one about the underlay", err)
+	}
+	if st := f.Status(); st.LinkMTU != 1420 {
+		t.Errorf("LinkMTU = %d, want the untouched 1420", st.LinkMTU)
+	}
+	if !strings.Contains(f.Render(), "ip route add 10.244.2.0/24 dev wgmesh0 table 51820") {
+		t.Errorf("routes missing although only the MTU was undeterminable:\n%s", f.Render())
+	}
+}
+
+// TestFailures: one failing op does not stop the others; the error names
+// it and wraps the cause; a tunnel route that cannot be installed falls
+// back first to no preferred source, then to unreachable.
+func TestFailures(t *testing.T) {
+	ctx := context.Background()
+	errBoom := errors.New("boom")
+
+	f := newTestFake(opts(nil))
+	f.Fail("route replace 10.244.2.0/24", errBoom)
+	err := f.Apply(ctx, dual())
+	if !errors.Is(err, errBoom) || !strings.Contains(err.Error(), "ip route replace 10.244.2.0/24 dev wgmesh0 table 51820") {
+		t.Errorf("err = %v, want the failed route named and boom wrapped", err)
+	}
+	if got := f.Lookup(addr("10.244.2.5"), 0); got != "unreachable 10.244.2.0/24 table 51820 proto 0x57" {
+		t.Errorf("Lookup(10.244.2.5) = %q, want the unreachable fallback", got)
+	}
+	if got := f.Lookup(addr("10.244.4.5"), 0); !strings.Contains(got, "dev wgmesh0") {
+		t.Errorf("the other tunnel route is missing: %q", got)
+	}
+
+	f = newTestFake(opts(nil))
+	f.Fail("dev wgmesh0 table 51820 proto 0x57 src 10.244.1.0", errBoom)
+	err = f.Apply(ctx, dual())
+	if !errors.Is(err, errBoom) {
+		t.Errorf("err = %v, want boom", err)
+	}
+	if got := f.Lookup(addr("10.244.2.5"), 0); got != "10.244.2.0/24 dev wgmesh0 table 51820 proto 0x57" {
+		t.Errorf("Lookup(10.244.2.5) = %q, want the tunnel route without source", got)
+	}
+
+	// When even the fallback fails, the error says so.
+	f = newTestFake(opts(nil))
+	f.Fail("10.244.2.0/24", errBoom)
+	err = f.Apply(ctx, dual())
+	if !strings.Contains(err.Error(), "ip route replace unreachable 10.244.2.0/24 table 51820 proto 0x57 (fail-closed fallback): boom") {
+		t.Errorf("err = %v, want the failed fallback named", err)
+	}
+	if got := f.Lookup(addr("10.244.2.5"), DefaultFwMark); !strings.HasPrefix(got, "10.244.2.0/24 via 198.18.0.2 dev eth0 table main") {
+		t.Errorf("marked Lookup(10.244.2.5) = %q, want the main table", got)
+	}
+	f.Fail("10.244.2.0/24", nil)
+	if err := f.Apply(ctx, dual()); err != nil {
+		t.Fatal(err)
+	}
+	if got := f.Lookup(addr("10.244.2.5"), 0); !strings.Contains(got, "dev wgmesh0") {
+		t.Errorf("after the failure cleared, Lookup = %q", got)
+	}
+}
+
+func TestLookupAndInject(t *testing.T) {
+	f := newTestFake(opts(nil))
+	if err := f.Apply(context.Background(), with(dual(), unreachable("10.244.3.0/24", "node-3"))); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		dst  string
+		mark uint32
+		want string
+	}{
+		{"10.244.2.5", 0, "10.244.2.0/24 dev wgmesh0"},
+		{"10.244.2.5", DefaultFwMark | 0x4000, "10.244.2.0/24 via 198.18.0.2 dev eth0 table main"},
+		{"10.244.2.5", 0x4000, "10.244.2.0/24 dev wgmesh0"},
+		{"10.244.1.5", 0, "0.0.0.0/0 via 198.18.0.254 dev eth0 table main"},
+		{"10.244.3.5", 0, "unreachable 10.244.3.0/24"},
+		{"fd00:10:244:2::5", 0, "fd00:10:244:2::/64 dev wgmesh0"},
+		{"10.99.1.1", 0, "10.99.0.0/16 via 198.18.0.254 dev eth0 table 51820"},
+	} {
+		if got := f.Lookup(addr(c.dst), c.mark); !strings.HasPrefix(got, c.want) {
+			t.Errorf("Lookup(%s, %#x) = %q, want prefix %q", c.dst, c.mark, got, c.want)
+		}
+	}
+	for _, c := range []struct {
+		src, iif string
+		drop     bool
+	}{
+		{"10.244.2.5", "eth0", true},
+		{"fd00:10:244:2::5", "eth0", true},
+		{"10.244.4.200", "eth1", true},
+		{"10.244.2.5", "wgmesh0", false},
+		{"10.244.1.5", "eth0", false},
+		{"10.244.3.5", "eth0", false},
+		{"198.18.0.2", "eth0", false},
+	} {
+		if got := f.Inject(addr(c.src), c.iif); got != c.drop {
+			t.Errorf("Inject(%s, %s) = %v, want %v", c.src, c.iif, got, c.drop)
+		}
+	}
+	if got := f.Status().IngressDropped; got != 3 {
+		t.Errorf("IngressDropped = %d, want 3", got)
+	}
+}
+
+func TestOptionsValidate(t *testing.T) {
+	for _, f := range []func(*Options){
+		func(o *Options) { o.Table = 254 },
+		func(o *Options) { o.Table = 0 },
+		func(o *Options) { o.Priority = 0 },
+		func(o *Options) { o.Priority = 32766 },
+		func(o *Options) { o.FwMark = 0 },
+		func(o *Options) { o.IPv4, o.IPv6 = false, false },
+		func(o *Options) { o.Interface = "" },
+		func(o *Options) { o.Interface = "sixteen-chars-xx" },
+		func(o *Options) { o.MTU = 100 },
+	} {
+		o := opts(f)
+		if _, err := New(o); err == nil {
+			t.Errorf("New(%+v) accepted invalid options", o)
+		}
+		if err := NewFake(o).Apply(context.Background(), dual()); err == nil {
+			t.Errorf("Fake with %+v applied invalid options", o)
+		}
+	}
+	if err := DefaultOptions().validate(); err != nil {
+		t.Errorf("DefaultOptions invalid: %v", err)
+	}
+}
+
+func TestAutoMTU(t *testing.T) {
+	for _, c := range []struct {
+		underlay int
+		v6       bool
+		want     int
+	}{{1500, false, 1440}, {1500, true, 1420}, {9001, false, 8941}, {1450, true, 1370}} {
+		if got := AutoMTU(c.underlay, c.v6); got != c.want {
+			t.Errorf("AutoMTU(%d, %v) = %d, want %d", c.underlay, c.v6, got, c.want)
+		}
+	}
+}
+
+// TestPlanOrder: every add and replace precedes every delete.
+func TestPlanOrder(t *testing.T) {
+	h := testHost(DefaultInterface)
+	applyOn(t, h, configs()[0])
+	o := opts(func(o *Options) { o.Priority = 98; o.Table = 77 })
+	d := dual()
+	d.Addresses = []netip.Prefix{pfx("10.250.0.1/32")}
+	w := h.observe(o)
+	want, _ := o.target(d, w)
+	ops := plan(o.Interface, w.Ours, want)
+	deleting := false
+	var kinds []opKind
+	for _, op := range ops {
+		del := op.kind >= opDelRule
+		if deleting && !del {
+			t.Errorf("%s comes after a delete", op)
+		}
+		deleting = deleting || del
+		kinds = append(kinds, op.kind)
+	}
+	for _, k := range []opKind{opAddAddr, opReplaceRoute, opAddRule, opDelRule, opDelRoute, opDelAddr} {
+		if !slices.Contains(kinds, k) {
+			t.Errorf("plan lacks an op of kind %d: %v", k, ops)
+		}
+	}
+}
