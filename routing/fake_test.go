@@ -68,7 +68,9 @@ type config struct {
 func tunnel(dst, node string) mesh.Route {
 	return mesh.Route{Dst: pfx(dst), Kind: mesh.ViaTunnel, Node: node}
 }
-func throw(dst, node string) mesh.Route { return mesh.Route{Dst: pfx(dst), Kind: mesh.Throw, Node: node} }
+func throw(dst, node string) mesh.Route {
+	return mesh.Route{Dst: pfx(dst), Kind: mesh.Throw, Node: node}
+}
 func unreachable(dst, node string) mesh.Route {
 	return mesh.Route{Dst: pfx(dst), Kind: mesh.Unreachable, Node: node}
 }

@@ -165,7 +165,7 @@ func TestPrivilegedApply(t *testing.T) {
 	}{
 		{[]string{"10.244.2.5"}, "dev wgmesh0 table 51820 src 10.244.1.0"},
 		{[]string{"fd00:10:244:2::5"}, "dev wgmesh0"},
-		{[]string{"10.244.1.7"}, "dev ul0"},                 // own CIDR: throw → main
+		{[]string{"10.244.1.7"}, "dev ul0"},                    // own CIDR: throw → main
 		{[]string{"10.244.2.5", "mark", "0x20000"}, "dev ul0"}, // encrypted packets skip the table
 		{[]string{"198.18.0.2"}, "dev ul0"},
 	} {
