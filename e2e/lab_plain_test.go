@@ -22,6 +22,23 @@ func TestPrivilegedLabPlainRouting(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 
+	// A capture stopped right after a few packets must hold exactly those
+	// packets: nothing may be lost in tcpdump's buffers at the end.
+	short, err := l.StartCaptureFile(ctx, filepath.Join(l.Dir(), "short.pcap"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r, err := l.Nodes[0].Pods[0].Ping(ctx, l.Nodes[2].Pods[1].Addr4, 3, 20*time.Millisecond); err != nil || r.Received != 3 {
+		t.Fatalf("ping before any agent: %v, %v", r, err)
+	}
+	sr, err := short.Stop()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sr.Plaintext != 6 {
+		t.Errorf("short capture counted %d plaintext packets for 3 echo requests and 3 replies, want 6 (%s)", sr.Plaintext, sr.Counts)
+	}
+
 	capt, err := l.StartCapture(ctx)
 	if err != nil {
 		t.Fatal(err)

@@ -63,11 +63,14 @@ func (l *Lab) StartCaptureFile(ctx context.Context, path string) (*Capture, erro
 		return nil, fmt.Errorf("lab: a capture is already running (%s)", l.capture.Path)
 	}
 	l.mu.Unlock()
-	// -Z root: Debian's tcpdump otherwise drops to an unprivileged user that
-	// cannot write into the lab's 0700 directory. -B: a large kernel buffer so
-	// bursts of a fast transfer are not dropped.
+	// --immediate-mode: without it packets wait in the kernel ring until a
+	// block fills or a timeout passes, and whatever waits there when tcpdump
+	// is stopped is silently lost — the last second of a scenario, or all
+	// of a short one. -Z root: Debian's tcpdump otherwise drops to a user
+	// that cannot write into the lab's 0700 directory. -B: a large kernel
+	// buffer so bursts of a fast transfer are not dropped.
 	cmd := exec.Command("ip", "netns", "exec", l.Switch,
-		"tcpdump", "-i", l.Bridge, "-nn", "-s", strconv.Itoa(snapLen), "-B", "16384", "-U", "-Z", "root", "-w", path)
+		"tcpdump", "-i", l.Bridge, "-nn", "--immediate-mode", "-s", strconv.Itoa(snapLen), "-B", "16384", "-U", "-Z", "root", "-w", path)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
@@ -115,7 +118,10 @@ func (c *Capture) stderrText() string {
 	return strings.TrimSpace(c.stderr.String())
 }
 
-var droppedRE = regexp.MustCompile(`(\d+) packets? dropped by kernel`)
+var (
+	droppedRE  = regexp.MustCompile(`(\d+) packets? dropped by kernel`)
+	capturedRE = regexp.MustCompile(`(\d+) packets? captured`)
+)
 
 // Stop ends the capture (SIGINT, so tcpdump flushes the file), then counts
 // what it recorded.
@@ -135,7 +141,8 @@ func (c *Capture) Stop() (CaptureResult, error) {
 		<-c.done
 	}
 	var r CaptureResult
-	if m := droppedRE.FindStringSubmatch(c.stderrText()); m != nil {
+	stderr := c.stderrText()
+	if m := droppedRE.FindStringSubmatch(stderr); m != nil {
 		r.KernelDropped, _ = strconv.Atoi(m[1])
 	}
 	counts, err := CountPcapFile(c.Path, DefaultClassifier())
@@ -146,7 +153,22 @@ func (c *Capture) Stop() (CaptureResult, error) {
 	if err != nil {
 		return r, fmt.Errorf("lab: capture %s: %w", c.Path, err)
 	}
+	// The file must hold what tcpdump says it captured, or the counts
+	// describe only part of the scenario.
+	m := capturedRE.FindStringSubmatch(stderr)
+	if m == nil {
+		return r, fmt.Errorf("lab: capture %s: tcpdump printed no statistics: %s", c.Path, stderr)
+	}
+	if n, _ := strconv.Atoi(m[1]); n != r.Frames {
+		return r, fmt.Errorf("lab: capture %s holds %d frames but tcpdump captured %d", c.Path, r.Frames, n)
+	}
 	return r, nil
+}
+
+// Recount counts the stopped (or running) capture again with another
+// classifier, for example one that exempts a node known to run no agent.
+func (c *Capture) Recount(cl Classifier) (Counts, error) {
+	return CountPcapFile(c.Path, cl)
 }
 
 // Snapshot counts what the capture has written so far without stopping it.

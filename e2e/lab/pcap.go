@@ -15,6 +15,10 @@ type Classifier struct {
 	// PodPrefixes: a packet whose outer source or destination lies in one of
 	// them crossed the wire unencrypted.
 	PodPrefixes []netip.Prefix
+	// Exempt are pod prefixes whose plaintext is expected (a node without an
+	// agent under --allow-unencrypted): packets from or to them are counted
+	// in Exempted instead of Plaintext.
+	Exempt []netip.Prefix
 }
 
 // DefaultClassifier treats the lab's pod ranges as plaintext markers.
@@ -39,13 +43,19 @@ type Counts struct {
 	Plaintext int
 	// PlaintextSamples describes the first few plaintext packets.
 	PlaintextSamples []string
+	// Exempted is plaintext pod packets from or to Classifier.Exempt.
+	Exempted int
 	// Truncated is set when the file ended inside a record (a capture still
 	// being written); the partial record is not counted.
 	Truncated bool
 }
 
 func (c Counts) String() string {
-	return fmt.Sprintf("%d frames, %d IP, %d WireGuard, %d plaintext pod packets", c.Frames, c.IP, c.WireGuard, c.Plaintext)
+	s := fmt.Sprintf("%d frames, %d IP, %d WireGuard, %d plaintext pod packets", c.Frames, c.IP, c.WireGuard, c.Plaintext)
+	if c.Exempted > 0 {
+		s += fmt.Sprintf(", %d expected plaintext (exempt)", c.Exempted)
+	}
+	return s
 }
 
 const maxSamples = 5
@@ -193,6 +203,12 @@ func (cl Classifier) packet(c *Counts, link uint32, b []byte) {
 		return
 	}
 	c.IP++
+	for _, p := range cl.Exempt {
+		if p.Contains(src) || p.Contains(dst) {
+			c.Exempted++
+			return
+		}
+	}
 	for _, p := range cl.PodPrefixes {
 		if p.Contains(src) || p.Contains(dst) {
 			c.Plaintext++
@@ -227,8 +243,10 @@ func isWireGuard(udp []byte) bool {
 		return plen == 92
 	case 3: // cookie reply
 		return plen == 64
-	case 4: // transport data: header 16, tag 16, payload padded to 16
-		return plen >= 32 && (plen-32)%16 == 0
+	case 4: // transport data: header 16, tag 16, then the padded payload.
+		// The padding stops at the tunnel MTU, so the length is not always
+		// a multiple of 16.
+		return plen >= 32
 	}
 	return false
 }

@@ -74,7 +74,9 @@ func samplePcap() []byte {
 	w.record(ipPacket("198.18.0.12", "198.18.0.11", 17, udp(92, wgHeader(2))), 134)             // response
 	w.record(ipPacket("198.18.0.11", "198.18.0.12", 17, udp(32, wgHeader(4))), 74)              // keepalive
 	w.record(ipPacket("198.18.0.11", "198.18.0.12", 17, udp(1440, wgHeader(4))), 1482)          // data
-	w.record(ipPacket("198.18.0.11", "198.18.0.12", 17, udp(100, wgHeader(4))), 142)            // wrong padding: not WG
+	w.record(ipPacket("198.18.0.11", "198.18.0.12", 17, udp(1452, wgHeader(4))), 1494)          // data at MTU 1420
+	w.record(ipPacket("198.18.0.11", "198.18.0.12", 17, udp(20, wgHeader(4))), 62)              // too short: not WG
+	w.record(ipPacket("198.18.0.11", "198.18.0.12", 17, udp(148, []byte{1, 0, 1, 0})), 190)     // reserved bytes set: not WG
 	w.record(ipPacket("10.244.1.2", "10.244.2.2", 1, make([]byte, 8)), 98)                      // plaintext v4
 	w.record(ipPacket("198.18.0.11", "10.244.2.2", 6, make([]byte, 20)), 74)                    // plaintext (dst)
 	w.record(ipPacket("fd00:10:244:1::2", "fd00:10:244:2::2", 58, make([]byte, 8)), 118)        // plaintext v6
@@ -89,12 +91,25 @@ func TestCountPcap(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := Counts{Frames: 11, IP: 10, WireGuard: 5, Plaintext: 3}
+	want := Counts{Frames: 13, IP: 12, WireGuard: 6, Plaintext: 3}
 	if c.Frames != want.Frames || c.IP != want.IP || c.WireGuard != want.WireGuard || c.Plaintext != want.Plaintext || c.Truncated {
 		t.Fatalf("counts = %+v, want %+v", c, want)
 	}
 	if len(c.PlaintextSamples) != 3 || c.PlaintextSamples[0] != "10.244.1.2 > 10.244.2.2 proto 1" {
 		t.Errorf("samples = %q", c.PlaintextSamples)
+	}
+}
+
+func TestCountPcapExempt(t *testing.T) {
+	cl := DefaultClassifier()
+	cl.Exempt = []netip.Prefix{netip.MustParsePrefix("10.244.2.0/24")}
+	c, err := CountPcap(bytes.NewReader(samplePcap()), cl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Both IPv4 plaintext samples touch 10.244.2.0/24; the IPv6 one does not.
+	if c.Plaintext != 1 || c.Exempted != 2 {
+		t.Errorf("counts with node2 exempt = %+v, want 1 plaintext, 2 exempted", c)
 	}
 }
 
@@ -105,7 +120,7 @@ func TestCountPcapTruncatedAndBigEndian(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !c.Truncated || c.Frames != 10 {
+	if !c.Truncated || c.Frames != 12 {
 		t.Errorf("truncated file: %+v", c)
 	}
 	// An empty file (tcpdump not started writing) is an empty capture.
@@ -139,7 +154,7 @@ func FuzzCountPcap(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if c.WireGuard+c.Plaintext > c.IP || c.IP > c.Frames || len(c.PlaintextSamples) > maxSamples {
+		if c.WireGuard+c.Plaintext+c.Exempted > c.IP || c.IP > c.Frames || len(c.PlaintextSamples) > maxSamples {
 			t.Fatalf("inconsistent counts %+v", c)
 		}
 	})
