@@ -23,7 +23,7 @@ type demo struct {
 	lab    *lab.Lab
 }
 
-const totalSteps = 10
+const totalSteps = 11
 
 func (d *demo) header(format string, args ...any) {
 	d.step++
@@ -100,6 +100,7 @@ func (d *demo) run(ctx context.Context) (err error) {
 	d.say("private keys stay in %s/<node>/private.key (mode 0600)", l.Dir())
 
 	d.header("Writing the peers file: who is who, where to reach them, which pod networks they own")
+	d.say("every agent reads this file and watches it for changes (on Kubernetes, Node objects play its part)")
 	if err := l.WritePeersFiles(l.Entries()); err != nil {
 		return err
 	}
@@ -115,8 +116,9 @@ func (d *demo) run(ctx context.Context) (err error) {
 			return err
 		}
 		agents[n.Name] = a
-		d.say("%-6s wgmesh %s", n.Name, strings.Join(a.Args, " "))
+		d.say("%-6s wgmesh %s", n.Name, strings.ReplaceAll(strings.Join(a.Args, " "), l.Dir(), "$LAB"))
 	}
+	d.say("($LAB is %s; each agent runs inside its node's namespace)", l.Dir())
 
 	d.header("Waiting for every agent to set up its peers, then for the WireGuard handshakes")
 	t0 := time.Now()
@@ -163,6 +165,7 @@ func (d *demo) run(ctx context.Context) (err error) {
 	}
 
 	d.header("Pinging from every pod to every other node's pod, IPv4 and IPv6")
+	d.say("path: pod -> its node -> wgmesh routing table -> WireGuard -> switch -> other node -> pod")
 	for _, a := range l.Nodes {
 		for _, b := range l.Nodes {
 			if a == b {
@@ -192,6 +195,8 @@ func (d *demo) run(ctx context.Context) (err error) {
 	d.check(err == nil, "transfer: %s%s", res, errSuffix(err))
 
 	d.header("What crossed the switch")
+	d.say("a pod packet in plaintext shows a pod address (10.244.x.x, fd00:10:244:...) on the wire;")
+	d.say("an encrypted one shows only node addresses and WireGuard's UDP header")
 	cr, err := capt.Stop()
 	if err != nil {
 		return err
