@@ -83,8 +83,9 @@ type Source struct {
 	nodes    []mesh.Node
 	synced   bool
 	loadedAt time.Time
-	lastData []byte // last content read, valid or not: unchanged content is not parsed or logged again
-	lastErr  error  // why the last read failed; nil when the file in force is the current one
+	lastData []byte     // last content read, valid or not: unchanged content is not parsed or logged again
+	lastErr  error      // why the last read failed; nil when the file in force is the current one
+	self     *mesh.Self // what the agent last published, to check later versions of the file
 
 	reportMu   sync.Mutex
 	reported   map[mesh.Problem]bool
@@ -263,6 +264,12 @@ func (s *Source) load(force bool) {
 	s.log.Info("peers file loaded", "nodes", len(nodes))
 	if self < 0 {
 		s.log.Warn("this node has no entry in the peers file; other hosts will not reach it until one is added on every host", "node", s.o.NodeName)
+	} else if s.self != nil && s.self.Name == nodes[self].Name {
+		// Publish ran against an earlier version; an edit that puts another
+		// key into this node's entry cuts it off just the same.
+		if err := s.checkEntry(nodes[self], *s.self); err != nil {
+			s.log.Error("the peers file no longer matches this agent", "error", err)
+		}
 	}
 	select {
 	case s.changes <- struct{}{}:
@@ -340,6 +347,7 @@ func (s *Source) Publish(ctx context.Context, self mesh.Self) error {
 		}
 		return fmt.Errorf("peers file %s: cannot check the entry of node %q: no valid file in force (%s)", s.o.Path, self.Name, why)
 	}
+	s.self = &self
 	i := slices.IndexFunc(s.nodes, func(n mesh.Node) bool { return n.Name == self.Name })
 	if i < 0 {
 		attrs := []any{"node", self.Name, "publicKey", self.PublicKey.String()}
@@ -349,7 +357,13 @@ func (s *Source) Publish(ctx context.Context, self mesh.Self) error {
 		s.log.Warn("this node has no entry in the peers file; add one with this public key on every host", attrs...)
 		return nil
 	}
-	entry := s.nodes[i]
+	return s.checkEntry(s.nodes[i], self)
+}
+
+// checkEntry compares the file's entry for the local node with what the
+// agent publishes: a different key is an error, a missing key or another
+// endpoint is logged.
+func (s *Source) checkEntry(entry mesh.Node, self mesh.Self) error {
 	switch {
 	case entry.PublicKey.IsZero():
 		s.log.Warn("the peers file entry of this node has no publicKey; add it on every host so they can reach this node",

@@ -375,6 +375,30 @@ func TestPublish(t *testing.T) {
 	}
 }
 
+// TestPublishedKeyCheckedOnReload: an edit that gives the local node another
+// key after Publish is reported as well.
+func TestPublishedKeyCheckedOnReload(t *testing.T) {
+	priv, err := mesh.GeneratePrivateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "peers.yaml")
+	writeAtomic(t, path, "nodes:\n  - name: host-a\n    publicKey: \""+priv.PublicKey().String()+"\"\n")
+	h := start(t, path, 0)
+	h.changed(t)
+	if err := h.src.Publish(context.Background(), mesh.Self{Name: "host-a", PublicKey: priv.PublicKey()}); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(h.logs.String(), "no longer matches") {
+		t.Fatal("mismatch logged for a matching file")
+	}
+	writeAtomic(t, path, "nodes:\n  - name: host-a\n    publicKey: \""+keyB+"\"\n")
+	h.changed(t)
+	if logs := h.logs.String(); !strings.Contains(logs, "no longer matches") || !strings.Contains(logs, keyB) {
+		t.Errorf("edited key not reported:\n%s", logs)
+	}
+}
+
 func TestReportRateLimits(t *testing.T) {
 	logs := &logBuf{}
 	src, err := New(Options{Path: "p.yaml", NodeName: "host-a", ReportEvery: time.Hour, Logger: slog.New(slog.NewTextHandler(logs, nil))})
