@@ -1,0 +1,114 @@
+package file
+
+import (
+	"context"
+	"log/slog"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/wgmesh/wgmesh/mesh"
+)
+
+// recDevice and recRouter record what the reconciler asks for.
+type recDevice struct {
+	mu  sync.Mutex
+	cfg []mesh.DeviceConfig
+}
+
+func (d *recDevice) Configure(ctx context.Context, cfg mesh.DeviceConfig) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.cfg = append(d.cfg, cfg)
+	return nil
+}
+
+func (d *recDevice) peers() string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if len(d.cfg) == 0 {
+		return "<not configured>"
+	}
+	var names []string
+	for _, p := range d.cfg[len(d.cfg)-1].Peers {
+		names = append(names, p.Node)
+	}
+	return strings.Join(names, ",")
+}
+
+func (d *recDevice) count() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return len(d.cfg)
+}
+
+type recRouter struct{}
+
+func (recRouter) Apply(ctx context.Context, d mesh.Desired) error { return nil }
+
+// TestReconcilerWithFileSource runs the real reconciler on the real peers
+// file source: file edits reach the device, an invalid edit changes nothing.
+func TestReconcilerWithFileSource(t *testing.T) {
+	dir := t.TempDir()
+	keys := mesh.NewKeyStore(filepath.Join(dir, "private.key"))
+	priv, _, err := keys.LoadOrCreate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	self := "  - name: host-a\n    publicKey: \"" + priv.PublicKey().String() + "\"\n    endpoint: \"198.18.0.1:51820\"\n    podCIDRs: [\"10.244.1.0/24\"]\n"
+	peer := func(name, key, n string) string {
+		return "  - name: " + name + "\n    publicKey: \"" + key + "\"\n    endpoint: \"198.18.0." + n + ":51820\"\n    podCIDRs: [\"10.244." + n + ".0/24\"]\n"
+	}
+	path := filepath.Join(dir, "peers.yaml")
+	writeAtomic(t, path, "nodes:\n"+self+peer("host-b", keyA, "2"))
+
+	logs := &logBuf{}
+	log := slog.New(slog.NewTextHandler(logs, nil))
+	src, err := New(Options{Path: path, NodeName: "host-a", Poll: -1, Debounce: 10 * time.Millisecond, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dev := &recDevice{}
+	rec, err := mesh.NewReconciler(mesh.ReconcilerOptions{
+		NodeName: "host-a", Source: src, Device: dev, Router: recRouter{}, Keys: keys,
+		Derive: mesh.Options{IPv4: true, IPv6: true}, ListenPort: 51820, Resync: 50 * time.Millisecond,
+		Debounce: 10 * time.Millisecond, MinBackoff: 20 * time.Millisecond, MaxBackoff: 50 * time.Millisecond, Logger: log,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- rec.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+
+	eventually(t, "host-b configured", func() bool { return dev.peers() == "host-b" && rec.Ready() })
+	if !strings.Contains(logs.String(), "published this node's identity") {
+		t.Errorf("publish did not succeed:\n%s", logs)
+	}
+
+	writeAtomic(t, path, "nodes:\n"+self+peer("host-b", keyA, "2")+peer("host-c", keyB, "3"))
+	eventually(t, "host-c configured", func() bool { return dev.peers() == "host-b,host-c" })
+
+	// An invalid edit (host bits set) leaves host-c in place through resyncs.
+	writeAtomic(t, path, "nodes:\n"+self+peer("host-b", keyA, "2")+strings.Replace(peer("host-c", keyB, "3"), ".0/24", ".1/24", 1))
+	eventually(t, "the invalid edit noticed", func() bool { return src.Err() != nil })
+	n := dev.count()
+	eventually(t, "resyncs", func() bool { return dev.count() >= n+2 })
+	if got := dev.peers(); got != "host-b,host-c" {
+		t.Errorf("after an invalid edit: peers %q, want the last good host-b,host-c", got)
+	}
+	if !slices.ContainsFunc(strings.Split(logs.String(), "\n"), func(l string) bool {
+		return strings.Contains(l, path+":13: nodes[2].podCIDRs[0]")
+	}) {
+		t.Errorf("the invalid edit is not logged with path and line:\n%s", logs)
+	}
+}
