@@ -356,9 +356,12 @@ func (s *fakeHost) do(o op) error {
 			l.Addrs = append(l.Addrs, o.addr)
 		}
 	case opDelAddr:
-		if l := s.link(o.iface); l != nil {
-			l.Addrs = slices.DeleteFunc(l.Addrs, func(a netip.Prefix) bool { return a == o.addr })
+		l := s.link(o.iface)
+		if l == nil || !slices.Contains(l.Addrs, o.addr) {
+			return nil
 		}
+		l.Addrs = slices.DeleteFunc(l.Addrs, func(a netip.Prefix) bool { return a == o.addr })
+		s.addrRemoved(l, o.addr)
 	case opReplaceRoute:
 		r := o.route
 		if r.Type == typeUnicast {
@@ -402,6 +405,22 @@ func (s *fakeHost) do(o op) error {
 		return fmt.Errorf("unknown op %d", o.kind)
 	}
 	return nil
+}
+
+// addrRemoved does to routes what the kernel does when address a leaves
+// link l: IPv4 routes preferring a as source go; when it was l's last IPv4
+// address, every IPv4 route through l goes; IPv6 routes merely lose a as
+// preferred source.
+func (s *fakeHost) addrRemoved(l *link, a netip.Prefix) {
+	last4 := familyOf(a.Addr()) == v4 && !hasFamily(l.Addrs, v4)
+	s.routes = slices.DeleteFunc(s.routes, func(r route) bool {
+		return r.family() == v4 && (r.Src == a.Addr() || (last4 && r.Dev == l.Name))
+	})
+	for i := range s.routes {
+		if s.routes[i].family() == v6 && s.routes[i].Src == a.Addr() {
+			s.routes[i].Src = netip.Addr{}
+		}
+	}
 }
 
 func (s *fakeHost) dropped() uint64 {

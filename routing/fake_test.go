@@ -501,3 +501,34 @@ func TestPlanOrder(t *testing.T) {
 		}
 	}
 }
+
+// TestPlanLastIPv4Address: removing the interface's last IPv4 address makes
+// the kernel flush the IPv4 routes through it, so plan parks the tunnel
+// routes as unreachable around the removal instead of letting them vanish.
+func TestPlanLastIPv4Address(t *testing.T) {
+	h := testHost(DefaultInterface)
+	applyOn(t, h, configs()[0])
+	d := dual()
+	d.Addresses = nil
+	o := DefaultOptions()
+	w := h.observe(o)
+	want, _ := o.target(d, w)
+	var got []string
+	for _, op := range plan(o.Interface, w.Ours, want) {
+		if strings.Contains(op.String(), "10.244.2.0/24") || strings.Contains(op.String(), "address del 10.244.1.0/32") {
+			got = append(got, op.String())
+		}
+	}
+	wantOps := []string{
+		"ip route replace unreachable 10.244.2.0/24 table 51820 proto 0x57",
+		"ip address del 10.244.1.0/32 dev wgmesh0",
+		"ip route replace 10.244.2.0/24 dev wgmesh0 table 51820 proto 0x57",
+	}
+	if diff := cmp.Diff(wantOps, got); diff != "" {
+		t.Errorf("ops (-want +got):\n%s", diff)
+	}
+	applyOn(t, h, config{"no-address", o, d})
+	if !strings.Contains(h.render(), "ip route add 10.244.2.0/24 dev wgmesh0 table 51820 proto 0x57\n") {
+		t.Errorf("tunnel route missing after the address went:\n%s", h.render())
+	}
+}

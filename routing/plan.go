@@ -223,7 +223,7 @@ func (o op) String() string {
 }
 
 // plan returns the ops that turn have into want, adds and replaces before
-// deletes. have holds only our own entries, so deleting everything in have
+// deletes (with one exception, see flush4). have holds only our own entries, so deleting everything in have
 // that want lacks never touches anyone else's.
 func plan(iface string, have, want ours) []op {
 	var ops []op
@@ -239,8 +239,22 @@ func plan(iface string, have, want ours) []op {
 			ops = append(ops, op{kind: opAddAddr, iface: iface, addr: a})
 		}
 	}
+	// When the interface loses its last IPv4 address the kernel flushes
+	// every IPv4 route through it. If that is about to happen, the tunnel
+	// routes are first made unreachable (which the flush leaves alone), and
+	// put back after the address is gone: packets are dropped for a moment
+	// instead of falling through to the main table in plaintext.
+	flush4 := hasFamily(have.Addrs, v4) && !hasFamily(want.Addrs, v4)
+	var readd []route
 	haveRoutes := setOf(have.Routes)
 	for _, r := range sortedRoutes(want.Routes) {
+		if flush4 && r.family() == v4 && r.Type == typeUnicast && r.Dev == iface {
+			blocked := r
+			blocked.Type, blocked.Dev, blocked.Src = typeUnreachable, "", netip.Addr{}
+			ops = append(ops, op{kind: opReplaceRoute, route: blocked})
+			readd = append(readd, r)
+			continue
+		}
 		if !haveRoutes[r] {
 			ops = append(ops, op{kind: opReplaceRoute, route: r})
 		}
@@ -285,6 +299,9 @@ func plan(iface string, have, want ours) []op {
 			ops = append(ops, op{kind: opDelAddr, iface: iface, addr: a})
 		}
 	}
+	for _, r := range readd {
+		ops = append(ops, op{kind: opReplaceRoute, route: r})
+	}
 	if want.Filter == nil && have.Filter != nil {
 		ops = append(ops, op{kind: opDelFilter})
 	}
@@ -297,4 +314,8 @@ func setOf[T comparable](xs []T) map[T]bool {
 		m[x] = true
 	}
 	return m
+}
+
+func hasFamily(ps []netip.Prefix, f family) bool {
+	return slices.ContainsFunc(ps, func(p netip.Prefix) bool { return familyOf(p.Addr()) == f })
 }

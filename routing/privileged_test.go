@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 
@@ -384,4 +385,42 @@ func cleanupTwice(ctx context.Context, r Router) error {
 		return err
 	}
 	return r.Cleanup(ctx)
+}
+
+// TestPrivilegedTransitions replays the golden configurations in a seeded
+// random order against the kernel and the fake side by side: after every
+// step the kernel's wgmesh state, read back through the model, renders
+// exactly like the fake's. This pins the fake to the kernel for routes
+// changing kind, options changing (table, priority, mark), families
+// switching, the filter coming and going and set elements merging.
+func TestPrivilegedTransitions(t *testing.T) {
+	l := newLab(t)
+	ctx := context.Background()
+	host := testHost(DefaultInterface)
+	host.link("eth0").MTU = 1400 // as the lab's underlay
+	var cs []config
+	for _, c := range configs() {
+		// The fake's underlay holds 2001:db8::1, the lab's does not.
+		if c.name != "mtu-auto-ipv6-underlay" {
+			cs = append(cs, c)
+		}
+	}
+	rng := rand.New(rand.NewPCG(7, 7))
+	order := append(slices.Clone(cs), cs...)
+	rng.Shuffle(len(order), func(i, j int) { order[i], order[j] = order[j], order[i] })
+	for i, c := range order {
+		r, k := l.router(c.o)
+		if err := r.Apply(ctx, c.d); err != nil {
+			t.Fatalf("step %d %s: kernel Apply: %v", i, c.name, err)
+		}
+		applyOn(t, host, c)
+		got, err := k.observe(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := host.observe(c.o)
+		if diff := cmp.Diff(want.Ours.render(c.o.Interface), got.Ours.render(c.o.Interface)); diff != "" {
+			t.Fatalf("step %d %s: kernel differs from fake (-fake +kernel):\n%s", i, c.name, diff)
+		}
+	}
 }
