@@ -99,6 +99,8 @@ type deriver struct {
 	own []claim
 	// claims are every other node's claims; claim.owner indexes cands.
 	claims []claim
+	// order indexes claims sorted by prefix (then owner name).
+	order []int
 	// keep are the addresses that never go through the tunnel, sorted.
 	keep []keepOut
 
@@ -117,6 +119,8 @@ type candidate struct {
 	// blocked says the node is managed but cannot be a peer (a Problem says
 	// why).
 	blocked bool
+	// claims is the range of deriver.claims that belongs to this node.
+	claimStart, claimEnd int
 }
 
 // isPeer reports whether c is programmed as a WireGuard peer.
@@ -140,7 +144,6 @@ type keepOut struct {
 	// cand indexes deriver.cands for another node's endpoint; it is
 	// keepSelf or keepOption otherwise.
 	cand int
-	what string // for Problem details
 }
 
 const (
@@ -221,7 +224,7 @@ func (d *deriver) collectOthers(nodes []Node) {
 		d.copyProblems(n)
 		c := candidate{node: n}
 		if n.Name == "" {
-			d.problem("", ReasonInvalidName, "a node has no name; not programmed, %s", d.consequence())
+			d.problem("", ReasonInvalidName, "a node has no name; not programmed; %s", d.consequence())
 			c.blocked = true
 		}
 		c.endpoint = netip.AddrPortFrom(n.Endpoint.Addr().Unmap(), n.Endpoint.Port())
@@ -274,17 +277,17 @@ func (d *deriver) findConflicts() {
 	d.groups(managed, func(i int) bool { return name(i) != "" },
 		func(a, b int) int { return strings.Compare(name(a), name(b)) },
 		func(i int, others string) {
-			d.problem(name(i), ReasonDuplicateName, "another node has the same name (%s); none of them is programmed, %s", others, d.consequence())
+			d.problem(name(i), ReasonDuplicateName, "several nodes have this name; none of them is programmed; %s", d.consequence())
 		})
 	d.groups(managed, func(i int) bool { return d.cands[i].keyOK },
 		func(a, b int) int { return slices.Compare(d.cands[a].node.PublicKey[:], d.cands[b].node.PublicKey[:]) },
 		func(i int, others string) {
-			d.problem(name(i), ReasonDuplicateKey, "public key is also published by %s; none of them is programmed, %s", others, d.consequence())
+			d.problem(name(i), ReasonDuplicateKey, "public key is also published by %s; none of them is programmed; %s", others, d.consequence())
 		})
 	d.groups(managed, func(i int) bool { return d.cands[i].endpointOK },
 		func(a, b int) int { return d.cands[a].endpoint.Compare(d.cands[b].endpoint) },
 		func(i int, others string) {
-			d.problem(name(i), ReasonDuplicateEndpoint, "endpoint %s is also published by %s; none of them is programmed, %s", d.cands[i].endpoint, others, d.consequence())
+			d.problem(name(i), ReasonDuplicateEndpoint, "endpoint %s is also published by %s; none of them is programmed; %s", d.cands[i].endpoint, others, d.consequence())
 		})
 
 	// Only the self argument's key is the local key: entries of the list
@@ -293,7 +296,7 @@ func (d *deriver) findConflicts() {
 		c := &d.cands[i]
 		if c.keyOK && !d.selfKey.IsZero() && c.node.PublicKey == d.selfKey {
 			c.blocked = true
-			d.problem(name(i), ReasonDuplicateKey, "node publishes the public key of the local node %q; not programmed, %s", d.selfName, d.consequence())
+			d.problem(name(i), ReasonDuplicateKey, "node publishes the public key of the local node %q; not programmed; %s", d.selfName, d.consequence())
 		}
 	}
 }
@@ -308,7 +311,10 @@ func (d *deriver) groups(idx []int, keep func(int) bool, cmpFn func(a, b int) in
 		}
 	}
 	slices.SortFunc(s, func(a, b int) int {
-		return cmp.Or(cmpFn(a, b), strings.Compare(d.cands[a].node.Name, d.cands[b].node.Name))
+		if c := cmpFn(a, b); c != 0 {
+			return c
+		}
+		return strings.Compare(d.cands[a].node.Name, d.cands[b].node.Name)
 	})
 	for start := 0; start < len(s); {
 		end := start + 1
@@ -335,34 +341,67 @@ func (d *deriver) otherNames(group []int, k int) string {
 			names = append(names, fmt.Sprintf("%q", d.cands[i].node.Name))
 		}
 	}
-	if len(names) > maxNamesInDetail {
-		more := len(names) - maxNamesInDetail
-		names = append(names[:maxNamesInDetail:maxNamesInDetail], fmt.Sprintf("%d more", more))
+	if len(names) == 1 {
+		return "node " + names[0]
 	}
-	return "node " + strings.Join(names, ", ")
+	last := names[len(names)-1]
+	if len(names) > maxNamesInDetail {
+		last = fmt.Sprintf("%d more", len(names)-maxNamesInDetail)
+		names = names[:maxNamesInDetail+1]
+	}
+	return "nodes " + strings.Join(names[:len(names)-1], ", ") + " and " + last
 }
 
 func (d *deriver) collectKeepOutside() {
 	for i := range d.cands {
 		c := &d.cands[i]
 		if a := c.endpoint.Addr(); usableEndpointAddr(a) {
-			d.keep = append(d.keep, keepOut{addr: a, cand: i, what: fmt.Sprintf("the endpoint address of node %q", c.node.Name)})
+			d.keep = append(d.keep, keepOut{addr: a, cand: i})
 		}
 	}
 	for _, ep := range d.selfEndpoints {
 		if a := ep.Addr().Unmap(); usableEndpointAddr(a) {
-			d.keep = append(d.keep, keepOut{addr: a, cand: keepSelf, what: "the local node's endpoint address"})
+			d.keep = append(d.keep, keepOut{addr: a, cand: keepSelf})
 		}
 	}
 	for _, a := range d.o.KeepOutside {
 		if a = a.Unmap().WithZone(""); a.IsValid() {
-			d.keep = append(d.keep, keepOut{addr: a, cand: keepOption, what: "a keep-outside address (API server)"})
+			d.keep = append(d.keep, keepOut{addr: a, cand: keepOption})
 		}
 	}
 	slices.SortFunc(d.keep, func(a, b keepOut) int {
-		// what names the node, so this order does not depend on the input's.
-		return cmp.Or(a.addr.Compare(b.addr), strings.Compare(a.what, b.what))
+		// Options first, then the local node, then by node name, so this
+		// order does not depend on the input's.
+		if c := a.addr.Compare(b.addr); c != 0 {
+			return c
+		}
+		if c := cmp.Compare(min(a.cand, 0), min(b.cand, 0)); c != 0 {
+			return c
+		}
+		return strings.Compare(d.keepName(a), d.keepName(b))
 	})
+}
+
+// keepName is the name of the node whose endpoint k is ("" for options).
+func (d *deriver) keepName(k keepOut) string {
+	switch {
+	case k.cand >= 0:
+		return d.cands[k.cand].node.Name
+	case k.cand == keepSelf:
+		return d.selfName
+	}
+	return ""
+}
+
+// describeKeep names a keep-outside address for a Problem detail.
+func (d *deriver) describeKeep(k keepOut) string {
+	switch {
+	case k.cand >= 0:
+		return fmt.Sprintf("the endpoint address %s of node %q", k.addr, d.cands[k.cand].node.Name)
+	case k.cand == keepSelf:
+		return fmt.Sprintf("the local node's endpoint address %s", k.addr)
+	}
+	return fmt.Sprintf("the keep-outside (API server) address %s", k.addr)
 }
 
 // isKept reports whether a is a keep-outside address.
@@ -381,18 +420,26 @@ func (d *deriver) keptIn(p netip.Prefix) (keepOut, bool) {
 }
 
 func (d *deriver) collectClaims() {
-	d.own = d.nodeClaims(-1, d.selfName, d.ownPods, d.ownHosts)
+	d.own = d.appendClaims(nil, -1, d.selfName, d.ownPods, d.ownHosts)
+	n := 0
 	for i := range d.cands {
-		n := d.cands[i].node
-		d.claims = append(d.claims, d.nodeClaims(i, n.Name, n.PodCIDRs, n.HostIPs)...)
+		n += len(d.cands[i].node.PodCIDRs) + len(d.cands[i].node.HostIPs)
+	}
+	d.claims = make([]claim, 0, n)
+	for i := range d.cands {
+		c := &d.cands[i]
+		c.claimStart = len(d.claims)
+		d.claims = d.appendClaims(d.claims, i, c.node.Name, c.node.PodCIDRs, c.node.HostIPs)
+		c.claimEnd = len(d.claims)
 	}
 }
 
-// nodeClaims validates one node's pod CIDRs and host IPs and returns its
-// claims sorted, with claims inside another claim of the same node removed,
-// so a node's claims are pairwise disjoint.
-func (d *deriver) nodeClaims(owner int, name string, pods []netip.Prefix, hosts []netip.Addr) []claim {
-	var cs []claim
+// appendClaims validates one node's pod CIDRs and host IPs and appends its
+// claims to dst, sorted, with claims inside another claim of the same node
+// removed, so a node's claims are pairwise disjoint.
+func (d *deriver) appendClaims(dst []claim, owner int, name string, pods []netip.Prefix, hosts []netip.Addr) []claim {
+	start := len(dst)
+	cs := dst
 	for _, p := range pods {
 		switch {
 		case !p.IsValid():
@@ -425,11 +472,15 @@ func (d *deriver) nodeClaims(owner int, name string, pods []netip.Prefix, hosts 
 			cs = append(cs, claim{prefix: netip.PrefixFrom(a, a.BitLen()), owner: owner, host: true})
 		}
 	}
-	slices.SortFunc(cs, func(a, b claim) int {
-		return cmp.Or(comparePrefix(a.prefix, b.prefix), compareBool(a.host, b.host))
+	mine := cs[start:]
+	slices.SortFunc(mine, func(a, b claim) int {
+		if c := comparePrefix(a.prefix, b.prefix); c != 0 {
+			return c
+		}
+		return compareBool(a.host, b.host)
 	})
-	out := cs[:0]
-	for _, c := range cs {
+	out := mine[:0]
+	for _, c := range mine {
 		// Sorted by start address, shorter first: c is inside an earlier
 		// claim only if it is inside the last one kept.
 		if len(out) > 0 && out[len(out)-1].prefix.Contains(c.prefix.Addr()) {
@@ -437,7 +488,7 @@ func (d *deriver) nodeClaims(owner int, name string, pods []netip.Prefix, hosts 
 		}
 		out = append(out, c)
 	}
-	return out
+	return cs[:start+len(out)]
 }
 
 // ownOverlap returns an own claim overlapping p. Own claims are sorted and
@@ -472,7 +523,7 @@ func (d *deriver) checkOwnAndKeepOutside() {
 		}
 		if k, ok := d.keptIn(c.prefix); ok {
 			c.dropped = true
-			d.problem(name, ReasonCIDROverlap, "%s contains %s %s; not programmed, so that address stays outside the tunnel", describe(*c), k.what, k.addr)
+			d.problem(name, ReasonCIDROverlap, "%s contains %s; not programmed, so that address stays outside the tunnel", describe(*c), d.describeKeep(k))
 		}
 	}
 }
@@ -489,10 +540,17 @@ func (d *deriver) sweepOverlaps() {
 	}
 	slices.SortFunc(order, func(a, b int) int {
 		ca, cb := &d.claims[a], &d.claims[b]
-		return cmp.Or(comparePrefix(ca.prefix, cb.prefix),
-			strings.Compare(d.cands[ca.owner].node.Name, d.cands[cb.owner].node.Name),
-			compareBool(ca.host, cb.host))
+		if c := comparePrefix(ca.prefix, cb.prefix); c != 0 {
+			return c
+		}
+		// Equal prefixes: order by owner so the partner named in a
+		// Problem does not depend on the input order.
+		if c := strings.Compare(d.cands[ca.owner].node.Name, d.cands[cb.owner].node.Name); c != 0 {
+			return c
+		}
+		return compareBool(ca.host, cb.host)
 	})
+	d.order = order
 	// partner remembers one overlapping claim per claim for the Problem.
 	partner := make([]int, len(d.claims))
 	var stack []int
@@ -533,25 +591,13 @@ func describe(c claim) string {
 	return "pod CIDR " + c.prefix.String()
 }
 
-// route precedence when two routes have the same destination: the local
-// node's and keep-outside Throw routes win, so own and control traffic is
-// never diverted.
-const (
-	precOwn = iota
-	precKeepOutside
-	precOther
-)
-
-type rankedRoute struct {
-	Route
-	prec int
-}
-
+// build turns the resolved claims into the Desired state. Claims are
+// visited in the sweep's order, sorted by prefix, so routes and strict
+// sources come out sorted without another sort of thousands of entries.
 func (d *deriver) build() Desired {
-	var out Desired
-	var routes []rankedRoute
-	add := func(p netip.Prefix, k RouteKind, node string, prec int) {
-		routes = append(routes, rankedRoute{Route{Dst: p, Kind: k, Node: node}, prec})
+	out := Desired{
+		Peers:         make([]Peer, 0, len(d.cands)),
+		StrictSources: make([]netip.Prefix, 0, len(d.claims)),
 	}
 	// fallback is the route for pod CIDRs that cannot be encrypted.
 	fallback := Unreachable
@@ -559,62 +605,47 @@ func (d *deriver) build() Desired {
 		fallback = Throw
 	}
 
-	for _, c := range d.own {
-		if !c.host {
-			add(c.prefix, Throw, d.selfName, precOwn)
-		}
-	}
-
-	allowed := make([][]netip.Prefix, len(d.cands))
-	for _, c := range d.claims {
+	claimRoutes := make([]Route, 0, len(d.claims))
+	for _, i := range d.order {
+		c := &d.claims[i]
 		cand := &d.cands[c.owner]
 		name := cand.node.Name
 		switch {
 		case c.dropped:
 		case c.contested:
 			if !c.host {
-				add(c.prefix, fallback, "", precOther)
+				// Owned by neither claimant: traffic goes to neither.
+				claimRoutes = append(claimRoutes, Route{Dst: c.prefix, Kind: fallback})
 				if fallback == Unreachable {
 					out.StrictSources = append(out.StrictSources, c.prefix)
 				}
 			}
 		case cand.isPeer():
-			allowed[c.owner] = append(allowed[c.owner], c.prefix)
-			add(c.prefix, ViaTunnel, name, precOther)
+			claimRoutes = append(claimRoutes, Route{Dst: c.prefix, Kind: ViaTunnel, Node: name})
 			if !c.host {
 				out.StrictSources = append(out.StrictSources, c.prefix)
 			}
 		case c.host:
 			// Hosts that are not peers stay reachable in plaintext.
 		case cand.unmanaged:
-			add(c.prefix, Throw, name, precOther)
+			claimRoutes = append(claimRoutes, Route{Dst: c.prefix, Kind: Throw, Node: name})
 		default:
-			add(c.prefix, fallback, name, precOther)
+			claimRoutes = append(claimRoutes, Route{Dst: c.prefix, Kind: fallback, Node: name})
 			if fallback == Unreachable {
 				out.StrictSources = append(out.StrictSources, c.prefix)
 			}
 		}
 	}
+	// Equal contested prefixes appear once per claimant.
+	out.StrictSources = slices.Compact(out.StrictSources)
 
-	keepalive := max(d.o.Keepalive, 0)
-	for i := range d.cands {
-		c := &d.cands[i]
-		switch {
-		case c.isPeer():
-			ips := allowed[i]
-			slices.SortFunc(ips, comparePrefix)
-			out.Peers = append(out.Peers, Peer{
-				Node:       c.node.Name,
-				PublicKey:  c.node.PublicKey,
-				Endpoint:   c.endpoint,
-				AllowedIPs: ips,
-				Keepalive:  keepalive,
-			})
-		case c.unmanaged || d.o.AllowUnencrypted:
-			out.Unencrypted = append(out.Unencrypted, c.node.Name)
+	var ownRoutes []Route
+	for _, c := range d.own {
+		if !c.host {
+			ownRoutes = append(ownRoutes, Route{Dst: c.prefix, Kind: Throw, Node: d.selfName})
 		}
 	}
-
+	var keepRoutes []Route
 	if d.o.HostEncryption {
 		// Peers' endpoints and the API server must be reached outside the
 		// tunnel even when a host IP or a wider claim would cover them.
@@ -625,37 +656,91 @@ func (d *deriver) build() Desired {
 			dst := netip.PrefixFrom(k.addr, k.addr.BitLen())
 			switch {
 			case k.cand == keepOption:
-				add(dst, Throw, "", precKeepOutside)
+				keepRoutes = append(keepRoutes, Route{Dst: dst, Kind: Throw})
 			case k.cand >= 0 && d.cands[k.cand].isPeer():
-				add(dst, Throw, d.cands[k.cand].node.Name, precKeepOutside)
+				keepRoutes = append(keepRoutes, Route{Dst: dst, Kind: Throw, Node: d.cands[k.cand].node.Name})
 			}
 		}
 	}
+	// On equal destinations the earlier list wins: own traffic stays local
+	// and control traffic outside the tunnel.
+	out.Routes = mergeRoutes(ownRoutes, keepRoutes, claimRoutes)
 
-	slices.SortFunc(routes, func(a, b rankedRoute) int {
-		return cmp.Or(comparePrefix(a.Dst, b.Dst), cmp.Compare(a.prec, b.prec), cmp.Compare(a.Kind, b.Kind), strings.Compare(a.Node, b.Node))
-	})
-	for i, r := range routes {
-		if i > 0 && routes[i-1].Dst == r.Dst {
-			continue
+	// All peers' AllowedIPs share one array, in slices capped so that an
+	// append by the caller copies rather than overwrites a neighbour.
+	allowedBuf := make([]netip.Prefix, 0, len(d.claims))
+	keepalive := max(d.o.Keepalive, 0)
+	for i := range d.cands {
+		cand := &d.cands[i]
+		switch {
+		case cand.isPeer():
+			start := len(allowedBuf)
+			// A node's claims are sorted already.
+			for _, c := range d.claims[cand.claimStart:cand.claimEnd] {
+				if !c.dropped && !c.contested {
+					allowedBuf = append(allowedBuf, c.prefix)
+				}
+			}
+			var ips []netip.Prefix
+			if end := len(allowedBuf); end > start {
+				ips = allowedBuf[start:end:end]
+			}
+			out.Peers = append(out.Peers, Peer{
+				Node:       cand.node.Name,
+				PublicKey:  cand.node.PublicKey,
+				Endpoint:   cand.endpoint,
+				AllowedIPs: ips,
+				Keepalive:  keepalive,
+			})
+		case cand.unmanaged || d.o.AllowUnencrypted:
+			out.Unencrypted = append(out.Unencrypted, cand.node.Name)
 		}
-		out.Routes = append(out.Routes, r.Route)
 	}
 
 	out.Addresses = d.addresses()
 
-	slices.SortFunc(out.Peers, func(a, b Peer) int {
-		return cmp.Or(strings.Compare(a.Node, b.Node), slices.Compare(a.PublicKey[:], b.PublicKey[:]), a.Endpoint.Compare(b.Endpoint))
-	})
-	slices.SortFunc(out.StrictSources, comparePrefix)
-	out.StrictSources = slices.Compact(out.StrictSources)
+	// Peer names are unique (nodes sharing a name are blocked).
+	slices.SortFunc(out.Peers, func(a, b Peer) int { return strings.Compare(a.Node, b.Node) })
 	slices.Sort(out.Unencrypted)
 	out.Unencrypted = slices.Compact(out.Unencrypted)
 	slices.SortFunc(d.problems, func(a, b Problem) int {
-		return cmp.Or(strings.Compare(a.Node, b.Node), strings.Compare(string(a.Reason), string(b.Reason)), strings.Compare(a.Detail, b.Detail))
+		if c := strings.Compare(a.Node, b.Node); c != 0 {
+			return c
+		}
+		if c := strings.Compare(string(a.Reason), string(b.Reason)); c != 0 {
+			return c
+		}
+		return strings.Compare(a.Detail, b.Detail)
 	})
 	out.Problems = slices.Compact(d.problems)
 	return out
+}
+
+// mergeRoutes merges lists sorted by destination into one list with one
+// route per destination; on equal destinations the route from the earliest
+// list (and within a list the first) wins.
+func mergeRoutes(lists ...[]Route) []Route {
+	n := 0
+	for _, l := range lists {
+		n += len(l)
+	}
+	out := make([]Route, 0, n)
+	for {
+		best := -1
+		for i, l := range lists {
+			if len(l) > 0 && (best < 0 || comparePrefix(l[0].Dst, lists[best][0].Dst) < 0) {
+				best = i
+			}
+		}
+		if best < 0 {
+			return out
+		}
+		r := lists[best][0]
+		lists[best] = lists[best][1:]
+		if len(out) == 0 || out[len(out)-1].Dst != r.Dst {
+			out = append(out, r)
+		}
+	}
 }
 
 // addresses picks the tunnel addresses of the local interface.
@@ -692,7 +777,10 @@ func (d *deriver) addresses() []netip.Prefix {
 // comparePrefix orders prefixes by address, then by length, as
 // Desired.Routes promises.
 func comparePrefix(a, b netip.Prefix) int {
-	return cmp.Or(a.Addr().Compare(b.Addr()), cmp.Compare(a.Bits(), b.Bits()))
+	if c := a.Addr().Compare(b.Addr()); c != 0 {
+		return c
+	}
+	return cmp.Compare(a.Bits(), b.Bits())
 }
 
 func compareBool(a, b bool) int {
