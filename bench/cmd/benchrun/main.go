@@ -108,7 +108,7 @@ func main() {
 
 	var goBenchOut string
 	if *goBench {
-		o, err := output(ctxBG(), "go", "test", "-run", "^$", "-bench", ".", "-benchmem", "-count", "1", "./bench/")
+		o, err := output(ctxBG(), "go", "test", "-run", "^$", "-bench", ".", "-benchmem", "-count", "1", "./bench/", "./mesh/", "./device/", "./routing/")
 		if err != nil {
 			log.Printf("go benchmarks: %v", err)
 		}

@@ -139,6 +139,6 @@ func writeReport(w *strings.Builder, results []*result, cryptoGbps float64, goBe
 		fmt.Fprintln(w)
 	}
 	if goBench != "" {
-		fmt.Fprintf(w, "## Go benchmarks (`go test -run '^$' -bench . -benchmem ./bench/`)\n\n```\n%s```\n", goBench)
+		fmt.Fprintf(w, "## Go benchmarks (`go test -run '^$' -bench . -benchmem ./bench/ ./mesh/ ./device/ ./routing/`)\n\n```\n%s```\n", goBench)
 	}
 }
