@@ -290,7 +290,7 @@ func (g *rig) stop(t *testing.T) error {
 	}
 }
 
-func until(t *testing.T, what string, cond func() bool) {
+func recUntil(t *testing.T, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(rwait)
 	for !cond() {
@@ -301,7 +301,7 @@ func until(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-func pubKey(t *testing.T) Key {
+func recPubKey(t *testing.T) Key {
 	t.Helper()
 	k, err := GeneratePrivateKey()
 	if err != nil {
@@ -310,18 +310,18 @@ func pubKey(t *testing.T) Key {
 	return k.PublicKey()
 }
 
-func selfNode() Node {
+func recSelf() Node {
 	return Node{Name: "self", Endpoint: netip.MustParseAddrPort("198.18.0.1:51820"),
 		PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.1.0/24")}}
 }
 
-func peerNode(t *testing.T, name string, i int) Node {
-	return Node{Name: name, PublicKey: pubKey(t),
+func recPeer(t *testing.T, name string, i int) Node {
+	return Node{Name: name, PublicKey: recPubKey(t),
 		Endpoint: netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 18, 0, byte(i)}), 51820),
 		PodCIDRs: []netip.Prefix{netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 244, byte(i), 0}), 24)}}
 }
 
-func peerNames(peers []Peer) string {
+func recPeerNames(peers []Peer) string {
 	var out []string
 	for _, p := range peers {
 		out = append(out, p.Node)
@@ -344,29 +344,29 @@ func TestNewReconcilerChecksOptions(t *testing.T) {
 // TestReconcilerWaitsForSync: before the source has synced nothing is
 // configured, so a restarting agent does not prune the old data plane.
 func TestReconcilerWaitsForSync(t *testing.T) {
-	src := newFakeSource(selfNode()) // nodes known but not synced
+	src := newFakeSource(recSelf()) // nodes known but not synced
 	g := newRig(t, src, nil)
 	g.start(t)
-	until(t, "the first publish", func() bool { return len(src.publishedKeys()) == 1 })
+	recUntil(t, "the first publish", func() bool { return len(src.publishedKeys()) == 1 })
 	time.Sleep(100 * time.Millisecond)
 	if g.dev.count() != 0 || g.router.count() != 0 || g.rec.Ready() {
 		t.Fatalf("before sync: %d configures, %d applies, ready=%v; want none", g.dev.count(), g.router.count(), g.rec.Ready())
 	}
 
-	src.set(selfNode(), peerNode(t, "peer-b", 2))
-	until(t, "the first apply", func() bool { return g.router.count() >= 1 && g.rec.Ready() })
+	src.set(recSelf(), recPeer(t, "peer-b", 2))
+	recUntil(t, "the first apply", func() bool { return g.router.count() >= 1 && g.rec.Ready() })
 	priv, err := g.keys.Load()
 	if err != nil {
 		t.Fatal(err)
 	}
 	cfg := g.dev.lastConfig()
-	if cfg.PrivateKey != priv || cfg.ListenPort != 51820 || cfg.FwMark != 0x20000 || peerNames(cfg.Peers) != "peer-b" {
-		t.Errorf("device config: port %d fwmark %#x peers %q, key from store %v", cfg.ListenPort, cfg.FwMark, peerNames(cfg.Peers), cfg.PrivateKey == priv)
+	if cfg.PrivateKey != priv || cfg.ListenPort != 51820 || cfg.FwMark != 0x20000 || recPeerNames(cfg.Peers) != "peer-b" {
+		t.Errorf("device config: port %d fwmark %#x peers %q, key from store %v", cfg.ListenPort, cfg.FwMark, recPeerNames(cfg.Peers), cfg.PrivateKey == priv)
 	}
 	if got := src.publishedKeys(); got[0] != priv.PublicKey() {
 		t.Errorf("published %v, want the store's public key", got)
 	}
-	if last := g.rec.Last(); last.Err != nil || peerNames(last.Desired.Peers) != "peer-b" {
+	if last := g.rec.Last(); last.Err != nil || recPeerNames(last.Desired.Peers) != "peer-b" {
 		t.Errorf("Last() = %+v", last)
 	}
 	if res := g.sink.all(); len(res) != 1 || res[0].Err != nil {
@@ -377,31 +377,31 @@ func TestReconcilerWaitsForSync(t *testing.T) {
 // TestReconcilerSyncWithoutSignal: a source that becomes synced without
 // signalling Changes is still noticed.
 func TestReconcilerSyncWithoutSignal(t *testing.T) {
-	src := newFakeSource(selfNode())
+	src := newFakeSource(recSelf())
 	g := newRig(t, src, nil)
 	g.start(t)
 	src.mu.Lock()
 	src.synced = true
 	src.mu.Unlock()
-	until(t, "the first apply", func() bool { return g.router.count() >= 1 })
+	recUntil(t, "the first apply", func() bool { return g.router.count() >= 1 })
 }
 
 func TestReconcilerDebounces(t *testing.T) {
 	src := newFakeSource()
-	src.set(selfNode())
+	src.set(recSelf())
 	g := newRig(t, src, func(o *ReconcilerOptions) { o.Debounce = 300 * time.Millisecond })
 	g.start(t)
-	until(t, "the first apply", func() bool { return g.router.count() >= 1 })
+	recUntil(t, "the first apply", func() bool { return g.router.count() >= 1 })
 	time.Sleep(400 * time.Millisecond) // let the change signalled by set settle
 	base := g.router.count()
 
-	nodes := []Node{selfNode()}
+	nodes := []Node{recSelf()}
 	for i := 2; i < 12; i++ {
-		nodes = append(nodes, peerNode(t, "peer-"+string(rune('a'+i)), i))
+		nodes = append(nodes, recPeer(t, "peer-"+string(rune('a'+i)), i))
 		src.set(slices.Clone(nodes)...)
 		time.Sleep(5 * time.Millisecond)
 	}
-	until(t, "the debounced apply", func() bool {
+	recUntil(t, "the debounced apply", func() bool {
 		d := g.router.current()
 		return d != nil && len(d.Peers) == 10
 	})
@@ -416,31 +416,31 @@ func TestReconcilerDebounces(t *testing.T) {
 // periodic resync, with no source change.
 func TestReconcilerResyncRepairs(t *testing.T) {
 	src := newFakeSource()
-	src.set(selfNode(), peerNode(t, "peer-b", 2))
+	src.set(recSelf(), recPeer(t, "peer-b", 2))
 	g := newRig(t, src, func(o *ReconcilerOptions) { o.Resync = 30 * time.Millisecond })
 	g.start(t)
-	until(t, "the first apply", func() bool { return g.router.current() != nil })
+	recUntil(t, "the first apply", func() bool { return g.router.current() != nil })
 	g.router.mu.Lock()
 	g.router.state = nil // "ip route flush table 51820"
 	g.router.mu.Unlock()
-	until(t, "the resync", func() bool { d := g.router.current(); return d != nil && len(d.Peers) == 1 })
-	until(t, "more resyncs", func() bool { return g.dev.count() >= 3 })
+	recUntil(t, "the resync", func() bool { d := g.router.current(); return d != nil && len(d.Peers) == 1 })
+	recUntil(t, "more resyncs", func() bool { return g.dev.count() >= 3 })
 }
 
-var errRoute = errors.New("netlink: file exists")
+var errRecRoute = errors.New("netlink: file exists")
 
 func TestReconcilerBacksOffAndRecovers(t *testing.T) {
 	src := newFakeSource()
-	src.set(selfNode(), peerNode(t, "peer-b", 2))
+	src.set(recSelf(), recPeer(t, "peer-b", 2))
 	g := newRig(t, src, func(o *ReconcilerOptions) { o.MinBackoff, o.MaxBackoff = 40*time.Millisecond, 100*time.Millisecond })
 	g.router.fail = func(n int) error {
 		if n < 4 {
-			return errRoute
+			return errRecRoute
 		}
 		return nil
 	}
 	g.start(t)
-	until(t, "recovery", func() bool { return g.rec.Ready() })
+	recUntil(t, "recovery", func() bool { return g.rec.Ready() })
 	times := g.router.times()
 	if len(times) != 5 {
 		t.Fatalf("%d applies, want 4 failures and a success", len(times))
@@ -457,7 +457,7 @@ func TestReconcilerBacksOffAndRecovers(t *testing.T) {
 		t.Errorf("device configured %d times, want 5", g.dev.count())
 	}
 	res := g.sink.all()
-	if len(res) != 5 || !errors.Is(res[0].Err, errRoute) || res[4].Err != nil {
+	if len(res) != 5 || !errors.Is(res[0].Err, errRecRoute) || res[4].Err != nil {
 		t.Errorf("sink results: %d, first err %v, last err %v", len(res), res[0].Err, res[len(res)-1].Err)
 	}
 	if !strings.Contains(res[0].Err.Error(), "apply routes") {
@@ -470,7 +470,7 @@ func TestReconcilerBacksOffAndRecovers(t *testing.T) {
 func TestReconcilerDeviceFailureStillRoutes(t *testing.T) {
 	errDev := errors.New("uapi: no such device")
 	src := newFakeSource()
-	src.set(selfNode(), peerNode(t, "peer-b", 2))
+	src.set(recSelf(), recPeer(t, "peer-b", 2))
 	g := newRig(t, src, nil)
 	g.dev.fail = func(n int) error {
 		if n == 0 {
@@ -479,7 +479,7 @@ func TestReconcilerDeviceFailureStillRoutes(t *testing.T) {
 		return nil
 	}
 	g.start(t)
-	until(t, "recovery", func() bool { return g.rec.Ready() })
+	recUntil(t, "recovery", func() bool { return g.rec.Ready() })
 	res := g.sink.all()
 	if len(res) < 2 || !errors.Is(res[0].Err, errDev) || g.router.count() < 2 {
 		t.Fatalf("results %d, first %v, router applies %d", len(res), res[0].Err, g.router.count())
@@ -507,18 +507,18 @@ func TestBackoff(t *testing.T) {
 // TestReconcilerBadNodeDoesNotBlockOthers: nodes Derive rejects become
 // reported problems; the good peers are configured and the apply succeeds.
 func TestReconcilerBadNodeDoesNotBlockOthers(t *testing.T) {
-	good := peerNode(t, "peer-b", 2)
-	keyless := peerNode(t, "peer-c", 3)
+	good := recPeer(t, "peer-b", 2)
+	keyless := recPeer(t, "peer-c", 3)
 	keyless.PublicKey = Key{}
-	clash := peerNode(t, "peer-d", 4)
+	clash := recPeer(t, "peer-d", 4)
 	clash.PodCIDRs = []netip.Prefix{netip.MustParsePrefix("10.244.5.0/24")}
-	clash2 := peerNode(t, "peer-e", 5)
+	clash2 := recPeer(t, "peer-e", 5)
 	src := newFakeSource()
-	src.set(selfNode(), good, keyless, clash, clash2)
+	src.set(recSelf(), good, keyless, clash, clash2)
 	g := newRig(t, src, nil)
 	g.start(t)
-	until(t, "the apply", func() bool { return g.rec.Ready() })
-	if got := peerNames(g.dev.lastConfig().Peers); got != "peer-b,peer-d,peer-e" {
+	recUntil(t, "the apply", func() bool { return g.rec.Ready() })
+	if got := recPeerNames(g.dev.lastConfig().Peers); got != "peer-b,peer-d,peer-e" {
 		// peer-d and peer-e stay peers; only their contested prefix is
 		// withheld.
 		t.Errorf("configured peers %q", got)
@@ -547,26 +547,26 @@ func TestReconcilerBadNodeDoesNotBlockOthers(t *testing.T) {
 // new key file into place) reconfigures the device and republishes.
 func TestReconcilerKeyRotation(t *testing.T) {
 	src := newFakeSource()
-	src.set(selfNode(), peerNode(t, "peer-b", 2))
+	src.set(recSelf(), recPeer(t, "peer-b", 2))
 	g := newRig(t, src, nil)
 	g.start(t)
-	until(t, "the first apply", func() bool { return g.rec.Ready() && len(src.publishedKeys()) == 1 })
+	recUntil(t, "the first apply", func() bool { return g.rec.Ready() && len(src.publishedKeys()) == 1 })
 	old := g.dev.lastConfig().PrivateKey
 
 	newPriv, err := NewKeyStore(g.keys.Path()).Rotate()
 	if err != nil {
 		t.Fatal(err)
 	}
-	until(t, "the new key on the device", func() bool { return g.dev.lastConfig().PrivateKey == newPriv })
-	until(t, "the new public key published", func() bool {
+	recUntil(t, "the new key on the device", func() bool { return g.dev.lastConfig().PrivateKey == newPriv })
+	recUntil(t, "the new public key published", func() bool {
 		k := src.publishedKeys()
 		return k[len(k)-1] == newPriv.PublicKey()
 	})
 	if old == newPriv {
 		t.Fatal("Rotate returned the old key")
 	}
-	if peerNames(g.dev.lastConfig().Peers) != "peer-b" {
-		t.Errorf("peers lost in the rotation: %q", peerNames(g.dev.lastConfig().Peers))
+	if recPeerNames(g.dev.lastConfig().Peers) != "peer-b" {
+		t.Errorf("peers lost in the rotation: %q", recPeerNames(g.dev.lastConfig().Peers))
 	}
 }
 
@@ -574,35 +574,35 @@ func TestReconcilerKeyRotation(t *testing.T) {
 // even though nothing changed.
 func TestReconcilerReload(t *testing.T) {
 	src := newFakeSource()
-	src.set(selfNode())
+	src.set(recSelf())
 	g := newRig(t, src, nil)
 	g.start(t)
-	until(t, "the first apply", func() bool { return g.rec.Ready() })
+	recUntil(t, "the first apply", func() bool { return g.rec.Ready() })
 	n := g.router.count()
 	g.rec.Reload()
-	until(t, "the reload", func() bool {
+	recUntil(t, "the reload", func() bool {
 		src.mu.Lock()
 		defer src.mu.Unlock()
 		return src.reloads == 1
 	})
-	until(t, "a reconcile after the reload", func() bool { return g.router.count() > n })
+	recUntil(t, "a reconcile after the reload", func() bool { return g.router.count() > n })
 }
 
 // TestReconcilerKeyFileBroken: a key file that becomes unreadable keeps the
 // key in use.
 func TestReconcilerKeyFileBroken(t *testing.T) {
 	src := newFakeSource()
-	src.set(selfNode())
+	src.set(recSelf())
 	g := newRig(t, src, nil)
 	g.start(t)
-	until(t, "the first apply", func() bool { return g.rec.Ready() })
+	recUntil(t, "the first apply", func() bool { return g.rec.Ready() })
 	key := g.dev.lastConfig().PrivateKey
 	if err := os.WriteFile(g.keys.Path(), []byte("garbage\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	n := g.router.count()
 	g.rec.Reload()
-	until(t, "a reconcile after the reload", func() bool { return g.router.count() > n })
+	recUntil(t, "a reconcile after the reload", func() bool { return g.router.count() > n })
 	if g.dev.lastConfig().PrivateKey != key || len(src.publishedKeys()) != 1 {
 		t.Error("a broken key file changed the key in use")
 	}
@@ -611,10 +611,10 @@ func TestReconcilerKeyFileBroken(t *testing.T) {
 func TestReconcilerPublishRetries(t *testing.T) {
 	src := newFakeSource()
 	src.publishErr = []error{errors.New("apiserver unavailable"), errors.New("apiserver unavailable")}
-	src.set(selfNode())
+	src.set(recSelf())
 	g := newRig(t, src, nil)
 	g.start(t)
-	until(t, "three publishes", func() bool { return len(src.publishedKeys()) == 3 })
+	recUntil(t, "three publishes", func() bool { return len(src.publishedKeys()) == 3 })
 	time.Sleep(200 * time.Millisecond) // more than MaxBackoff: no further publish
 	if n := len(src.publishedKeys()); n != 3 {
 		t.Errorf("%d publishes, want 3 (two failures, one success)", n)
@@ -625,10 +625,10 @@ func TestReconcilerPublishRetries(t *testing.T) {
 // returns nil without any teardown call.
 func TestReconcilerShutdownLeavesState(t *testing.T) {
 	src := newFakeSource()
-	src.set(selfNode(), peerNode(t, "peer-b", 2))
+	src.set(recSelf(), recPeer(t, "peer-b", 2))
 	g := newRig(t, src, nil)
 	g.start(t)
-	until(t, "the first apply", func() bool { return g.rec.Ready() })
+	recUntil(t, "the first apply", func() bool { return g.rec.Ready() })
 	if err := g.stop(t); err != nil {
 		t.Errorf("Run = %v after cancel, want nil", err)
 	}
