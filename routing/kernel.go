@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 
@@ -133,11 +134,25 @@ func (k *kernel) observe(ctx context.Context) (observed, error) {
 	}
 	for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
 		rules, err := retryDump("rules", func() ([]netlink.Rule, error) { return k.nl.RuleList(fam) })
+		if fam == netlink.FAMILY_V6 && errors.Is(err, unix.EAFNOSUPPORT) {
+			// IPv6 is disabled on this host: there are no IPv6 rules, and
+			// adding ours fails with an error naming it.
+			continue
+		}
 		if err != nil {
 			return w, err
 		}
+		// Kernels before 4.17 do not report rule protocols (their own rules
+		// then show protocol 0 instead of "kernel"). Rules on our table are
+		// ours anyway; give them our protocol so they compare equal to the
+		// wanted ones instead of being deleted as stale.
+		protocols := slices.ContainsFunc(rules, func(r netlink.Rule) bool { return r.Protocol != 0 })
 		for _, r := range rules {
-			if ru, ok := fromNLRule(r); ok && k.o.ownsRule(ru) {
+			ru, ok := fromNLRule(r)
+			if !protocols && ru.Table == k.o.Table {
+				ru.Protocol = RouteProtocol
+			}
+			if ok && k.o.ownsRule(ru) {
 				w.Ours.Rules = append(w.Ours.Rules, ru)
 			}
 		}
@@ -146,11 +161,19 @@ func (k *kernel) observe(ctx context.Context) (observed, error) {
 		b, err := os.ReadFile(srcValidMarkPath)
 		w.Ours.SrcValidMark = err == nil && strings.TrimSpace(string(b)) == "1"
 		return err
-	}); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return w, fmt.Errorf("read %s: %w", srcValidMarkPath, err)
+	}); err != nil {
+		w.Notes = append(w.Notes, fmt.Errorf("read %s: %w", srcValidMarkPath, err))
 	}
+	// Without nftables the routes must still be applied: the failure is
+	// reported and putting the table is retried (and fails, reported) on
+	// every Apply.
+	// With the filter disabled, a host without nftables cannot hold a
+	// table of ours either: nothing to report.
 	if w.Ours.Filter, err = k.observeFilter(); err != nil {
-		return w, err
+		if !k.o.DisableIngressFilter {
+			w.Notes = append(w.Notes, fmt.Errorf("read nftables table inet %s: %w", NFTTable, err))
+		}
+		w.Ours.Filter = nil
 	}
 	return w, nil
 }

@@ -296,6 +296,9 @@ type observed struct {
 	// Defaults are the default routes of the main table (underlay).
 	Defaults []route
 	Ours     ours
+	// Notes are partial read failures (nftables, procfs) that must not
+	// keep the routes from being applied; Apply reports them.
+	Notes []error
 }
 
 func (w observed) link(name string) (link, bool) {
@@ -338,23 +341,49 @@ func sortedPrefixes(ps []netip.Prefix) []netip.Prefix {
 	return ps
 }
 
+// comparePrefix orders IPv4 before IPv6, then by address and length.
 func comparePrefix(a, b netip.Prefix) int {
-	return cmp.Or(cmp.Compare(familyOf(a.Addr()), familyOf(b.Addr())), a.Addr().Compare(b.Addr()), cmp.Compare(a.Bits(), b.Bits()))
+	if c := cmp.Compare(familyOf(a.Addr()), familyOf(b.Addr())); c != 0 {
+		return c
+	}
+	if c := a.Addr().Compare(b.Addr()); c != 0 {
+		return c
+	}
+	return cmp.Compare(a.Bits(), b.Bits())
 }
 
 func sortedRules(rs []rule) []rule {
 	rs = slices.Clone(rs)
 	slices.SortFunc(rs, func(a, b rule) int {
-		return cmp.Or(cmp.Compare(a.Family, b.Family), cmp.Compare(a.Priority, b.Priority), cmp.Compare(a.spec(), b.spec()))
+		if c := cmp.Compare(a.Family, b.Family); c != 0 {
+			return c
+		}
+		if c := cmp.Compare(a.Priority, b.Priority); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.spec(), b.spec())
 	})
 	return rs
 }
 
+// sortedRoutes orders by family, table, destination and metric; the
+// rendered text (costly) only breaks the rare remaining ties.
 func sortedRoutes(rs []route) []route {
 	rs = slices.Clone(rs)
 	slices.SortFunc(rs, func(a, b route) int {
-		return cmp.Or(cmp.Compare(a.family(), b.family()), cmp.Compare(a.Table, b.Table),
-			comparePrefix(a.Dst, b.Dst), cmp.Compare(a.Metric, b.Metric), cmp.Compare(a.spec(), b.spec()))
+		if c := cmp.Compare(a.family(), b.family()); c != 0 {
+			return c
+		}
+		if c := cmp.Compare(a.Table, b.Table); c != 0 {
+			return c
+		}
+		if c := comparePrefix(a.Dst, b.Dst); c != 0 {
+			return c
+		}
+		if c := cmp.Compare(a.Metric, b.Metric); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.spec(), b.spec())
 	})
 	return rs
 }

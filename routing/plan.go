@@ -38,6 +38,10 @@ func (o Options) target(d mesh.Desired, w observed) (want ours, notes []error) {
 	if !haveLink {
 		notes = append(notes, fmt.Errorf("interface %s does not exist: tunnel routes are unreachable until the device creates it", o.Interface))
 	}
+	// wg-quick sets src_valid_mark when it installs its fwmark rule, so that
+	// reverse-path filtering of packets from the tunnel considers the mark.
+	// The knob exists for IPv4 only and is harmless otherwise; setting it
+	// whatever the families keeps the end state independent of history.
 	want.SrcValidMark = true
 
 	if haveLink {

@@ -154,13 +154,14 @@ func rangesMerge(rs []ipRange) []ipRange {
 
 // diffRanges returns the ranges only in want (add) and only in have (del).
 func diffRanges(have, want []ipRange) (add, del []ipRange) {
+	haveSet, wantSet := setOf(have), setOf(want)
 	for _, w := range want {
-		if !slices.Contains(have, w) {
+		if !haveSet[w] {
 			add = append(add, w)
 		}
 	}
 	for _, h := range have {
-		if !slices.Contains(want, h) {
+		if !wantSet[h] {
 			del = append(del, h)
 		}
 	}

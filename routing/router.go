@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"sync"
 
 	"github.com/wgmesh/wgmesh/mesh"
@@ -60,7 +61,7 @@ func (r *router) Apply(ctx context.Context, d mesh.Desired) error {
 		mtu = want.LinkMTU
 	}
 	r.status.LinkMTU, r.status.PodMTU = mtu, mtu
-	return errors.Join(append(notes, errs...)...)
+	return errors.Join(slices.Concat(have.Notes, notes, errs)...)
 }
 
 // errMTU marks a failed MTU change so Status keeps reporting the old MTU.
@@ -124,7 +125,7 @@ func (r *router) Cleanup(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("routing cleanup: read current state: %w", err)
 	}
-	return errors.Join(r.run(ctx, plan(r.o.Interface, have.Ours, ours{}))...)
+	return errors.Join(slices.Concat(have.Notes, r.run(ctx, plan(r.o.Interface, have.Ours, ours{})))...)
 }
 
 // Status implements Router.
