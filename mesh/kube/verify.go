@@ -1,0 +1,78 @@
+package kube
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/wgmesh/wgmesh/mesh"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+)
+
+// verifyPageSize is the List page size: large enough for few round trips,
+// small enough that one page of stripped-down nodes stays a few MiB.
+const verifyPageSize = 500
+
+// VerifyReport is the cluster-wide health of the mesh as `wgmesh verify`
+// prints it.
+type VerifyReport struct {
+	// Nodes is how many Node objects were examined.
+	Nodes int
+	// Problems are the defects that keep a node, or one of its pod CIDRs,
+	// out of the encrypted mesh: nodes without a valid key or endpoint,
+	// duplicate keys and endpoints, overlapping pod CIDRs and malformed
+	// annotations; sorted by node, then reason.
+	Problems []mesh.Problem
+	// Unencrypted names the nodes whose pod traffic is sent in plaintext
+	// (unmanaged nodes, and with AllowUnencrypted the nodes with problems),
+	// sorted.
+	Unencrypted []string
+}
+
+// OK reports whether no problem was found. Unmanaged nodes alone do not
+// make a cluster unhealthy: the operator chose to leave them out.
+func (r VerifyReport) OK() bool { return len(r.Problems) == 0 }
+
+// Verify lists every Node (in pages) and checks the mesh from the viewpoint
+// of no node in particular, with the same rules as the agents (mesh.Derive):
+// what it reports is what some agent would leave out of the mesh. If o
+// enables neither address family, both are checked.
+func Verify(ctx context.Context, client kubernetes.Interface, o mesh.Options) (VerifyReport, error) {
+	var nodes []mesh.Node
+	opts := metav1.ListOptions{Limit: verifyPageSize}
+	for {
+		list, err := client.CoreV1().Nodes().List(ctx, opts)
+		if err != nil {
+			return VerifyReport{}, fmt.Errorf("verify: list nodes: %w", explain(err))
+		}
+		for i := range list.Items {
+			nodes = append(nodes, NodeFromObject(&list.Items[i]))
+		}
+		if list.Continue == "" {
+			break
+		}
+		opts.Continue = list.Continue
+	}
+	return verifyNodes(nodes, o), nil
+}
+
+// verifyNodes is Verify without the API server.
+func verifyNodes(nodes []mesh.Node, o mesh.Options) VerifyReport {
+	if !o.IPv4 && !o.IPv6 {
+		o.IPv4, o.IPv6 = true, true
+	}
+	// A nameless self matches no Node (Kubernetes names are never empty):
+	// every node is judged as a remote peer, and nothing is own.
+	d := mesh.Derive(mesh.Node{}, nodes, o)
+	r := VerifyReport{Nodes: len(nodes), Unencrypted: d.Unencrypted}
+	for _, p := range d.Problems {
+		switch p.Reason {
+		case mesh.ReasonSelfMissing, mesh.ReasonUnmanaged:
+			// No self exists here; unmanaged nodes are listed in
+			// Unencrypted and are the operator's choice.
+			continue
+		}
+		r.Problems = append(r.Problems, p)
+	}
+	return r
+}
