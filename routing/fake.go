@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -72,7 +73,7 @@ func (f *Fake) RemoveLink(name string) {
 	f.sys.mu.Lock()
 	defer f.sys.mu.Unlock()
 	f.sys.links = slices.DeleteFunc(f.sys.links, func(l link) bool { return l.Name == name })
-	f.sys.routes = slices.DeleteFunc(f.sys.routes, func(r route) bool { return r.Dev == name })
+	maps.DeleteFunc(f.sys.routes, func(_ routeKey, r route) bool { return r.Dev == name })
 }
 
 // Delete removes the entry that Render shows as line, as an operator
@@ -84,7 +85,7 @@ func (f *Fake) Delete(line string) bool {
 	s := f.sys
 	n := len(s.rules) + len(s.routes)
 	s.rules = slices.DeleteFunc(s.rules, func(r rule) bool { return r.String() == line })
-	s.routes = slices.DeleteFunc(s.routes, func(r route) bool { return r.String() == line })
+	maps.DeleteFunc(s.routes, func(_ routeKey, r route) bool { return r.String() == line })
 	if len(s.rules)+len(s.routes) != n {
 		return true
 	}
@@ -154,12 +155,12 @@ func (f *Fake) Lookup(dst netip.Addr, mark uint32) string {
 			continue
 		}
 		var best *route
-		for i, rt := range f.sys.routes {
+		for _, rt := range f.sys.routes {
 			if rt.Table != ru.Table || !rt.Dst.Contains(dst) {
 				continue
 			}
 			if best == nil || rt.Dst.Bits() > best.Dst.Bits() || (rt.Dst.Bits() == best.Dst.Bits() && rt.Metric < best.Metric) {
-				best = &f.sys.routes[i]
+				best = &rt
 			}
 		}
 		if best == nil || best.Type == typeThrow {
@@ -223,9 +224,10 @@ func ruleIface(sig string, f family) (string, bool) {
 type fakeHost struct {
 	mu sync.Mutex
 
-	links        []link
-	rules        []rule
-	routes       []route
+	links []link
+	rules []rule
+	// routes by the key the kernel replaces them by: at most one per key.
+	routes       map[routeKey]route
 	srcValidMark bool
 	filter       *filter
 	// foreignNFT are other software's nftables lines, rendered untouched.
@@ -239,7 +241,7 @@ type fakeHost struct {
 func newFakeHost(iface string) *fakeHost {
 	mp := netip.MustParsePrefix
 	ma := netip.MustParseAddr
-	s := &fakeHost{fail: map[string]error{}}
+	s := &fakeHost{fail: map[string]error{}, routes: map[routeKey]route{}}
 	s.links = []link{
 		{Name: "lo", MTU: 65536, Addrs: []netip.Prefix{mp("127.0.0.1/8"), mp("::1/128")}},
 		{Name: "eth0", MTU: 1500, Addrs: []netip.Prefix{mp("198.18.0.1/15"), mp("2001:db8::1/64")}},
@@ -253,12 +255,12 @@ func newFakeHost(iface string) *fakeHost {
 			rule{Family: f, Priority: 32766, Table: unix.RT_TABLE_MAIN, Protocol: unix.RTPROT_KERNEL})
 	}
 	s.rules = append(s.rules, rule{Family: v4, Priority: 32767, Table: unix.RT_TABLE_DEFAULT, Protocol: unix.RTPROT_KERNEL})
-	s.routes = []route{
-		{Table: unix.RT_TABLE_MAIN, Dst: mp("0.0.0.0/0"), Type: typeUnicast, Gw: ma("198.18.0.254"), Dev: "eth0", Protocol: unix.RTPROT_STATIC},
-		{Table: unix.RT_TABLE_MAIN, Dst: mp("198.18.0.0/15"), Type: typeUnicast, Dev: "eth0", Src: ma("198.18.0.1"), Protocol: unix.RTPROT_KERNEL},
-		{Table: unix.RT_TABLE_MAIN, Dst: mp("::/0"), Type: typeUnicast, Gw: ma("2001:db8::fffe"), Dev: "eth0", Protocol: unix.RTPROT_STATIC, Metric: 1024},
-		{Table: unix.RT_TABLE_MAIN, Dst: mp("2001:db8::/64"), Type: typeUnicast, Dev: "eth0", Protocol: unix.RTPROT_KERNEL, Metric: 256},
-	}
+	s.addRoutes(
+		route{Table: unix.RT_TABLE_MAIN, Dst: mp("0.0.0.0/0"), Type: typeUnicast, Gw: ma("198.18.0.254"), Dev: "eth0", Protocol: unix.RTPROT_STATIC},
+		route{Table: unix.RT_TABLE_MAIN, Dst: mp("198.18.0.0/15"), Type: typeUnicast, Dev: "eth0", Src: ma("198.18.0.1"), Protocol: unix.RTPROT_KERNEL},
+		route{Table: unix.RT_TABLE_MAIN, Dst: mp("::/0"), Type: typeUnicast, Gw: ma("2001:db8::fffe"), Dev: "eth0", Protocol: unix.RTPROT_STATIC, Metric: 1024},
+		route{Table: unix.RT_TABLE_MAIN, Dst: mp("2001:db8::/64"), Type: typeUnicast, Dev: "eth0", Protocol: unix.RTPROT_KERNEL, Metric: 256},
+	)
 	return s
 }
 
@@ -332,10 +334,12 @@ var (
 func (s *fakeHost) do(o op) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	line := o.String()
-	for match, err := range s.fail {
-		if strings.Contains(line, match) {
-			return err
+	if len(s.fail) > 0 {
+		line := o.String()
+		for match, err := range s.fail {
+			if strings.Contains(line, match) {
+				return err
+			}
 		}
 	}
 	switch o.kind {
@@ -372,10 +376,11 @@ func (s *fakeHost) do(o op) error {
 				return errFakePrefsrc
 			}
 		}
-		s.routes = slices.DeleteFunc(s.routes, func(x route) bool { return x.key() == r.key() })
-		s.routes = append(s.routes, r)
+		s.routes[r.key()] = r
 	case opDelRoute:
-		s.routes = slices.DeleteFunc(s.routes, func(x route) bool { return x == o.route })
+		if s.routes[o.route.key()] == o.route {
+			delete(s.routes, o.route.key())
+		}
 	case opAddRule:
 		if !slices.Contains(s.rules, o.rule) {
 			s.rules = append(s.rules, o.rule)
@@ -413,12 +418,13 @@ func (s *fakeHost) do(o op) error {
 // preferred source.
 func (s *fakeHost) addrRemoved(l *link, a netip.Prefix) {
 	last4 := familyOf(a.Addr()) == v4 && !hasFamily(l.Addrs, v4)
-	s.routes = slices.DeleteFunc(s.routes, func(r route) bool {
+	maps.DeleteFunc(s.routes, func(_ routeKey, r route) bool {
 		return r.family() == v4 && (r.Src == a.Addr() || (last4 && r.Dev == l.Name))
 	})
-	for i := range s.routes {
-		if s.routes[i].family() == v6 && s.routes[i].Src == a.Addr() {
-			s.routes[i].Src = netip.Addr{}
+	for k, r := range s.routes {
+		if r.family() == v6 && r.Src == a.Addr() {
+			r.Src = netip.Addr{}
+			s.routes[k] = r
 		}
 	}
 }
@@ -427,6 +433,12 @@ func (s *fakeHost) dropped() uint64 {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.drops
+}
+
+func (s *fakeHost) addRoutes(rs ...route) {
+	for _, r := range rs {
+		s.routes[r.key()] = r
+	}
 }
 
 func (s *fakeHost) link(name string) *link {
@@ -474,7 +486,7 @@ func (s *fakeHost) render() string {
 	for _, r := range sortedRules(s.rules) {
 		out = append(out, r.String())
 	}
-	for _, r := range sortedRoutes(s.routes) {
+	for _, r := range sortedRoutes(slices.Collect(maps.Values(s.routes))) {
 		out = append(out, r.String())
 	}
 	nft := slices.Clone(s.foreignNFT)

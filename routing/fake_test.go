@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"net/netip"
 	"os"
@@ -46,7 +47,7 @@ var (
 func testHost(iface string) *fakeHost {
 	h := newFakeHost(iface)
 	h.rules = append(h.rules, foreignRule)
-	h.routes = append(h.routes, foreignRoute...)
+	h.addRoutes(foreignRoute...)
 	h.foreignNFT = slices.Clone(foreignNFT)
 	return h
 }
@@ -300,7 +301,7 @@ func TestRepair(t *testing.T) {
 func newTestFake(o Options) *Fake {
 	f := NewFake(o)
 	f.sys.rules = append(f.sys.rules, foreignRule)
-	f.sys.routes = append(f.sys.routes, foreignRoute...)
+	f.sys.addRoutes(foreignRoute...)
 	return f
 }
 
@@ -333,7 +334,7 @@ func TestInterfaceAbsent(t *testing.T) {
 
 func TestUnderlayUnknown(t *testing.T) {
 	f := newTestFake(opts(nil))
-	f.sys.routes = slices.DeleteFunc(f.sys.routes, func(r route) bool { return r.Dst.Bits() == 0 })
+	maps.DeleteFunc(f.sys.routes, func(_ routeKey, r route) bool { return r.Dst.Bits() == 0 })
 	err := f.Apply(context.Background(), dual())
 	if err == nil || !strings.Contains(err.Error(), "cannot find the underlay") {
 		t.Errorf("err = %v, want one about the underlay", err)
@@ -530,5 +531,49 @@ func TestPlanLastIPv4Address(t *testing.T) {
 	applyOn(t, h, config{"no-address", o, d})
 	if !strings.Contains(h.render(), "ip route add 10.244.2.0/24 dev wgmesh0 table 51820 proto 0x57\n") {
 		t.Errorf("tunnel route missing after the address went:\n%s", h.render())
+	}
+}
+
+// bigMesh is node-1's view of a dual-stack mesh of n nodes.
+func bigMesh(n int) mesh.Desired {
+	d := mesh.Desired{Addresses: []netip.Prefix{pfx("10.244.1.0/32"), pfx("fd00:10:244:1::/128")}}
+	for i := 2; i <= n; i++ {
+		// /25s and every other /64, so that no two CIDRs are adjacent and
+		// the sets hold one range per node.
+		v4p := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(128 + i>>8), byte(i), 0}), 25)
+		v6p := netip.PrefixFrom(netip.AddrFrom16([16]byte{0xfd, 0, 0, 0x10, 2, 0x44, byte(i >> 7), byte(i << 1)}), 64)
+		node := fmt.Sprintf("node-%d", i)
+		d.Routes = append(d.Routes, mesh.Route{Dst: v4p, Kind: mesh.ViaTunnel, Node: node}, mesh.Route{Dst: v6p, Kind: mesh.ViaTunnel, Node: node})
+		d.StrictSources = append(d.StrictSources, v4p, v6p)
+	}
+	return d
+}
+
+// BenchmarkResync is the periodic resync of a 5000-node mesh where nothing
+// changed: observe, target and an empty plan.
+func BenchmarkResync(b *testing.B) {
+	f := NewFake(DefaultOptions())
+	d := bigMesh(5000)
+	ctx := context.Background()
+	if err := f.Apply(ctx, d); err != nil {
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	for range b.N {
+		if err := f.Apply(ctx, d); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkFirstApply programs a 5000-node mesh on a fresh host.
+func BenchmarkFirstApply(b *testing.B) {
+	d := bigMesh(5000)
+	ctx := context.Background()
+	for range b.N {
+		f := NewFake(DefaultOptions())
+		if err := f.Apply(ctx, d); err != nil {
+			b.Fatal(err)
+		}
 	}
 }

@@ -9,6 +9,7 @@ import (
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
+	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 )
 
@@ -37,8 +38,51 @@ import (
 // and IPv6 headers.
 var nftSaddr = map[family]struct{ off, len uint32 }{v4: {12, 4}, v6: {8, 16}}
 
+// A whole table goes to the kernel in one batch (one sendmsg), so that it
+// applies atomically. A mesh of thousands of nodes makes that batch larger
+// than the default socket send buffer (about 200 KiB), so the buffer is
+// raised as the nft tool does, with SO_SNDBUFFORCE (root) or else as far as
+// SO_SNDBUF allows. Within the batch, elements go in messages of
+// nftElemChunk, far below the 64 KiB limit of one netlink attribute.
+const (
+	nftSndBuf    = 16 << 20
+	nftElemChunk = 1024
+)
+
+func raiseSndBuf(c *netlink.Conn) error {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	return rc.Control(func(fd uintptr) {
+		if unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, nftSndBuf) != nil {
+			// Best effort: a small mesh fits the default buffer anyway, and
+			// a too large batch fails with an error naming the table.
+			_ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUF, nftSndBuf)
+		}
+	})
+}
+
+// addElements queues els for set in chunks.
+func addElements(c *nftables.Conn, set *nftables.Set, els []nftables.SetElement, del bool) error {
+	for len(els) > 0 {
+		n := min(len(els), nftElemChunk)
+		var err error
+		if del {
+			err = c.SetDeleteElements(set, els[:n])
+		} else {
+			err = c.SetAddElements(set, els[:n])
+		}
+		if err != nil {
+			return fmt.Errorf("set %s: %w", set.Name, err)
+		}
+		els = els[n:]
+	}
+	return nil
+}
+
 func (k *kernel) nft() (*nftables.Conn, error) {
-	var opts []nftables.ConnOption
+	opts := []nftables.ConnOption{nftables.WithSockOptions(raiseSndBuf)}
 	if k.ns != nsCurrent {
 		opts = append(opts, nftables.WithNetNSFd(int(k.ns)))
 	}
@@ -169,8 +213,11 @@ func (k *kernel) putFilter(f *filter) error {
 	c.AddObj(&nftables.CounterObj{Table: t, Name: nftCounter})
 	for _, s := range f.Sets {
 		set := nftSetOf(t, s)
-		if err := c.AddSet(set, elementsOf(s.Ranges)); err != nil {
+		if err := c.AddSet(set, nil); err != nil {
 			return fmt.Errorf("set %s: %w", s.Name, err)
+		}
+		if err := addElements(c, set, elementsOf(s.Ranges), false); err != nil {
+			return err
 		}
 		c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: dropExprs(s.Family, k.o.Interface, set), UserData: []byte(nftRuleSig(s.Family, k.o.Interface))})
 	}
@@ -209,15 +256,11 @@ func (k *kernel) updateSet(s nftSet, add, del []ipRange) error {
 		return err
 	}
 	set := nftSetOf(nftTable(), s)
-	if len(del) > 0 {
-		if err := c.SetDeleteElements(set, elementsOf(del)); err != nil {
-			return err
-		}
+	if err := addElements(c, set, elementsOf(del), true); err != nil {
+		return err
 	}
-	if len(add) > 0 {
-		if err := c.SetAddElements(set, elementsOf(add)); err != nil {
-			return err
-		}
+	if err := addElements(c, set, elementsOf(add), false); err != nil {
+		return err
 	}
 	return c.Flush()
 }
