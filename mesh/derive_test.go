@@ -969,6 +969,9 @@ func TestDeriveDoesNotModifyInput(t *testing.T) {
 }
 
 func deepCopyNodes(nodes []Node) []Node {
+	if nodes == nil {
+		return nil
+	}
 	out := make([]Node, len(nodes))
 	for i, n := range nodes {
 		n.PodCIDRs = slices.Clone(n.PodCIDRs)
