@@ -100,7 +100,9 @@ type Device interface {
 	// current port". Allowed IPs that move between peers are first withdrawn
 	// from their old owner and then granted to the new one, so no address is
 	// ever routed to a peer that does not own it (it is dropped for the
-	// instant in between).
+	// instant in between). A peer's endpoint is written when the desired
+	// one changes, not when WireGuard roamed the peer to the source address
+	// of its authenticated packets (NAT). Errors are *Error values.
 	mesh.Device
 	// Name is the interface name.
 	Name() string

@@ -659,7 +659,7 @@ func deviceFromSim(s *sim) *wgtypes.Device {
 // ordering promise, convergence and idempotence for each.
 func TestDiffTransitions(t *testing.T) {
 	r := rand.New(rand.NewPCG(1, 2))
-	for i := 0; i < 2000; i++ {
+	for i := 0; i < 500; i++ {
 		cur, want := randomScenario(r)
 		checkScenario(t, cur, want)
 	}

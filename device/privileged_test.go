@@ -257,6 +257,8 @@ func TestPrivilegedKillReattach(t *testing.T) {
 	}
 	m.WaitPing(t, 0, m.spec[1].inner, 20*time.Second)
 	name := m.spec[0].name
+	// Routing owns the MTU after creation; a re-attach must keep it.
+	m.Run(t, 0, "ip", "link", "set", name, "mtu", "1380")
 
 	// A second agent on the same interface is refused with a clear error
 	// and leaves the running one alone.
@@ -313,12 +315,18 @@ func TestPrivilegedKillReattach(t *testing.T) {
 	// it when stopped.
 	hc := m.helperConfig(0)
 	hc.Destroy = true
+	// Also switch the offloads off, which a re-attach must clear on the
+	// device the first agent set them on.
+	hc.DisableOffloads = true
 	again, idx := m.startDevice(t, 0, hc)
 	if idx != index {
 		t.Fatalf("re-attach created interface index %d, want the existing %d", idx, index)
 	}
 	m.WaitPing(t, 0, m.spec[1].inner, 20*time.Second)
 	transfer(t, m.Lab, 0, 1, netip.AddrPortFrom(m.spec[1].inner, 5203), 1<<20)
+	if out := m.Run(t, 0, "ip", "link", "show", name); !strings.Contains(out, "mtu 1380") || !strings.Contains(out, ",UP") {
+		t.Fatalf("re-attached interface lost its MTU or is down:\n%s", out)
+	}
 
 	again.stop(t)
 	if err := again.wait(t, 10*time.Second); err != nil {
@@ -336,19 +344,42 @@ func TestPrivilegedKillReattach(t *testing.T) {
 // and checks both the kernel's view of each TUN and that traffic flows.
 func TestPrivilegedDisableOffloads(t *testing.T) {
 	m := newMeshLab(t)
+	var first *helperProc
+	var index int
 	for i := range m.spec {
 		hc := m.helperConfig(i)
 		hc.DisableOffloads = i == 0
-		m.startDevice(t, i, hc)
+		h, idx := m.startDevice(t, i, hc)
+		if i == 0 {
+			first, index = h, idx
+		}
 		m.addressAndRoute(t, i)
 	}
 	for i, want := range []string{"vnet_hdr off", "vnet_hdr on"} {
 		out := m.Run(t, i, "ip", "-d", "link", "show", m.spec[i].name)
-		if !strings.Contains(out, want) || !strings.Contains(out, "persist on") {
-			t.Fatalf("%s: want %q and persist on:\n%s", m.spec[i].name, want, out)
+		for _, w := range []string{want, "persist on", fmt.Sprintf("mtu %d", DefaultMTU), ",UP", "alias " + linkAlias} {
+			if !strings.Contains(out, w) {
+				t.Fatalf("%s: want %q in:\n%s", m.spec[i].name, w, out)
+			}
 		}
 	}
 	m.WaitPing(t, 0, m.spec[1].inner, 20*time.Second)
 	transfer(t, m.Lab, 0, 1, netip.AddrPortFrom(m.spec[1].inner, 5204), 4<<20)
 	transfer(t, m.Lab, 1, 0, netip.AddrPortFrom(m.spec[0].inner, 5205), 4<<20)
+
+	// A graceful Close keeps the interface; the next agent may switch the
+	// offloads back on when it re-attaches.
+	first.stop(t)
+	if err := first.wait(t, 10*time.Second); err != nil {
+		t.Fatalf("closing helper: %v\n%s", err, first.stderr)
+	}
+	_, idx := m.startDevice(t, 0, m.helperConfig(0))
+	if idx != index {
+		t.Fatalf("re-attach after Close created index %d, want the existing %d", idx, index)
+	}
+	if out := m.Run(t, 0, "ip", "-d", "link", "show", m.spec[0].name); !strings.Contains(out, "vnet_hdr on") {
+		t.Fatalf("offloads not re-enabled on re-attach:\n%s", out)
+	}
+	m.WaitPing(t, 0, m.spec[1].inner, 20*time.Second)
+	transfer(t, m.Lab, 0, 1, netip.AddrPortFrom(m.spec[1].inner, 5206), 4<<20)
 }
