@@ -47,7 +47,9 @@ func TestMain(m *testing.M) {
 
 // helperConfig is what a device helper opens and applies.
 type helperConfig struct {
-	Name            string
+	Name string
+	// Backend is a Choice; "" means userspace.
+	Backend         Choice
 	DisableOffloads bool
 	// Destroy removes the interface on SIGTERM instead of closing.
 	Destroy        bool
@@ -69,6 +71,8 @@ func runHelper(mode, arg string) int {
 	switch mode {
 	case "device":
 		err = helperDevice(arg)
+	case "remove":
+		err = Remove(arg)
 	case "tcp-recv":
 		err = helperRecv(arg)
 	case "tcp-send":
@@ -126,7 +130,10 @@ func helperDevice(path string) error {
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
 	ctx := context.Background()
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	d, err := Open(ctx, Options{Name: hc.Name, Backend: ChoiceUserspace, DisableOffloads: hc.DisableOffloads, Logger: logger})
+	if hc.Backend == "" {
+		hc.Backend = ChoiceUserspace
+	}
+	d, err := Open(ctx, Options{Name: hc.Name, Backend: hc.Backend, DisableOffloads: hc.DisableOffloads, Logger: logger})
 	if err != nil {
 		return err
 	}

@@ -383,3 +383,86 @@ func TestPrivilegedDisableOffloads(t *testing.T) {
 	m.WaitPing(t, 0, m.spec[1].inner, 20*time.Second)
 	transfer(t, m.Lab, 0, 1, netip.AddrPortFrom(m.spec[1].inner, 5206), 4<<20)
 }
+
+// TestPrivilegedBackendChoice checks backend selection against the real
+// kernel: auto falls back to userspace (with a log line saying why) where
+// the kernel cannot create wireguard links, kernel then fails with advice,
+// Remove deletes what Close left, and an unrelated interface of the same
+// name is refused.
+func TestPrivilegedBackendChoice(t *testing.T) {
+	m := newMeshLab(t)
+	name := m.spec[0].name
+	probe := "wgp" + m.Suffix
+	_, probeErr := m.Try(0, "ip", "link", "add", probe, "type", "wireguard")
+	kernelWG := probeErr == nil
+	if kernelWG {
+		m.Run(t, 0, "ip", "link", "del", probe)
+	}
+
+	hc := m.helperConfig(0)
+	hc.Backend = ChoiceKernel
+	h := startHelper(t, m.Lab, 0, "device", writeHelperConfig(t, hc, m.spec[0].priv))
+	if kernelWG {
+		if l := h.line(t, 30*time.Second); !strings.HasPrefix(l, "ready ") {
+			t.Fatalf("kernel backend: %q", l)
+		}
+		h.stop(t)
+		m.Run(t, 0, "ip", "link", "del", name)
+	} else {
+		if err := h.wait(t, 30*time.Second); err == nil {
+			t.Fatal("kernel backend started on a kernel without WireGuard")
+		}
+		for _, want := range []string{"device " + name + ": create wireguard link", "modprobe wireguard"} {
+			if !strings.Contains(h.stderr.String(), want) {
+				t.Fatalf("kernel backend error lacks %q:\n%s", want, h.stderr)
+			}
+		}
+		if _, err := m.Try(0, "ip", "link", "show", name); err == nil {
+			t.Fatal("failed kernel open left an interface behind")
+		}
+	}
+
+	hc.Backend = ChoiceAuto
+	h = startHelper(t, m.Lab, 0, "device", writeHelperConfig(t, hc, m.spec[0].priv))
+	if l := h.line(t, 30*time.Second); !strings.HasPrefix(l, "ready ") {
+		t.Fatalf("auto backend: %q\n%s", l, h.stderr)
+	}
+	kind := "tun"
+	logLine := "kernel WireGuard unavailable, using userspace backend"
+	if kernelWG {
+		kind, logLine = "wireguard", "using kernel WireGuard backend"
+	}
+	if out := m.Run(t, 0, "ip", "-d", "link", "show", name); !strings.Contains(out, "\n    "+kind+" ") {
+		t.Fatalf("auto chose the wrong kind, want %s:\n%s", kind, out)
+	}
+	if !strings.Contains(h.stderr.String(), logLine) {
+		t.Fatalf("auto did not log %q:\n%s", logLine, h.stderr)
+	}
+	h.stop(t)
+	if err := h.wait(t, 10*time.Second); err != nil {
+		t.Fatalf("closing helper: %v\n%s", err, h.stderr)
+	}
+	if _, err := m.Try(0, "ip", "link", "show", name); err != nil {
+		t.Fatal("Close removed the interface")
+	}
+	// Remove (wgmesh cleanup) deletes it, and is happy when it is gone.
+	for range 2 {
+		rm := startHelper(t, m.Lab, 0, "remove", name)
+		if err := rm.wait(t, 30*time.Second); err != nil {
+			t.Fatalf("Remove: %v\n%s", err, rm.stderr)
+		}
+	}
+	if _, err := m.Try(0, "ip", "link", "show", name); err == nil {
+		t.Fatal("Remove left the interface")
+	}
+
+	m.Run(t, 0, "ip", "link", "add", name, "type", "veth", "peer", "name", name+"p")
+	hc.Backend = ChoiceAuto
+	h = startHelper(t, m.Lab, 0, "device", writeHelperConfig(t, hc, m.spec[0].priv))
+	if err := h.wait(t, 30*time.Second); err == nil {
+		t.Fatal("opened over an unrelated veth interface")
+	}
+	if !strings.Contains(h.stderr.String(), "exists as a veth interface not created by wgmesh") {
+		t.Fatalf("error does not explain the conflict:\n%s", h.stderr)
+	}
+}
