@@ -24,17 +24,23 @@ import (
 //
 //  1. Withdraw: remove peers that are gone, and shrink every peer that loses
 //     prefixes to exactly the prefixes it keeps (ReplaceAllowedIPs with the
-//     kept set; wgctrl cannot remove a single prefix). After this call the
-//     table is old ∩ new: a moving address routes to nobody and is dropped.
+//     kept set, because wgctrl cannot delete a single prefix; the kept ones
+//     are briefly unrouted, i.e. dropped). This phase only removes entries,
+//     so every intermediate table is a subset of the old one, and at its end
+//     the table is old ∩ new: a moving address routes to nobody.
 //  2. Grant: set private key, listen port and fwmark if they changed, add new
 //     peers, and add to existing peers only the prefixes they gain (no
 //     ReplaceAllowedIPs, so their kept prefixes never blink), plus changed
-//     endpoints and keepalives.
+//     endpoints and keepalives. This phase only adds entries of the new
+//     table, so every intermediate table is a subset of the new one.
 //
-// At no instant does an address route to a peer that does not own it in the
-// new configuration, except an unchanged old entry before its withdrawal:
-// moves fail closed for the moment between the two calls. A peer whose
-// endpoint, keepalive and allowed IPs already match appears in neither phase.
+// Hence no address is ever routed to a peer that owns it in neither the old
+// nor the new configuration, and an address that changes owner is dropped,
+// never misdelivered, between its withdrawal and its grant: moves fail
+// closed. Two calls rather than one ordered call, because a peer that both
+// loses and gains prefixes would appear twice in one message, and a failed
+// withdrawal must not be followed by grants. A peer whose endpoint,
+// keepalive and allowed IPs already match appears in neither phase.
 type plan struct {
 	// Withdraw is nil when nothing has to be removed.
 	Withdraw *wgtypes.Config
