@@ -56,15 +56,21 @@ const maxNamesInDetail = 3
 //     prefixes — the nodes' other claims still are. A contested pod CIDR gets
 //     an Unreachable route (Throw with AllowUnencrypted) owned by no node, so
 //     its traffic goes to neither claimant; contested host IPs get no route.
-//   - a claim that overlaps the local node's own pod CIDRs (or, with
+//   - a claim inside one of the local node's pod CIDRs (or, with
 //     HostEncryption, own host IPs) is reported as OwnCIDROverlap and gets no
-//     route at all: own traffic must stay local.
-//   - a pod CIDR that contains an endpoint address (any node's) or a
-//     KeepOutside address is reported as CIDROverlap and gets no route, so
-//     the agent always reaches its peers and the API server outside the
-//     tunnel. A host IP equal to such an address is simply not a claim: with
-//     HostEncryption the usual node address that is also its endpoint stays
-//     outside the tunnel, with a Throw route.
+//     route: the own Throw route keeps that traffic local.
+//   - a claim that contains an own pod CIDR, or a pod CIDR that contains an
+//     address that must stay outside the tunnel (any node's endpoint or host
+//     IP, a KeepOutside address), is reported and not programmed; it gets an
+//     Unreachable route (Throw with AllowUnencrypted) and is no strict
+//     source, and each such address inside it gets its own Throw route (the
+//     local node's addresses are local anyway). So the agent always reaches
+//     its peers and the API server outside the tunnel, and nothing else in
+//     the prefix leaks.
+//   - with HostEncryption, a host IP equal to an endpoint or KeepOutside
+//     address is simply not a claim: the usual node address that is also its
+//     endpoint stays outside the tunnel. Peers' endpoints and KeepOutside
+//     addresses get Throw routes.
 //
 // Host IPs of nodes that are not peers get no routes: the promise of strict
 // mode covers pod traffic only, and a host without an agent must stay
@@ -133,17 +139,30 @@ type claim struct {
 	host   bool
 	// contested: overlaps another node's claim.
 	contested bool
-	// dropped: overlaps an own claim or contains a keep-outside address; no
-	// route at all.
+	// dropped: overlaps an own claim or contains a keep-outside address; never
+	// programmed for its node.
 	dropped bool
+	// wider: dropped, but not inside an own claim, so the prefix still needs
+	// a route that keeps its traffic from leaking (Unreachable, or Throw
+	// with AllowUnencrypted); the own and keep-outside Throw routes inside
+	// it are more specific.
+	wider bool
 }
 
-// keepOut is an address that must stay outside the tunnel.
+// keepOut is an address that must stay outside the tunnel: an endpoint, a
+// host IP, or an Options.KeepOutside address.
 type keepOut struct {
 	addr netip.Addr
-	// cand indexes deriver.cands for another node's endpoint; it is
-	// keepSelf or keepOption otherwise.
+	// cand indexes deriver.cands for another node's address; it is keepSelf
+	// or keepOption otherwise.
 	cand int
+	// host marks a host IP rather than an endpoint or option. Host IPs are
+	// never inside another claim, but with HostEncryption they are claims
+	// themselves.
+	host bool
+	// route says a wider claim that contains the address got a route, so
+	// the address needs its own Throw route.
+	route bool
 }
 
 const (
@@ -353,17 +372,26 @@ func (d *deriver) otherNames(group []int, k int) string {
 }
 
 func (d *deriver) collectKeepOutside() {
+	addHosts := func(cand int, hosts []netip.Addr) {
+		for _, a := range hosts {
+			if a = a.Unmap().WithZone(""); usableEndpointAddr(a) {
+				d.keep = append(d.keep, keepOut{addr: a, cand: cand, host: true})
+			}
+		}
+	}
 	for i := range d.cands {
 		c := &d.cands[i]
 		if a := c.endpoint.Addr(); usableEndpointAddr(a) {
 			d.keep = append(d.keep, keepOut{addr: a, cand: i})
 		}
+		addHosts(i, c.node.HostIPs)
 	}
 	for _, ep := range d.selfEndpoints {
 		if a := ep.Addr().Unmap(); usableEndpointAddr(a) {
 			d.keep = append(d.keep, keepOut{addr: a, cand: keepSelf})
 		}
 	}
+	addHosts(keepSelf, d.ownHosts)
 	for _, a := range d.o.KeepOutside {
 		if a = a.Unmap().WithZone(""); a.IsValid() {
 			d.keep = append(d.keep, keepOut{addr: a, cand: keepOption})
@@ -378,7 +406,10 @@ func (d *deriver) collectKeepOutside() {
 		if c := cmp.Compare(min(a.cand, 0), min(b.cand, 0)); c != 0 {
 			return c
 		}
-		return strings.Compare(d.keepName(a), d.keepName(b))
+		if c := strings.Compare(d.keepName(a), d.keepName(b)); c != 0 {
+			return c
+		}
+		return compareBool(a.host, b.host)
 	})
 }
 
@@ -395,28 +426,34 @@ func (d *deriver) keepName(k keepOut) string {
 
 // describeKeep names a keep-outside address for a Problem detail.
 func (d *deriver) describeKeep(k keepOut) string {
+	what := "endpoint address"
+	if k.host {
+		what = "host IP"
+	}
 	switch {
 	case k.cand >= 0:
-		return fmt.Sprintf("the endpoint address %s of node %q", k.addr, d.cands[k.cand].node.Name)
+		return fmt.Sprintf("the %s %s of node %q", what, k.addr, d.cands[k.cand].node.Name)
 	case k.cand == keepSelf:
-		return fmt.Sprintf("the local node's endpoint address %s", k.addr)
+		return fmt.Sprintf("the local node's %s %s", what, k.addr)
 	}
 	return fmt.Sprintf("the keep-outside (API server) address %s", k.addr)
 }
 
-// isKept reports whether a is a keep-outside address.
-func (d *deriver) isKept(a netip.Addr) bool {
-	_, ok := slices.BinarySearchFunc(d.keep, a, func(k keepOut, a netip.Addr) int { return k.addr.Compare(a) })
-	return ok
+// searchKeep returns the index of the first keep-outside address >= a.
+func (d *deriver) searchKeep(a netip.Addr) int {
+	i, _ := slices.BinarySearchFunc(d.keep, a, func(k keepOut, a netip.Addr) int { return k.addr.Compare(a) })
+	return i
 }
 
-// keptIn returns the first keep-outside address inside p.
-func (d *deriver) keptIn(p netip.Prefix) (keepOut, bool) {
-	i, _ := slices.BinarySearchFunc(d.keep, p.Addr(), func(k keepOut, a netip.Addr) int { return k.addr.Compare(a) })
-	if i < len(d.keep) && p.Contains(d.keep[i].addr) {
-		return d.keep[i], true
+// isEndpointOrOption reports whether a is an endpoint or an option's
+// keep-outside address (host IPs do not count: they may be claims).
+func (d *deriver) isEndpointOrOption(a netip.Addr) bool {
+	for i := d.searchKeep(a); i < len(d.keep) && d.keep[i].addr == a; i++ {
+		if !d.keep[i].host {
+			return true
+		}
 	}
-	return keepOut{}, false
+	return false
 }
 
 func (d *deriver) collectClaims() {
@@ -466,7 +503,7 @@ func (d *deriver) appendClaims(dst []claim, owner int, name string, pods []netip
 			}
 			// A peer's endpoint (usually its host IP) and the API server stay
 			// outside the tunnel so the agent can always reach them.
-			if !d.familyEnabled(a) || (owner >= 0 && d.isKept(a)) {
+			if !d.familyEnabled(a) || (owner >= 0 && d.isEndpointOrOption(a)) {
 				continue
 			}
 			cs = append(cs, claim{prefix: netip.PrefixFrom(a, a.BitLen()), owner: owner, host: true})
@@ -491,41 +528,63 @@ func (d *deriver) appendClaims(dst []claim, owner int, name string, pods []netip
 	return cs[:start+len(out)]
 }
 
-// ownOverlap returns an own claim overlapping p. Own claims are sorted and
-// pairwise disjoint, so the only candidates are the last one starting at or
-// before p (which may contain p) and the first one starting at or after p
-// (which p may contain).
-func (d *deriver) ownOverlap(p netip.Prefix) (claim, bool) {
+// ownOverlap returns an own claim overlapping p and whether that claim
+// contains p. Own claims are sorted and pairwise disjoint, so the only
+// candidates are the one starting where p starts, the last one starting
+// before p (which may contain p) and the first one starting after p (which
+// p may contain).
+func (d *deriver) ownOverlap(p netip.Prefix) (o claim, inside, ok bool) {
 	i, found := slices.BinarySearchFunc(d.own, p.Addr(), func(c claim, a netip.Addr) int { return c.prefix.Addr().Compare(a) })
-	if found {
-		return d.own[i], true
+	switch {
+	case found:
+		return d.own[i], d.own[i].prefix.Bits() <= p.Bits(), true
+	case i > 0 && d.own[i-1].prefix.Contains(p.Addr()):
+		return d.own[i-1], true, true
+	case i < len(d.own) && p.Contains(d.own[i].prefix.Addr()):
+		return d.own[i], false, true
 	}
-	if i > 0 && d.own[i-1].prefix.Contains(p.Addr()) {
-		return d.own[i-1], true
-	}
-	if i < len(d.own) && p.Contains(d.own[i].prefix.Addr()) {
-		return d.own[i], true
-	}
-	return claim{}, false
+	return claim{}, false, false
 }
 
+// checkOwnAndKeepOutside drops claims that overlap the local node's or
+// contain an address that must stay outside the tunnel.
 func (d *deriver) checkOwnAndKeepOutside() {
 	for i := range d.claims {
 		c := &d.claims[i]
 		name := d.cands[c.owner].node.Name
-		if o, ok := d.ownOverlap(c.prefix); ok {
+		if o, inside, ok := d.ownOverlap(c.prefix); ok {
 			c.dropped = true
-			d.problem(name, ReasonOwnCIDROverlap, "%s overlaps the local node's %s; not programmed", describe(*c), describe(o))
-			continue
+			if inside {
+				// The local node's Throw route covers it: own traffic
+				// stays local and nothing else is inside.
+				d.problem(name, ReasonOwnCIDROverlap, "%s is inside the local node's %s; not programmed", describe(*c), describe(o))
+				continue
+			}
+			c.wider = true
+			d.problem(name, ReasonOwnCIDROverlap, "%s contains the local node's %s; not programmed, %s", describe(*c), describe(o), d.blocked())
 		}
 		if c.host {
 			continue
 		}
-		if k, ok := d.keptIn(c.prefix); ok {
-			c.dropped = true
-			d.problem(name, ReasonCIDROverlap, "%s contains %s; not programmed, so that address stays outside the tunnel", describe(*c), d.describeKeep(k))
+		first := true
+		for k := d.searchKeep(c.prefix.Addr()); k < len(d.keep) && c.prefix.Contains(d.keep[k].addr); k++ {
+			d.keep[k].route = true
+			if first {
+				first = false
+				c.dropped, c.wider = true, true
+				d.problem(name, ReasonCIDROverlap, "%s contains %s; not programmed, %s, and that address stays reachable outside the tunnel",
+					describe(*c), d.describeKeep(d.keep[k]), d.blocked())
+			}
 		}
 	}
+}
+
+// blocked says what happens to a wider claim that is not programmed.
+func (d *deriver) blocked() string {
+	if d.o.AllowUnencrypted {
+		return "its traffic is sent unencrypted (allow-unencrypted)"
+	}
+	return "its traffic is blocked (strict mode)"
 }
 
 // sweepOverlaps marks every claim that overlaps another node's claim as
@@ -611,6 +670,14 @@ func (d *deriver) build() Desired {
 		cand := &d.cands[c.owner]
 		name := cand.node.Name
 		switch {
+		case c.dropped && c.wider:
+			// Not a strict source: it holds own or keep-outside addresses
+			// whose packets legitimately arrive outside the tunnel.
+			node := name
+			if c.contested {
+				node = ""
+			}
+			claimRoutes = append(claimRoutes, Route{Dst: c.prefix, Kind: fallback, Node: node})
 		case c.dropped:
 		case c.contested:
 			if !c.host {
@@ -645,22 +712,25 @@ func (d *deriver) build() Desired {
 			ownRoutes = append(ownRoutes, Route{Dst: c.prefix, Kind: Throw, Node: d.selfName})
 		}
 	}
+	// Peers' endpoints and the API server are reached outside the tunnel:
+	// with HostEncryption they get Throw routes, and so does any address
+	// inside a wider claim's route. The local node's addresses are local.
 	var keepRoutes []Route
-	if d.o.HostEncryption {
-		// Peers' endpoints and the API server must be reached outside the
-		// tunnel even when a host IP or a wider claim would cover them.
-		for _, k := range d.keep {
-			if !d.familyEnabled(k.addr) {
-				continue
-			}
-			dst := netip.PrefixFrom(k.addr, k.addr.BitLen())
-			switch {
-			case k.cand == keepOption:
-				keepRoutes = append(keepRoutes, Route{Dst: dst, Kind: Throw})
-			case k.cand >= 0 && d.cands[k.cand].isPeer():
-				keepRoutes = append(keepRoutes, Route{Dst: dst, Kind: Throw, Node: d.cands[k.cand].node.Name})
-			}
+	for _, k := range d.keep {
+		if !d.familyEnabled(k.addr) || k.cand == keepSelf {
+			continue
 		}
+		hostEnc := d.o.HostEncryption && !k.host && (k.cand == keepOption || d.cands[k.cand].isPeer())
+		// With AllowUnencrypted the wider claim's route is a Throw already.
+		inBlocked := k.route && !d.o.AllowUnencrypted
+		if !hostEnc && !inBlocked {
+			continue
+		}
+		node := ""
+		if k.cand >= 0 {
+			node = d.cands[k.cand].node.Name
+		}
+		keepRoutes = append(keepRoutes, Route{Dst: netip.PrefixFrom(k.addr, k.addr.BitLen()), Kind: Throw, Node: node})
 	}
 	// On equal destinations the earlier list wins: own traffic stays local
 	// and control traffic outside the tunnel.

@@ -120,7 +120,7 @@ type deriveCase struct {
 	unencrypted []string          // nodes listed as unencrypted
 	routes      map[string]string // destination -> "kind node" for selected routes
 	allowed     map[string][]string
-	noRoute     []string // destinations that must have no route
+	noRoute     []string // destinations that must have no route (or "" in routes)
 }
 
 func deriveCases() []deriveCase {
@@ -409,8 +409,8 @@ func deriveCases() []deriveCase {
 			},
 			peers:    []string{"a", "b"},
 			problems: []string{"a CIDROverlap", "a OwnCIDROverlap", "b CIDROverlap"},
-			routes:   map[string]string{"10.244.2.0/24": "unreachable -"},
-			noRoute:  []string{"10.244.0.0/16"},
+			// The wider claim is blocked, the own CIDR inside stays local.
+			routes: map[string]string{"10.244.2.0/24": "unreachable -", "10.244.0.0/16": "unreachable -", "10.244.0.0/24": "throw self"},
 		},
 		{
 			name: "same-node-nested-cidrs-collapse",
@@ -538,9 +538,8 @@ func deriveCases() []deriveCase {
 			},
 			opts:     func(o *Options) { o.HostEncryption = true },
 			peers:    []string{"a", "b"},
-			problems: []string{"a CIDROverlap", "b CIDROverlap"},
-			routes:   map[string]string{"10.244.2.0/24": "unreachable -"},
-			noRoute:  []string{"10.244.2.9/32"},
+			problems: []string{"a CIDROverlap", "b CIDROverlap", "b CIDROverlap"},
+			routes:   map[string]string{"10.244.2.0/24": "unreachable -", "10.244.2.9/32": "throw a"},
 		},
 		{
 			name: "pod-cidr-contains-endpoint-or-api-server",
@@ -552,8 +551,40 @@ func deriveCases() []deriveCase {
 			opts:     func(o *Options) { o.KeepOutside = []netip.Addr{netip.MustParseAddr("192.0.2.10")} },
 			peers:    []string{"a", "b"},
 			problems: []string{"a CIDROverlap", "b CIDROverlap"},
-			noRoute:  []string{"198.18.0.0/24", "192.0.2.0/24"},
-			allowed:  map[string][]string{"a": {"10.244.1.0/24"}, "b": {"10.244.2.0/24"}},
+			routes: map[string]string{
+				"198.18.0.0/24":  "unreachable a",
+				"198.18.0.2/32":  "throw a",
+				"192.0.2.0/24":   "unreachable b",
+				"192.0.2.10/32":  "throw -",
+				"198.19.0.3/32":  "",
+				"198.18.0.1/32":  "",
+				"10.244.2.0/24":  "tunnel b",
+				"10.244.0.0/24":  "throw self",
+				"10.244.1.0/24":  "tunnel a",
+				"fd00:10::/32":   "",
+				"192.0.2.100/32": "",
+			},
+			allowed: map[string][]string{"a": {"10.244.1.0/24"}, "b": {"10.244.2.0/24"}},
+		},
+		{
+			name: "pod-cidr-contains-host-ip-allow-unencrypted",
+			self: withHosts(self, "10.250.0.1"),
+			nodes: []Node{self,
+				withHosts(node("a", 2, "198.18.0.2:51820", "10.250.0.0/24", "10.244.1.0/24"), "10.250.0.2"),
+				withHosts(nodeB, "10.250.0.3"),
+				node("c", 4, "198.18.0.4:51820", "10.250.0.0/28"),
+			},
+			opts:     func(o *Options) { o.AllowUnencrypted = true },
+			peers:    []string{"a", "b", "c"},
+			problems: []string{"a CIDROverlap", "a CIDROverlap", "c CIDROverlap", "c CIDROverlap"},
+			routes: map[string]string{
+				"10.250.0.0/24": "throw -",
+				"10.250.0.0/28": "throw -",
+				"10.250.0.2/32": "",
+				"10.250.0.3/32": "",
+				"10.250.0.1/32": "",
+			},
+			allowed: map[string][]string{"a": {"10.244.1.0/24"}, "c": nil},
 		},
 		{
 			name:  "tunnel-address-none",
@@ -679,7 +710,7 @@ func TestDerive(t *testing.T) {
 			}
 			for dst, want := range tc.routes {
 				if got := routes[dst]; got != want {
-					t.Errorf("route %s = %q, want %q", dst, got, want)
+					t.Errorf("route %s = %q, want %q (\"\" = none)", dst, got, want)
 				}
 			}
 			for _, dst := range tc.noRoute {
@@ -859,17 +890,36 @@ func checkInvariants(t *testing.T, self Node, nodes []Node, o Options, d Desired
 		}
 	}
 
-	// Endpoints and keep-outside addresses are never in the tunnel.
-	keep := slices.Clone(o.KeepOutside)
-	for _, n := range nodes {
-		keep = append(keep, n.Endpoint.Addr())
+	// Endpoints and keep-outside addresses are never in the tunnel, nor
+	// inside a strict source; host IPs only as their own node's /32.
+	type addrOf struct {
+		a    netip.Addr
+		node string
+		host bool
 	}
-	keep = append(keep, self.Endpoint.Addr())
+	var keep []addrOf
+	usable := func(a netip.Addr) bool { return a.IsValid() && !a.IsUnspecified() && !a.IsMulticast() }
+	for _, a := range o.KeepOutside {
+		keep = append(keep, addrOf{a.Unmap(), "", false})
+	}
+	for _, n := range append(slices.Clone(nodes), self) {
+		keep = append(keep, addrOf{n.Endpoint.Addr().Unmap(), n.Name, false})
+		for _, h := range n.HostIPs {
+			keep = append(keep, addrOf{h.Unmap(), n.Name, true})
+		}
+	}
 	for _, k := range keep {
-		k = k.Unmap()
+		if !usable(k.a) {
+			continue
+		}
 		for _, a := range allowed {
-			if k.IsValid() && !k.IsUnspecified() && !k.IsMulticast() && a.p.Contains(k) {
-				t.Errorf("keep-outside/endpoint address %s is inside allowed IP %s of %s", k, a.p, a.node)
+			if a.p.Contains(k.a) && !(k.host && a.p.IsSingleIP() && a.node == k.node) {
+				t.Errorf("address %s of %q is inside allowed IP %s of %s", k.a, k.node, a.p, a.node)
+			}
+		}
+		for _, s := range d.StrictSources {
+			if s.Contains(k.a) {
+				t.Errorf("address %s of %q is inside strict source %s", k.a, k.node, s)
 			}
 		}
 	}
@@ -882,7 +932,23 @@ func checkInvariants(t *testing.T, self Node, nodes []Node, o Options, d Desired
 	}
 	for _, r := range d.Routes {
 		if r.Kind == Unreachable && !strict[r.Dst] {
-			t.Errorf("unreachable %s is not a strict source", r.Dst)
+			// Only a prefix holding own or outside addresses may not be.
+			holds := slices.ContainsFunc(own, r.Dst.Overlaps) ||
+				slices.ContainsFunc(keep, func(k addrOf) bool { return usable(k.a) && r.Dst.Contains(k.a) })
+			if !holds {
+				t.Errorf("unreachable %s is not a strict source", r.Dst)
+			}
+		}
+		if r.Kind == Unreachable {
+			// Addresses of other nodes and the API server inside a
+			// blocked prefix stay reachable through their own Throw.
+			for _, k := range keep {
+				if usable(k.a) && k.node != self.Name && r.Dst.Contains(k.a) && famOK(k.a) {
+					if tr, ok := routeOf[netip.PrefixFrom(k.a, k.a.BitLen())]; !ok || tr.Kind != Throw {
+						t.Errorf("address %s of %q is inside unreachable %s without a throw route", k.a, k.node, r.Dst)
+					}
+				}
+			}
 		}
 		if r.Kind == Throw && strict[r.Dst] {
 			t.Errorf("throw %s is a strict source", r.Dst)
