@@ -187,10 +187,10 @@ func diff(cur *wgtypes.Device, want mesh.DeviceConfig, sent map[wgtypes.Key]neti
 // (wireguard-go drops it, so every Configure would re-add it).
 func validate(want mesh.DeviceConfig) ([]wantPeer, error) {
 	if want.PrivateKey.IsZero() {
-		return nil, fmt.Errorf("configure: private key is empty; the agent must load or create a key first")
+		return nil, fmt.Errorf("private key is empty; the agent must load or create a key first")
 	}
 	if want.ListenPort < 0 || want.ListenPort > 65535 {
-		return nil, fmt.Errorf("configure: listen port %d: want 0..65535", want.ListenPort)
+		return nil, fmt.Errorf("listen port %d: want 0..65535", want.ListenPort)
 	}
 	self := want.PrivateKey.PublicKey()
 	seen := make(map[mesh.Key]string, len(want.Peers))
@@ -203,25 +203,25 @@ func validate(want mesh.DeviceConfig) ([]wantPeer, error) {
 		}
 		switch {
 		case pe.PublicKey.IsZero():
-			return nil, fmt.Errorf("configure: peer %s: public key is empty", name)
+			return nil, fmt.Errorf("peer %s: public key is empty", name)
 		case pe.PublicKey == self:
-			return nil, fmt.Errorf("configure: peer %s: has this device's own public key", name)
+			return nil, fmt.Errorf("peer %s: has this device's own public key", name)
 		case seen[pe.PublicKey] != "":
-			return nil, fmt.Errorf("configure: peers %s and %s have the same public key", seen[pe.PublicKey], name)
+			return nil, fmt.Errorf("peers %s and %s have the same public key", seen[pe.PublicKey], name)
 		case pe.Keepalive < 0 || pe.Keepalive > 65535*time.Second:
-			return nil, fmt.Errorf("configure: peer %s: keepalive %v: want 0..65535s", name, pe.Keepalive)
+			return nil, fmt.Errorf("peer %s: keepalive %v: want 0..65535s", name, pe.Keepalive)
 		case pe.Endpoint.IsValid() && pe.Endpoint.Port() == 0:
-			return nil, fmt.Errorf("configure: peer %s: endpoint %v has port 0", name, pe.Endpoint)
+			return nil, fmt.Errorf("peer %s: endpoint %v has port 0", name, pe.Endpoint)
 		}
 		seen[pe.PublicKey] = name
 		w := wantPeer{peer: pe, key: wgtypes.Key(pe.PublicKey), ka: int(pe.Keepalive / time.Second)}
 		for _, pfx := range pe.AllowedIPs {
 			if !pfx.IsValid() {
-				return nil, fmt.Errorf("configure: peer %s: invalid allowed IP prefix %v", name, pfx)
+				return nil, fmt.Errorf("peer %s: invalid allowed IP prefix %v", name, pfx)
 			}
 			pfx = normPrefix(pfx)
 			if o, dup := owner[pfx]; dup && o != name {
-				return nil, fmt.Errorf("configure: allowed IP %v is claimed by peers %s and %s", pfx, o, name)
+				return nil, fmt.Errorf("allowed IP %v is claimed by peers %s and %s", pfx, o, name)
 			}
 			owner[pfx] = name
 			w.allowed = append(w.allowed, pfx)

@@ -249,10 +249,17 @@ func TestConfigureErrors(t *testing.T) {
 	defer d.Close()
 
 	// wgctrl's userspace client reports the UAPI errno as text.
-	wg.configErr = fmt.Errorf("read: wguser: errno=%d", int(syscall.EADDRINUSE))
-	err = d.Configure(context.Background(), baseConfig())
-	if err == nil || !strings.Contains(err.Error(), "UDP port 51820 is in use") || !strings.Contains(err.Error(), "device wge0") {
-		t.Fatalf("port in use: %v", err)
+	// wireguard-go negates it; both signs must be understood.
+	for _, text := range []string{"read: wguser: errno=-98", "read: wguser: errno=98"} {
+		wg.configErr = errors.New(text)
+		err = d.Configure(context.Background(), baseConfig())
+		if err == nil || !strings.Contains(err.Error(), "UDP port 51820 is in use") || !strings.Contains(err.Error(), "device wge0") {
+			t.Fatalf("port in use (%s): %v", text, err)
+		}
+	}
+	wg.configErr = syscall.EADDRINUSE
+	if err := d.Configure(context.Background(), baseConfig()); err == nil || !strings.Contains(err.Error(), "UDP port 51820 is in use") {
+		t.Fatalf("port in use (netlink errno): %v", err)
 	}
 	wg.configErr = syscall.EPERM
 	err = d.Configure(context.Background(), baseConfig())
@@ -331,7 +338,7 @@ func FuzzValidateName(f *testing.F) {
 }
 
 func FuzzParseUAPIErrno(f *testing.F) {
-	for _, s := range []string{"read: wguser: errno=98", "errno=0", "errno=", "errno=99999999999", "x errno=1 errno=22", "errno=-1", ""} {
+	for _, s := range []string{"read: wguser: errno=98", "read: wguser: errno=-98", "errno=0", "errno=--5", "errno=", "errno=99999999999", "x errno=1 errno=22", "errno=-1", ""} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {

@@ -35,15 +35,17 @@ func validateName(name string) error {
 }
 
 // parseUAPIErrno extracts the errno from an error text that carries a UAPI
-// reply ("... errno=98"), which is how wgctrl reports a failed set on a
-// userspace device. ok is false when no positive errno is present.
+// reply ("... errno=-98"), which is how wgctrl reports a failed set on a
+// userspace device. wireguard-go sends the errno negated, as the kernel
+// returns it; other implementations send it positive; both are accepted.
+// ok is false when no non-zero errno is present.
 func parseUAPIErrno(s string) (errno syscall.Errno, ok bool) {
 	const key = "errno="
 	i := strings.LastIndex(s, key)
 	if i < 0 {
 		return 0, false
 	}
-	digits := s[i+len(key):]
+	digits := strings.TrimPrefix(s[i+len(key):], "-")
 	end := 0
 	for end < len(digits) && end < 10 && digits[end] >= '0' && digits[end] <= '9' {
 		end++

@@ -466,3 +466,27 @@ func TestPrivilegedBackendChoice(t *testing.T) {
 		t.Fatalf("error does not explain the conflict:\n%s", h.stderr)
 	}
 }
+
+// TestPrivilegedPortInUse checks that a listen port held by another process
+// yields an error naming the interface and the port.
+func TestPrivilegedPortInUse(t *testing.T) {
+	m := newMeshLab(t)
+	m.startDevice(t, 0, m.helperConfig(0))
+	// A second device in the same namespace on the same port.
+	hc := m.helperConfig(0)
+	hc.Name = m.spec[1].name
+	other, err := mesh.GeneratePrivateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := startHelper(t, m.Lab, 0, "device", writeHelperConfig(t, hc, other))
+	if err := h.wait(t, 30*time.Second); err == nil {
+		t.Fatal("a second device got a listen port that is in use")
+	}
+	want := fmt.Sprintf("device %s: configure: listen on UDP port %d", hc.Name, labPort)
+	for _, w := range []string{want, "is in use by another process", "--listen-port"} {
+		if !strings.Contains(h.stderr.String(), w) {
+			t.Fatalf("error lacks %q:\n%s", w, h.stderr)
+		}
+	}
+}
