@@ -33,13 +33,23 @@ type Agent struct {
 // defaults (node name, peers file, interface, key file) followed by extra,
 // so later flags can override earlier ones. Close stops it.
 func (l *Lab) StartAgent(n *Node, extra ...string) (*Agent, error) {
+	return l.startAgent(n, append([]string{"--peers-file", n.PeersFile}, extra...))
+}
+
+// StartAgentKube starts the agent like StartAgent, but learning the other
+// nodes from the Kubernetes API server described by kubeconfig instead of a
+// peers file.
+func (l *Lab) StartAgentKube(n *Node, kubeconfig string, extra ...string) (*Agent, error) {
+	return l.startAgent(n, append([]string{"--kubeconfig", kubeconfig}, extra...))
+}
+
+func (l *Lab) startAgent(n *Node, extra []string) (*Agent, error) {
 	if l.opts.Wgmesh == "" {
 		return nil, fmt.Errorf("lab: node %s: no wgmesh binary configured (Options.Wgmesh)", n.Name)
 	}
 	args := []string{
 		"agent",
 		"--node-name", n.Name,
-		"--peers-file", n.PeersFile,
 		"--interface", n.Interface,
 		"--key-file", n.KeyFile,
 		"--listen-port", fmt.Sprint(n.ListenPort),

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sort"
 	"strings"
 	"time"
 
@@ -49,9 +50,6 @@ func (d *demo) check(ok bool, format string, args ...any) {
 func (d *demo) run(ctx context.Context) (err error) {
 	fmt.Fprintf(d.out, "wgmesh demo: %d machines, each with a pod, joined by one virtual switch.\n", d.o.Nodes)
 	fmt.Fprintf(d.out, "Goal: every pod reaches every other pod, and not one pod packet crosses the switch unencrypted.\n")
-	if d.o.K8s {
-		return errors.New("--k8s: the Kubernetes variant of the demo is not available in this build; run `make demo` for the peers-file variant")
-	}
 
 	d.header("Removing leftovers of earlier demo runs that did not finish")
 	removed, err := lab.RemoveStale(d.o.Prefix)
@@ -65,7 +63,7 @@ func (d *demo) run(ctx context.Context) (err error) {
 	}
 
 	d.header("Building the lab out of network namespaces")
-	l, err := lab.New(ctx, lab.Options{Prefix: d.o.Prefix, Nodes: d.o.Nodes, Wgmesh: d.o.Wgmesh})
+	l, err := lab.New(ctx, lab.Options{Prefix: d.o.Prefix, Nodes: d.o.Nodes, Wgmesh: d.o.Wgmesh, ControlPlane: d.o.K8s})
 	if err != nil {
 		return err
 	}
@@ -99,19 +97,39 @@ func (d *demo) run(ctx context.Context) (err error) {
 	}
 	d.say("private keys stay in %s/<node>/private.key (mode 0600)", l.Dir())
 
-	d.header("Writing the peers file: who is who, where to reach them, which pod networks they own")
-	d.say("every agent reads this file and watches it for changes (on Kubernetes, Node objects play its part)")
-	if err := l.WritePeersFiles(l.Entries()); err != nil {
-		return err
-	}
-	for _, line := range strings.Split(strings.TrimSpace(string(lab.RenderPeersFile(l.Entries()))), "\n") {
-		d.say("| %s", line)
+	var k8s *cluster
+	if d.o.K8s {
+		d.header("Starting a real Kubernetes API server in its own namespace at %s and registering the nodes", l.CP.Addr)
+		d.say("kube-apiserver + etcd; the first run compiles them (minutes), later runs reuse the build")
+		t0 := time.Now()
+		k8s, err = startCluster(ctx, l)
+		if err != nil {
+			return err
+		}
+		defer k8s.server.Stop()
+		d.say("API server ready after %s at %s", time.Since(t0).Round(100*time.Millisecond), k8s.server.URL())
+		d.say("Node objects carry the pod networks (spec.podCIDRs) and the node address (InternalIP);")
+		d.say("each agent publishes its public key and endpoint as annotations on its own Node")
+	} else {
+		d.header("Writing the peers file: who is who, where to reach them, which pod networks they own")
+		d.say("every agent reads this file and watches it for changes (on Kubernetes, Node objects play its part)")
+		if err := l.WritePeersFiles(l.Entries()); err != nil {
+			return err
+		}
+		for _, line := range strings.Split(strings.TrimSpace(string(lab.RenderPeersFile(l.Entries()))), "\n") {
+			d.say("| %s", line)
+		}
 	}
 
 	d.header("Starting one wgmesh agent per node")
 	agents := map[string]*lab.Agent{}
 	for _, n := range l.Nodes {
-		a, err := l.StartAgent(n)
+		var a *lab.Agent
+		if k8s != nil {
+			a, err = l.StartAgentKube(n, k8s.kubeconfigs[n.Name])
+		} else {
+			a, err = l.StartAgent(n)
+		}
 		if err != nil {
 			return err
 		}
@@ -137,6 +155,21 @@ func (d *demo) run(ctx context.Context) (err error) {
 		}
 	}
 	d.say("all agents configured their peers after %s", time.Since(t0).Round(time.Millisecond))
+	if k8s != nil {
+		ann, err := k8s.annotations(ctx, l.Nodes[0].Name)
+		if err != nil {
+			return err
+		}
+		keys := make([]string, 0, len(ann))
+		for k := range ann {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		for _, k := range keys {
+			d.say("Node %s annotation %s: %s", l.Nodes[0].Name, k, ann[k])
+		}
+		d.check(ann["wgmesh.io/public-key"] == l.Nodes[0].PublicKey, "%s published its public key on its Node", l.Nodes[0].Name)
+	}
 	// A handshake happens when there is something to send: one ping from
 	// each pod to every other node's pod starts them.
 	for _, a := range l.Nodes {
