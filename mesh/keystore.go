@@ -114,7 +114,7 @@ func (s *KeyStore) load() (Key, error) {
 		return Key{}, fmt.Errorf("key file %s is not a regular file (%s); point --key-file at a file", s.path, st.Mode().Type())
 	}
 	if perm := st.Mode().Perm(); perm&0o077 != 0 {
-		return Key{}, fmt.Errorf("key file %s has mode %#o and is accessible by group or others; the key may be exposed: run \"chmod 600 %s\" (and rotate the key if others could read it)", s.path, perm, s.path)
+		return Key{}, fmt.Errorf("key file %s has mode %#o and is accessible by group or others, so the key may be exposed: run \"chmod 600 %s\" (for a Secret volume set defaultMode: 0400), and rotate the key if others could read it", s.path, perm, s.path)
 	}
 	data, err := io.ReadAll(io.LimitReader(f, maxKeyFileSize+1))
 	if err != nil {

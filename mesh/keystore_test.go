@@ -414,3 +414,27 @@ func wgPubkey(t *testing.T, path string) string {
 	}
 	return strings.TrimSpace(string(out))
 }
+
+// TestLoadFollowsSecretVolumeSymlink reads a key laid out like a Kubernetes
+// Secret volume: the name is a symlink into a timestamped directory, and the
+// file has mode 0400 (defaultMode).
+func TestLoadFollowsSecretVolumeSymlink(t *testing.T) {
+	dir := t.TempDir()
+	data := filepath.Join(dir, "..2026_01_01_00_00_00.000000001")
+	if err := os.Mkdir(data, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(data, "private.key"), []byte(keyVectors[1].priv+"\n"), 0o400); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(filepath.Join(filepath.Base(data), "private.key"), filepath.Join(dir, "private.key")); err != nil {
+		t.Fatal(err)
+	}
+	k, created, err := NewKeyStore(filepath.Join(dir, "private.key")).LoadOrCreate()
+	if err != nil || created {
+		t.Fatalf("LoadOrCreate through a symlink: created %v, %v", created, err)
+	}
+	if k.PublicKey().String() != keyVectors[1].pub {
+		t.Error("loaded key does not match the vector")
+	}
+}
