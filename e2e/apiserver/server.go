@@ -123,7 +123,6 @@ type Server struct {
 // The processes get SIGKILL if the calling process dies; call Stop (e.g. in
 // t.Cleanup) to end them and remove the working directory.
 func Start(ctx context.Context, o Options) (s *Server, err error) {
-	begin := time.Now()
 	if !o.BindAddress.IsValid() {
 		o.BindAddress = netip.AddrFrom4([4]byte{127, 0, 0, 1})
 	}
@@ -145,7 +144,7 @@ func Start(ctx context.Context, o Options) (s *Server, err error) {
 			s.Stop()
 		}
 	}()
-	begin = time.Now() // the build is not part of start-up time
+	begin := time.Now() // the build is not part of start-up time
 
 	if o.NetNS != "" {
 		// A fresh namespace's loopback is down; etcd listens there.
