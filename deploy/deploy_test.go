@@ -152,10 +152,10 @@ func TestRBACIsMinimal(t *testing.T) {
 	ms := decodeAll(t)
 	role := only[*rbacv1.ClusterRole](t, ms)
 	// Exactly what DESIGN.md grants: nodes get/list/watch/patch, events
-	// create/patch (core and events.k8s.io, whichever recorder is used).
+	// create/patch (core/v1 Events, which client-go's record package writes).
 	want := []rbacv1.PolicyRule{
 		{APIGroups: []string{""}, Resources: []string{"nodes"}, Verbs: []string{"get", "list", "watch", "patch"}},
-		{APIGroups: []string{"", "events.k8s.io"}, Resources: []string{"events"}, Verbs: []string{"create", "patch"}},
+		{APIGroups: []string{""}, Resources: []string{"events"}, Verbs: []string{"create", "patch"}},
 	}
 	if diff := cmp.Diff(want, role.Rules); diff != "" {
 		t.Errorf("ClusterRole rules (-want +got):\n%s", diff)

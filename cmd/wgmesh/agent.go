@@ -1,0 +1,206 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/wgmesh/wgmesh/device"
+	"github.com/wgmesh/wgmesh/mesh"
+	"github.com/wgmesh/wgmesh/mesh/file"
+	"github.com/wgmesh/wgmesh/mesh/metrics"
+	"github.com/wgmesh/wgmesh/routing"
+)
+
+func (a *app) agentCommand() *cobra.Command {
+	var f agentFlags
+	cmd := &cobra.Command{
+		Use:   "agent",
+		Short: "Run the mesh agent on this node",
+		Long: `agent owns this node's WireGuard interface: it publishes the node's public key
+and endpoint, learns every other node's key, endpoint and pod CIDRs (from Node
+objects, or from --peers-file on bare hosts), configures one peer per node and
+routes remote pod CIDRs into the interface through its own routing table.
+
+Nodes come from --kubeconfig, --peers-file, or (with neither) the in-cluster
+configuration. SIGTERM and SIGINT stop the agent and leave the data plane up:
+traffic stays encrypted or is dropped until the next agent takes over (remove
+everything with 'wgmesh cleanup'). SIGHUP re-reads the key file and the peers
+file.`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := f.validate(a.inCluster())
+			if err != nil {
+				return err
+			}
+			return a.runAgent(cmd.Context(), cfg)
+		},
+	}
+	f.register(cmd.Flags(), a.getenv)
+	return cmd
+}
+
+// runAgent wires the parts together and runs them until SIGTERM/SIGINT.
+func (a *app) runAgent(ctx context.Context, cfg agentConfig) (err error) {
+	log := a.log
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	ver, rev := buildVersion()
+	log.Info("starting wgmesh agent", "version", ver, "commit", rev, "node", cfg.NodeName, "source", cfg.Source,
+		"interface", cfg.Interface, "backend", cfg.Backend, "strict", !cfg.Derive.AllowUnencrypted)
+	if cfg.Derive.AllowUnencrypted {
+		log.Warn("--allow-unencrypted: pod traffic to nodes without a key is sent in PLAINTEXT")
+	}
+	if cfg.Unmanaged != nil {
+		log.Info("nodes outside the mesh (plaintext, reported)", "unmanagedNodes", cfg.Unmanaged.String())
+	}
+
+	// The key is needed before anything else can be published; failing
+	// here leaves the host untouched.
+	keys := mesh.NewKeyStore(cfg.KeyFile)
+	if _, _, err := keys.LoadOrCreate(); err != nil {
+		return fmt.Errorf("private key (--key-file): %w", err)
+	}
+
+	src, err := a.newSource(ctx, &cfg, log)
+	if err != nil {
+		return err
+	}
+
+	dev, err := device.Open(ctx, device.Options{Name: cfg.Interface, Backend: cfg.Backend, MTU: cfg.MTU, Logger: log})
+	if err != nil {
+		return fmt.Errorf("open WireGuard interface %s (--interface, --backend): %w", cfg.Interface, err)
+	}
+	// Close, never Destroy: the interface, its peers and routes stay so
+	// that traffic stays encrypted (or dropped) until the next agent.
+	defer func() {
+		if cerr := dev.Close(); cerr != nil {
+			err = errors.Join(err, fmt.Errorf("release interface %s: %w", cfg.Interface, cerr))
+		}
+	}()
+	log.Info("WireGuard interface ready", "interface", dev.Name(), "backend", dev.Backend())
+
+	router, err := routing.New(routing.Options{
+		Interface:    cfg.Interface,
+		Table:        cfg.Table,
+		Priority:     cfg.Priority,
+		FwMark:       cfg.FwMark,
+		IPv4:         cfg.Derive.IPv4,
+		IPv6:         cfg.Derive.IPv6,
+		MTU:          cfg.MTU,
+		UnderlayAddr: cfg.Endpoint.Addr(),
+		Logger:       log,
+	})
+	if err != nil {
+		return fmt.Errorf("routing for %s (--route-table, --rule-priority, --fwmark, --mtu): %w", cfg.Interface, err)
+	}
+
+	var rec *mesh.Reconciler
+	m := metrics.New(metrics.Options{
+		NodeName:   cfg.NodeName,
+		Interface:  cfg.Interface,
+		Backend:    dev.Backend(),
+		ListenPort: cfg.ListenPort,
+		Strict:     !cfg.Derive.AllowUnencrypted,
+		Stats: func(ctx context.Context) ([]metrics.PeerStats, error) {
+			ps, err := dev.Stats(ctx)
+			out := make([]metrics.PeerStats, 0, len(ps))
+			for _, p := range ps {
+				out = append(out, toMetricsStats(p))
+			}
+			return out, err
+		},
+		Router: func() metrics.RouterStatus {
+			s := router.Status()
+			return metrics.RouterStatus{LinkMTU: s.LinkMTU, PodMTU: s.PodMTU, IngressDropped: s.IngressDropped}
+		},
+		PublicKey: func() (mesh.Key, error) {
+			k, err := keys.Load()
+			return k.PublicKey(), err
+		},
+		Ready:  func() bool { return rec != nil && rec.Ready() },
+		Logger: log.With("component", "metrics"),
+	})
+
+	rec, err = mesh.NewReconciler(mesh.ReconcilerOptions{
+		NodeName:   cfg.NodeName,
+		Source:     src,
+		Device:     dev,
+		Router:     router,
+		Sink:       m,
+		Keys:       keys,
+		Derive:     cfg.Derive,
+		ListenPort: cfg.ListenPort,
+		FwMark:     cfg.FwMark,
+		Endpoint:   cfg.Endpoint,
+		Backend:    dev.Backend(),
+		Logger:     log,
+	})
+	if err != nil {
+		return err
+	}
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errc := make(chan error, 2)
+	running := 0
+	if cfg.MetricsAddr != "" {
+		srv, err := m.Listen(cfg.MetricsAddr)
+		if err != nil {
+			return err
+		}
+		log.Info("serving metrics, health and status", "addr", srv.Addr().String())
+		running++
+		go func() { errc <- srv.Run(ctx) }()
+	}
+	running++
+	go func() { errc <- rec.Run(ctx) }()
+
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+
+	var errs []error
+	for running > 0 {
+		select {
+		case <-hup:
+			log.Info("SIGHUP: re-reading the key file and the source")
+			rec.Reload()
+		case err := <-errc:
+			running--
+			if err != nil {
+				errs = append(errs, err)
+			}
+			// One part ending ends the agent: without the reconciler the
+			// metrics would lie, without metrics the probes fail anyway.
+			cancel()
+		}
+	}
+	log.Info("agent stopped; the interface and routes stay in place", "interface", cfg.Interface)
+	return errors.Join(errs...)
+}
+
+// newSource builds the source of nodes cfg selects. In Kubernetes mode it
+// also fills cfg.Derive.KeepOutside with the API server's addresses.
+func (a *app) newSource(ctx context.Context, cfg *agentConfig, log *slog.Logger) (mesh.Source, error) {
+	if cfg.Source == sourcePeersFile {
+		s, err := file.New(file.Options{Path: cfg.PeersFile, NodeName: cfg.NodeName, Logger: log})
+		if err != nil {
+			return nil, fmt.Errorf("--peers-file: %w", err)
+		}
+		return s, nil
+	}
+	client, rc, err := kubeClient(cfg.Kubeconfig)
+	if err != nil {
+		return nil, err
+	}
+	cfg.Derive.KeepOutside = apiServerAddrs(ctx, rc.Host, log)
+	log.Info("Kubernetes API server", "host", rc.Host, "keptOutsideTunnel", cfg.Derive.KeepOutside)
+	return newKubeSource(client, cfg, log)
+}

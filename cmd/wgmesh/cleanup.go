@@ -1,0 +1,95 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/wgmesh/wgmesh/device"
+	"github.com/wgmesh/wgmesh/routing"
+)
+
+func (a *app) cleanupCommand() *cobra.Command {
+	var (
+		iface             string
+		table             int64
+		priority          int
+		fwmark            string
+		removeAnnotations bool
+		kubeconfig        string
+		nodeName          string
+	)
+	d := routing.DefaultOptions()
+	cmd := &cobra.Command{
+		Use:   "cleanup",
+		Short: "Remove the interface, policy rules, routes and nftables table (uninstall)",
+		Long: `cleanup removes everything the agent installed on this host: the WireGuard
+interface (either backend), the policy rules, the wgmesh routing table's routes,
+the tunnel addresses and the nftables table. It touches nothing that is not
+wgmesh's, and running it twice is safe. Stop the agent first: pod traffic to
+other nodes then leaves in plaintext through the main routing table.
+
+With --remove-annotations it also removes the wgmesh.io/ annotations from the
+Node (--node-name, default $NODE_NAME) using --kubeconfig or the in-cluster
+configuration. Use the same --route-table, --rule-priority and --fwmark the
+agent ran with.`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ro := routing.DefaultOptions()
+			ro.Interface = iface
+			if table <= 0 || table > 0xffffffff || (table >= 253 && table <= 255) {
+				return usagef("--route-table %d: want 1-4294967295 except 253, 254 and 255", table)
+			}
+			ro.Table = int(table)
+			if priority < 1 || priority > 32765 {
+				return usagef("--rule-priority %d: want 1-32765", priority)
+			}
+			ro.Priority = priority
+			mark, err := strconv.ParseUint(strings.TrimSpace(fwmark), 0, 32)
+			if err != nil || mark == 0 {
+				return usagef("--fwmark %q: want a nonzero number such as 0x20000", fwmark)
+			}
+			ro.FwMark = uint32(mark)
+			ro.Logger = a.log
+			if removeAnnotations && nodeName == "" {
+				return usagef("--remove-annotations needs --node-name (or NODE_NAME)")
+			}
+
+			ctx := cmd.Context()
+			var errs []error
+			// Routes first: once they are gone nothing points at the
+			// interface any more.
+			if err := routing.Cleanup(ctx, ro); err != nil {
+				errs = append(errs, fmt.Errorf("remove routing state: %w", err))
+			}
+			if err := device.Remove(iface); err != nil {
+				errs = append(errs, fmt.Errorf("remove interface %s: %w", iface, err))
+			}
+			if removeAnnotations {
+				if err := a.removeAnnotations(ctx, kubeconfig, nodeName); err != nil {
+					errs = append(errs, err)
+				}
+			}
+			if err := errors.Join(errs...); err != nil {
+				return err
+			}
+			fmt.Fprintf(a.out, "removed wgmesh interface %s, rules, routes (table %d) and nftables table %s\n", iface, ro.Table, routing.NFTTable)
+			if removeAnnotations {
+				fmt.Fprintf(a.out, "removed wgmesh.io/ annotations from node %s\n", nodeName)
+			}
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&iface, "interface", device.DefaultName, "WireGuard interface")
+	f.Int64Var(&table, "route-table", int64(d.Table), "the agent's --route-table")
+	f.IntVar(&priority, "rule-priority", d.Priority, "the agent's --rule-priority")
+	f.StringVar(&fwmark, "fwmark", fmt.Sprintf("%#x", d.FwMark), "the agent's --fwmark")
+	f.BoolVar(&removeAnnotations, "remove-annotations", false, "also remove the wgmesh.io/ annotations of the Node")
+	f.StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig for --remove-annotations (default: in-cluster)")
+	f.StringVar(&nodeName, "node-name", a.getenv("NODE_NAME"), "Node whose annotations --remove-annotations removes (default $NODE_NAME)")
+	return cmd
+}

@@ -1,0 +1,66 @@
+package main
+
+import (
+	"strings"
+	"testing"
+)
+
+// FuzzAgentFlags feeds arbitrary values to the agent's flag set and
+// validation: both must return an error or a configuration, never panic, and
+// a configuration must satisfy the invariants the rest of the agent relies on.
+func FuzzAgentFlags(f *testing.F) {
+	type seed struct {
+		fwmark, tunnel, unmanaged, keepalive, endpoint, metricsAddr, extra string
+		inCluster                                                         bool
+	}
+	for _, s := range []seed{
+		{"0x20000", "first", "", "0", "", ":9587", "", true},
+		{"131072", "none", "kubernetes.io/os=windows", "25", "198.18.0.1", "127.0.0.1:9587", "--peers-file=p", false},
+		{"0x30000", "10.244.1.1,fd00:10:244:1::1", "a in (b,c),!d", "25s", "[fd00::1]:51820", "[::]:1", "--kubeconfig=k", false},
+		{"-1", "10.244.1.1,10.244.1.2", "a in (b", "-1s", "0.0.0.0:0", "9587", "--mtu=-1\n--route-table=254", true},
+		{"0x100000000", "::ffff:10.0.0.1", "x=", "1e9", "fe80::1%eth0", ":", "--rule-priority=0\n--ipv4=false\n--ipv6=false", true},
+		{"", "", "", "", "", "", "--listen-port=0\n--backend=\x00\n--interface=", false},
+	} {
+		f.Add(s.fwmark, s.tunnel, s.unmanaged, s.keepalive, s.endpoint, s.metricsAddr, s.extra, s.inCluster)
+	}
+	f.Fuzz(func(t *testing.T, fwmark, tunnel, unmanaged, keepalive, endpoint, metricsAddr, extra string, inCluster bool) {
+		var fl agentFlags
+		fs := newAgentFlagSet(&fl, func(string) string { return "node-1" })
+		args := []string{
+			"--fwmark=" + fwmark, "--tunnel-address=" + tunnel, "--unmanaged-nodes=" + unmanaged,
+			"--keepalive=" + keepalive, "--endpoint=" + endpoint, "--metrics-addr=" + metricsAddr,
+		}
+		if extra != "" {
+			args = append(args, strings.Split(extra, "\n")...)
+		}
+		if err := fs.Parse(args); err != nil {
+			return
+		}
+		c, err := fl.validate(inCluster)
+		if err != nil {
+			if !strings.Contains(err.Error(), "--") {
+				t.Errorf("error does not name a flag: %v", err)
+			}
+			return
+		}
+		switch {
+		case c.NodeName == "":
+			t.Error("valid configuration without node name")
+		case c.FwMark == 0 || c.FwMark&(c.FwMark-1) != 0:
+			t.Errorf("valid configuration with fwmark %#x", c.FwMark)
+		case c.Priority < 1 || c.Priority > 32765:
+			t.Errorf("valid configuration with rule priority %d", c.Priority)
+		case c.Table <= 0 || (c.Table >= 253 && c.Table <= 255):
+			t.Errorf("valid configuration with table %d", c.Table)
+		case !c.Derive.IPv4 && !c.Derive.IPv6:
+			t.Error("valid configuration with no family")
+		case c.Source == "":
+			t.Error("valid configuration without a source")
+		case c.ListenPort < 1 || c.ListenPort > 65535:
+			t.Errorf("valid configuration with listen port %d", c.ListenPort)
+		}
+		if c.Derive.Unmanaged != nil {
+			c.Derive.Unmanaged(map[string]string{"kubernetes.io/os": "windows", "a": "b"})
+		}
+	})
+}

@@ -1,0 +1,170 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+	"k8s.io/apimachinery/pkg/labels"
+
+	"github.com/wgmesh/wgmesh/device"
+	"github.com/wgmesh/wgmesh/mesh"
+	"github.com/wgmesh/wgmesh/mesh/kube"
+	"github.com/wgmesh/wgmesh/mesh/metrics"
+)
+
+// staleHandshake is how old a peer's last handshake may be before verify
+// mentions it: WireGuard re-keys an active session every 2 minutes and
+// rejects a session older than 3 (REJECT_AFTER_TIME), so an older handshake
+// means the peer was idle or is unreachable.
+const staleHandshake = 3 * time.Minute
+
+// hints tell the operator what to do about each kind of problem.
+var hints = map[mesh.Reason]string{
+	mesh.ReasonNoKey:             "no agent published a key: is the wgmesh pod running there? kubectl -n wgmesh get pods -o wide --field-selector spec.nodeName=<node>",
+	mesh.ReasonInvalidKey:        "the wgmesh.io/public-key annotation is not a WireGuard public key: remove the annotation and restart that node's agent",
+	mesh.ReasonDuplicateKey:      "nodes share one key (a copied key file or disk image): run 'wgmesh rotate-key' on all but one of them",
+	mesh.ReasonInvalidEndpoint:   "the wgmesh.io/endpoint or wgmesh.io/force-endpoint annotation is not IP:port: fix wgmesh.io/force-endpoint or the agent's --endpoint",
+	mesh.ReasonNoEndpoint:        "no endpoint is known: give the node an InternalIP, or set the wgmesh.io/force-endpoint annotation",
+	mesh.ReasonDuplicateEndpoint: "nodes publish the same endpoint: set distinct --endpoint or wgmesh.io/force-endpoint values",
+	mesh.ReasonInvalidCIDR:       "spec.podCIDRs holds an invalid prefix: check the controller manager's --cluster-cidr and node CIDR allocation",
+	mesh.ReasonCIDROverlap:       "pod CIDRs of different nodes overlap: fix spec.podCIDRs allocation (controller manager --cluster-cidr, --node-cidr-mask-size)",
+	mesh.ReasonOwnCIDROverlap:    "a node's pod CIDR overlaps another node's: fix spec.podCIDRs allocation",
+	mesh.ReasonUnmanaged:         "outside the mesh by --unmanaged-nodes: its pod traffic is plaintext by choice",
+	mesh.ReasonSelfMissing:       "the node is missing from the source",
+	mesh.ReasonSelfKeyMismatch:   "the published key does not match the node's key file: restart the agent so it publishes again",
+}
+
+func (a *app) verifyCommand() *cobra.Command {
+	var (
+		kubeconfig  string
+		unmanaged   string
+		iface       string
+		metricsAddr string
+		allowUnenc  bool
+	)
+	cmd := &cobra.Command{
+		Use:   "verify",
+		Short: "Check that the whole cluster is encrypted; exit 1 if any node is not",
+		Long: `verify lists every Node and checks, with the same rules the agents use, that
+each node's pod traffic is encrypted: every node has a valid key and endpoint, no
+two nodes share a key or endpoint, and no pod CIDRs overlap. It prints each
+problem with what to do about it and exits 1 unless the whole cluster is
+encrypted. When this host has the wgmesh interface it also lists peers without
+a recent handshake (idle, or unreachable over UDP).
+
+Pass the agents' --unmanaged-nodes so nodes left out on purpose are reported as
+such; they still count as unencrypted.`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			o := mesh.Options{IPv4: true, IPv6: true, AllowUnencrypted: allowUnenc}
+			if s := strings.TrimSpace(unmanaged); s != "" {
+				sel, err := labels.Parse(s)
+				if err != nil {
+					return usagef("--unmanaged-nodes %q: not a label selector: %v", unmanaged, err)
+				}
+				o.Unmanaged = func(l map[string]string) bool { return sel.Matches(labels.Set(l)) }
+			}
+			base, err := metricsURL(metricsAddr)
+			if err != nil {
+				return usagef("--metrics-addr %q: %v", metricsAddr, err)
+			}
+			client, rc, err := kubeClient(kubeconfig)
+			if err != nil {
+				return err
+			}
+			rep, err := kube.Verify(cmd.Context(), client, o)
+			if err != nil {
+				return fmt.Errorf("verify cluster at %s: %w", rc.Host, err)
+			}
+			ok := printVerify(a.out, rep)
+
+			// The local view is informational: a missing interface is
+			// normal on a machine outside the cluster.
+			if st, err := a.readStatus(cmd.Context(), base, iface, device.Inspect); err == nil {
+				printHandshakes(a.out, st, time.Now())
+			} else {
+				a.log.Debug("no local interface to check", "interface", iface, "err", err)
+			}
+			if !ok {
+				fmt.Fprintln(a.out, "RESULT: NOT fully encrypted")
+				return exitCodeError{exitFailure, fmt.Errorf("cluster not fully encrypted")}
+			}
+			fmt.Fprintln(a.out, "RESULT: every node's pod traffic is encrypted")
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig file (default: in-cluster configuration)")
+	f.StringVar(&unmanaged, "unmanaged-nodes", "", "the agents' --unmanaged-nodes selector")
+	f.BoolVar(&allowUnenc, "allow-unencrypted", false, "the agents' --allow-unencrypted")
+	f.StringVar(&iface, "interface", device.DefaultName, "local WireGuard interface whose handshakes to check")
+	f.StringVar(&metricsAddr, "metrics-addr", fmt.Sprintf(":%d", metrics.DefaultPort), "the local agent's --metrics-addr")
+	return cmd
+}
+
+// printVerify writes the report and returns whether the cluster is fully
+// encrypted.
+func printVerify(w io.Writer, rep kube.VerifyReport) bool {
+	fmt.Fprintf(w, "Checked %d nodes.\n", rep.Nodes)
+	if len(rep.Problems) == 0 && len(rep.Unencrypted) == 0 {
+		fmt.Fprintln(w, "No problems found.")
+		return true
+	}
+	if len(rep.Problems) > 0 {
+		fmt.Fprintf(w, "\n%d problems:\n", len(rep.Problems))
+		tw := tabwriter.NewWriter(w, 0, 4, 3, ' ', 0)
+		fmt.Fprintln(tw, "NODE\tREASON\tDETAIL")
+		seen := map[mesh.Reason]bool{}
+		for _, p := range rep.Problems {
+			fmt.Fprintf(tw, "%s\t%s\t%s\n", p.Node, p.Reason, p.Detail)
+			seen[p.Reason] = true
+		}
+		tw.Flush()
+		fmt.Fprintln(w, "\nWhat to do:")
+		for _, p := range rep.Problems {
+			if !seen[p.Reason] {
+				continue
+			}
+			seen[p.Reason] = false
+			hint := hints[p.Reason]
+			if hint == "" {
+				hint = "see the Events on the node: kubectl describe node " + p.Node
+			}
+			fmt.Fprintf(w, "  %s: %s\n", p.Reason, hint)
+		}
+	}
+	if len(rep.Unencrypted) > 0 {
+		fmt.Fprintf(w, "\nPod traffic of these %d nodes is NOT encrypted: %s\n", len(rep.Unencrypted), strings.Join(rep.Unencrypted, ", "))
+	} else {
+		fmt.Fprintln(w, "\nNodes with problems are unreachable from the mesh (strict mode), not plaintext, until fixed.")
+	}
+	return false
+}
+
+// printHandshakes lists the local peers without a recent handshake.
+func printHandshakes(w io.Writer, st metrics.Status, now time.Time) {
+	var stale []string
+	for _, p := range st.Peers {
+		name := p.Node
+		if name == "" {
+			name = p.PublicKey
+		}
+		if d, ok := p.HandshakeAge(now); !ok {
+			stale = append(stale, name+" (never)")
+		} else if d > staleHandshake {
+			stale = append(stale, fmt.Sprintf("%s (%s ago)", name, age(d)))
+		}
+	}
+	fmt.Fprintf(w, "\nLocal interface %s: %d peers, %d without a handshake in the last %s.\n",
+		st.Interface, len(st.Peers), len(stale), staleHandshake)
+	for _, s := range stale {
+		fmt.Fprintf(w, "  %s\n", s)
+	}
+	if len(stale) > 0 {
+		fmt.Fprintln(w, "  Idle peers handshake only when traffic flows; if traffic is failing, check that UDP to the peer's endpoint port is allowed.")
+	}
+}
