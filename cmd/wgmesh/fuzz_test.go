@@ -11,7 +11,7 @@ import (
 func FuzzAgentFlags(f *testing.F) {
 	type seed struct {
 		fwmark, tunnel, unmanaged, keepalive, endpoint, metricsAddr, extra string
-		inCluster                                                         bool
+		inCluster                                                          bool
 	}
 	for _, s := range []seed{
 		{"0x20000", "first", "", "0", "", ":9587", "", true},

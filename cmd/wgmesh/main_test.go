@@ -21,7 +21,7 @@ import (
 
 // result is one in-process run of the CLI.
 type result struct {
-	code          int
+	code           int
 	stdout, stderr string
 }
 
