@@ -827,8 +827,10 @@ func (d *deriver) addresses() []netip.Prefix {
 			}
 		}
 	default:
-		// One address per family, from the lowest own pod CIDR of that
-		// family: tunnel routes use it as their preferred source.
+		// TunnelAddressFirst, "" and anything unknown (the flag parser
+		// rejects those): one address per family, from the lowest own pod
+		// CIDR of that family; tunnel routes use it as their preferred
+		// source. A /32 or /128 pod CIDR is its own first address.
 		var have4, have6 bool
 		for _, c := range d.own {
 			a := c.prefix.Addr()

@@ -106,7 +106,6 @@ var (
 	self  = node("self", 1, "198.18.0.1:51820", "10.244.0.0/24", "fd00:10:244::/64")
 	nodeA = node("a", 2, "198.18.0.2:51820", "10.244.1.0/24", "fd00:10:244:1::/64")
 	nodeB = node("b", 3, "198.18.0.3:51820", "10.244.2.0/24", "fd00:10:244:2::/64")
-	nodeC = node("c", 4, "198.18.0.4:51820", "10.244.3.0/24", "fd00:10:244:3::/64")
 )
 
 type deriveCase struct {
@@ -613,6 +612,16 @@ func deriveCases() []deriveCase {
 			problems: []string{
 				"self SelfMissing",
 			},
+		},
+		{
+			name:  "unknown-tunnel-mode-and-negative-keepalive",
+			self:  self,
+			nodes: []Node{self, nodeA},
+			opts: func(o *Options) {
+				o.TunnelAddress = "bogus"
+				o.Keepalive = -time.Second
+			},
+			peers: []string{"a"},
 		},
 		{
 			name:  "keepalive",
