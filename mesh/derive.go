@@ -166,7 +166,7 @@ type keepOut struct {
 }
 
 const (
-	keepSelf   = -1 // the local node's endpoint
+	keepSelf   = -1 // the local node's endpoint or host IP
 	keepOption = -2 // Options.KeepOutside
 )
 
