@@ -1,0 +1,114 @@
+package kube
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/wgmesh/wgmesh/mesh"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes/fake"
+	"k8s.io/client-go/tools/record"
+)
+
+// recorded drains a FakeRecorder.
+func recorded(r *record.FakeRecorder) []string {
+	var out []string
+	for {
+		select {
+		case e := <-r.Events:
+			out = append(out, e)
+		default:
+			return out
+		}
+	}
+}
+
+func TestReportRateLimits(t *testing.T) {
+	client := fake.NewClientset(fatNode("self", nil, "198.18.0.1"), fatNode("b", nil, "198.18.0.2"))
+	rec := record.NewFakeRecorder(100)
+	s := newSource(t, client, func(o *Options) { o.Recorder = rec })
+	now := time.Unix(1000, 0)
+	s.now = func() time.Time { return now }
+	start(t, client, s)
+
+	noKey := mesh.Problem{Node: "b", Reason: mesh.ReasonNoKey, Detail: "node has published no WireGuard public key"}
+	dup := mesh.Problem{Node: "b", Reason: mesh.ReasonDuplicateKey, Detail: "public key is also published by node \"c\""}
+	ghost := mesh.Problem{Node: "gone", Reason: mesh.ReasonNoKey, Detail: "not in the store"}
+	nameless := mesh.Problem{Reason: mesh.Reason("InvalidName"), Detail: "a node has no name"}
+
+	s.Report([]mesh.Problem{noKey, ghost, nameless})
+	want := []string{"Warning NoKey node has published no WireGuard public key"}
+	if got := recorded(rec); strings.Join(got, "|") != strings.Join(want, "|") {
+		t.Errorf("events = %q, want %q", got, want)
+	}
+
+	// The same problems again within the interval: nothing new; a new
+	// detail for the same node is new.
+	now = now.Add(DefaultReportInterval - time.Second)
+	s.Report([]mesh.Problem{noKey, dup, ghost})
+	want = []string{"Warning DuplicateKey public key is also published by node \"c\""}
+	if got := recorded(rec); strings.Join(got, "|") != strings.Join(want, "|") {
+		t.Errorf("events = %q, want %q", got, want)
+	}
+
+	// After the interval the persisting problem is reported again.
+	now = now.Add(2 * time.Second)
+	s.Report([]mesh.Problem{noKey, dup})
+	want = []string{"Warning NoKey node has published no WireGuard public key"}
+	if got := recorded(rec); strings.Join(got, "|") != strings.Join(want, "|") {
+		t.Errorf("events = %q, want %q", got, want)
+	}
+
+	// Forgotten entries are pruned so the map does not grow forever.
+	now = now.Add(time.Hour)
+	s.Report(nil)
+	s.mu.Lock()
+	n := len(s.reported)
+	s.mu.Unlock()
+	if n != 0 {
+		t.Errorf("%d remembered problems after an hour of silence", n)
+	}
+
+	// Long details are cut to fit an Event.
+	long := mesh.Problem{Node: "b", Reason: mesh.ReasonCIDROverlap, Detail: strings.Repeat("é", 2000)}
+	s.Report([]mesh.Problem{long})
+	got := recorded(rec)
+	if len(got) != 1 || len(got[0]) > len("Warning CIDROverlap ")+maxEventMessage || !strings.HasSuffix(got[0], "…") {
+		t.Errorf("long event not truncated: %d bytes", len(got[0]))
+	}
+}
+
+// TestReportEventsToAPI uses the real broadcaster against the fake
+// clientset: the Event must name the Node by UID and come from wgmesh.
+func TestReportEventsToAPI(t *testing.T) {
+	client := fake.NewClientset(fatNode("self", nil, "198.18.0.1"), fatNode("b", nil, "198.18.0.2"))
+	s := newSource(t, client, func(o *Options) { o.Recorder = nil })
+	start(t, client, s)
+	p := mesh.Problem{Node: "b", Reason: mesh.ReasonInvalidKey, Detail: "annotation wgmesh.io/public-key: invalid WireGuard key"}
+	s.Report([]mesh.Problem{p})
+	s.Report([]mesh.Problem{p}) // rate-limited: still one Event
+
+	var events []corev1.Event
+	eventually(t, "an Event in the API", func() bool {
+		l, err := client.CoreV1().Events(metav1.NamespaceDefault).List(context.Background(), metav1.ListOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		events = l.Items
+		return len(events) > 0
+	})
+	time.Sleep(100 * time.Millisecond)
+	l, _ := client.CoreV1().Events(metav1.NamespaceDefault).List(context.Background(), metav1.ListOptions{})
+	if len(l.Items) != 1 {
+		t.Fatalf("%d events, want 1", len(l.Items))
+	}
+	e := l.Items[0]
+	io := e.InvolvedObject
+	if io.Kind != "Node" || io.Name != "b" || io.UID != "uid-b" || e.Type != corev1.EventTypeWarning ||
+		e.Reason != "InvalidKey" || e.Message != p.Detail || e.Source.Component != "wgmesh" || e.Source.Host != "self" {
+		t.Errorf("event = %+v", e)
+	}
+}
