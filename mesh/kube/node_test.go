@@ -154,9 +154,9 @@ func TestNodeFromObject(t *testing.T) {
 			want: mesh.Node{PodCIDRs: []netip.Prefix{pfx("10.244.1.0/24"), pfx("fd00:10:244:1::/64")}, HostIPs: []netip.Addr{addr("198.18.0.2")}},
 		},
 		{
-			name: "key too short",
-			node: fatNode("n", map[string]string{AnnotationPublicKey: "c2VjcmV0", AnnotationEndpoint: "198.18.0.1:51820"}),
-			want: mesh.Node{Endpoint: netip.MustParseAddrPort("198.18.0.1:51820"), PodCIDRs: []netip.Prefix{pfx("10.244.1.0/24"), pfx("fd00:10:244:1::/64")}},
+			name:     "key too short",
+			node:     fatNode("n", map[string]string{AnnotationPublicKey: "c2VjcmV0", AnnotationEndpoint: "198.18.0.1:51820"}),
+			want:     mesh.Node{Endpoint: netip.MustParseAddrPort("198.18.0.1:51820"), PodCIDRs: []netip.Prefix{pfx("10.244.1.0/24"), pfx("fd00:10:244:1::/64")}},
 			problems: []string{"InvalidKey: annotation wgmesh.io/public-key: invalid WireGuard key: want 44 base64 characters, got 8"},
 		},
 		{
@@ -177,9 +177,9 @@ func TestNodeFromObject(t *testing.T) {
 			want: mesh.Node{PublicKey: k1, PodCIDRs: []netip.Prefix{pfx("10.244.1.0/24"), pfx("fd00:10:244:1::/64")}},
 		},
 		{
-			name: "bad endpoints",
-			node: fatNode("n", map[string]string{AnnotationEndpoint: "198.18.0.1"}),
-			want: mesh.Node{PodCIDRs: []netip.Prefix{pfx("10.244.1.0/24"), pfx("fd00:10:244:1::/64")}},
+			name:     "bad endpoints",
+			node:     fatNode("n", map[string]string{AnnotationEndpoint: "198.18.0.1"}),
+			want:     mesh.Node{PodCIDRs: []netip.Prefix{pfx("10.244.1.0/24"), pfx("fd00:10:244:1::/64")}},
 			problems: []string{`InvalidEndpoint: annotation wgmesh.io/endpoint: "198.18.0.1" is not IP:port`},
 		},
 		{
