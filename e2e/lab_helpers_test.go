@@ -140,6 +140,15 @@ func startLabMesh(t *testing.T, o labMeshOptions) *labMesh {
 			t.Fatalf("agent on %s did not configure its peers: %v\n%s", n.Name, err, m.agents[n.Name].LogTail(30))
 		}
 	}
+	// Ready means the last reconcile applied cleanly. Not fatal: the data
+	// path checks of the scenario still tell what works.
+	for _, n := range managed {
+		rctx, rcancel := context.WithTimeout(ctx, 30*time.Second)
+		if err := n.WaitReady(rctx); err != nil {
+			t.Errorf("agent on %s is not ready: %v", n.Name, err)
+		}
+		rcancel()
+	}
 	return m
 }
 

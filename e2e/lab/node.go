@@ -2,6 +2,7 @@ package lab
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/netip"
 	"os"
@@ -321,7 +322,9 @@ func Poll(ctx context.Context, interval time.Duration, cond func(context.Context
 		if ok {
 			return nil
 		}
-		if err != nil {
+		// An error caused by the deadline itself explains nothing; keep
+		// the one from the attempt before.
+		if err != nil && (ctx.Err() == nil || last == nil) {
 			last = err
 		}
 		select {
@@ -391,4 +394,62 @@ func contains(list []string, s string) bool {
 		}
 	}
 	return false
+}
+
+// AgentStatus is the part of `wgmesh status -o json` the lab checks.
+type AgentStatus struct {
+	Node          string `json:"node"`
+	Interface     string `json:"interface"`
+	Backend       string `json:"backend"`
+	PublicKey     string `json:"publicKey"`
+	LinkMTU       int    `json:"linkMTU"`
+	PodMTU        int    `json:"podMTU"`
+	Strict        bool   `json:"strict"`
+	Ready         bool   `json:"ready"`
+	AgentRunning  bool   `json:"agentRunning"`
+	LastReconcile *struct {
+		Error string `json:"error"`
+	} `json:"lastReconcile"`
+	Unencrypted []string          `json:"unencryptedNodes"`
+	Problems    []json.RawMessage `json:"problems"`
+}
+
+// ReconcileError is the last reconcile's error ("" when it applied cleanly).
+func (s AgentStatus) ReconcileError() string {
+	if s.LastReconcile == nil {
+		return ""
+	}
+	return s.LastReconcile.Error
+}
+
+// Status asks the node's agent for its status (`wgmesh status -o json`).
+func (n *Node) Status(ctx context.Context) (AgentStatus, error) {
+	var st AgentStatus
+	out, err := n.Wgmesh(ctx, "status", "--interface", n.Interface, "-o", "json")
+	if err != nil {
+		return st, err
+	}
+	i := strings.Index(out, "{")
+	if i < 0 {
+		return st, fmt.Errorf("lab: node %s: wgmesh status -o json printed no JSON: %q", n.Name, lastLines(out, 3))
+	}
+	if err := json.Unmarshal([]byte(out[i:]), &st); err != nil {
+		return st, fmt.Errorf("lab: node %s: wgmesh status -o json: %w", n.Name, err)
+	}
+	return st, nil
+}
+
+// WaitReady waits until the node's agent reports ready: device up, source
+// synced, last reconcile applied cleanly.
+func (n *Node) WaitReady(ctx context.Context) error {
+	return Poll(ctx, 300*time.Millisecond, func(ctx context.Context) (bool, error) {
+		st, err := n.Status(ctx)
+		if err != nil {
+			return false, err
+		}
+		if !st.Ready || !st.AgentRunning {
+			return false, fmt.Errorf("node %s: agent not ready (running %v, last reconcile error %q)", n.Name, st.AgentRunning, st.ReconcileError())
+		}
+		return true, nil
+	})
 }

@@ -126,9 +126,9 @@ func (d *demo) run(ctx context.Context) (err error) {
 	for _, n := range l.Nodes {
 		var a *lab.Agent
 		if k8s != nil {
-			a, err = l.StartAgentKube(n, k8s.kubeconfigs[n.Name])
+			a, err = l.StartAgentKube(n, k8s.kubeconfigs[n.Name], d.o.AgentArgs...)
 		} else {
-			a, err = l.StartAgent(n)
+			a, err = l.StartAgent(n, d.o.AgentArgs...)
 		}
 		if err != nil {
 			return err
@@ -155,6 +155,12 @@ func (d *demo) run(ctx context.Context) (err error) {
 		}
 	}
 	d.say("all agents configured their peers after %s", time.Since(t0).Round(time.Millisecond))
+	for _, n := range l.Nodes {
+		wctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+		err := n.WaitReady(wctx)
+		cancel()
+		d.check(err == nil, "%s agent ready (routes, rules and interface applied cleanly)%s", n.Name, errSuffix(err))
+	}
 	if k8s != nil {
 		ann, err := k8s.annotations(ctx, l.Nodes[0].Name)
 		if err != nil {

@@ -17,6 +17,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -28,6 +29,7 @@ func main() {
 	flag.BoolVar(&o.K8s, "k8s", false, "run a real kube-apiserver and let the agents mesh through Node annotations instead of a peers file")
 	flag.StringVar(&o.Prefix, "prefix", "wgmdemo", "start of every namespace name; leftovers of crashed runs with it are removed")
 	flag.Int64Var(&o.TransferBytes, "transfer", 8<<20, "bytes of the TCP transfer")
+	agentArgs := flag.String("agent-args", "", "extra flags for every agent, space-separated (e.g. \"--backend userspace --mtu 1400\")")
 	flag.Parse()
 	if o.Wgmesh == "" {
 		fmt.Fprintln(os.Stderr, "demo: --wgmesh PATH is required (run `make demo`)")
@@ -39,6 +41,7 @@ func main() {
 		os.Exit(2)
 	}
 	o.Wgmesh = abs
+	o.AgentArgs = strings.Fields(*agentArgs)
 	if os.Geteuid() != 0 {
 		fmt.Fprintln(os.Stderr, "demo: needs root to create network namespaces (sudo make demo)")
 		os.Exit(2)
@@ -64,6 +67,7 @@ type options struct {
 	K8s           bool
 	Prefix        string
 	TransferBytes int64
+	AgentArgs     []string
 }
 
 // run is the whole demo; the deferred lab.Close inside runs on every path.
