@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"os/signal"
 	"syscall"
@@ -94,7 +95,7 @@ func (a *app) runAgent(ctx context.Context, cfg agentConfig) (err error) {
 		IPv4:         cfg.Derive.IPv4,
 		IPv6:         cfg.Derive.IPv6,
 		MTU:          cfg.MTU,
-		UnderlayAddr: cfg.Endpoint.Addr(),
+		UnderlayAddr: cfg.Underlay,
 		Logger:       log,
 	})
 	if err != nil {
@@ -189,10 +190,14 @@ func (a *app) runAgent(ctx context.Context, cfg agentConfig) (err error) {
 // newSource builds the source of nodes cfg selects. In Kubernetes mode it
 // also fills cfg.Derive.KeepOutside with the API server's addresses.
 func (a *app) newSource(ctx context.Context, cfg *agentConfig, log *slog.Logger) (mesh.Source, error) {
+	cfg.Underlay = cfg.Endpoint.Addr()
 	if cfg.Source == sourcePeersFile {
 		s, err := file.New(file.Options{Path: cfg.PeersFile, NodeName: cfg.NodeName, Logger: log})
 		if err != nil {
 			return nil, fmt.Errorf("--peers-file: %w", err)
+		}
+		if !cfg.Underlay.IsValid() {
+			cfg.Underlay = peersFileUnderlay(cfg.PeersFile, cfg.NodeName)
 		}
 		return s, nil
 	}
@@ -202,5 +207,27 @@ func (a *app) newSource(ctx context.Context, cfg *agentConfig, log *slog.Logger)
 	}
 	cfg.Derive.KeepOutside = apiServerAddrs(ctx, rc.Host, log)
 	log.Info("Kubernetes API server", "host", rc.Host, "keptOutsideTunnel", cfg.Derive.KeepOutside)
+	if !cfg.Underlay.IsValid() {
+		cfg.Underlay = kubeUnderlay(ctx, client, cfg.NodeName)
+	}
 	return newKubeSource(client, cfg, log)
+}
+
+// peersFileUnderlay returns the own entry's endpoint address in the peers
+// file, so the router measures the MTU of the interface that carries the
+// tunnel rather than guessing from the default route (which a host may not
+// have). The zero Addr when the file cannot be read yet: the source reports
+// that, and the router falls back to the default route.
+func peersFileUnderlay(path, node string) netip.Addr {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return netip.Addr{}
+	}
+	nodes, _ := file.Parse(path, data)
+	for _, n := range nodes {
+		if n.Name == node {
+			return n.Endpoint.Addr()
+		}
+	}
+	return netip.Addr{}
 }

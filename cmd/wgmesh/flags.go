@@ -73,7 +73,10 @@ type agentConfig struct {
 	Backend    device.Choice
 	ListenPort int
 	// Endpoint overrides the published endpoint; zero lets the source choose.
-	Endpoint    netip.AddrPort
+	Endpoint netip.AddrPort
+	// Underlay is the address whose interface carries the tunnel (for the
+	// MTU): the endpoint's, filled in at start-up.
+	Underlay    netip.Addr
 	KeyFile     string
 	MTU         int
 	Table       int

@@ -1,0 +1,199 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/wgmesh/wgmesh/mesh/metrics"
+)
+
+// The test binary doubles as the wgmesh binary: with this variable set it
+// runs main instead of the tests, so privileged tests can start agents in
+// network namespaces (`ip netns exec ns <test binary> agent ...`) without a
+// separate build.
+const beWgmeshEnv = "WGMESH_TEST_BE_WGMESH"
+
+func TestMain(m *testing.M) {
+	if os.Getenv(beWgmeshEnv) == "1" {
+		main()
+		return
+	}
+	os.Exit(m.Run())
+}
+
+// nsCmd runs the test binary as wgmesh inside network namespace ns.
+func nsCmd(ns string, args ...string) *exec.Cmd {
+	cmd := exec.Command("ip", append([]string{"netns", "exec", ns, os.Args[0]}, args...)...)
+	cmd.Env = append(os.Environ(), beWgmeshEnv+"=1")
+	return cmd
+}
+
+func ip(t *testing.T, args ...string) {
+	t.Helper()
+	if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+		t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
+	}
+}
+
+// TestPrivilegedAgentPeersFile runs two agents in two network namespaces
+// from one peers file and checks the whole life cycle through the binary's
+// command line: pod traffic flows only through the tunnel, status names the
+// peer, SIGTERM leaves the interface up, cleanup removes everything twice.
+func TestPrivilegedAgentPeersFile(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for network namespaces")
+	}
+	if _, err := exec.LookPath("ping"); err != nil {
+		t.Skip("ping not installed")
+	}
+	id := fmt.Sprintf("%d", os.Getpid()%100000)
+	dir := t.TempDir()
+	type node struct {
+		name, ns, iface, veth, underlay, pod, cidr string
+		key                                        string
+		agent                                      *exec.Cmd
+		done                                       chan error
+	}
+	nodes := []*node{
+		{name: "host-a", ns: "wgmc" + id + "a", iface: "wgmc" + id + "a", veth: "wgmv" + id + "a", underlay: "198.18.7.1", pod: "10.244.71.10", cidr: "10.244.71.0/24"},
+		{name: "host-b", ns: "wgmc" + id + "b", iface: "wgmc" + id + "b", veth: "wgmv" + id + "b", underlay: "198.18.7.2", pod: "10.244.72.10", cidr: "10.244.72.0/24"},
+	}
+	for _, n := range nodes {
+		ip(t, "netns", "add", n.ns)
+		t.Cleanup(func() {
+			// Interfaces in the namespace go with it; the UAPI socket
+			// file of the userspace backend does not.
+			exec.Command("ip", "netns", "del", n.ns).Run()
+			os.Remove(filepath.Join("/var/run/wireguard", n.iface+".sock"))
+		})
+	}
+	ip(t, "link", "add", nodes[0].veth, "type", "veth", "peer", "name", nodes[1].veth)
+	for _, n := range nodes {
+		ip(t, "link", "set", n.veth, "netns", n.ns)
+		ip(t, "-n", n.ns, "addr", "add", n.underlay+"/24", "dev", n.veth)
+		ip(t, "-n", n.ns, "link", "set", n.veth, "up")
+		ip(t, "-n", n.ns, "link", "set", "lo", "up")
+		// The pod address lives on lo; no plaintext route to the other
+		// node's pods exists, so a reply can only come through the tunnel.
+		ip(t, "-n", n.ns, "addr", "add", n.pod+"/32", "dev", "lo")
+		n.key = filepath.Join(dir, n.name+".key")
+	}
+
+	var peers strings.Builder
+	peers.WriteString("nodes:\n")
+	for _, n := range nodes {
+		out, err := nsCmd(n.ns, "keygen", "--key-file", n.key).Output()
+		if err != nil {
+			t.Fatalf("keygen %s: %v", n.name, err)
+		}
+		fmt.Fprintf(&peers, "  - name: %s\n    publicKey: %q\n    endpoint: \"%s:51820\"\n    podCIDRs: [%q]\n    hostIPs: [%q]\n",
+			n.name, strings.TrimSpace(string(out)), n.underlay, n.cidr, n.underlay)
+	}
+	peersFile := filepath.Join(dir, "peers.yaml")
+	if err := os.WriteFile(peersFile, []byte(peers.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	for _, n := range nodes {
+		logf, err := os.Create(filepath.Join(dir, n.name+".log"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		n.agent = nsCmd(n.ns, "agent", "--node-name", n.name, "--peers-file", peersFile, "--key-file", n.key,
+			"--interface", n.iface, "--backend", "userspace", "--ipv6=false", "--metrics-addr", "127.0.0.1:9587", "--log-level", "debug")
+		n.agent.Stdout, n.agent.Stderr = logf, logf
+		n.agent.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+		if err := n.agent.Start(); err != nil {
+			t.Fatalf("start agent %s: %v", n.name, err)
+		}
+		n.done = make(chan error, 1)
+		go func() { n.done <- n.agent.Wait(); logf.Close() }()
+		t.Cleanup(func() {
+			n.agent.Process.Kill()
+			<-n.done
+			if t.Failed() {
+				log, _ := os.ReadFile(logf.Name())
+				t.Logf("agent %s log:\n%s", n.name, log)
+			}
+		})
+	}
+
+	a, b := nodes[0], nodes[1]
+	// Pod to pod through the tunnel; the agents need a moment to come up.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		err := exec.Command("ip", "netns", "exec", a.ns, "ping", "-c", "1", "-W", "1", "-I", a.pod, b.pod).Run()
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no pod-to-pod ping from %s to %s through the tunnel within 30s: %v", a.pod, b.pod, err)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+
+	// Readiness and status by node name, from the agent.
+	var st metrics.Status
+	deadline = time.Now().Add(30 * time.Second)
+	for {
+		out, err := nsCmd(a.ns, "status", "--interface", a.iface, "--metrics-addr", "127.0.0.1:9587", "-o", "json").Output()
+		if err != nil {
+			t.Fatalf("status: %v", err)
+		}
+		if err := json.Unmarshal(out, &st); err != nil {
+			t.Fatalf("status json: %v\n%s", err, out)
+		}
+		if st.Ready || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	if !st.Ready || !st.AgentRunning || st.Node != a.name || st.Backend != "userspace" || st.LinkMTU == 0 {
+		t.Errorf("status of %s: %+v", a.name, st)
+	}
+	if len(st.Peers) != 1 || st.Peers[0].Node != b.name || st.Peers[0].LastHandshake == nil || st.Peers[0].ReceiveBytes == 0 {
+		t.Errorf("peers of %s: %+v, want %s with a handshake and traffic", a.name, st.Peers, b.name)
+	}
+
+	// SIGTERM: the agent exits 0 and the interface stays.
+	if err := a.agent.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-a.done:
+		a.done <- err // for the cleanup
+		if err != nil {
+			t.Errorf("agent %s after SIGTERM: %v, want exit 0", a.name, err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("agent %s did not stop within 30s of SIGTERM", a.name)
+	}
+	if err := exec.Command("ip", "-n", a.ns, "link", "show", a.iface).Run(); err != nil {
+		t.Errorf("interface %s gone after SIGTERM; it must stay so traffic is dropped, not sent in plaintext", a.iface)
+	}
+	// Without the agent, status reads the interface itself... which has no
+	// wireguard-go behind it now: an error that says so.
+	if out, err := nsCmd(a.ns, "status", "--interface", a.iface, "--metrics-addr", "127.0.0.1:9587").CombinedOutput(); err == nil {
+		t.Errorf("status without agent succeeded:\n%s", out)
+	}
+
+	for i := range 2 {
+		if out, err := nsCmd(a.ns, "cleanup", "--interface", a.iface).CombinedOutput(); err != nil {
+			t.Errorf("cleanup #%d: %v\n%s", i+1, err, out)
+		}
+	}
+	if err := exec.Command("ip", "-n", a.ns, "link", "show", a.iface).Run(); err == nil {
+		t.Errorf("interface %s still there after cleanup", a.iface)
+	}
+	rules, _ := exec.Command("ip", "-n", a.ns, "rule").Output()
+	if strings.Contains(string(rules), "lookup 51820") {
+		t.Errorf("policy rule still there after cleanup:\n%s", rules)
+	}
+}
