@@ -155,12 +155,12 @@ func (d *demo) run(ctx context.Context) (err error) {
 		}
 	}
 	d.say("all agents configured their peers after %s", time.Since(t0).Round(time.Millisecond))
+	rctx, rcancel := context.WithTimeout(ctx, 20*time.Second)
 	for _, n := range l.Nodes {
-		wctx, cancel := context.WithTimeout(ctx, 20*time.Second)
-		err := n.WaitReady(wctx)
-		cancel()
+		err := n.WaitReady(rctx)
 		d.check(err == nil, "%s agent ready (routes, rules and interface applied cleanly)%s", n.Name, errSuffix(err))
 	}
+	rcancel()
 	if k8s != nil {
 		ann, err := k8s.annotations(ctx, l.Nodes[0].Name)
 		if err != nil {
