@@ -49,12 +49,19 @@ func demoNamespaces(t *testing.T, pid int) []string {
 	return left
 }
 
-// TestPrivilegedLabDemo runs the demo program end to end: it must pass all
-// its checks, exit 0 and leave no namespace behind.
+// TestPrivilegedLabDemo builds the demo program once and runs it twice: to
+// the end, and stopped with SIGTERM while its agents run.
 func TestPrivilegedLabDemo(t *testing.T) {
 	labRequireRoot(t)
 	wgmesh := labWgmeshBinary(t)
 	bin := buildDemo(t)
+	t.Run("complete", func(t *testing.T) { testDemoComplete(t, bin, wgmesh) })
+	t.Run("interrupted", func(t *testing.T) { testDemoInterrupted(t, bin, wgmesh) })
+}
+
+// testDemoComplete runs the demo program end to end: it must pass all its
+// checks, exit 0 and leave no namespace behind.
+func testDemoComplete(t *testing.T, bin, wgmesh string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, "--wgmesh", wgmesh, "--prefix", demoPrefix)
@@ -78,12 +85,9 @@ func TestPrivilegedLabDemo(t *testing.T) {
 	}
 }
 
-// TestPrivilegedLabDemoInterrupted stops the demo with SIGTERM while its
-// agents run: it must exit non-zero and still remove everything.
-func TestPrivilegedLabDemoInterrupted(t *testing.T) {
-	labRequireRoot(t)
-	wgmesh := labWgmeshBinary(t)
-	bin := buildDemo(t)
+// testDemoInterrupted stops the demo with SIGTERM while its agents run: it
+// must exit non-zero and still remove everything.
+func testDemoInterrupted(t *testing.T, bin, wgmesh string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, "--wgmesh", wgmesh, "--prefix", demoPrefix)
