@@ -50,8 +50,10 @@ func TestPrivilegedAgentPeersFile(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root for network namespaces")
 	}
-	if _, err := exec.LookPath("ping"); err != nil {
-		t.Skip("ping not installed")
+	for _, tool := range []string{"ping", "wg"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("%s not installed", tool)
+		}
 	}
 	id := fmt.Sprintf("%d", os.Getpid()%100000)
 	dir := t.TempDir()
@@ -160,6 +162,25 @@ func TestPrivilegedAgentPeersFile(t *testing.T) {
 	}
 	if len(st.Peers) != 1 || st.Peers[0].Node != b.name || st.Peers[0].LastHandshake == nil || st.Peers[0].ReceiveBytes == 0 {
 		t.Errorf("peers of %s: %+v, want %s with a handshake and traffic", a.name, st.Peers, b.name)
+	}
+
+	// rotate-key next to the running agent: it notices the file change and
+	// reconfigures the interface with the new key, without a restart.
+	out, err := nsCmd(a.ns, "rotate-key", "--key-file", a.key).Output()
+	if err != nil {
+		t.Fatalf("rotate-key: %v", err)
+	}
+	newPub := strings.TrimSpace(string(out))
+	deadline = time.Now().Add(30 * time.Second)
+	for {
+		info, err := exec.Command("ip", "netns", "exec", a.ns, "wg", "show", a.iface, "public-key").Output()
+		if err == nil && strings.TrimSpace(string(info)) == newPub {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("interface %s still has public key %q 30s after rotate-key, want %q (err %v)", a.iface, info, newPub, err)
+		}
+		time.Sleep(300 * time.Millisecond)
 	}
 
 	// SIGTERM: the agent exits 0 and the interface stays.
