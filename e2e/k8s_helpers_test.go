@@ -271,6 +271,8 @@ func (a *k8sApplier) apply(ctx context.Context, m k8sManifest, dryRun bool) erro
 	if mapping.Scope.Name() == meta.RESTScopeNameNamespace {
 		ri = a.dyn.Resource(mapping.Resource).Namespace(u.GetNamespace())
 	} else {
+		// kustomize namespaces only namespaced kinds.
+		m.Obj.SetNamespace("")
 		u.SetNamespace("")
 		ri = a.dyn.Resource(mapping.Resource)
 	}

@@ -122,7 +122,7 @@ type Server struct {
 // and the default namespaces exist. On error everything started is stopped.
 // The processes get SIGKILL if the calling process dies; call Stop (e.g. in
 // t.Cleanup) to end them and remove the working directory.
-func Start(ctx context.Context, o Options) (s *Server, err error) {
+func Start(ctx context.Context, o Options) (_ *Server, err error) {
 	if !o.BindAddress.IsValid() {
 		o.BindAddress = netip.AddrFrom4([4]byte{127, 0, 0, 1})
 	}
@@ -134,18 +134,6 @@ func Start(ctx context.Context, o Options) (s *Server, err error) {
 			return nil, err
 		}
 	}
-	dir, err := os.MkdirTemp(o.Dir, "wgmesh-apiserver-")
-	if err != nil {
-		return nil, fmt.Errorf("create API server working directory in %q: %w", o.Dir, err)
-	}
-	s = &Server{opts: o, dir: dir}
-	defer func() {
-		if err != nil {
-			s.Stop()
-		}
-	}()
-	begin := time.Now() // the build is not part of start-up time
-
 	if o.NetNS != "" {
 		// A fresh namespace's loopback is down; etcd listens there.
 		if out, err := exec.CommandContext(ctx, "ip", "-n", o.NetNS, "link", "set", "lo", "up").CombinedOutput(); err != nil {
@@ -157,6 +145,17 @@ func Start(ctx context.Context, o Options) (s *Server, err error) {
 			return nil, err
 		}
 	}
+	dir, err := os.MkdirTemp(o.Dir, "wgmesh-apiserver-")
+	if err != nil {
+		return nil, fmt.Errorf("create API server working directory in %q: %w", o.Dir, err)
+	}
+	s := &Server{opts: o, dir: dir}
+	defer func() {
+		if err != nil {
+			s.Stop()
+		}
+	}()
+	begin := time.Now() // the build is not part of start-up time
 	s.url = "https://" + net.JoinHostPort(o.BindAddress.String(), strconv.Itoa(o.Port))
 	if err := s.writePKI(); err != nil {
 		return nil, err
@@ -504,4 +503,9 @@ func (s *Server) Stop() error {
 		errs = append(errs, fmt.Errorf("remove API server working directory %s: %w", s.dir, err))
 	}
 	return errors.Join(errs...)
+}
+
+// Pids returns the process ids of kube-apiserver and etcd.
+func (s *Server) Pids() (apiserver, etcd int) {
+	return s.apiserver.cmd.Process.Pid, s.etcd.cmd.Process.Pid
 }
