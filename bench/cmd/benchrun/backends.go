@@ -92,6 +92,18 @@ func wireguardGoBackend(id, name, bin string) backend {
 // wgmeshBackend runs the real agent on both sides in peers-file mode: the
 // same binary, flags and code path an operator runs on a bare host.
 func wgmeshBackend(id, name, bin string, extra ...string) backend {
+	return wgmeshVariant(id, name, bin, variant{}, extra...)
+}
+
+// variant is a tuning experiment on the agent: environment variables of
+// the agent processes (GOMAXPROCS, GOGC, …) and commands run in each
+// namespace once the tunnel is up ({ns} and {if} are substituted).
+type variant struct {
+	env   []string
+	after [][]string
+}
+
+func wgmeshVariant(id, name, bin string, v variant, extra ...string) backend {
 	b := backend{ID: id, Name: name}
 	if _, err := os.Stat(bin); err != nil {
 		b.skip = fmt.Sprintf("wgmesh binary %s not found (run make build): %v", bin, err)
@@ -130,13 +142,27 @@ func wgmeshBackend(id, name, bin string, extra ...string) backend {
 				"--key-file", filepath.Join(l.dir, side, "private.key"), "--interface", l.ifName(side),
 				"--backend", "userspace", "--mtu", fmt.Sprint(tunnelMTU), "--tunnel-address", own,
 				"--metrics-addr", "127.0.0.1:9587", "--ipv6=false"}, extra...)
-			c, err := l.start(side, nil, args...)
+			c, err := l.start(side, v.env, args...)
 			if err != nil {
 				return "", nil, err
 			}
 			pids = append(pids, c.Process.Pid)
 		}
-		return innerB, pids, l.waitPing(innerB, 30*time.Second)
+		if err := l.waitPing(innerB, 30*time.Second); err != nil {
+			return "", nil, err
+		}
+		for _, side := range []string{"a", "b"} {
+			for _, cmd := range v.after {
+				args := make([]string, len(cmd))
+				for i, a := range cmd {
+					args[i] = strings.NewReplacer("{ns}", l.ns(side), "{if}", l.ifName(side)).Replace(a)
+				}
+				if err := run(args...); err != nil {
+					return "", nil, err
+				}
+			}
+		}
+		return innerB, pids, nil
 	}
 	return b
 }

@@ -32,6 +32,9 @@ import (
 
 func ctxBG() context.Context { return context.Background() }
 
+// startLoad is the load average when the harness started.
+var startLoad = loadAvg()
+
 type sample struct {
 	gbps       float64
 	cpuPerGB   float64 // tunnel CPU-seconds per GB moved; 0 when no tunnel process
@@ -52,13 +55,17 @@ func main() {
 	duration := flag.Duration("duration", 8*time.Second, "length of each iperf3 run")
 	rounds := flag.Int("rounds", 3, "interleaved rounds per competitor (median of these)")
 	pinned := flag.Bool("pinned", true, "also run with each namespace's processes pinned to one core")
-	goBench := flag.Bool("go-bench", true, "run the Go benchmarks of ./bench as well")
+	goBench := flag.Bool("go-bench", true, "run the Go benchmarks of ./bench, ./mesh, ./device and ./routing as well")
+	only := flag.String("only", "", "comma-separated competitor IDs to run (e.g. B2,B3); empty runs all")
+	experiments := flag.Bool("experiments", false, "also run the agent tuning experiments X1… (environment and link settings), for before/after measurements")
 	flag.Parse()
 	log.SetFlags(0)
 
 	report := &strings.Builder{}
 	var results []*result
-	cryptoGbps := chachaBound(2 * time.Second)
+	// The crypto bound is sampled once before and then once per round, so
+	// that it sees the same machine load as the tunnels it bounds.
+	crypto := []float64{chachaBound(2 * time.Second)}
 
 	if os.Geteuid() != 0 {
 		log.Printf("not root: the namespace throughput comparison is skipped (Go benchmarks still run)")
@@ -75,9 +82,26 @@ func main() {
 		} else {
 			backends = append(backends, wireguardGoBackend("B2", "upstream wireguard-go "+wireguardVersion(), upstream))
 		}
-		backends = append(backends,
-			wgmeshBackend("B3", "wgmesh agent (userspace, offloads on)", *wgmesh),
-			wgmeshBackend("B4", "wgmesh agent (userspace, offloads off)", *wgmesh, "--offloads=false"))
+		backends = append(backends, wgmeshBackend("B3", "wgmesh agent (userspace, offloads on)", *wgmesh))
+		b4 := wgmeshBackend("B4", "wgmesh agent (userspace, offloads off)", *wgmesh, "--offloads=false")
+		if b4.skip == "" && !agentHasFlag(*wgmesh, "offloads") {
+			b4.skip = "this wgmesh binary has no --offloads flag (device.Options.DisableOffloads is not reachable from the agent)"
+		}
+		backends = append(backends, b4)
+		if *experiments {
+			backends = append(backends, experimentBackends(*wgmesh)...)
+		}
+		if *only != "" {
+			keep := map[string]bool{}
+			for _, id := range strings.Split(*only, ",") {
+				keep[strings.TrimSpace(id)] = true
+			}
+			for i := range backends {
+				if !keep[backends[i].ID] && backends[i].skip == "" {
+					backends[i].skip = "not selected (--only " + *only + ")"
+				}
+			}
+		}
 		modes := []bool{false}
 		if *pinned && runtime.NumCPU() >= 2 {
 			modes = append(modes, true)
@@ -98,9 +122,10 @@ func main() {
 						res.errs = append(res.errs, err.Error())
 						continue
 					}
-					log.Printf("%s pinned=%v round %d: %.2f Gbit/s", res.b.ID, pin, r+1, s.gbps)
+					log.Printf("%s pinned=%v round %d: %.2f Gbit/s, %.2f tunnel CPU-s/GB", res.b.ID, pin, r+1, s.gbps, s.cpuPerGB)
 					res.samples = append(res.samples, s)
 				}
+				crypto = append(crypto, chachaBound(time.Second))
 			}
 			results = append(results, rs...)
 		}
@@ -108,14 +133,15 @@ func main() {
 
 	var goBenchOut string
 	if *goBench {
-		o, err := output(ctxBG(), "go", "test", "-run", "^$", "-bench", ".", "-benchmem", "-count", "1", "./bench/", "./mesh/", "./device/", "./routing/")
+		o, err := output(ctxBG(), "go", "test", "-run", "^$", "-bench", ".", "-benchmem", "-count", "1", "-timeout", "30m",
+			"./bench/", "./mesh/", "./device/...", "./routing/")
 		if err != nil {
 			log.Printf("go benchmarks: %v", err)
 		}
 		goBenchOut = o
 	}
 
-	writeReport(report, results, cryptoGbps, goBenchOut, *duration, *rounds)
+	writeReport(report, results, crypto, goBenchOut, *duration, *rounds, *wgmesh)
 	if err := os.MkdirAll(filepath.Dir(*out), 0o755); err != nil {
 		log.Fatal(err)
 	}
@@ -171,6 +197,25 @@ func measure(b backend, pinned bool, d time.Duration) (sample, error) {
 		s.cpuPerGB = (after - before) / (s.bytesMoved / 1e9)
 	}
 	return s, nil
+}
+
+// experimentBackends are variants of B3 that change one setting each, run
+// interleaved with B3 so that a tuning's gain is measured under the same
+// load. A setting that wins becomes the agent's default.
+func experimentBackends(bin string) []backend {
+	return []backend{
+		wgmeshVariant("X1", "B3 with GOMAXPROCS=1", bin, variant{env: []string{"GOMAXPROCS=1"}}),
+		wgmeshVariant("X2", "B3 with GOGC=400", bin, variant{env: []string{"GOGC=400"}}),
+		wgmeshVariant("X3", "B3 with TUN txqueuelen 2000", bin, variant{after: [][]string{{"ip", "-n", "{ns}", "link", "set", "{if}", "txqueuelen", "2000"}}}),
+		wgmeshVariant("X4", "B3 with GOGC=100 (Go default)", bin, variant{env: []string{"GOGC=100"}}),
+	}
+}
+
+// agentHasFlag reports whether `wgmesh agent --help` lists --name.
+func agentHasFlag(bin, name string) bool {
+	out, _ := exec.Command(bin, "agent", "--help").CombinedOutput()
+	return strings.Contains(string(out), "--"+name+" ") || strings.Contains(string(out), "--"+name+"\n") ||
+		strings.Contains(string(out), "--"+name+"=")
 }
 
 func totalCPU(pids []int) float64 {

@@ -3,6 +3,7 @@ package main
 import (
 	"crypto/rand"
 	"fmt"
+	"os"
 	"os/exec"
 	"runtime"
 	"strings"
@@ -63,15 +64,43 @@ func medianCPU(r *result) (float64, bool) {
 	return m, true
 }
 
-func writeReport(w *strings.Builder, results []*result, cryptoGbps float64, goBench string, d time.Duration, rounds int) {
+// loadAvg is the first three fields of /proc/loadavg, the machine's load
+// during the run (the harness is meant for a quiet machine; say when not).
+func loadAvg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "?"
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "?"
+	}
+	return strings.Join(f[:3], " ")
+}
+
+// pkgVersion is the installed Debian package version of name, or "not
+// installed".
+func pkgVersion(name string) string {
+	out, err := exec.Command("dpkg-query", "-W", "-f", "${Version}", name).Output()
+	if err != nil || len(out) == 0 {
+		return "not installed (or not a Debian system)"
+	}
+	return string(out)
+}
+
+func writeReport(w *strings.Builder, results []*result, crypto []float64, goBench string, d time.Duration, rounds int, wgmeshBin string) {
 	host, _ := exec.Command("uname", "-srm").Output()
 	cpu, _ := exec.Command("sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2").Output()
+	ver, _ := exec.Command(wgmeshBin, "version").Output()
 	fmt.Fprintf(w, "# wgmesh benchmark results\n\n")
-	fmt.Fprintf(w, "Reproduce with `make bench` (as root; needs iperf3, wireguard-tools, wireguard-go).\n\n")
-	fmt.Fprintf(w, "- date: %s\n- machine: %s, %d cores, %s\n- go: %s\n- wireguard-go module: %s\n- run: one TCP stream (iperf3) for %s, %d interleaved rounds per competitor; figures are min / median / max\n\n",
+	fmt.Fprintf(w, "Reproduce with `make bench` (as root; needs iperf3, wireguard-tools, wireguard-go). See bench/README.md.\n\n")
+	fmt.Fprintf(w, "- date: %s\n- machine: %s, %d cores, %s\n- load average at start: %s, at end: %s\n- go: %s\n- wireguard-go module (B2, B3, B4): %s\n- Debian wireguard-go (B1): %s\n- iperf3: %s\n- wgmesh: %s\n- run: one TCP stream (iperf3) for %s, %d interleaved rounds per competitor; figures are min / median / max\n\n",
 		time.Now().UTC().Format(time.RFC3339), strings.TrimSpace(string(host)), runtime.NumCPU(), strings.TrimSpace(string(cpu)),
-		runtime.Version(), wireguardVersion(), d, rounds)
-	fmt.Fprintf(w, "ChaCha20-Poly1305 seal+open bound, one core, 1420-byte packets: **%.2f Gbit/s**\n\n", cryptoGbps)
+		startLoad, loadAvg(), runtime.Version(), wireguardVersion(), pkgVersion("wireguard-go"), pkgVersion("iperf3"), strings.TrimSpace(string(ver)), d, rounds)
+	cLo, cMed, cHi := stats(crypto)
+	cryptoGbps := cMed
+	fmt.Fprintf(w, "ChaCha20-Poly1305 seal+open bound, one core, 1420-byte packets (sampled %d times between rounds): min %.2f / **median %.2f** / max %.2f Gbit/s\n\n",
+		len(crypto), cLo, cMed, cHi)
 	if len(results) == 0 {
 		fmt.Fprintf(w, "Throughput comparison: skipped (needs root and iperf3).\n\n")
 	}
@@ -132,6 +161,19 @@ func writeReport(w *strings.Builder, results []*result, cryptoGbps float64, goBe
 			if ok3 && ok2 && c2 > 0 {
 				fmt.Fprintf(w, "- CPU-s/GB B3/B2 = %.2f (target ≤ 1)\n", c3/c2)
 			}
+		}
+		for _, r := range rs {
+			r3 := byID["B3"]
+			if !strings.HasPrefix(r.b.ID, "X") || r3 == nil || len(r.samples) == 0 || len(r3.samples) == 0 {
+				continue
+			}
+			line := fmt.Sprintf("- experiment %s/B3 = %.2f", r.b.ID, median(r)/median(r3))
+			cx, okx := medianCPU(r)
+			c3, ok3 := medianCPU(r3)
+			if okx && ok3 && c3 > 0 {
+				line += fmt.Sprintf(", CPU-s/GB %s/B3 = %.2f", r.b.ID, cx/c3)
+			}
+			fmt.Fprintln(w, line+" ("+r.b.Name+")")
 		}
 		if r3 := byID["B3"]; r3 != nil && len(r3.samples) > 0 && cryptoGbps > 0 {
 			fmt.Fprintf(w, "- B3 / one-core ChaCha20-Poly1305 bound = %.2f\n", median(r3)/cryptoGbps)
