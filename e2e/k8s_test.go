@@ -452,8 +452,8 @@ func TestPrivilegedK8sAPIServerInNetNS(t *testing.T) {
 	if want := "https://198.18.255.1:6443"; s.URL() != want {
 		t.Errorf("URL %s, want %s", s.URL(), want)
 	}
-	// The host namespace has no route to 198.18.255.1: only the dialer
-	// entering the namespace gets there.
+	// 198.18.255.1 exists only inside the namespace; the client config's
+	// dialer enters it, so no packet leaves the namespace.
 	admin := k8sClient(t, s, apiserver.Admin)
 	if _, err := admin.CoreV1().Namespaces().Get(ctx, "default", metav1.GetOptions{}); err != nil {
 		t.Fatalf("reach the API server in %s: %v", ns, err)
