@@ -105,24 +105,9 @@ func diff(cur *wgtypes.Device, want mesh.DeviceConfig, sent map[wgtypes.Key]neti
 	for i := range cur.Peers {
 		current[cur.Peers[i].PublicKey] = &cur.Peers[i]
 	}
-	desired := make(map[wgtypes.Key]bool, len(wants))
-	for _, w := range wants {
-		desired[w.key] = true
-	}
 
-	// Removals, in key order for deterministic output.
-	var gone []wgtypes.Key
-	for k := range current {
-		if !desired[k] {
-			gone = append(gone, k)
-		}
-	}
-	slices.SortFunc(gone, func(a, b wgtypes.Key) int { return bytes.Compare(a[:], b[:]) })
-	for _, k := range gone {
-		withdraw.Peers = append(withdraw.Peers, wgtypes.PeerConfig{PublicKey: k, Remove: true})
-		p.Summary.Removed++
-	}
-
+	var scratch []netip.Prefix
+	matched := 0
 	for _, w := range wants {
 		c, ok := current[w.key]
 		if !ok {
@@ -130,7 +115,11 @@ func diff(cur *wgtypes.Device, want mesh.DeviceConfig, sent map[wgtypes.Key]neti
 			p.Summary.Added++
 			continue
 		}
-		have := currentPrefixes(c.AllowedIPs)
+		matched++
+		// have lives in a scratch buffer reused for every peer; intersect
+		// and subtract copy what they keep.
+		scratch = appendCurrentPrefixes(scratch[:0], c.AllowedIPs)
+		have := scratch
 		kept, lost := intersect(have, w.allowed)
 		gained := subtract(w.allowed, have)
 
@@ -171,6 +160,25 @@ func diff(cur *wgtypes.Device, want mesh.DeviceConfig, sent map[wgtypes.Key]neti
 		}
 	}
 
+	// Removals go first, in key order for deterministic output. Only when
+	// some current peer matched no desired one is current searched for
+	// them (wants is sorted by key), so a resync pays nothing here.
+	if matched < len(current) {
+		var gone []wgtypes.Key
+		for k := range current {
+			if _, found := slices.BinarySearchFunc(wants, k, compareKey); !found {
+				gone = append(gone, k)
+			}
+		}
+		slices.SortFunc(gone, func(a, b wgtypes.Key) int { return bytes.Compare(a[:], b[:]) })
+		removals := make([]wgtypes.PeerConfig, 0, len(gone)+len(withdraw.Peers))
+		for _, k := range gone {
+			removals = append(removals, wgtypes.PeerConfig{PublicKey: k, Remove: true})
+		}
+		withdraw.Peers = append(removals, withdraw.Peers...)
+		p.Summary.Removed = len(gone)
+	}
+
 	if len(withdraw.Peers) > 0 {
 		p.Withdraw = withdraw
 	}
@@ -194,7 +202,15 @@ func validate(want mesh.DeviceConfig) ([]wantPeer, error) {
 	}
 	self := want.PrivateKey.PublicKey()
 	seen := make(map[mesh.Key]string, len(want.Peers))
-	owner := make(map[netip.Prefix]string)
+	total := 0
+	for _, pe := range want.Peers {
+		total += len(pe.AllowedIPs)
+	}
+	// Sized up front, and every peer's prefixes carved out of one array:
+	// at thousands of peers, map growth and one slice per peer were most
+	// of the cost of a resync.
+	owner := make(map[netip.Prefix]string, total)
+	prefixes := make([]netip.Prefix, 0, total)
 	out := make([]wantPeer, 0, len(want.Peers))
 	for _, pe := range want.Peers {
 		name := pe.Node
@@ -215,6 +231,7 @@ func validate(want mesh.DeviceConfig) ([]wantPeer, error) {
 		}
 		seen[pe.PublicKey] = name
 		w := wantPeer{peer: pe, key: wgtypes.Key(pe.PublicKey), ka: int(pe.Keepalive / time.Second)}
+		start := len(prefixes)
 		for _, pfx := range pe.AllowedIPs {
 			if !pfx.IsValid() {
 				return nil, fmt.Errorf("peer %s: invalid allowed IP prefix %v", name, pfx)
@@ -224,15 +241,40 @@ func validate(want mesh.DeviceConfig) ([]wantPeer, error) {
 				return nil, fmt.Errorf("allowed IP %v is claimed by peers %s and %s", pfx, o, name)
 			}
 			owner[pfx] = name
-			w.allowed = append(w.allowed, pfx)
+			prefixes = append(prefixes, pfx)
 		}
-		w.allowed = sortPrefixes(w.allowed)
+		if n := len(prefixes); n > start {
+			// Capped, so that no append to one peer's prefixes can
+			// overwrite the next peer's.
+			w.allowed = sortPrefixes(prefixes[start:n:n])
+		}
 		w.peer.Endpoint = netip.AddrPortFrom(pe.Endpoint.Addr().Unmap(), pe.Endpoint.Port())
 		out = append(out, w)
 	}
-	slices.SortFunc(out, func(a, b wantPeer) int { return bytes.Compare(a.key[:], b.key[:]) })
-	return out, nil
+	return sortByKey(out), nil
 }
+
+// sortByKey returns peers ordered by public key. It sorts indexes and
+// permutes once rather than swapping the large wantPeer values (with their
+// pointer write barriers) on every step of the sort.
+func sortByKey(peers []wantPeer) []wantPeer {
+	less := func(a, b wantPeer) int { return bytes.Compare(a.key[:], b.key[:]) }
+	if slices.IsSortedFunc(peers, less) {
+		return peers
+	}
+	order := make([]int32, len(peers))
+	for i := range order {
+		order[i] = int32(i)
+	}
+	slices.SortFunc(order, func(a, b int32) int { return bytes.Compare(peers[a].key[:], peers[b].key[:]) })
+	out := make([]wantPeer, len(peers))
+	for i, j := range order {
+		out[i] = peers[j]
+	}
+	return out
+}
+
+func compareKey(a wantPeer, k wgtypes.Key) int { return bytes.Compare(a.key[:], k[:]) }
 
 func newPeerConfig(w wantPeer) wgtypes.PeerConfig {
 	pc := wgtypes.PeerConfig{
@@ -283,8 +325,14 @@ func prefixFromIPNet(n net.IPNet) (netip.Prefix, bool) {
 	return normPrefix(netip.PrefixFrom(a, ones)), true
 }
 
+// currentPrefixes returns the valid prefixes of nets, sorted and unique.
 func currentPrefixes(nets []net.IPNet) []netip.Prefix {
-	out := make([]netip.Prefix, 0, len(nets))
+	return appendCurrentPrefixes(make([]netip.Prefix, 0, len(nets)), nets)
+}
+
+// appendCurrentPrefixes appends the valid prefixes of nets to out and
+// returns them sorted and unique.
+func appendCurrentPrefixes(out []netip.Prefix, nets []net.IPNet) []netip.Prefix {
 	for _, n := range nets {
 		if p, ok := prefixFromIPNet(n); ok {
 			out = append(out, p)
@@ -307,15 +355,24 @@ func sortPrefixes(ps []netip.Prefix) []netip.Prefix {
 
 // intersect returns the prefixes of have that are also in want, and whether
 // any prefix of have is missing from want. Both inputs are sorted and unique.
+// kept is only built when something is lost (the caller needs it only
+// then), so the common unchanged peer costs no allocation.
 func intersect(have, want []netip.Prefix) (kept []netip.Prefix, lost bool) {
+	for _, p := range have {
+		if _, found := slices.BinarySearchFunc(want, p, comparePrefix); !found {
+			lost = true
+			break
+		}
+	}
+	if !lost {
+		return nil, false
+	}
 	for _, p := range have {
 		if _, found := slices.BinarySearchFunc(want, p, comparePrefix); found {
 			kept = append(kept, p)
-		} else {
-			lost = true
 		}
 	}
-	return kept, lost
+	return kept, true
 }
 
 // subtract returns the prefixes of a that are not in b (both sorted, unique).
