@@ -56,15 +56,17 @@ func TestPrivilegedLabDemo(t *testing.T) {
 	wgmesh := labWgmeshBinary(t)
 	bin := buildDemo(t)
 	t.Run("complete", func(t *testing.T) { testDemoComplete(t, bin, wgmesh) })
+	t.Run("k8s", func(t *testing.T) { testDemoComplete(t, bin, wgmesh, "--k8s") })
 	t.Run("interrupted", func(t *testing.T) { testDemoInterrupted(t, bin, wgmesh) })
 }
 
-// testDemoComplete runs the demo program end to end: it must pass all its
-// checks, exit 0 and leave no namespace behind.
-func testDemoComplete(t *testing.T, bin, wgmesh string) {
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+// testDemoComplete runs the demo program end to end (with extra flags): it
+// must pass all its checks, exit 0 and leave no namespace behind.
+func testDemoComplete(t *testing.T, bin, wgmesh string, extra ...string) {
+	// The --k8s run may have to compile kube-apiserver first.
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, bin, "--wgmesh", wgmesh, "--prefix", demoPrefix)
+	cmd := exec.CommandContext(ctx, bin, append([]string{"--wgmesh", wgmesh, "--prefix", demoPrefix}, extra...)...)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	start := time.Now()

@@ -206,8 +206,13 @@ func (l *Lab) addNS(ctx context.Context, name string) error {
 	l.mu.Lock()
 	l.nsList = append(l.nsList, name)
 	l.mu.Unlock()
-	_, err := run(ctx, "ip", "-n", name, "link", "set", "lo", "up")
-	return err
+	if _, err := run(ctx, "ip", "-n", name, "link", "set", "lo", "up"); err != nil {
+		return err
+	}
+	// No duplicate address detection: every address in the lab is unique by
+	// construction, and DAD would leave link-local addresses unusable for
+	// the first second or two, making the first IPv6 packets fail.
+	return sysctl(ctx, name, "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0")
 }
 
 func (l *Lab) build(ctx context.Context) error {
