@@ -164,6 +164,18 @@ func TestK8sAgentConfinedToOwnNode(t *testing.T) {
 		}
 	}
 
+	// A token without the node name (not bound to a pod) is no node's agent.
+	unbound := apiserver.Agent("node-a")
+	unbound.Extra = nil
+	ucfg, err := s.RESTConfigImpersonating(unbound)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := k8sClientFor(t, ucfg).CoreV1().Nodes().Patch(ctx, "node-a", types.MergePatchType,
+		k8sAnnotationPatch(t, kube.AnnotationPublicKey, keyA), metav1.PatchOptions{}); !k8sDeniedByPolicy(err) {
+		t.Errorf("agent service account without a node name patching node-a's key: got %v, want a denial by the policy", err)
+	}
+
 	// What RBAC alone must refuse (no verb granted).
 	if _, err := agent.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-x"}}, metav1.CreateOptions{}); !apierrors.IsForbidden(err) {
 		t.Errorf("agent creating a node: got %v, want Forbidden", err)

@@ -39,8 +39,8 @@ func (s *Server) spawn(name, bin string, args ...string) (*process, error) {
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Dir = s.dir
 	var out io.Writer = logf
-	if s.opts.Stderr != nil {
-		out = io.MultiWriter(logf, s.opts.Stderr)
+	if s.opts.Output != nil {
+		out = io.MultiWriter(logf, s.opts.Output)
 	}
 	cmd.Stdout, cmd.Stderr = out, out
 	cmd.SysProcAttr = &syscall.SysProcAttr{

@@ -14,6 +14,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/netip"
@@ -55,9 +56,9 @@ type Options struct {
 	// ReadyTimeout bounds the wait for /readyz; 0: 2 minutes (slow shared
 	// CI machines need far more than the usual 3 seconds).
 	ReadyTimeout time.Duration
-	// Stderr, if set, also receives both processes' output (their logs are
-	// always kept in files under the working directory).
-	Stderr *os.File
+	// Output, if set, also receives both processes' logs (they are always
+	// kept in etcd.log and kube-apiserver.log in the working directory).
+	Output io.Writer
 }
 
 // Identity is a user authenticated by client certificate: CN is the user
