@@ -403,3 +403,44 @@ func withTimeout(ctx context.Context, d time.Duration) context.Context {
 	context.AfterFunc(c, cancel)
 	return c
 }
+
+// TestPrivilegedLabIPv6Underlay runs the mesh over an IPv6 underlay: the
+// endpoints are IPv6, both pod families still flow, the interface MTU
+// leaves room for the larger IPv6 header, and nothing leaks.
+func TestPrivilegedLabIPv6Underlay(t *testing.T) {
+	labRequireRoot(t)
+	m := startLabMesh(t, labMeshOptions{Options: lab.Options{IPv6Underlay: true}})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	for _, p := range labPairs(m.Lab) {
+		for _, fam := range families {
+			if err := waitPing(withTimeout(ctx, 30*time.Second), p[0], p[1].Addr(fam)); err != nil {
+				t.Errorf("IPv%d over IPv6 underlay %s -> %s: %v", fam, p[0].Name, p[1].Name, err)
+			}
+		}
+	}
+	n1 := m.Nodes[0]
+	peers, err := n1.WGPeers(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range peers {
+		if !strings.HasPrefix(p.Endpoint, "[2001:2::") {
+			t.Errorf("%s: peer %s endpoint %q is not on the IPv6 underlay", n1.Name, p.PublicKey, p.Endpoint)
+		}
+	}
+	st, err := n1.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Auto MTU: 1500 - 80 for WireGuard over IPv6 (DESIGN.md).
+	if st.LinkMTU != 1420 {
+		t.Errorf("%s: interface MTU %d over an IPv6 underlay, want 1420", n1.Name, st.LinkMTU)
+	}
+	res, err := lab.Transfer(withTimeout(ctx, 2*time.Minute), n1.Pods[0], m.Nodes[1].Pods[0], m.Nodes[1].Pods[0].Addr4, 16<<20)
+	if err != nil {
+		t.Error(err)
+	}
+	t.Logf("measured: IPv6 underlay: MTU %d, pod MTU %d, transfer %s", st.LinkMTU, st.PodMTU, res)
+	requireNoPlaintext(t, m.stopCapture(t))
+}

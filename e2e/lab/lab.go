@@ -12,7 +12,8 @@
 //
 // Addressing (node k counts from 1):
 //
-//	underlay       198.18.0.(10+k)/15 on the node's eth0, fe80::(10+k) link-local
+//	underlay       198.18.0.(10+k)/15 on the node's eth0, fe80::(10+k) link-local,
+//	               optionally 2001:2::(10+k)/64 (Options.IPv6Underlay)
 //	control plane  198.18.0.2/15 (optional namespace for the API server)
 //	pod CIDRs      10.244.k.0/24 and fd00:10:244:k::/64, gateway .1 / ::1 on the node
 //	pod p (from 1) 10.244.k.(1+p) and fd00:10:244:k::(1+p)
@@ -64,6 +65,10 @@ type Options struct {
 	PodMTU int
 	// ControlPlane adds a namespace at 198.18.0.2 for an API server.
 	ControlPlane bool
+	// IPv6Underlay also gives every node an IPv6 underlay address from
+	// 2001:2::/48 (the IPv6 benchmarking range, RFC 5180) and makes the
+	// agents' endpoints IPv6.
+	IPv6Underlay bool
 	// NoPlainRoutes leaves the nodes' main tables without routes to the other
 	// nodes' pod CIDRs. By default they are there (host-gw style) so a missing
 	// or broken agent shows up as plaintext on the wire instead of as silence.
@@ -247,6 +252,12 @@ func (l *Lab) build(ctx context.Context) error {
 		}
 		if err := l.plug(ctx, n.Name, n.NS, netip.PrefixFrom(n.Underlay, 15), n.LinkLocal); err != nil {
 			return err
+		}
+		if l.opts.IPv6Underlay {
+			n.Underlay6 = netip.MustParseAddr(fmt.Sprintf("2001:2::%x", 0x10+k))
+			if err := ipn(ctx, n.NS, "addr", "add", netip.PrefixFrom(n.Underlay6, 64).String(), "dev", "eth0", "nodad"); err != nil {
+				return err
+			}
 		}
 		if err := l.buildPods(ctx, n); err != nil {
 			return err

@@ -27,6 +27,9 @@ type Node struct {
 	Underlay netip.Addr
 	// LinkLocal is the node's fixed IPv6 link-local address on the switch.
 	LinkLocal netip.Addr
+	// Underlay6 is the node's IPv6 underlay address (2001:2::(10+Index),
+	// hexadecimal), valid only with Options.IPv6Underlay.
+	Underlay6 netip.Addr
 	// PodCIDR4 and PodCIDR6 are what the node routes for.
 	PodCIDR4, PodCIDR6 netip.Prefix
 	// Gateway4 and Gateway6 are the pods' default gateways (on cni0).
@@ -59,8 +62,14 @@ type Pod struct {
 	Addr4, Addr6 netip.Addr
 }
 
-// Endpoint is where the node's agent listens.
-func (n *Node) Endpoint() netip.AddrPort { return netip.AddrPortFrom(n.Underlay, uint16(n.ListenPort)) }
+// Endpoint is where the node's agent listens: on the IPv6 underlay address
+// when the lab has one, else on the IPv4 one.
+func (n *Node) Endpoint() netip.AddrPort {
+	if n.Underlay6.IsValid() {
+		return netip.AddrPortFrom(n.Underlay6, uint16(n.ListenPort))
+	}
+	return netip.AddrPortFrom(n.Underlay, uint16(n.ListenPort))
+}
 
 // Exec runs cmd inside the node's namespace and returns its combined output.
 func (n *Node) Exec(ctx context.Context, cmd ...string) (string, error) {
@@ -165,8 +174,16 @@ func (n *Node) Entry() PeerEntry {
 		PublicKey: n.PublicKey,
 		Endpoint:  n.Endpoint(),
 		PodCIDRs:  []netip.Prefix{n.PodCIDR4, n.PodCIDR6},
-		HostIPs:   []netip.Addr{n.Underlay},
+		HostIPs:   n.HostIPs(),
 	}
+}
+
+// HostIPs are the node's underlay addresses.
+func (n *Node) HostIPs() []netip.Addr {
+	if n.Underlay6.IsValid() {
+		return []netip.Addr{n.Underlay, n.Underlay6}
+	}
+	return []netip.Addr{n.Underlay}
 }
 
 // Entries describes every node of the lab, for a peers file.
