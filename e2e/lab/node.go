@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -262,12 +263,23 @@ type WGPeer struct {
 // WGPeers reads the peers of the node's WireGuard interface with `wg show`,
 // sorted by public key. The private key is never read.
 func (n *Node) WGPeers(ctx context.Context) ([]WGPeer, error) {
-	allowed, err := n.Exec(ctx, "wg", "show", n.Interface, "allowed-ips")
-	if err != nil {
-		return nil, err
+	var outs [3]string
+	for i, what := range []string{"allowed-ips", "latest-handshakes", "endpoints"} {
+		out, err := n.Exec(ctx, "wg", "show", n.Interface, what)
+		if err != nil {
+			return nil, err
+		}
+		outs[i] = out
 	}
+	return parseWGPeers(outs[0], outs[1], outs[2]), nil
+}
+
+// parseWGPeers combines the outputs of `wg show IFACE allowed-ips`,
+// `latest-handshakes` and `endpoints` (one peer per line, public key first).
+// Lines it does not understand are skipped; peers are sorted by public key.
+func parseWGPeers(allowed, handshakes, endpoints string) []WGPeer {
 	peers := map[string]*WGPeer{}
-	for _, line := range strings.Split(strings.TrimSpace(allowed), "\n") {
+	for _, line := range strings.Split(allowed, "\n") {
 		f := strings.Fields(line)
 		if len(f) == 0 {
 			continue
@@ -281,11 +293,7 @@ func (n *Node) WGPeers(ctx context.Context) ([]WGPeer, error) {
 		sort.Strings(p.AllowedIPs)
 		peers[f[0]] = p
 	}
-	hs, err := n.Exec(ctx, "wg", "show", n.Interface, "latest-handshakes")
-	if err != nil {
-		return nil, err
-	}
-	for _, line := range strings.Split(strings.TrimSpace(hs), "\n") {
+	for _, line := range strings.Split(handshakes, "\n") {
 		f := strings.Fields(line)
 		if len(f) != 2 || peers[f[0]] == nil {
 			continue
@@ -294,22 +302,18 @@ func (n *Node) WGPeers(ctx context.Context) ([]WGPeer, error) {
 			peers[f[0]].LastHandshake = time.Unix(sec, 0)
 		}
 	}
-	eps, err := n.Exec(ctx, "wg", "show", n.Interface, "endpoints")
-	if err != nil {
-		return nil, err
-	}
-	for _, line := range strings.Split(strings.TrimSpace(eps), "\n") {
+	for _, line := range strings.Split(endpoints, "\n") {
 		f := strings.Fields(line)
 		if len(f) == 2 && peers[f[0]] != nil && f[1] != "(none)" {
 			peers[f[0]].Endpoint = f[1]
 		}
 	}
-	var out []WGPeer
+	out := make([]WGPeer, 0, len(peers))
 	for _, p := range peers {
 		out = append(out, *p)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].PublicKey < out[j].PublicKey })
-	return out, nil
+	return out
 }
 
 // Routes returns `ip route show table T` for both families, one route per
@@ -375,7 +379,7 @@ func (n *Node) WaitPeers(ctx context.Context, want ...*Node) error {
 			if m == nil {
 				return false, fmt.Errorf("node %s: unexpected peer %s", n.Name, p.PublicKey)
 			}
-			if !contains(p.AllowedIPs, m.PodCIDR4.String()) || !contains(p.AllowedIPs, m.PodCIDR6.String()) {
+			if !slices.Contains(p.AllowedIPs, m.PodCIDR4.String()) || !slices.Contains(p.AllowedIPs, m.PodCIDR6.String()) {
 				return false, fmt.Errorf("node %s: peer %s allowed IPs %v lack %s pod CIDRs", n.Name, m.Name, p.AllowedIPs, m.Name)
 			}
 		}
@@ -402,15 +406,6 @@ func (n *Node) WaitHandshakes(ctx context.Context, since time.Time) error {
 		}
 		return true, nil
 	})
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 // AgentStatus is the part of `wgmesh status -o json` the lab checks.

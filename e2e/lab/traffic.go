@@ -45,17 +45,30 @@ func (p *Pod) Ping(ctx context.Context, dst netip.Addr, count int, interval time
 	}
 	args := []string{"ping", fam, "-n", "-q", "-c", strconv.Itoa(count), "-i", fmt.Sprintf("%.3f", interval.Seconds()), "-W", "1", dst.String()}
 	out, err := p.Exec(ctx, args...)
-	m := pingRE.FindStringSubmatch(out)
-	if m == nil {
+	r, ok := parsePing(out)
+	if !ok {
 		if err == nil {
 			err = errors.New("no summary line")
 		}
 		return PingResult{}, fmt.Errorf("lab: ping %s from %s: %w", dst, p.Name, err)
 	}
-	sent, _ := strconv.Atoi(m[1])
-	recv, _ := strconv.Atoi(m[2])
 	// ping exits 1 when replies were missing; that is a result, not an error.
-	return PingResult{Sent: sent, Received: recv}, nil
+	return r, nil
+}
+
+// parsePing reads ping(8)'s summary line ("3 packets transmitted, 2
+// received, ...").
+func parsePing(out string) (PingResult, bool) {
+	m := pingRE.FindStringSubmatch(out)
+	if m == nil {
+		return PingResult{}, false
+	}
+	sent, err1 := strconv.Atoi(m[1])
+	recv, err2 := strconv.Atoi(m[2])
+	if err1 != nil || err2 != nil {
+		return PingResult{}, false
+	}
+	return PingResult{Sent: sent, Received: recv}, true
 }
 
 // TransferResult describes one TCP transfer.
