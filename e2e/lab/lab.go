@@ -84,15 +84,21 @@ type Options struct {
 
 // Lab is a running set of namespaces. Create it with New; always Close it.
 type Lab struct {
-	opts    Options
-	id      string // random hex, unique per lab
-	base    string // prefix-pid-id, the start of every namespace name
-	dir     string
-	ownDir  bool
-	Switch  string // namespace holding the bridge
-	Bridge  string // bridge device inside Switch
-	Nodes   []*Node
-	CP      *ControlPlane // nil unless Options.ControlPlane
+	// Switch is the namespace holding the bridge that joins all nodes.
+	Switch string
+	// Bridge is the bridge device inside Switch; the capture listens on it.
+	Bridge string
+	// Nodes in index order (node1 first).
+	Nodes []*Node
+	// CP is the control-plane namespace; nil unless Options.ControlPlane.
+	CP *ControlPlane
+
+	opts   Options
+	id     string // random hex, unique per lab
+	base   string // prefix-pid-id, the start of every namespace name
+	dir    string
+	ownDir bool
+
 	mu      sync.Mutex
 	nsList  []string // every namespace created, in creation order
 	agents  []*Agent
@@ -487,12 +493,11 @@ func RemoveStale(prefix string) ([]string, error) {
 	}
 	var stale []string
 	for _, e := range entries {
-		pid, id, ok := parseNSName(prefix, e.Name())
+		pid, _, ok := parseNSName(prefix, e.Name())
 		if !ok || pid == os.Getpid() || processAlive(pid) {
 			continue
 		}
 		stale = append(stale, e.Name())
-		_ = id
 	}
 	sort.SliceStable(stale, func(i, j int) bool { return len(stale[i]) > len(stale[j]) })
 	var errs []error
@@ -500,6 +505,8 @@ func RemoveStale(prefix string) ([]string, error) {
 		if err := removeNS(ns); err != nil {
 			errs = append(errs, err)
 		}
+		// A node namespace "...-nK" had an agent on interface wg<id>nK
+		// whose UAPI socket may have outlived it.
 		if _, id, ok := parseNSName(prefix, ns); ok {
 			if k, found := strings.CutPrefix(ns[strings.LastIndex(ns, "-")+1:], "n"); found {
 				if _, err := strconv.Atoi(k); err == nil {
