@@ -1,6 +1,10 @@
 package kube
 
 import (
+	"cmp"
+	"hash/fnv"
+	"slices"
+	"strings"
 	"unicode/utf8"
 
 	"github.com/wgmesh/wgmesh/mesh"
@@ -11,11 +15,20 @@ import (
 // view refuses notes longer than 1 KiB.
 const maxEventMessage = 1024
 
+// reportersPerNode is how many agents turn one node's problems into Events.
+// Every agent derives the whole cluster and sees every problem: if all of
+// them wrote Events, one keyless node in a cluster of n nodes would get n
+// Events per interval, and n keyless nodes during a rollout n². Two keep the
+// Event coming when one reporter is down; every agent still logs.
+const reportersPerNode = 2
+
 // Report logs each problem and records it as a Warning Event on the offending
 // Node (reason = Problem.Reason, message = Problem.Detail), at most once per
-// Options.ReportInterval for the same (node, reason, detail). Problems of
-// nodes not in the informer's store (or with no node) are only logged. The
-// event broadcaster additionally aggregates and rate-limits per Node.
+// Options.ReportInterval for the same (node, reason, detail). Events about
+// the own Node are always written; about another Node only if this agent is
+// one of its reportersPerNode reporters (see reporters). Problems of nodes not
+// in the informer's store (or with no node) are only logged. The event
+// broadcaster additionally aggregates and rate-limits per Node.
 func (s *Source) Report(problems []mesh.Problem) {
 	now := s.now()
 	s.mu.Lock()
@@ -35,10 +48,14 @@ func (s *Source) Report(problems []mesh.Problem) {
 	closed := s.closed
 	s.mu.Unlock()
 
+	if len(fresh) == 0 {
+		return
+	}
 	store := s.informer.GetStore()
+	ring := newReporters(store.ListKeys())
 	for _, p := range fresh {
 		s.log.Warn("node problem", "node", p.Node, "reason", string(p.Reason), "detail", p.Detail)
-		if closed || p.Node == "" {
+		if closed || p.Node == "" || p.Node != s.o.NodeName && !ring.reports(s.o.NodeName, p.Node) {
 			continue
 		}
 		obj, ok, err := store.GetByKey(p.Node)
@@ -65,4 +82,60 @@ func truncate(s string, n int) string {
 		cut--
 	}
 	return s[:cut] + ellipsis
+}
+
+// reporters assigns every node its Event reporters by consistent hashing:
+// node names are placed on a ring by hash, and the reporters of a node are
+// the reportersPerNode nodes that follow it on the ring. Every agent sees
+// the same node list, so they agree without talking to each other, and a
+// node joining or leaving moves the duty of only its neighbours.
+type reporters struct {
+	ring []ringEntry // sorted by hash, then name
+}
+
+type ringEntry struct {
+	hash uint64
+	name string
+}
+
+func ringHash(name string) uint64 {
+	h := fnv.New64a()
+	h.Write([]byte(name))
+	return h.Sum64()
+}
+
+func newReporters(names []string) reporters {
+	r := reporters{ring: make([]ringEntry, 0, len(names))}
+	for _, n := range names {
+		r.ring = append(r.ring, ringEntry{ringHash(n), n})
+	}
+	slices.SortFunc(r.ring, compareEntry)
+	return r
+}
+
+func compareEntry(a, b ringEntry) int {
+	if c := cmp.Compare(a.hash, b.hash); c != 0 {
+		return c
+	}
+	return strings.Compare(a.name, b.name)
+}
+
+// reports says whether agent is one of node's reporters. The node itself
+// does not count: it may be the one without an agent.
+func (r reporters) reports(agent, node string) bool {
+	if len(r.ring) == 0 {
+		return false
+	}
+	i, _ := slices.BinarySearchFunc(r.ring, ringEntry{ringHash(node), node}, compareEntry)
+	for seen, k := 0, 0; k < len(r.ring) && seen < reportersPerNode; k++ {
+		e := r.ring[(i+k)%len(r.ring)]
+		if e.name == node {
+			continue
+		}
+		if e.name == agent {
+			return true
+		}
+		seen++
+	}
+	return false
 }

@@ -2,6 +2,7 @@ package kube
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -9,6 +10,7 @@ import (
 	"github.com/wgmesh/wgmesh/mesh"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes/fake"
 	"k8s.io/client-go/tools/record"
 )
@@ -110,5 +112,82 @@ func TestReportEventsToAPI(t *testing.T) {
 	if io.Kind != "Node" || io.Name != "b" || io.UID != "uid-b" || e.Type != corev1.EventTypeWarning ||
 		e.Reason != "InvalidKey" || e.Message != p.Detail || e.Source.Component != "wgmesh" || e.Source.Host != "self" {
 		t.Errorf("event = %+v", e)
+	}
+}
+
+func TestReporters(t *testing.T) {
+	for _, n := range []int{1, 2, 3, 10, 200} {
+		var names []string
+		for i := range n {
+			names = append(names, fmt.Sprintf("node-%d", i))
+		}
+		r := newReporters(names)
+		load := map[string]int{}
+		for _, node := range names {
+			count := 0
+			for _, agent := range names {
+				if r.reports(agent, node) {
+					if agent == node {
+						t.Errorf("%d nodes: %s reports itself", n, node)
+					}
+					count++
+					load[agent]++
+				}
+			}
+			if want := min(reportersPerNode, n-1); count != want {
+				t.Errorf("%d nodes: %s has %d reporters, want %d", n, node, count, want)
+			}
+		}
+		// A node that is not (yet) in the store still gets reporters.
+		count := 0
+		for _, agent := range names {
+			if r.reports(agent, "unknown") {
+				count++
+			}
+		}
+		if want := min(reportersPerNode, n); count != want {
+			t.Errorf("%d nodes: unknown node has %d reporters, want %d", n, count, want)
+		}
+	}
+}
+
+// TestReportOnlyAsReporter checks that an agent writes Events about other
+// nodes only when it is one of their reporters, and always about its own.
+func TestReportOnlyAsReporter(t *testing.T) {
+	objs := []runtime.Object{fatNode("self", nil, "198.18.0.1")}
+	names := []string{"self"}
+	for i := range 9 {
+		name := fmt.Sprintf("n%d", i)
+		objs = append(objs, fatNode(name, nil))
+		names = append(names, name)
+	}
+	client := fake.NewClientset(objs...)
+	rec := record.NewFakeRecorder(100)
+	s := newSource(t, client, func(o *Options) { o.Recorder = rec })
+	start(t, client, s)
+
+	ring := newReporters(names)
+	var problems []mesh.Problem
+	want := map[string]bool{}
+	for _, n := range names {
+		problems = append(problems, mesh.Problem{Node: n, Reason: mesh.ReasonNoKey, Detail: "about " + n})
+		want["Warning NoKey about "+n] = n == "self" || ring.reports("self", n)
+	}
+	s.Report(problems)
+	got := map[string]bool{}
+	for _, e := range recorded(rec) {
+		got[e] = true
+	}
+	n := 0
+	for e, w := range want {
+		if got[e] != w {
+			t.Errorf("event %q written = %v, want %v", e, got[e], w)
+		}
+		if w {
+			n++
+		}
+	}
+	if n < 2 || n == len(names) {
+		t.Errorf("%d of %d problems reported as Events; the ring should pick some, not all", n, len(names))
 	}
 }
