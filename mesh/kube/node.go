@@ -83,7 +83,8 @@ func Strip(obj any) (any, error) {
 // what it cannot parse becomes a Problem on the returned Node (InvalidKey,
 // InvalidEndpoint, InvalidCIDR) whose detail names the annotation or field,
 // and the field stays zero. Details never quote a malformed key annotation,
-// which might hold a pasted private key.
+// which might hold a pasted private key. HostIPs are the InternalIPs, IPv4
+// first.
 func NodeFromObject(n *corev1.Node) mesh.Node {
 	out := mesh.Node{
 		Name:    n.Name,
@@ -150,7 +151,20 @@ func NodeFromObject(n *corev1.Node) mesh.Node {
 			out.HostIPs = append(out.HostIPs, ip)
 		}
 	}
+	// IPv4 first, as Publish prefers it for the endpoint, so HostIPs[0] is
+	// the address the agent listens on by default.
+	slices.SortStableFunc(out.HostIPs, func(a, b netip.Addr) int { return compareBool(a.Is6(), b.Is6()) })
 	return out
+}
+
+func compareBool(a, b bool) int {
+	switch {
+	case a == b:
+		return 0
+	case !a:
+		return -1
+	}
+	return 1
 }
 
 // ParseEndpoint parses an endpoint annotation: a literal IP and a port, as

@@ -133,6 +133,12 @@ func TestNodeFromObject(t *testing.T) {
 				HostIPs:  []netip.Addr{addr("198.18.0.1"), addr("fd00:198:18::1")}, Backend: mesh.BackendUserspace},
 		},
 		{
+			name: "IPv4 host IPs first",
+			node: fatNode("n", nil, "fd00:198:18::1", "198.18.0.1", "fd00:198:18::2", "198.18.0.2"),
+			want: mesh.Node{PodCIDRs: []netip.Prefix{pfx("10.244.1.0/24"), pfx("fd00:10:244:1::/64")},
+				HostIPs: []netip.Addr{addr("198.18.0.1"), addr("198.18.0.2"), addr("fd00:198:18::1"), addr("fd00:198:18::2")}},
+		},
+		{
 			name: "force-endpoint wins",
 			node: fatNode("n", map[string]string{
 				AnnotationPublicKey: k1.String(), AnnotationEndpoint: "198.18.0.1:51820", AnnotationForceEndpoint: "[fd00:198:18::7]:4000",
