@@ -92,23 +92,22 @@ func TestK8sDeployManifestsDryRun(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	manifests := k8sLoadManifests(t, k8sDeployDir)
-	a := k8sNewApplier(t, s)
 	// A dry run persists nothing, so the namespaced objects' namespace must
 	// exist for real; the Namespace object itself is dry-run again below.
 	for _, m := range manifests {
-		if m.Obj.GetKind() == "Namespace" {
-			if err := a.apply(ctx, m, false); err != nil {
+		if m.Object.GetKind() == "Namespace" {
+			if err := s.Apply(ctx, []apiserver.Manifest{m}, apiserver.ApplyOptions{}); err != nil {
 				t.Fatal(err)
 			}
 		}
 	}
 	kinds := map[string]bool{}
 	for _, m := range manifests {
-		if err := a.apply(ctx, m, true); err != nil {
+		if err := s.Apply(ctx, []apiserver.Manifest{m}, apiserver.ApplyOptions{DryRun: true}); err != nil {
 			t.Error(err)
 			continue
 		}
-		kinds[m.Obj.GetKind()] = true
+		kinds[m.Object.GetKind()] = true
 		t.Logf("dry-run applied %s", m)
 	}
 	// The base must contain what DESIGN.md promises; a loader that silently
@@ -345,7 +344,11 @@ func TestK8sNodeChurn(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	admin := k8sClient(t, s, apiserver.Admin)
-	k8sApplyDeploy(t, ctx, s)
+	// The base as compiled into the deploy package (what `make demo-k8s`
+	// applies); the other tests apply the files on disk.
+	if err := s.ApplyDeploy(ctx); err != nil {
+		t.Fatal(err)
+	}
 	k8sCreateNode(t, ctx, admin, k8sNode{Name: "node-a", PodCIDRs: []string{"10.244.1.0/24"}, InternalIP: "198.18.0.1",
 		Annotations: map[string]string{kube.AnnotationPublicKey: k8sTestKey(t).PublicKey().String()}})
 	src := k8sRunSource(t, ctx, k8sAgentClient(t, s, "node-a"), "node-a")
