@@ -50,8 +50,15 @@ file.`,
 // runAgent wires the parts together and runs them until SIGTERM/SIGINT.
 func (a *app) runAgent(ctx context.Context, cfg agentConfig) (err error) {
 	log := a.log
-	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
+	sigCtx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	// After the first signal, restore the default action so that a second
+	// one ends a stuck shutdown at once (the data plane stays either way).
+	go func() {
+		<-sigCtx.Done()
+		stop()
+	}()
+	ctx = sigCtx
 	ver, rev := buildVersion()
 	log.Info("starting wgmesh agent", "version", ver, "commit", rev, "node", cfg.NodeName, "source", cfg.Source,
 		"interface", cfg.Interface, "backend", cfg.Backend, "strict", !cfg.Derive.AllowUnencrypted)
