@@ -11,7 +11,10 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"sort"
+	"strings"
 	"syscall"
+	"time"
 )
 
 // KubernetesVersion is the kube-apiserver release the e2e module builds. It
@@ -93,7 +96,46 @@ func Build(ctx context.Context) (string, error) {
 	if err := os.Rename(tmp, binDir); err != nil {
 		return "", fmt.Errorf("move built binaries to %s: %w", binDir, err)
 	}
+	prune(root, keepBuilds)
 	return binDir, nil
+}
+
+// keepBuilds is how many builds (one per go.mod/go.sum state) stay cached;
+// each is about 170 MB.
+const keepBuilds = 3
+
+// prune removes all but the newest keep builds in root. A process still
+// running a removed binary is unaffected (the file lives until closed);
+// failures only leave disk space used, so they are ignored.
+func prune(root string, keep int) {
+	entries, err := os.ReadDir(root)
+	if err != nil {
+		return
+	}
+	type build struct {
+		name string
+		mod  time.Time
+	}
+	var builds []build
+	for _, e := range entries {
+		fi, err := e.Info()
+		if !e.IsDir() || err != nil {
+			continue
+		}
+		if strings.Contains(e.Name(), ".tmp-") {
+			// Left by a build that was killed; a live one is far younger.
+			if time.Since(fi.ModTime()) > 2*time.Hour {
+				os.RemoveAll(filepath.Join(root, e.Name()))
+			}
+			continue
+		}
+		builds = append(builds, build{e.Name(), fi.ModTime()})
+	}
+	sort.Slice(builds, func(i, j int) bool { return builds[i].mod.After(builds[j].mod) })
+	for i := keep; i < len(builds); i++ {
+		os.RemoveAll(filepath.Join(root, builds[i].name))
+		os.Remove(filepath.Join(root, builds[i].name+".lock"))
+	}
 }
 
 // moduleDir finds the e2e module's root from this file's compile-time path:
