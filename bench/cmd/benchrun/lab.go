@@ -171,6 +171,22 @@ func (l *lab) waitPing(addr string, timeout time.Duration) error {
 	}
 }
 
+// waitListen waits until a TCP listener on port exists in a side's
+// namespace: on a loaded machine iperf3 -s may take a while to bind.
+func (l *lab) waitListen(side string, port int, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		out, err := exec.Command("ip", "netns", "exec", l.ns(side), "ss", "-Hltn", fmt.Sprintf("sport = :%d", port)).Output()
+		if err == nil && len(bytes.TrimSpace(out)) > 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("nothing listens on TCP port %d in %s after %s (iperf3 -s did not start; logs in %s)", port, l.ns(side), timeout, l.dir)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
 func run(args ...string) error {
 	out, err := exec.Command(args[0], args[1:]...).CombinedOutput()
 	if err != nil {

@@ -40,6 +40,7 @@ type sample struct {
 	cpuPerGB   float64 // tunnel CPU-seconds per GB moved; 0 when no tunnel process
 	hasCPU     bool
 	bytesMoved float64
+	round      int // which interleaved round, for paired ratios
 }
 
 type result struct {
@@ -85,7 +86,7 @@ func main() {
 		backends = append(backends, wgmeshBackend("B3", "wgmesh agent (userspace, offloads on)", *wgmesh))
 		b4 := wgmeshBackend("B4", "wgmesh agent (userspace, offloads off)", *wgmesh, "--offloads=false")
 		if b4.skip == "" && !agentHasFlag(*wgmesh, "offloads") {
-			b4.skip = "this wgmesh binary has no --offloads flag (device.Options.DisableOffloads is not reachable from the agent)"
+			b4.skip = "this wgmesh binary has no (hidden) --offloads flag, so device.Options.DisableOffloads is not reachable from the agent"
 		}
 		backends = append(backends, b4)
 		if *experiments {
@@ -122,6 +123,7 @@ func main() {
 						res.errs = append(res.errs, err.Error())
 						continue
 					}
+					s.round = r
 					log.Printf("%s pinned=%v round %d: %.2f Gbit/s, %.2f tunnel CPU-s/GB", res.b.ID, pin, r+1, s.gbps, s.cpuPerGB)
 					res.samples = append(res.samples, s)
 				}
@@ -166,7 +168,9 @@ func measure(b backend, pinned bool, d time.Duration) (sample, error) {
 	if _, err := l.start("b", nil, "iperf3", "-s", "-1", "-B", target); err != nil {
 		return sample{}, err
 	}
-	time.Sleep(300 * time.Millisecond)
+	if err := l.waitListen("b", 5201, 10*time.Second); err != nil {
+		return sample{}, err
+	}
 	before := totalCPU(pids)
 	ctx, cancel := context.WithTimeout(context.Background(), d+30*time.Second)
 	defer cancel()
@@ -211,11 +215,12 @@ func experimentBackends(bin string) []backend {
 	}
 }
 
-// agentHasFlag reports whether `wgmesh agent --help` lists --name.
+// agentHasFlag reports whether `wgmesh agent` accepts --name (a boolean
+// flag), hidden flags included: with --help the agent only prints usage, and
+// an unknown flag is an error before that.
 func agentHasFlag(bin, name string) bool {
-	out, _ := exec.Command(bin, "agent", "--help").CombinedOutput()
-	return strings.Contains(string(out), "--"+name+" ") || strings.Contains(string(out), "--"+name+"\n") ||
-		strings.Contains(string(out), "--"+name+"=")
+	out, _ := exec.Command(bin, "agent", "--"+name+"=false", "--help").CombinedOutput()
+	return !strings.Contains(string(out), "unknown flag")
 }
 
 func totalCPU(pids []int) float64 {
@@ -257,5 +262,9 @@ func stats(xs []float64) (min, med, max float64) {
 	}
 	s := append([]float64(nil), xs...)
 	sort.Float64s(s)
-	return s[0], s[len(s)/2], s[len(s)-1]
+	med = s[len(s)/2]
+	if len(s)%2 == 0 {
+		med = (s[len(s)/2-1] + s[len(s)/2]) / 2
+	}
+	return s[0], med, s[len(s)-1]
 }

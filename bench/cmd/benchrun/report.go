@@ -50,6 +50,33 @@ func median(r *result) float64 {
 	return m
 }
 
+// paired is the median over rounds of a's figure divided by b's in the same
+// round: on a machine whose load drifts, neighbours in time are the fairest
+// comparison. ok is false when no round has both.
+func paired(a, b *result, value func(sample) (float64, bool)) (float64, int, bool) {
+	var rs []float64
+	for _, sa := range a.samples {
+		for _, sb := range b.samples {
+			if sa.round != sb.round {
+				continue
+			}
+			va, oka := value(sa)
+			vb, okb := value(sb)
+			if oka && okb && vb > 0 {
+				rs = append(rs, va/vb)
+			}
+		}
+	}
+	if len(rs) == 0 {
+		return 0, 0, false
+	}
+	_, m, _ := stats(rs)
+	return m, len(rs), true
+}
+
+func gbpsOf(s sample) (float64, bool) { return s.gbps, s.gbps > 0 }
+func cpuOf(s sample) (float64, bool)  { return s.cpuPerGB, s.hasCPU }
+
 func medianCPU(r *result) (float64, bool) {
 	var c []float64
 	for _, s := range r.samples {
@@ -142,14 +169,18 @@ func writeReport(w *strings.Builder, results []*result, crypto []float64, goBenc
 			}
 			fmt.Fprintf(w, "| %s | %s | %.2f | %.2f | %.2f | %s | %s |\n", r.b.ID, r.b.Name, lo, med, hi, cpuCol, note)
 		}
-		fmt.Fprintf(w, "\nRatios of medians:\n\n")
+		fmt.Fprintf(w, "\nRatios: of the medians, and (paired) the median of the per-round ratios, which cancels load that drifts between rounds:\n\n")
 		ratio := func(a, b string) {
 			ra, rb := byID[a], byID[b]
 			if ra == nil || rb == nil || len(ra.samples) == 0 || len(rb.samples) == 0 {
 				fmt.Fprintf(w, "- %s/%s: n/a (a competitor was skipped or failed)\n", a, b)
 				return
 			}
-			fmt.Fprintf(w, "- %s/%s = %.2f\n", a, b, median(ra)/median(rb))
+			line := fmt.Sprintf("- %s/%s = %.2f", a, b, median(ra)/median(rb))
+			if pr, n, ok := paired(ra, rb, gbpsOf); ok {
+				line += fmt.Sprintf(" (paired %.2f over %d rounds)", pr, n)
+			}
+			fmt.Fprintln(w, line)
 		}
 		ratio("B3", "B2")
 		ratio("B3", "B1")
@@ -159,7 +190,11 @@ func writeReport(w *strings.Builder, results []*result, crypto []float64, goBenc
 			c3, ok3 := medianCPU(r3)
 			c2, ok2 := medianCPU(r2)
 			if ok3 && ok2 && c2 > 0 {
-				fmt.Fprintf(w, "- CPU-s/GB B3/B2 = %.2f (target ≤ 1)\n", c3/c2)
+				line := fmt.Sprintf("- CPU-s/GB B3/B2 = %.2f", c3/c2)
+				if pr, n, ok := paired(r3, r2, cpuOf); ok {
+					line += fmt.Sprintf(" (paired %.2f over %d rounds)", pr, n)
+				}
+				fmt.Fprintln(w, line+" (target ≤ 1)")
 			}
 		}
 		for _, r := range rs {
@@ -168,10 +203,16 @@ func writeReport(w *strings.Builder, results []*result, crypto []float64, goBenc
 				continue
 			}
 			line := fmt.Sprintf("- experiment %s/B3 = %.2f", r.b.ID, median(r)/median(r3))
+			if pr, n, ok := paired(r, r3, gbpsOf); ok {
+				line += fmt.Sprintf(" (paired %.2f over %d rounds)", pr, n)
+			}
 			cx, okx := medianCPU(r)
 			c3, ok3 := medianCPU(r3)
 			if okx && ok3 && c3 > 0 {
 				line += fmt.Sprintf(", CPU-s/GB %s/B3 = %.2f", r.b.ID, cx/c3)
+				if pr, _, ok := paired(r, r3, cpuOf); ok {
+					line += fmt.Sprintf(" (paired %.2f)", pr)
+				}
 			}
 			fmt.Fprintln(w, line+" ("+r.b.Name+")")
 		}
