@@ -120,7 +120,8 @@ type Server struct {
 }
 
 // Start brings up etcd and kube-apiserver and returns once /readyz answers
-// and the default namespaces exist. On error everything started is stopped.
+// and the default namespaces exist; ctx bounds the start-up only, the
+// processes run until Stop. On error everything started is stopped.
 // The processes get SIGKILL if the calling process dies; call Stop (e.g. in
 // t.Cleanup) to end them and remove the working directory.
 func Start(ctx context.Context, o Options) (_ *Server, err error) {
