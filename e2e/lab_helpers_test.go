@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -46,6 +47,13 @@ func labWgmeshBinary(t *testing.T) string {
 // run can be inspected.
 func newTestLab(t *testing.T, o lab.Options) *lab.Lab {
 	t.Helper()
+	removeStaleOnce.Do(func() {
+		// Labs of test binaries that were killed (timeout, Ctrl-C) before
+		// their cleanups ran; labs of running processes are left alone.
+		if removed, err := lab.RemoveStale(lab.DefaultPrefix); err != nil || len(removed) > 0 {
+			t.Logf("removed stale lab namespaces %v (%v)", removed, err)
+		}
+	})
 	if o.Dir == "" {
 		o.Dir = t.TempDir()
 	}
@@ -206,3 +214,5 @@ func waitPing(ctx context.Context, from *lab.Pod, dst netip.Addr) error {
 }
 
 var families = []int{4, 6}
+
+var removeStaleOnce sync.Once
