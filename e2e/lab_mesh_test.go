@@ -272,6 +272,16 @@ func TestPrivilegedLabNoAgentStrict(t *testing.T) {
 	if err := waitPing(withTimeout(ctx, 30*time.Second), n1.Pods[0], n2.Pods[0].Addr6); err != nil {
 		t.Errorf("--allow-unencrypted: managed pair broke: %v", err)
 	}
+	// The agents say loudly that node3's traffic is plaintext.
+	for _, n := range []*lab.Node{n1, n2} {
+		st, err := n.Status(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Contains(st.Unencrypted, n3.Name) || st.Strict {
+			t.Errorf("--allow-unencrypted: %s status: unencrypted nodes %v, strict %v; want node3 listed, strict off", n.Name, st.Unencrypted, st.Strict)
+		}
+	}
 	if _, err := capt.Stop(); err != nil {
 		t.Fatal(err)
 	}
