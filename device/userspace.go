@@ -40,6 +40,12 @@ type userspace struct {
 	closing  atomic.Bool
 	once     sync.Once
 	closeErr error
+
+	greetMu sync.Mutex
+	// greeted are the peers this process has started a handshake with, for
+	// the private key greetedKey.
+	greeted    map[mesh.Key]struct{}
+	greetedKey mesh.Key
 }
 
 var _ Device = (*userspace)(nil)
@@ -303,7 +309,41 @@ func (u *userspace) Name() string          { return u.name }
 func (u *userspace) Backend() mesh.Backend { return mesh.BackendUserspace }
 
 func (u *userspace) Configure(ctx context.Context, cfg mesh.DeviceConfig) error {
-	return u.conf.configure(ctx, cfg)
+	if err := u.conf.configure(ctx, cfg); err != nil {
+		return err
+	}
+	u.greet(cfg)
+	return nil
+}
+
+// greet starts a handshake with every peer this process has not greeted yet,
+// and with every peer after the private key changed.
+//
+// A wireguard-go device that re-attaches after a restart starts without
+// sessions, while its peers still hold the old ones: they keep sending on a
+// session nobody can decrypt until their rekey timeout (15 s) runs out, and
+// an idle peer never handshakes at all. The kernel module keeps its sessions
+// across agent restarts, so only the userspace backend needs this. Greeting
+// uses wireguard-go's own keepalive path (stage an empty packet; with no
+// valid session that initiates a handshake and retries on its timers), so it
+// costs one handshake per new peer and nothing on later reconciles.
+func (u *userspace) greet(cfg mesh.DeviceConfig) {
+	u.greetMu.Lock()
+	defer u.greetMu.Unlock()
+	if cfg.PrivateKey != u.greetedKey {
+		u.greeted, u.greetedKey = nil, cfg.PrivateKey
+	}
+	next := make(map[mesh.Key]struct{}, len(cfg.Peers))
+	for _, p := range cfg.Peers {
+		next[p.PublicKey] = struct{}{}
+		if _, done := u.greeted[p.PublicKey]; done {
+			continue
+		}
+		if peer := u.dev.LookupPeer(wgdevice.NoisePublicKey(p.PublicKey)); peer != nil {
+			peer.SendKeepalive()
+		}
+	}
+	u.greeted = next
 }
 
 func (u *userspace) Stats(ctx context.Context) ([]PeerStats, error) { return u.conf.stats(ctx) }
