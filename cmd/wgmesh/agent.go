@@ -81,7 +81,7 @@ func (a *app) runAgent(ctx context.Context, cfg agentConfig) (err error) {
 		return err
 	}
 
-	dev, err := device.Open(ctx, device.Options{Name: cfg.Interface, Backend: cfg.Backend, MTU: cfg.MTU, Logger: log})
+	dev, err := device.Open(ctx, device.Options{Name: cfg.Interface, Backend: cfg.Backend, MTU: cfg.MTU, DisableOffloads: cfg.DisableOffloads, Logger: log})
 	if err != nil {
 		return fmt.Errorf("open WireGuard interface %s (--interface, --backend): %w", cfg.Interface, err)
 	}

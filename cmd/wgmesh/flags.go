@@ -38,6 +38,7 @@ type agentFlags struct {
 	peersFile        string
 	iface            string
 	backend          string
+	offloads         bool
 	listenPort       int
 	endpoint         string
 	keyFile          string
@@ -71,7 +72,9 @@ type agentConfig struct {
 	PeersFile  string
 	Interface  string
 	Backend    device.Choice
-	ListenPort int
+	// DisableOffloads opens the userspace TUN without TSO/GRO.
+	DisableOffloads bool
+	ListenPort      int
 	// Endpoint overrides the published endpoint; zero lets the source choose.
 	Endpoint netip.AddrPort
 	// Underlay is the address whose interface carries the tunnel (for the
@@ -101,6 +104,7 @@ func (f *agentFlags) register(fs *pflag.FlagSet, getenv func(string) string) {
 	fs.StringVar(&f.peersFile, "peers-file", "", "peers file listing every host of the mesh (bare hosts, no Kubernetes)")
 	fs.StringVar(&f.iface, "interface", device.DefaultName, "WireGuard interface name")
 	fs.StringVar(&f.backend, "backend", string(device.ChoiceAuto), "WireGuard backend: auto (kernel if available), userspace or kernel")
+	fs.BoolVar(&f.offloads, "offloads", true, "userspace backend: TUN segmentation offloads (TSO/GRO); turn off only to work around a kernel's TUN offload bugs")
 	fs.IntVar(&f.listenPort, "listen-port", defaultListenPort, "UDP port the interface listens on")
 	fs.StringVar(&f.endpoint, "endpoint", "", "endpoint to publish, IP or IP:port (default: the Node's InternalIP and --listen-port)")
 	fs.StringVar(&f.keyFile, "key-file", mesh.DefaultKeyFile, "private key file, created (0600) if absent")
@@ -172,6 +176,7 @@ func (f *agentFlags) validate(inCluster bool) (agentConfig, error) {
 	default:
 		return c, usagef("--backend %q: want auto, userspace or kernel", f.backend)
 	}
+	c.DisableOffloads = !f.offloads
 
 	if c.ListenPort < 1 || c.ListenPort > 65535 {
 		return c, usagef("--listen-port %d: want 1-65535", c.ListenPort)

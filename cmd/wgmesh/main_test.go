@@ -114,7 +114,7 @@ func TestAgentFlagsValidate(t *testing.T) {
 	}
 	if c.NodeName != "node-1" || c.Source != sourceInCluster || c.Interface != "wgmesh0" || c.Backend != device.ChoiceAuto ||
 		c.ListenPort != 51820 || c.KeyFile != mesh.DefaultKeyFile || c.MTU != 0 || c.Table != 51820 || c.Priority != 99 ||
-		c.FwMark != 0x20000 || c.MetricsAddr != ":9587" || c.Endpoint.IsValid() {
+		c.FwMark != 0x20000 || c.MetricsAddr != ":9587" || c.Endpoint.IsValid() || c.DisableOffloads {
 		t.Errorf("defaults: %+v", c)
 	}
 	if !c.Derive.IPv4 || !c.Derive.IPv6 || c.Derive.HostEncryption || c.Derive.AllowUnencrypted ||
@@ -127,7 +127,7 @@ func TestAgentFlagsValidate(t *testing.T) {
 		"--listen-port=51821", "--endpoint=198.18.0.1", "--key-file=/tmp/k", "--mtu=1400", "--host-encryption",
 		"--allow-unencrypted", "--ipv6=false", "--keepalive=25", "--route-table=1000", "--rule-priority=150",
 		"--fwmark=0x400000", "--tunnel-address=10.244.1.1", "--unmanaged-nodes=kubernetes.io/os=windows",
-		"--metrics-addr=127.0.0.1:9999")
+		"--metrics-addr=127.0.0.1:9999", "--offloads=false")
 	if err != nil {
 		t.Fatalf("all flags: %v", err)
 	}
@@ -135,7 +135,7 @@ func TestAgentFlagsValidate(t *testing.T) {
 	if c.NodeName != "host-a" || c.Source != sourcePeersFile || c.PeersFile != "/etc/wgmesh/peers.yaml" ||
 		c.Interface != "wg7" || c.Backend != device.ChoiceUserspace || c.ListenPort != 51821 || c.Endpoint != want ||
 		c.KeyFile != "/tmp/k" || c.MTU != 1400 || c.Table != 1000 || c.Priority != 150 || c.FwMark != 0x400000 ||
-		c.MetricsAddr != "127.0.0.1:9999" {
+		c.MetricsAddr != "127.0.0.1:9999" || !c.DisableOffloads {
 		t.Errorf("all flags: %+v", c)
 	}
 	d := c.Derive
