@@ -22,8 +22,10 @@ import (
 //
 // A new Fake's host has lo, an underlay eth0 (MTU 1500, 198.18.0.1/15 and
 // 2001:db8::1/64 with default routes through it), the tunnel interface with
-// MTU 1420 and a link-local address, the kernel's default rules and src_valid_mark=0.
-// Tests may change it with SetLink, RemoveLink, Delete and Fail.
+// MTU 1420 and a link-local address, the kernel's default rules and
+// src_valid_mark=0 globally and on every interface. Tests may change it
+// with SetLink, RemoveLink, Delete and Fail; failing "all.src_valid_mark"
+// with unix.EROFS stands in for a container's read-only /proc/sys.
 type Fake struct {
 	r   *router
 	sys *fakeHost
@@ -67,8 +69,8 @@ func (f *Fake) SetLink(name string, mtu int) {
 	f.sys.links = append(f.sys.links, link{Name: name, MTU: mtu})
 }
 
-// RemoveLink deletes the interface name with its addresses and the routes
-// through it, as the kernel does.
+// RemoveLink deletes the interface name with its addresses, its own
+// sysctl values and the routes through it, as the kernel does.
 func (f *Fake) RemoveLink(name string) {
 	f.sys.mu.Lock()
 	defer f.sys.mu.Unlock()
@@ -283,7 +285,7 @@ func (s *fakeHost) observe(o Options) observed {
 	defer s.mu.Unlock()
 	var w observed
 	for _, l := range s.links {
-		w.Links = append(w.Links, link{Name: l.Name, MTU: l.MTU, Addrs: slices.Clone(l.Addrs)})
+		w.Links = append(w.Links, link{Name: l.Name, MTU: l.MTU, Addrs: slices.Clone(l.Addrs), SrcValidMark: l.SrcValidMark})
 		if l.Name == o.Interface {
 			w.Ours.LinkMTU = l.MTU
 			for _, a := range l.Addrs {
@@ -308,6 +310,7 @@ func (s *fakeHost) observe(o Options) observed {
 	}
 	w.Ours.SrcValidMark = s.srcValidMark
 	w.Ours.Filter = s.filter.clone()
+	o.ownMarks(&w)
 	return w
 }
 
@@ -345,6 +348,12 @@ func (s *fakeHost) do(o op) error {
 	switch o.kind {
 	case opSysctl:
 		s.srcValidMark = true
+	case opDevConf:
+		l := s.link(o.iface)
+		if l == nil {
+			return errFakeNoDevice
+		}
+		l.SrcValidMark = true
 	case opSetMTU:
 		l := s.link(o.iface)
 		if l == nil {
@@ -482,7 +491,12 @@ func (s *fakeHost) render() string {
 	if s.srcValidMark {
 		svm = 1
 	}
-	out = append(out, fmt.Sprintf("sysctl -w net.ipv4.conf.all.src_valid_mark=%d", svm))
+	out = append(out, srcValidMarkLine("all", svm))
+	for _, l := range links {
+		if l.SrcValidMark {
+			out = append(out, srcValidMarkLine(l.Name, 1))
+		}
+	}
 	for _, r := range sortedRules(s.rules) {
 		out = append(out, r.String())
 	}

@@ -11,8 +11,10 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
@@ -21,8 +23,18 @@ import (
 var nsCurrent = netns.None()
 
 // srcValidMarkPath is the sysctl wg-quick sets so that reverse-path
-// filtering takes the fwmark into account for packets the tunnel receives.
+// filtering takes the fwmark into account for packets the host receives.
 const srcValidMarkPath = "/proc/sys/net/ipv4/conf/all/src_valid_mark"
+
+// ipv4DevconfSrcVmark is IPV4_DEVCONF_SRC_VMARK (include/uapi/linux/ip.h),
+// the per-interface src_valid_mark in IFLA_INET_CONF; golang.org/x/sys/unix
+// has no constant for it. IFLA_INET_CONF lists the values as u32s indexed by
+// this id minus 1.
+const ipv4DevconfSrcVmark = 24
+
+// nlTimeout bounds the wait for the kernel's answer on the router's own
+// rtnetlink socket.
+const nlTimeout = 10 * time.Second
 
 // kernel is the system backed by netlink (links, addresses, rules, routes),
 // nftables (ingress filter) and procfs (src_valid_mark), optionally bound to
@@ -31,6 +43,9 @@ type kernel struct {
 	o  Options
 	ns netns.NsHandle
 	nl *netlink.Handle
+	// rt is a rtnetlink socket in the router's namespace for the requests
+	// netlink.Handle has no method for (per-interface IPv4 devconf).
+	rt map[int]*nl.SocketHandle
 
 	mu sync.Mutex
 	// ifindex maps interface names to indexes as of the last observe, so
@@ -45,10 +60,29 @@ func newKernel(o Options, ns netns.NsHandle) (*kernel, error) {
 	if err != nil {
 		return nil, fmt.Errorf("routing: open netlink socket: %w", err)
 	}
-	return &kernel{o: o, ns: ns, nl: h, ifindex: map[string]int{}}, nil
+	s, err := nl.GetNetlinkSocketAt(ns, netns.None(), unix.NETLINK_ROUTE)
+	if err != nil {
+		h.Close()
+		return nil, fmt.Errorf("routing: open rtnetlink socket: %w", err)
+	}
+	tv := unix.NsecToTimeval(nlTimeout.Nanoseconds())
+	if err := errors.Join(s.SetSendTimeout(&tv), s.SetReceiveTimeout(&tv)); err != nil {
+		s.Close()
+		h.Close()
+		return nil, fmt.Errorf("routing: rtnetlink socket timeouts: %w", err)
+	}
+	return &kernel{
+		o: o, ns: ns, nl: h, ifindex: map[string]int{},
+		rt: map[int]*nl.SocketHandle{unix.NETLINK_ROUTE: {Socket: s}},
+	}, nil
 }
 
-func (k *kernel) close() { k.nl.Close() }
+func (k *kernel) close() {
+	k.nl.Close()
+	for _, s := range k.rt {
+		s.Close()
+	}
+}
 
 // dumpRetries bounds retries of netlink dumps interrupted by concurrent
 // changes (the kernel then flags the dump as inconsistent).
@@ -157,13 +191,20 @@ func (k *kernel) observe(ctx context.Context) (observed, error) {
 			}
 		}
 	}
-	if err := k.inNS(func() error {
+	// An unreadable src_valid_mark counts as 0: plan then writes it, or
+	// falls back to the interfaces, and reports what fails there.
+	_ = k.inNS(func() error {
 		b, err := os.ReadFile(srcValidMarkPath)
 		w.Ours.SrcValidMark = err == nil && strings.TrimSpace(string(b)) == "1"
 		return err
-	}); err != nil {
-		w.Notes = append(w.Notes, fmt.Errorf("read %s: %w", srcValidMarkPath, err))
+	})
+	for _, dev := range k.o.markDevs(w) {
+		i := slices.IndexFunc(w.Links, func(l link) bool { return l.Name == dev })
+		// An interface that cannot be read (it just went) counts as 0,
+		// for the same reason.
+		w.Links[i].SrcValidMark, _ = k.srcValidMark(index[dev])
 	}
+	k.o.ownMarks(&w)
 	// Without nftables the routes must still be applied: the failure is
 	// reported and putting the table is retried (and fails, reported) on
 	// every Apply.
@@ -182,6 +223,14 @@ func (k *kernel) do(ctx context.Context, o op) error {
 	switch o.kind {
 	case opSysctl:
 		return k.inNS(func() error { return os.WriteFile(srcValidMarkPath, []byte("1"), 0o644) })
+	case opDevConf:
+		k.mu.Lock()
+		idx, ok := k.ifindex[o.iface]
+		k.mu.Unlock()
+		if !ok {
+			return fmt.Errorf("interface %s: %w", o.iface, unix.ENODEV)
+		}
+		return k.setSrcValidMark(idx)
 	case opSetMTU:
 		l, err := k.nl.LinkByName(o.iface)
 		if err != nil {
@@ -227,6 +276,84 @@ func (k *kernel) do(ctx context.Context, o op) error {
 		return k.deleteFilter()
 	}
 	return fmt.Errorf("unknown op %d", o.kind)
+}
+
+// setSrcValidMark sets net.ipv4.conf.<interface>.src_valid_mark=1 on the
+// interface with index idx over rtnetlink, which needs CAP_NET_ADMIN but
+// not a writable /proc/sys: RTM_SETLINK carrying IFLA_AF_SPEC, AF_INET,
+// IFLA_INET_CONF, IPV4_DEVCONF_SRC_VMARK = 1.
+func (k *kernel) setSrcValidMark(idx int) error {
+	req := nl.NewNetlinkRequest(unix.RTM_SETLINK, unix.NLM_F_ACK)
+	req.Sockets = k.rt
+	msg := nl.NewIfInfomsg(unix.AF_UNSPEC)
+	msg.Index = int32(idx)
+	req.AddData(msg)
+	spec := nl.NewRtAttr(unix.IFLA_AF_SPEC, nil)
+	conf := spec.AddRtAttr(unix.AF_INET, nil).AddRtAttr(unix.IFLA_INET_CONF, nil)
+	conf.AddRtAttr(ipv4DevconfSrcVmark, nl.Uint32Attr(1))
+	req.AddData(spec)
+	_, err := req.Execute(unix.NETLINK_ROUTE, 0)
+	return err
+}
+
+// srcValidMark reads the src_valid_mark of the interface with index idx
+// from its RTM_GETLINK answer: IFLA_AF_SPEC, AF_INET, IFLA_INET_CONF.
+func (k *kernel) srcValidMark(idx int) (bool, error) {
+	req := nl.NewNetlinkRequest(unix.RTM_GETLINK, unix.NLM_F_ACK)
+	req.Sockets = k.rt
+	msg := nl.NewIfInfomsg(unix.AF_UNSPEC)
+	msg.Index = int32(idx)
+	req.AddData(msg)
+	msgs, err := req.Execute(unix.NETLINK_ROUTE, unix.RTM_NEWLINK)
+	if err != nil {
+		return false, err
+	}
+	if len(msgs) != 1 {
+		return false, fmt.Errorf("interface index %d: %d answers to RTM_GETLINK, want 1", idx, len(msgs))
+	}
+	v, ok := inetConf(msgs[0], ipv4DevconfSrcVmark)
+	return ok && v == 1, nil
+}
+
+// inetConf extracts IPv4 devconf value id from an RTM_NEWLINK message
+// (ifinfomsg and attributes); ok is false when the message has none, as for
+// an interface without IPv4.
+func inetConf(msg []byte, id int) (v uint32, ok bool) {
+	if len(msg) < unix.SizeofIfInfomsg {
+		return 0, false
+	}
+	// find walks the attributes in b for type typ. nl.ParseRouteAttr
+	// panics on some malformed lengths (found by FuzzInetConf), so the
+	// walk is checked here.
+	find := func(b []byte, typ uint16) ([]byte, bool) {
+		for len(b) >= unix.SizeofRtAttr {
+			n := int(nl.NativeEndian().Uint16(b))
+			t := nl.NativeEndian().Uint16(b[2:]) &^ (unix.NLA_F_NESTED | unix.NLA_F_NET_BYTEORDER)
+			if n < unix.SizeofRtAttr || n > len(b) {
+				return nil, false
+			}
+			if t == typ {
+				return b[unix.SizeofRtAttr:n], true
+			}
+			n = (n + unix.RTA_ALIGNTO - 1) &^ (unix.RTA_ALIGNTO - 1)
+			if n > len(b) {
+				return nil, false
+			}
+			b = b[n:]
+		}
+		return nil, false
+	}
+	b, ok := find(msg[unix.SizeofIfInfomsg:], unix.IFLA_AF_SPEC)
+	if ok {
+		b, ok = find(b, unix.AF_INET)
+	}
+	if ok {
+		b, ok = find(b, unix.IFLA_INET_CONF)
+	}
+	if !ok || id < 1 || len(b) < 4*id {
+		return 0, false
+	}
+	return nl.NativeEndian().Uint32(b[4*(id-1):]), true
 }
 
 // ignore treats the given errnos as success: adding what exists, deleting

@@ -51,6 +51,9 @@ type link struct {
 	Name  string
 	MTU   int
 	Addrs []netip.Prefix
+	// SrcValidMark is the interface's own net.ipv4.conf.<name>.src_valid_mark.
+	// The kernel system reads it only for the interfaces markDevs names.
+	SrcValidMark bool
 }
 
 // rule is a policy routing rule.
@@ -281,8 +284,12 @@ type ours struct {
 	Addrs []netip.Prefix
 	// SrcValidMark is net.ipv4.conf.all.src_valid_mark.
 	SrcValidMark bool
-	Rules        []rule
-	Routes       []route
+	// SrcValidMarkDevs, observed, are the interfaces among markDevs whose
+	// own src_valid_mark is 1; wanted, they are the interfaces to set it on
+	// when the `all` value cannot be written (see target).
+	SrcValidMarkDevs []string
+	Rules            []rule
+	Routes           []route
 	// Filter is table inet wgmesh; nil when absent (or unwanted).
 	Filter *filter
 }
@@ -321,7 +328,10 @@ func (s ours) render(iface string) string {
 		out = append(out, fmt.Sprintf("ip%s address add %s dev %s", familyOf(a.Addr()).ipFlag(), a, iface))
 	}
 	if s.SrcValidMark {
-		out = append(out, "sysctl -w net.ipv4.conf.all.src_valid_mark=1")
+		out = append(out, srcValidMarkLine("all", 1))
+	}
+	for _, dev := range slices.Sorted(slices.Values(s.SrcValidMarkDevs)) {
+		out = append(out, srcValidMarkLine(dev, 1))
 	}
 	for _, r := range sortedRules(s.Rules) {
 		out = append(out, r.String())
@@ -333,6 +343,13 @@ func (s ours) render(iface string) string {
 		out = append(out, s.Filter.lines()...)
 	}
 	return strings.Join(out, "\n") + "\n"
+}
+
+// srcValidMarkLine is the sysctl command setting src_valid_mark of dev
+// ("all" for the global value). sysctl's dotted notation writes dots in
+// interface names (VLANs: eth0.100) as slashes.
+func srcValidMarkLine(dev string, v int) string {
+	return fmt.Sprintf("sysctl -w net.ipv4.conf.%s.src_valid_mark=%d", strings.ReplaceAll(dev, ".", "/"), v)
 }
 
 func sortedPrefixes(ps []netip.Prefix) []netip.Prefix {

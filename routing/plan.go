@@ -38,11 +38,31 @@ func (o Options) target(d mesh.Desired, w observed) (want ours, notes []error) {
 	if !haveLink {
 		notes = append(notes, fmt.Errorf("interface %s does not exist: tunnel routes are unreachable until the device creates it", o.Interface))
 	}
-	// wg-quick sets src_valid_mark when it installs its fwmark rule, so that
-	// reverse-path filtering of packets from the tunnel considers the mark.
+	// src_valid_mark. wg-quick sets net.ipv4.conf.all.src_valid_mark=1
+	// when it installs its fwmark rule: reverse-path validation of a
+	// received packet (rp_filter) then looks its source up with the
+	// packet's mark, so a "not fwmark" rule cannot divert the lookup of a
+	// peer's endpoint into the tunnel table and get the peer's reply to
+	// the marked WireGuard socket dropped as a martian. The kernel ORs the
+	// `all` value with that of the receiving interface (IN_DEV_ORCONF), so
+	// setting it on the interfaces such packets arrive on is equivalent:
+	// the underlay (encrypted packets) and the tunnel (decrypted ones).
+	//
+	// The `all` value comes first, as with wg-quick. Where it cannot be
+	// written (Kubernetes mounts /proc/sys read-only in unprivileged
+	// containers, even with CAP_NET_ADMIN and the host network) the router
+	// sets the per-interface values over rtnetlink instead, for which
+	// CAP_NET_ADMIN suffices (router.srcValidMark). Per-interface values
+	// already in place satisfy the want, so a read-only host is not
+	// rewritten on every Apply. If neither can be set, Apply still succeeds
+	// and Status carries a warning: for wgmesh the flag is belt and braces,
+	// because its table holds only pod (and host-encryption) destinations
+	// and the peers' endpoints are thrown back to the main table, so the
+	// unmarked reverse-path lookup of an endpoint never ends in the tunnel.
 	// The knob exists for IPv4 only and is harmless otherwise; setting it
 	// whatever the families keeps the end state independent of history.
 	want.SrcValidMark = true
+	want.SrcValidMarkDevs = o.markDevs(w)
 
 	if haveLink {
 		mtu, err := o.linkMTU(w)
@@ -129,6 +149,17 @@ func (o Options) linkMTU(w observed) (int, error) {
 	if o.MTU > 0 {
 		return o.MTU, nil
 	}
+	if l, v6, ok := o.underlay(w); ok {
+		return AutoMTU(l.MTU, v6), nil
+	}
+	return 0, fmt.Errorf("interface %s: cannot find the underlay (no interface holds %v and there is no default route): MTU left unchanged; set --mtu", o.Interface, o.UnderlayAddr)
+}
+
+// underlay is the interface peers' packets arrive on: the one holding
+// Options.UnderlayAddr, else the interface of the default route of that
+// address's family, then IPv4's, then IPv6's. ipv6 reports whether the
+// underlay is IPv6 (for AutoMTU).
+func (o Options) underlay(w observed) (l link, ipv6 bool, ok bool) {
 	if a := o.UnderlayAddr.Unmap(); a.IsValid() {
 		for _, l := range w.Links {
 			if l.Name == o.Interface {
@@ -136,13 +167,11 @@ func (o Options) linkMTU(w observed) (int, error) {
 			}
 			for _, p := range l.Addrs {
 				if p.Addr().Unmap() == a && l.MTU > 0 {
-					return AutoMTU(l.MTU, a.Is6()), nil
+					return l, a.Is6(), true
 				}
 			}
 		}
 	}
-	// The default route of the underlay address's family first, then IPv4,
-	// then IPv6.
 	order := []family{v4, v6}
 	if o.UnderlayAddr.IsValid() && familyOf(o.UnderlayAddr) == v6 {
 		order = []family{v6, v4}
@@ -153,11 +182,40 @@ func (o Options) linkMTU(w observed) (int, error) {
 				continue
 			}
 			if l, ok := w.link(r.Dev); ok && l.MTU > 0 {
-				return AutoMTU(l.MTU, f == v6), nil
+				return l, f == v6, true
 			}
 		}
 	}
-	return 0, fmt.Errorf("interface %s: cannot find the underlay (no interface holds %v and there is no default route): MTU left unchanged; set --mtu", o.Interface, o.UnderlayAddr)
+	return link{}, false, false
+}
+
+// markDevs are the interfaces src_valid_mark matters on, sorted: the
+// underlay, where the peers' encrypted packets arrive, and the tunnel
+// interface, where the decrypted ones do, as far as they exist. A host
+// receiving peers' packets on several interfaces is covered only by the
+// `all` value.
+func (o Options) markDevs(w observed) []string {
+	var devs []string
+	if l, _, ok := o.underlay(w); ok {
+		devs = append(devs, l.Name)
+	}
+	if _, ok := w.link(o.Interface); ok {
+		devs = append(devs, o.Interface)
+	}
+	slices.Sort(devs)
+	return devs
+}
+
+// ownMarks fills w.Ours.SrcValidMarkDevs from the links' own values. Both
+// systems call it at the end of observe, so they agree on which
+// per-interface values are the router's concern.
+func (o Options) ownMarks(w *observed) {
+	w.Ours.SrcValidMarkDevs = nil
+	for _, dev := range o.markDevs(*w) {
+		if l, ok := w.link(dev); ok && l.SrcValidMark {
+			w.Ours.SrcValidMarkDevs = append(w.Ours.SrcValidMarkDevs, dev)
+		}
+	}
 }
 
 // opKind says what an op does. The order of the constants is the order in
@@ -166,7 +224,12 @@ func (o Options) linkMTU(w observed) (int, error) {
 type opKind int
 
 const (
+	// opSysctl writes net.ipv4.conf.all.src_valid_mark; if that fails, the
+	// router falls back to an opDevConf for each of op.devs.
 	opSysctl opKind = iota
+	// opDevConf sets src_valid_mark of interface op.iface over rtnetlink.
+	// plan never emits it; it is the fallback of a failed opSysctl.
+	opDevConf
 	opSetMTU
 	opAddAddr
 	opReplaceRoute
@@ -192,6 +255,8 @@ type op struct {
 	// set, add and del are the element changes for opUpdateSet.
 	set      nftSet
 	add, del []ipRange
+	// devs are the interfaces a failed opSysctl falls back to.
+	devs []string
 }
 
 // String names the op as the command that would carry it out; errors and
@@ -199,7 +264,9 @@ type op struct {
 func (o op) String() string {
 	switch o.kind {
 	case opSysctl:
-		return "sysctl -w net.ipv4.conf.all.src_valid_mark=1"
+		return srcValidMarkLine("all", 1)
+	case opDevConf:
+		return srcValidMarkLine(o.iface, 1) + " (rtnetlink)"
 	case opSetMTU:
 		return fmt.Sprintf("ip link set dev %s mtu %d", o.iface, o.mtu)
 	case opAddAddr, opDelAddr:
@@ -232,7 +299,17 @@ func (o op) String() string {
 func plan(iface string, have, want ours) []op {
 	var ops []op
 	if want.SrcValidMark && !have.SrcValidMark {
-		ops = append(ops, op{kind: opSysctl})
+		// Per-interface values (from an earlier fallback) on every
+		// interface that matters are as good as the `all` value.
+		var missing []string
+		for _, dev := range want.SrcValidMarkDevs {
+			if !slices.Contains(have.SrcValidMarkDevs, dev) {
+				missing = append(missing, dev)
+			}
+		}
+		if len(missing) > 0 || len(want.SrcValidMarkDevs) == 0 {
+			ops = append(ops, op{kind: opSysctl, devs: missing})
+		}
 	}
 	// have.LinkMTU is 0 when the interface is absent; nothing to set then.
 	if want.LinkMTU > 0 && have.LinkMTU > 0 && want.LinkMTU != have.LinkMTU {

@@ -7,7 +7,9 @@ import (
 	"log/slog"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
+	"time"
 
 	"github.com/wgmesh/wgmesh/mesh"
 )
@@ -33,9 +35,16 @@ type router struct {
 	// reachable through NewFake, which cannot return an error).
 	optErr error
 
-	mu     sync.Mutex // serialises Apply and Cleanup; guards status
+	mu     sync.Mutex // serialises Apply and Cleanup; guards the rest
 	status Status
+	// lastWarn and warnedAt rate-limit logging of unchanged warnings.
+	lastWarn string
+	warnedAt time.Time
 }
+
+// warnEvery is how often a warning that persists from Apply to Apply is
+// logged again; Status carries it all the time.
+const warnEvery = 10 * time.Minute
 
 var _ Router = (*router)(nil)
 
@@ -55,26 +64,52 @@ func (r *router) Apply(ctx context.Context, d mesh.Desired) error {
 		return fmt.Errorf("routing: read current state: %w", err)
 	}
 	want, notes := r.o.target(d, have)
-	errs := r.run(ctx, plan(r.o.Interface, have.Ours, want))
+	errs, warns := r.run(ctx, plan(r.o.Interface, have.Ours, want))
 	mtu := have.Ours.LinkMTU
 	if want.LinkMTU > 0 && !errors.Is(errors.Join(errs...), errMTU) {
 		mtu = want.LinkMTU
 	}
 	r.status.LinkMTU, r.status.PodMTU = mtu, mtu
+	// plan retries src_valid_mark on every Apply until it is in place, so
+	// the warnings are always current.
+	r.status.Warnings = warns
+	r.logWarnings(warns)
 	return errors.Join(slices.Concat(have.Notes, notes, errs)...)
+}
+
+// logWarnings logs warnings when they change, and unchanged ones at most
+// every warnEvery: they repeat on every Apply (resyncs included) until the
+// cause is fixed.
+func (r *router) logWarnings(warns []string) {
+	key := strings.Join(warns, "\n")
+	now := time.Now()
+	if key == "" || (key == r.lastWarn && now.Sub(r.warnedAt) < warnEvery) {
+		r.lastWarn = key
+		return
+	}
+	r.lastWarn, r.warnedAt = key, now
+	for _, w := range warns {
+		r.log.Warn("routing is applied, with a warning", "warning", w)
+	}
 }
 
 // errMTU marks a failed MTU change so Status keeps reporting the old MTU.
 var errMTU = errors.New("link MTU not changed")
 
-// run executes ops in order and keeps going after failures.
-func (r *router) run(ctx context.Context, ops []op) []error {
-	var errs []error
+// run executes ops in order and keeps going after failures. Failures that
+// must not fail Apply (src_valid_mark) come back as warnings.
+func (r *router) run(ctx context.Context, ops []op) (errs []error, warns []string) {
 	for _, o := range ops {
 		if err := ctx.Err(); err != nil {
-			return append(errs, fmt.Errorf("routing: %d changes not made: %w", len(ops), err))
+			return append(errs, fmt.Errorf("routing: %d changes not made: %w", len(ops), err)), warns
 		}
 		err := r.sys.do(ctx, o)
+		if o.kind == opSysctl {
+			if w := r.srcValidMark(ctx, o, err); w != "" {
+				warns = append(warns, w)
+			}
+			continue
+		}
 		if err == nil {
 			r.log.Debug("applied", "op", o.String())
 			continue
@@ -91,7 +126,43 @@ func (r *router) run(ctx context.Context, ops []op) []error {
 	if len(ops) > 0 {
 		r.log.Info("routing state changed", "changes", len(ops), "failed", len(errs))
 	}
-	return errs
+	return errs, warns
+}
+
+// srcValidMark completes an opSysctl whose write returned err: when the
+// `all` value cannot be written (read-only /proc/sys in a container, a
+// user namespace without rights over the network namespace, no procfs),
+// it sets the value on each of o.devs over rtnetlink instead (see target
+// for why that is equivalent). It returns a warning when src_valid_mark is
+// still missing somewhere it matters, "" otherwise.
+func (r *router) srcValidMark(ctx context.Context, o op, err error) string {
+	if err == nil {
+		r.log.Debug("applied", "op", o.String())
+		return ""
+	}
+	var done, failed []string
+	for _, dev := range o.devs {
+		d := op{kind: opDevConf, iface: dev}
+		if derr := r.sys.do(ctx, d); derr != nil {
+			failed = append(failed, fmt.Sprintf("%s: %v", d, derr))
+		} else {
+			done = append(done, dev)
+		}
+	}
+	if len(done) > 0 {
+		r.log.Info("net.ipv4.conf.all.src_valid_mark is not writable: set per interface instead",
+			"err", err, "interfaces", done)
+	}
+	if len(o.devs) > 0 && len(failed) == 0 {
+		return ""
+	}
+	per := "no underlay or tunnel interface to set it on instead"
+	if len(failed) > 0 {
+		per = strings.Join(failed, "; ")
+	}
+	return fmt.Sprintf("src_valid_mark not set: %s: %v; %s. Reverse-path filtering of received packets ignores "+
+		"the fwmark; wgmesh works without it (its table holds no peer endpoint). Set "+
+		"net.ipv4.conf.all.src_valid_mark=1 on the host to clear this warning", o, err, per)
 }
 
 // fallback installs something in place of a tunnel route that could not be
@@ -116,8 +187,11 @@ func (r *router) fallback(ctx context.Context, rt route) []error {
 }
 
 // Cleanup implements Router: it plans towards an empty state, which deletes
-// every entry of ours and nothing else. The MTU and src_valid_mark are left
-// as they are (wg-quick does not reset src_valid_mark either).
+// every entry of ours and nothing else. The MTU and src_valid_mark, the
+// `all` value and the per-interface ones alike, are left as they are:
+// wg-quick does not reset src_valid_mark either, the router cannot tell
+// whether a 1 predates it (another VPN or CNI may rely on it), and 1 is
+// harmless; the tunnel's own value goes with the interface.
 func (r *router) Cleanup(ctx context.Context) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -125,7 +199,8 @@ func (r *router) Cleanup(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("routing cleanup: read current state: %w", err)
 	}
-	return errors.Join(slices.Concat(have.Notes, r.run(ctx, plan(r.o.Interface, have.Ours, ours{})))...)
+	errs, _ := r.run(ctx, plan(r.o.Interface, have.Ours, ours{}))
+	return errors.Join(slices.Concat(have.Notes, errs)...)
 }
 
 // Status implements Router.

@@ -146,8 +146,9 @@ func (o Options) logger() *slog.Logger {
 // Contract:
 //   - Apply makes the OS state equal the Desired: one policy rule per enabled
 //     family, exactly Desired.Routes in the wgmesh table, exactly
-//     Desired.Addresses on the interface, the link MTU, src_valid_mark, and
-//     the strict ingress filter. It reads the current state every time, so a
+//     Desired.Addresses on the interface, the link MTU, src_valid_mark
+//     (net.ipv4.conf.all, or per interface on the underlay and the tunnel
+//     where /proc/sys is read-only), and the strict ingress filter. It reads the current state every time, so a
 //     periodic Apply repairs entries deleted by hand.
 //   - Apply adds and replaces before it deletes: a route that changes kind is
 //     replaced atomically, a new rule exists before an old one goes, a new
@@ -160,9 +161,11 @@ func (o Options) logger() *slog.Logger {
 //     and naming the rule, route, address or table. A tunnel route that
 //     cannot be installed falls back to an unreachable route: traffic is
 //     dropped rather than sent in plaintext. While the interface is absent,
-//     tunnel routes are unreachable routes.
+//     tunnel routes are unreachable routes. src_valid_mark is the exception:
+//     failing to set it is a Status warning, not an error (see target).
 //   - Cleanup removes everything Apply installed (rules, routes, addresses,
-//     the nftables table); the interface itself belongs to the device.
+//     the nftables table); the interface itself belongs to the device. The
+//     MTU and src_valid_mark stay.
 //   - Status is cheap and safe to call concurrently with Apply.
 type Router interface {
 	mesh.Router
@@ -181,6 +184,11 @@ type Status struct {
 	// IngressDropped counts plaintext packets the strict ingress filter has
 	// dropped since its table was created.
 	IngressDropped uint64
+	// Warnings are problems of the last Apply that did not fail it but
+	// leave the host short of the intended state: src_valid_mark that could
+	// be set neither globally nor on the underlay and tunnel interfaces.
+	// They are also logged, rate-limited.
+	Warnings []string
 }
 
 // WireGuard overhead per packet on the underlay: outer IP header (20 or 40
