@@ -560,3 +560,25 @@ func TestRemoveAnnotations(t *testing.T) {
 		t.Errorf("missing node: err = %v", err)
 	}
 }
+
+func TestLifecycle(t *testing.T) {
+	client := fake.NewClientset(fatNode("self", nil, "198.18.0.1"))
+	s := newSource(t, client, func(o *Options) { o.Recorder = nil })
+	start(t, client, s)
+	if err := s.Run(context.Background()); err == nil {
+		t.Error("a second Run succeeded")
+	}
+	for range 2 {
+		if err := s.Close(); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+	}
+	// After Close problems are still logged, never sent.
+	s.Report([]mesh.Problem{{Node: "self", Reason: mesh.ReasonSelfKeyMismatch, Detail: "after close"}})
+	time.Sleep(100 * time.Millisecond)
+	for _, a := range client.Actions() {
+		if a.GetResource().Resource == "events" {
+			t.Errorf("event action after Close: %v", a)
+		}
+	}
+}
