@@ -37,8 +37,8 @@ const ipv4DevconfSrcVmark = 24
 const nlTimeout = 10 * time.Second
 
 // kernel is the system backed by netlink (links, addresses, rules, routes),
-// nftables (ingress filter) and procfs (src_valid_mark), optionally bound to
-// one network namespace.
+// nftables (ingress filter) and procfs or rtnetlink (src_valid_mark),
+// optionally bound to one network namespace.
 type kernel struct {
 	o  Options
 	ns netns.NsHandle
@@ -200,6 +200,9 @@ func (k *kernel) observe(ctx context.Context) (observed, error) {
 	})
 	for _, dev := range k.o.markDevs(w) {
 		i := slices.IndexFunc(w.Links, func(l link) bool { return l.Name == dev })
+		if i < 0 {
+			continue
+		}
 		// An interface that cannot be read (it just went) counts as 0,
 		// for the same reason.
 		w.Links[i].SrcValidMark, _ = k.srcValidMark(index[dev])

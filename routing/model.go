@@ -303,8 +303,8 @@ type observed struct {
 	// Defaults are the default routes of the main table (underlay).
 	Defaults []route
 	Ours     ours
-	// Notes are partial read failures (nftables, procfs) that must not
-	// keep the routes from being applied; Apply reports them.
+	// Notes are partial read failures (nftables) that must not keep the
+	// routes from being applied; Apply reports them.
 	Notes []error
 }
 

@@ -44,6 +44,11 @@ func newLab(t *testing.T) *lab {
 		l.run("ip", "netns", "add", ns)
 		t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", ns).Run() })
 	}
+	// New namespaces inherit the host's net.ipv4.conf.{all,default}: make
+	// src_valid_mark start at 0, as the fake's host does, whatever the host
+	// has.
+	l.run("ip", "netns", "exec", l.ns, "sysctl", "-q", "-w",
+		"net.ipv4.conf.all.src_valid_mark=0", "net.ipv4.conf.default.src_valid_mark=0")
 	l.ip("link", "set", "lo", "up")
 	// No dummy module on every machine: a veth pair stands in for the tunnel.
 	l.ip("link", "add", DefaultInterface, "type", "veth", "peer", "name", "wgpeer")
