@@ -110,7 +110,7 @@ such; they still count as unencrypted.`,
 // encrypted.
 func printVerify(w io.Writer, rep kube.VerifyReport) bool {
 	fmt.Fprintf(w, "Checked %d nodes.\n", rep.Nodes)
-	if len(rep.Problems) == 0 && len(rep.Unencrypted) == 0 {
+	if rep.OK() {
 		fmt.Fprintln(w, "No problems found.")
 		return true
 	}

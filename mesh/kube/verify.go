@@ -29,9 +29,11 @@ type VerifyReport struct {
 	Unencrypted []string
 }
 
-// OK reports whether no problem was found. Unmanaged nodes alone do not
-// make a cluster unhealthy: the operator chose to leave them out.
-func (r VerifyReport) OK() bool { return len(r.Problems) == 0 }
+// OK reports whether the whole cluster is encrypted: no problem was found
+// and no node's pod traffic is plaintext. Unmanaged nodes count against it
+// even though the operator chose to leave them out: `wgmesh verify` answers
+// "is every node encrypted", and they are not.
+func (r VerifyReport) OK() bool { return len(r.Problems) == 0 && len(r.Unencrypted) == 0 }
 
 // Verify lists every Node (in pages) and checks the mesh from the viewpoint
 // of no node in particular, with the same rules as the agents (mesh.Derive):

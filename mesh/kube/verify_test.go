@@ -117,8 +117,8 @@ func TestVerify(t *testing.T) {
 			if r.Nodes != len(tt.nodes) {
 				t.Errorf("Nodes = %d, want %d", r.Nodes, len(tt.nodes))
 			}
-			if r.OK() != (len(tt.problems) == 0) {
-				t.Errorf("OK() = %v with problems %q", r.OK(), got)
+			if r.OK() != (len(tt.problems) == 0 && len(tt.unencrypted) == 0) {
+				t.Errorf("OK() = %v with problems %q, unencrypted %q", r.OK(), got, r.Unencrypted)
 			}
 		})
 	}
