@@ -135,7 +135,7 @@ func main() {
 
 	var goBenchOut string
 	if *goBench {
-		o, err := output(ctxBG(), "go", "test", "-run", "^$", "-bench", ".", "-benchmem", "-count", "1", "-timeout", "30m",
+		o, err := output(ctxBG(), "go", "test", "-run", "^$", "-bench", ".", "-benchmem", "-count", fmt.Sprint(goBenchCount), "-timeout", "30m",
 			"./bench/", "./mesh/", "./device/...", "./routing/")
 		if err != nil {
 			log.Printf("go benchmarks: %v", err)
