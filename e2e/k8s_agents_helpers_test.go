@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"sort"
 	"strings"
@@ -218,6 +219,11 @@ func (k *k8sLab) waitMesh(t *testing.T, ctx context.Context, managed []*lab.Node
 // stopCapture stops the capture and fails the test if it missed packets.
 func (k *k8sLab) stopCapture(t *testing.T) lab.CaptureResult {
 	t.Helper()
+	// A tcpdump that died early leaves a file without its statistics, and
+	// Stop cannot tell why; say whether it was still running.
+	if !k8sProcessWithArg("tcpdump", k.capture.Path) {
+		t.Errorf("the capture's tcpdump (writing %s) ended before the test stopped it: the scenario's tail is not captured", k.capture.Path)
+	}
 	r, err := k.capture.Stop()
 	if err != nil {
 		t.Fatalf("capture: %v", err)
@@ -414,6 +420,26 @@ func k8sNftCovers(nftOut string, addr netip.Addr) bool {
 			if a, err := netip.ParseAddr(tok); err == nil && a == addr {
 				return true
 			}
+		}
+	}
+	return false
+}
+
+// k8sProcessWithArg reports whether a live process runs program with arg
+// among its arguments.
+func k8sProcessWithArg(program, arg string) bool {
+	dirs, err := os.ReadDir("/proc")
+	if err != nil {
+		return false
+	}
+	for _, d := range dirs {
+		b, err := os.ReadFile("/proc/" + d.Name() + "/cmdline")
+		if err != nil || len(b) == 0 {
+			continue
+		}
+		args := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
+		if filepath.Base(args[0]) == program && slices.Contains(args, arg) {
+			return true
 		}
 	}
 	return false

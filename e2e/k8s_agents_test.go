@@ -96,7 +96,7 @@ func TestPrivilegedK8sNodeJoin(t *testing.T) {
 	if _, err := n4.Keygen(ctx); err != nil {
 		t.Fatal(err)
 	}
-	k.join(t, ctx, n4, old, "join")
+	k.join(t, ctx, n4, old, "join", 90*time.Second)
 	// The mesh as a whole: every pod pair, both families, the new node too.
 	for _, p := range labPairs(k.Lab) {
 		for _, fam := range families {
@@ -110,8 +110,9 @@ func TestPrivilegedK8sNodeJoin(t *testing.T) {
 
 // join registers n and starts its agent, then measures until every agent of
 // old has n programmed (peer and tunnel routes), n has them, and their pods
-// reach n's pod; it logs median and maximum over old.
-func (k *k8sLab) join(t *testing.T, ctx context.Context, n *lab.Node, old []*lab.Node, what string) {
+// reach n's pod; it logs median and maximum over old. Each agent gets limit
+// to program the new node.
+func (k *k8sLab) join(t *testing.T, ctx context.Context, n *lab.Node, old []*lab.Node, what string, limit time.Duration) {
 	t.Helper()
 	t0 := time.Now()
 	k.register(t, ctx, n)
@@ -120,7 +121,7 @@ func (k *k8sLab) join(t *testing.T, ctx context.Context, n *lab.Node, old []*lab
 	var published time.Duration
 	var wg sync.WaitGroup
 	wg.Go(func() {
-		err := lab.Poll(withTimeout(ctx, 90*time.Second), 50*time.Millisecond, func(ctx context.Context) (bool, error) {
+		err := lab.Poll(withTimeout(ctx, limit), 50*time.Millisecond, func(ctx context.Context) (bool, error) {
 			obj, err := k.admin.CoreV1().Nodes().Get(ctx, n.Name, metav1.GetOptions{})
 			if err != nil {
 				return false, err
@@ -135,7 +136,7 @@ func (k *k8sLab) join(t *testing.T, ctx context.Context, n *lab.Node, old []*lab
 	peerAt := make([]time.Duration, len(old))
 	for i, m := range old {
 		wg.Go(func() {
-			err := lab.Poll(withTimeout(ctx, 90*time.Second), 100*time.Millisecond, func(ctx context.Context) (bool, error) {
+			err := lab.Poll(withTimeout(ctx, limit), 100*time.Millisecond, func(ctx context.Context) (bool, error) {
 				return k8sProgrammed(ctx, m, n)
 			})
 			peerAt[i] = time.Since(t0)
@@ -146,7 +147,7 @@ func (k *k8sLab) join(t *testing.T, ctx context.Context, n *lab.Node, old []*lab
 	}
 	var selfAt time.Duration
 	wg.Go(func() {
-		err := lab.Poll(withTimeout(ctx, 90*time.Second), 100*time.Millisecond, func(ctx context.Context) (bool, error) {
+		err := lab.Poll(withTimeout(ctx, limit), 100*time.Millisecond, func(ctx context.Context) (bool, error) {
 			for _, m := range old {
 				if ok, err := k8sProgrammed(ctx, n, m); !ok {
 					return false, err
@@ -427,7 +428,10 @@ func TestPrivilegedK8sAPIServerOutage(t *testing.T) {
 		}
 	}
 	// A change after the outage reaches every agent.
-	k.join(t, ctx, n4, old, "join after the outage")
+	// client-go's reflectors re-list with a backoff of up to 30 s plus as
+	// much jitter after failed attempts, so an agent may need a minute to
+	// notice the API server is back.
+	k.join(t, ctx, n4, old, "join after the outage", 150*time.Second)
 	for _, n := range old {
 		if err := n.WaitReady(withTimeout(ctx, 60*time.Second)); err != nil {
 			t.Errorf("agent on %s not ready after the outage: %v", n.Name, err)
