@@ -317,6 +317,14 @@ func (d *deriver) findConflicts() {
 			c.blocked = true
 			d.problem(name(i), ReasonDuplicateKey, "node publishes the public key of the local node %q; not programmed; %s", d.selfName, d.consequence())
 		}
+		// The same for the local endpoint: every other agent blocks both
+		// claimants, so the local agent must not make the impostor a peer.
+		if c.endpointOK && slices.ContainsFunc(d.selfEndpoints, func(ep netip.AddrPort) bool {
+			return ep.Addr().IsValid() && netip.AddrPortFrom(ep.Addr().Unmap(), ep.Port()) == c.endpoint
+		}) {
+			c.blocked = true
+			d.problem(name(i), ReasonDuplicateEndpoint, "node publishes the endpoint %s of the local node %q; not programmed; %s", c.endpoint, d.selfName, d.consequence())
+		}
 	}
 }
 

@@ -295,6 +295,16 @@ func deriveCases() []deriveCase {
 			routes:   map[string]string{"10.244.9.0/24": "unreachable clone"},
 		},
 		{
+			// Every other agent blocks both claimants of an endpoint; the
+			// local agent must not make the impostor its peer either.
+			name:     "endpoint-of-local-node-on-another-node",
+			self:     Node{Name: "self", PublicKey: self.PublicKey},
+			nodes:    []Node{self, nodeA, node("impostor", 9, "198.18.0.1:51820", "10.244.9.0/24")},
+			peers:    []string{"a"},
+			problems: []string{"impostor DuplicateEndpoint"},
+			routes:   map[string]string{"10.244.9.0/24": "unreachable impostor"},
+		},
+		{
 			name: "many-nodes-share-a-key",
 			self: self,
 			nodes: []Node{self,

@@ -52,7 +52,7 @@ func (s *Source) Report(problems []mesh.Problem) {
 		return
 	}
 	store := s.informer.GetStore()
-	ring := newReporters(store.ListKeys())
+	ring := newReporters(healthy(store.ListKeys(), problems, s.o.NodeName))
 	for _, p := range fresh {
 		s.log.Warn("node problem", "node", p.Node, "reason", string(p.Reason), "detail", p.Detail)
 		if closed || p.Node == "" || p.Node != s.o.NodeName && !ring.reports(s.o.NodeName, p.Node) {
@@ -69,6 +69,24 @@ func (s *Source) Report(problems []mesh.Problem) {
 		ref := &corev1.ObjectReference{Kind: "Node", APIVersion: "v1", Name: n.Name, UID: n.UID}
 		s.recorder.Event(ref, corev1.EventTypeWarning, string(p.Reason), truncate(p.Detail, maxEventMessage))
 	}
+}
+
+// healthy returns the nodes that no problem names, and the local node: the
+// ones that demonstrably run a working agent. Only they may be reporters; a
+// ring over every node could hand a keyless node's Events to other nodes
+// without an agent, and then nobody would write them.
+func healthy(names []string, problems []mesh.Problem, self string) []string {
+	bad := make(map[string]bool, len(problems))
+	for _, p := range problems {
+		bad[p.Node] = true
+	}
+	out := names[:0:0]
+	for _, n := range names {
+		if !bad[n] || n == self {
+			out = append(out, n)
+		}
+	}
+	return out
 }
 
 // truncate shortens s to at most n bytes without splitting a UTF-8 sequence.
@@ -98,10 +116,20 @@ type ringEntry struct {
 	name string
 }
 
+// ringHash places a name on the ring. FNV-1a alone moves mostly the low bits
+// when only the last characters differ, so names like node-17 and node-18
+// would sit side by side and share their reporters; murmur3's 64-bit
+// finalizer spreads every input bit over the whole hash.
 func ringHash(name string) uint64 {
 	h := fnv.New64a()
 	h.Write([]byte(name))
-	return h.Sum64()
+	x := h.Sum64()
+	x ^= x >> 33
+	x *= 0xff51afd7ed558ccd
+	x ^= x >> 33
+	x *= 0xc4ceb9fe1a85ec53
+	x ^= x >> 33
+	return x
 }
 
 func newReporters(names []string) reporters {

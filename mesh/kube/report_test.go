@@ -153,25 +153,32 @@ func TestReporters(t *testing.T) {
 
 // TestReportOnlyAsReporter checks that an agent writes Events about other
 // nodes only when it is one of their reporters, and always about its own.
+// Reporters are drawn from the healthy nodes only (no problem names them), so
+// Events about agent-less nodes are never left to other agent-less nodes.
 func TestReportOnlyAsReporter(t *testing.T) {
 	objs := []runtime.Object{fatNode("self", nil, "198.18.0.1")}
-	names := []string{"self"}
-	for i := range 9 {
+	healthyNames := []string{"self"}
+	var broken []string
+	for i := range 30 {
 		name := fmt.Sprintf("n%d", i)
 		objs = append(objs, fatNode(name, nil))
-		names = append(names, name)
+		if i < 10 {
+			healthyNames = append(healthyNames, name)
+		} else {
+			broken = append(broken, name)
+		}
 	}
 	client := fake.NewClientset(objs...)
 	rec := record.NewFakeRecorder(100)
 	s := newSource(t, client, func(o *Options) { o.Recorder = rec })
 	start(t, client, s)
 
-	ring := newReporters(names)
-	var problems []mesh.Problem
-	want := map[string]bool{}
-	for _, n := range names {
+	ring := newReporters(healthyNames)
+	problems := []mesh.Problem{{Node: "self", Reason: mesh.ReasonNoKey, Detail: "about self"}}
+	want := map[string]bool{"Warning NoKey about self": true}
+	for _, n := range broken {
 		problems = append(problems, mesh.Problem{Node: n, Reason: mesh.ReasonNoKey, Detail: "about " + n})
-		want["Warning NoKey about "+n] = n == "self" || ring.reports("self", n)
+		want["Warning NoKey about "+n] = ring.reports("self", n)
 	}
 	s.Report(problems)
 	got := map[string]bool{}
@@ -187,7 +194,27 @@ func TestReportOnlyAsReporter(t *testing.T) {
 			n++
 		}
 	}
-	if n < 2 || n == len(names) {
-		t.Errorf("%d of %d problems reported as Events; the ring should pick some, not all", n, len(names))
+	if n < 2 || n == len(want) {
+		t.Errorf("%d of %d problems reported as Events; the ring should pick some, not all", n, len(want))
+	}
+}
+
+// TestReportAloneReportsAll: when every other node has a problem, the local
+// agent is the only one known to work and writes every Event itself.
+func TestReportAloneReportsAll(t *testing.T) {
+	objs := []runtime.Object{fatNode("self", nil, "198.18.0.1")}
+	var problems []mesh.Problem
+	for i := range 9 {
+		name := fmt.Sprintf("n%d", i)
+		objs = append(objs, fatNode(name, nil))
+		problems = append(problems, mesh.Problem{Node: name, Reason: mesh.ReasonNoKey, Detail: "about " + name})
+	}
+	client := fake.NewClientset(objs...)
+	rec := record.NewFakeRecorder(100)
+	s := newSource(t, client, func(o *Options) { o.Recorder = rec })
+	start(t, client, s)
+	s.Report(problems)
+	if got := recorded(rec); len(got) != len(problems) {
+		t.Errorf("wrote %d Events for %d problems of agent-less nodes: %q", len(got), len(problems), got)
 	}
 }
