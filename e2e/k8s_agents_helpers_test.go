@@ -83,15 +83,19 @@ func startK8sLab(t *testing.T, o k8sLabOptions) *k8sLab {
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	k := &k8sLab{Lab: l, wgmesh: bin, agents: map[string]*lab.Agent{}, kubeconfigs: map[string]string{}}
-	// The capture runs for the whole test, API traffic included (which
-	// carries no pod address, so it never counts as plaintext).
-	if k.capture, err = l.StartCapture(ctx); err != nil {
-		t.Fatal(err)
-	}
 	began := time.Now()
 	k.server, err = apiserver.Start(ctx, apiserver.Options{Dir: t.TempDir(), BinDir: binDir, NetNS: l.CP.NS, BindAddress: l.CP.Addr})
 	if err != nil {
 		t.Fatalf("start kube-apiserver in %s: %v", l.CP.NS, err)
+	}
+	// The capture runs from before the first agent to the end, API traffic
+	// included (it carries no pod address, so it never counts as
+	// plaintext). It starts only after the API server: apiserver.Start
+	// locks an OS thread for kube-apiserver's lifetime and lets it exit
+	// with the process, and a tcpdump forked earlier from that same thread
+	// would get its parent-death SIGKILL when StopAPIServer ends it.
+	if k.capture, err = l.StartCapture(ctx); err != nil {
+		t.Fatal(err)
 	}
 	t.Cleanup(func() {
 		if err := k.server.Stop(); err != nil {
