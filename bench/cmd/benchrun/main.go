@@ -58,6 +58,7 @@ func main() {
 	pinned := flag.Bool("pinned", true, "also run with each namespace's processes pinned to one core")
 	goBench := flag.Bool("go-bench", true, "run the Go benchmarks of ./bench, ./mesh, ./device and ./routing as well")
 	only := flag.String("only", "", "comma-separated competitor IDs to run (e.g. B2,B3); empty runs all")
+	alt := flag.String("alt-wgmesh", "", "a second wgmesh binary (e.g. built another way) run as competitor X5 next to B3")
 	experiments := flag.Bool("experiments", false, "also run the agent tuning experiments X1… (environment and link settings), for before/after measurements")
 	flag.Parse()
 	log.SetFlags(0)
@@ -91,6 +92,9 @@ func main() {
 		backends = append(backends, b4)
 		if *experiments {
 			backends = append(backends, experimentBackends(*wgmesh)...)
+		}
+		if *alt != "" {
+			backends = append(backends, wgmeshBackend("X5", "B3 with the binary "+*alt, *alt))
 		}
 		if *only != "" {
 			keep := map[string]bool{}
