@@ -295,6 +295,9 @@ func (s *fakeHost) observe(o Options) observed {
 			}
 		}
 	}
+	if len(s.routes) > 0 {
+		w.Ours.Routes = make([]route, 0, len(s.routes))
+	}
 	for _, r := range s.routes {
 		if r.Table == unix.RT_TABLE_MAIN && r.Dst.Bits() == 0 {
 			w.Defaults = append(w.Defaults, r)
@@ -302,6 +305,9 @@ func (s *fakeHost) observe(o Options) observed {
 		if ownsRoute(r) {
 			w.Ours.Routes = append(w.Ours.Routes, r)
 		}
+	}
+	if len(w.Ours.Routes) == 0 {
+		w.Ours.Routes = nil
 	}
 	for _, r := range s.rules {
 		if o.ownsRule(r) {

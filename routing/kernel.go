@@ -161,6 +161,9 @@ func (k *kernel) observe(ctx context.Context) (observed, error) {
 	if err != nil {
 		return w, err
 	}
+	if len(routes) > 0 {
+		w.Ours.Routes = make([]route, 0, len(routes))
+	}
 	for _, r := range routes {
 		if rt, ok := fromNLRoute(r, byIndex); ok && ownsRoute(rt) {
 			w.Ours.Routes = append(w.Ours.Routes, rt)

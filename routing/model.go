@@ -384,23 +384,30 @@ func sortedRules(rs []rule) []rule {
 }
 
 // sortedRoutes orders by family, table, destination and metric; the
-// rendered text (costly) only breaks the rare remaining ties.
+// rendered text (costly) only breaks the rare remaining ties. Input that is
+// in order already (what target makes of Derive's sorted routes) comes back
+// as it is, without a copy: callers only read the result.
 func sortedRoutes(rs []route) []route {
+	if slices.IsSortedFunc(rs, compareRoutes) {
+		return rs
+	}
 	rs = slices.Clone(rs)
-	slices.SortFunc(rs, func(a, b route) int {
-		if c := cmp.Compare(a.family(), b.family()); c != 0 {
-			return c
-		}
-		if c := cmp.Compare(a.Table, b.Table); c != 0 {
-			return c
-		}
-		if c := comparePrefix(a.Dst, b.Dst); c != 0 {
-			return c
-		}
-		if c := cmp.Compare(a.Metric, b.Metric); c != 0 {
-			return c
-		}
-		return cmp.Compare(a.spec(), b.spec())
-	})
+	slices.SortFunc(rs, compareRoutes)
 	return rs
+}
+
+func compareRoutes(a, b route) int {
+	if c := cmp.Compare(a.family(), b.family()); c != 0 {
+		return c
+	}
+	if c := cmp.Compare(a.Table, b.Table); c != 0 {
+		return c
+	}
+	if c := comparePrefix(a.Dst, b.Dst); c != 0 {
+		return c
+	}
+	if c := cmp.Compare(a.Metric, b.Metric); c != 0 {
+		return c
+	}
+	return cmp.Compare(a.spec(), b.spec())
 }

@@ -95,7 +95,15 @@ func (o Options) target(d mesh.Desired, w observed) (want ours, notes []error) {
 		}
 	}
 
-	seen := map[netip.Prefix]bool{}
+	// seen catches duplicate destinations. Derive's routes are sorted by
+	// destination, so none can repeat and the map is not needed.
+	var seen map[netip.Prefix]bool
+	if !strictlySortedDsts(d.Routes) {
+		seen = make(map[netip.Prefix]bool, len(d.Routes))
+	}
+	if len(d.Routes) > 0 {
+		want.Routes = make([]route, 0, len(d.Routes))
+	}
 	for _, r := range d.Routes {
 		if !r.Dst.IsValid() {
 			notes = append(notes, fmt.Errorf("route for node %q: invalid destination: skipped", r.Node))
@@ -108,7 +116,9 @@ func (o Options) target(d mesh.Desired, w observed) (want ours, notes []error) {
 			// would be a Derive bug, and the first one wins.
 			continue
 		}
-		seen[dst] = true
+		if seen != nil {
+			seen[dst] = true
+		}
 		rt := route{Table: o.Table, Dst: dst, Protocol: RouteProtocol, Metric: defaultMetric(f)}
 		switch r.Kind {
 		case mesh.ViaTunnel:
@@ -140,6 +150,23 @@ func (o Options) target(d mesh.Desired, w observed) (want ours, notes []error) {
 		want.Filter = f
 	}
 	return want, notes
+}
+
+// strictlySortedDsts reports whether the valid destinations of rs, masked,
+// are in strictly increasing order, which rules out duplicates.
+func strictlySortedDsts(rs []mesh.Route) bool {
+	var prev netip.Prefix
+	for _, r := range rs {
+		if !r.Dst.IsValid() {
+			continue
+		}
+		dst := r.Dst.Masked()
+		if prev.IsValid() && comparePrefix(prev, dst) >= 0 {
+			return false
+		}
+		prev = dst
+	}
+	return true
 }
 
 // linkMTU is the MTU the tunnel interface should have: Options.MTU, else
@@ -327,17 +354,33 @@ func plan(iface string, have, want ours) []op {
 	// instead of falling through to the main table in plaintext.
 	flush4 := hasFamily(have.Addrs, v4) && !hasFamily(want.Addrs, v4)
 	var readd []route
-	haveRoutes := setOf(have.Routes)
-	for _, r := range sortedRoutes(want.Routes) {
-		if flush4 && r.family() == v4 && r.Type == typeUnicast && r.Dev == iface {
-			blocked := r
-			blocked.Type, blocked.Dev, blocked.Src = typeUnreachable, "", netip.Addr{}
-			ops = append(ops, op{kind: opReplaceRoute, route: blocked})
-			readd = append(readd, r)
-			continue
-		}
-		if !haveRoutes[r] {
-			ops = append(ops, op{kind: opReplaceRoute, route: r})
+	// Routes are compared as whole values; a key match alone (same table,
+	// destination, metric) only keeps the old one from being deleted.
+	// keep[i] reports whether a wanted route shares have.Routes[i]'s key.
+	// same is the periodic resync: nothing to replace, nothing to delete.
+	// Checking costs one pass when both lists come in the same order; any
+	// difference ends the comparison at once.
+	same := !flush4 && slices.Equal(have.Routes, want.Routes)
+	var keep []bool
+	if !same {
+		keep = make([]bool, len(have.Routes))
+		haveRoutes := indexRoutes(have.Routes)
+		for _, r := range sortedRoutes(want.Routes) {
+			found := false
+			for i := haveRoutes.first(r.key()); i >= 0; i = haveRoutes.next[i] {
+				keep[i] = true
+				found = found || have.Routes[i] == r
+			}
+			if flush4 && r.family() == v4 && r.Type == typeUnicast && r.Dev == iface {
+				blocked := r
+				blocked.Type, blocked.Dev, blocked.Src = typeUnreachable, "", netip.Addr{}
+				ops = append(ops, op{kind: opReplaceRoute, route: blocked})
+				readd = append(readd, r)
+				continue
+			}
+			if !found {
+				ops = append(ops, op{kind: opReplaceRoute, route: r})
+			}
 		}
 	}
 	for _, r := range sortedRules(want.Rules) {
@@ -362,16 +405,17 @@ func plan(iface string, have, want ours) []op {
 			ops = append(ops, op{kind: opDelRule, rule: r})
 		}
 	}
-	wantKeys := map[routeKey]bool{}
-	for _, r := range want.Routes {
-		wantKeys[r.key()] = true
-	}
-	// Routes are compared as whole values; a key match alone (same table,
-	// destination, metric) only keeps the old one from being deleted.
-	for _, r := range sortedRoutes(have.Routes) {
-		// A route whose key a wanted route shares was overwritten by the
-		// replace above; deleting it would delete the new one.
-		if !wantKeys[r.key()] {
+	// A route whose key a wanted route shares was overwritten by the
+	// replace above; deleting it would delete the new one. Only the stale
+	// routes are sorted, not all of have.
+	if !same {
+		var stale []route
+		for i, r := range have.Routes {
+			if !keep[i] {
+				stale = append(stale, r)
+			}
+		}
+		for _, r := range sortedRoutes(stale) {
 			ops = append(ops, op{kind: opDelRoute, route: r})
 		}
 	}
@@ -387,6 +431,38 @@ func plan(iface string, have, want ours) []op {
 		ops = append(ops, op{kind: opDelFilter})
 	}
 	return ops
+}
+
+// routeIndex finds the routes of a list by key. The kernel may report
+// several routes with one key (they differ in what the model does not
+// hold, such as TOS), so each key leads to a chain of indexes.
+type routeIndex struct {
+	head map[routeKey]int
+	// next[i] is the next index with the key of route i, -1 at the end.
+	next []int
+}
+
+func indexRoutes(rs []route) routeIndex {
+	x := routeIndex{head: make(map[routeKey]int, len(rs)), next: make([]int, len(rs))}
+	// Backwards, so that each chain runs in list order.
+	for i := len(rs) - 1; i >= 0; i-- {
+		k := rs[i].key()
+		if j, ok := x.head[k]; ok {
+			x.next[i] = j
+		} else {
+			x.next[i] = -1
+		}
+		x.head[k] = i
+	}
+	return x
+}
+
+// first is the first index of a route with key k, -1 if there is none.
+func (x routeIndex) first(k routeKey) int {
+	if i, ok := x.head[k]; ok {
+		return i
+	}
+	return -1
 }
 
 func setOf[T comparable](xs []T) map[T]bool {

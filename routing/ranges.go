@@ -39,6 +39,9 @@ func lastAddr(p netip.Prefix) netip.Addr {
 // non-adjacent ranges.
 func rangesOf(ps []netip.Prefix, f family) []ipRange {
 	var rs []ipRange
+	if len(ps) > 0 {
+		rs = make([]ipRange, 0, len(ps))
+	}
 	for _, p := range ps {
 		if !p.IsValid() {
 			continue
@@ -134,9 +137,13 @@ func highest(f family) netip.Addr {
 }
 
 // rangesMerge joins adjacent or overlapping ranges sorted by From: a range
-// starting inside the previous one or right after it extends it.
+// starting inside the previous one or right after it extends it. It merges
+// in place, overwriting rs; an empty rs gives nil.
 func rangesMerge(rs []ipRange) []ipRange {
 	var out []ipRange
+	if len(rs) > 0 {
+		out = rs[:0]
+	}
 	for _, r := range rs {
 		if n := len(out); n > 0 {
 			last := &out[n-1]
@@ -154,6 +161,10 @@ func rangesMerge(rs []ipRange) []ipRange {
 
 // diffRanges returns the ranges only in want (add) and only in have (del).
 func diffRanges(have, want []ipRange) (add, del []ipRange) {
+	if slices.Equal(have, want) {
+		// The usual resync: no set needs building.
+		return nil, nil
+	}
 	haveSet, wantSet := setOf(have), setOf(want)
 	for _, w := range want {
 		if !haveSet[w] {
