@@ -2,6 +2,7 @@ package routing
 
 import (
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"slices"
 
@@ -319,6 +320,11 @@ func (o op) String() string {
 	}
 	return fmt.Sprintf("op %d", o.kind)
 }
+
+// LogValue logs the op as String does, computed only when the record is
+// logged: a first Apply makes tens of thousands of ops, whose debug lines
+// are usually off.
+func (o op) LogValue() slog.Value { return slog.StringValue(o.String()) }
 
 // plan returns the ops that turn have into want, adds and replaces before
 // deletes (with one exception, see flush4). have holds only our own entries, so deleting everything in have

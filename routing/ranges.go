@@ -24,15 +24,34 @@ func (r ipRange) String() string {
 	return r.From.String() + "-" + r.To.String()
 }
 
-// lastAddr is the highest address of p.
+// lastAddr is the highest address of p. It works on arrays, not slices:
+// rangesOf calls it for every strict source on every Apply.
 func lastAddr(p netip.Prefix) netip.Addr {
 	p = p.Masked()
-	b := p.Addr().AsSlice()
-	for i := p.Bits(); i < len(b)*8; i++ {
-		b[i/8] |= 0x80 >> (i % 8)
+	if !p.IsValid() {
+		return netip.Addr{}
 	}
-	a, _ := netip.AddrFromSlice(b)
-	return a
+	if a := p.Addr(); a.Is4() {
+		b := a.As4()
+		setHostBits(b[:], p.Bits())
+		return netip.AddrFrom4(b)
+	}
+	b := p.Addr().As16()
+	setHostBits(b[:], p.Bits())
+	return netip.AddrFrom16(b)
+}
+
+// setHostBits sets every bit of b after the first bits ones.
+func setHostBits(b []byte, bits int) {
+	for i := bits; i < len(b)*8; {
+		if i%8 == 0 {
+			b[i/8] = 0xff
+			i += 8
+			continue
+		}
+		b[i/8] |= 0x80 >> (i % 8)
+		i++
+	}
 }
 
 // rangesOf merges the prefixes of family f into sorted, disjoint,

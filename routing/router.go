@@ -111,7 +111,7 @@ func (r *router) run(ctx context.Context, ops []op) (errs []error, warns []strin
 			continue
 		}
 		if err == nil {
-			r.log.Debug("applied", "op", o.String())
+			r.log.Debug("applied", "op", o)
 			continue
 		}
 		if o.kind == opSetMTU {
@@ -137,7 +137,7 @@ func (r *router) run(ctx context.Context, ops []op) (errs []error, warns []strin
 // still missing somewhere it matters, "" otherwise.
 func (r *router) srcValidMark(ctx context.Context, o op, err error) string {
 	if err == nil {
-		r.log.Debug("applied", "op", o.String())
+		r.log.Debug("applied", "op", o)
 		return ""
 	}
 	var done, failed []string
