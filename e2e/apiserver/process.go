@@ -64,6 +64,12 @@ func (s *Server) spawn(name, bin string, args ...string) (*process, error) {
 		}
 		started <- nil
 		p.err = cmd.Wait()
+		// The child is gone: hand the thread back instead of letting Go end
+		// it with the goroutine, which would fire the parent-death signal of
+		// any other process later forked from this thread (the lab's tcpdump
+		// died that way when a test stopped kube-apiserver). The thread never
+		// entered a namespace, so it is clean to reuse.
+		runtime.UnlockOSThread()
 		logf.Close()
 		close(p.done)
 	}()
