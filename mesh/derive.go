@@ -266,7 +266,12 @@ func (d *deriver) collectOthers(nodes []Node) {
 		switch {
 		case hasReason(n, ReasonInvalidEndpoint):
 		case !ep.Addr().IsValid():
-			d.problem(n.Name, ReasonNoEndpoint, "node has published no WireGuard endpoint; %s", d.consequence())
+			// A node without key and endpoint runs no agent: NoKey says so,
+			// and a second problem would send the operator looking for a
+			// missing address.
+			if c.keyOK || hasReason(n, ReasonInvalidKey) {
+				d.problem(n.Name, ReasonNoEndpoint, "node has published no WireGuard endpoint; %s", d.consequence())
+			}
 		case !usableEndpointAddr(ep.Addr()):
 			d.problem(n.Name, ReasonInvalidEndpoint, "endpoint %s is not a unicast address; %s", ep, d.consequence())
 		case ep.Port() == 0:

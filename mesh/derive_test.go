@@ -395,7 +395,7 @@ func deriveCases() []deriveCase {
 				node("keyless", 0, "", "10.244.1.0/24"),
 			},
 			peers:    []string{"a"},
-			problems: []string{"a CIDROverlap", "keyless CIDROverlap", "keyless NoEndpoint", "keyless NoKey"},
+			problems: []string{"a CIDROverlap", "keyless CIDROverlap", "keyless NoKey"},
 			routes:   map[string]string{"10.244.1.0/24": "unreachable -", "fd00:10:244:1::/64": "tunnel a"},
 		},
 		{
@@ -474,7 +474,7 @@ func deriveCases() []deriveCase {
 				withLabels(node("linux", 0, "", "10.244.6.0/24"), "kubernetes.io/os", "linux"),
 			},
 			opts:        func(o *Options) { o.Unmanaged = windowsUnmanaged },
-			problems:    []string{"linux NoEndpoint", "linux NoKey", "win Unmanaged"},
+			problems:    []string{"linux NoKey", "win Unmanaged"},
 			unencrypted: []string{"win"},
 			routes:      map[string]string{"10.244.5.0/24": "throw win", "10.244.6.0/24": "unreachable linux"},
 		},
@@ -503,7 +503,7 @@ func deriveCases() []deriveCase {
 				o.KeepOutside = []netip.Addr{netip.MustParseAddr("192.0.2.100")}
 			},
 			peers:    []string{"a"},
-			problems: []string{"keyless NoEndpoint", "keyless NoKey"},
+			problems: []string{"keyless NoKey"},
 			allowed:  map[string][]string{"a": {"10.244.1.0/24", "192.0.2.2/32", "fd00:10:244:1::/64", "fd00:198:18::2/128"}},
 			routes: map[string]string{
 				"198.18.0.2/32":  "throw a",

@@ -138,7 +138,11 @@ func printVerify(w io.Writer, rep kube.VerifyReport) bool {
 		}
 	}
 	if len(rep.Unencrypted) > 0 {
-		fmt.Fprintf(w, "\nPod traffic of these %d nodes is NOT encrypted: %s\n", len(rep.Unencrypted), strings.Join(rep.Unencrypted, ", "))
+		noun := "these nodes"
+		if len(rep.Unencrypted) == 1 {
+			noun = "this node"
+		}
+		fmt.Fprintf(w, "\nPod traffic of %s is NOT encrypted: %s\n", noun, strings.Join(rep.Unencrypted, ", "))
 	} else {
 		fmt.Fprintln(w, "\nNodes with problems are unreachable from the mesh (strict mode), not plaintext, until fixed.")
 	}
