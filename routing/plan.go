@@ -1,6 +1,7 @@
 package routing
 
 import (
+	"encoding/binary"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -362,20 +363,23 @@ func plan(iface string, have, want ours) []op {
 	var readd []route
 	// Routes are compared as whole values; a key match alone (same table,
 	// destination, metric) only keeps the old one from being deleted.
-	// keep[i] reports whether a wanted route shares have.Routes[i]'s key.
 	// same is the periodic resync: nothing to replace, nothing to delete.
 	// Checking costs one pass when both lists come in the same order; any
 	// difference ends the comparison at once.
 	same := !flush4 && slices.Equal(have.Routes, want.Routes)
+	// keep[i] reports whether a wanted route shares have.Routes[i]'s key.
 	var keep []bool
 	if !same {
 		keep = make([]bool, len(have.Routes))
 		haveRoutes := indexRoutes(have.Routes)
 		for _, r := range sortedRoutes(want.Routes) {
 			found := false
-			for i := haveRoutes.first(r.key()); i >= 0; i = haveRoutes.next[i] {
-				keep[i] = true
-				found = found || have.Routes[i] == r
+			k := r.key()
+			for i := haveRoutes.first(r.Dst); i >= 0; i = haveRoutes.next[i] {
+				if h := &have.Routes[i]; h.key() == k {
+					keep[i] = true
+					found = found || *h == r
+				}
 			}
 			if flush4 && r.family() == v4 && r.Type == typeUnicast && r.Dev == iface {
 				blocked := r
@@ -439,33 +443,50 @@ func plan(iface string, have, want ours) []op {
 	return ops
 }
 
-// routeIndex finds the routes of a list by key. The kernel may report
-// several routes with one key (they differ in what the model does not
-// hold, such as TOS), so each key leads to a chain of indexes.
+// routeIndex finds the routes of a list by destination; the caller
+// compares the rest of the key. The kernel may report several routes with
+// one destination (other tables or metrics, or differences the model does
+// not hold, such as TOS), so each destination leads to a chain of indexes.
 type routeIndex struct {
-	head map[routeKey]int
-	// next[i] is the next index with the key of route i, -1 at the end.
-	next []int
+	head map[dstKey]int32
+	// next[i] is the next index with the destination of route i, -1 at
+	// the end.
+	next []int32
+}
+
+// dstKey is a destination prefix as a map key without pointers (a
+// netip.Addr holds one), which makes it cheap to hash and spares the
+// garbage collector from scanning the map.
+type dstKey struct{ hi, lo, meta uint64 }
+
+func dstKeyOf(p netip.Prefix) dstKey {
+	a := p.Addr()
+	b := a.As16()
+	meta := uint64(p.Bits() + 1) // -1 for an invalid prefix
+	if a.Is4() {
+		meta |= 1 << 8
+	}
+	return dstKey{binary.BigEndian.Uint64(b[:8]), binary.BigEndian.Uint64(b[8:]), meta}
 }
 
 func indexRoutes(rs []route) routeIndex {
-	x := routeIndex{head: make(map[routeKey]int, len(rs)), next: make([]int, len(rs))}
+	x := routeIndex{head: make(map[dstKey]int32, len(rs)), next: make([]int32, len(rs))}
 	// Backwards, so that each chain runs in list order.
 	for i := len(rs) - 1; i >= 0; i-- {
-		k := rs[i].key()
+		k := dstKeyOf(rs[i].Dst)
 		if j, ok := x.head[k]; ok {
 			x.next[i] = j
 		} else {
 			x.next[i] = -1
 		}
-		x.head[k] = i
+		x.head[k] = int32(i)
 	}
 	return x
 }
 
-// first is the first index of a route with key k, -1 if there is none.
-func (x routeIndex) first(k routeKey) int {
-	if i, ok := x.head[k]; ok {
+// first is the first index of a route to dst, -1 if there is none.
+func (x routeIndex) first(dst netip.Prefix) int32 {
+	if i, ok := x.head[dstKeyOf(dst)]; ok {
 		return i
 	}
 	return -1

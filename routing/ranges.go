@@ -58,8 +58,14 @@ func setHostBits(b []byte, bits int) {
 // non-adjacent ranges.
 func rangesOf(ps []netip.Prefix, f family) []ipRange {
 	var rs []ipRange
-	if len(ps) > 0 {
-		rs = make([]ipRange, 0, len(ps))
+	n := 0
+	for _, p := range ps {
+		if p.IsValid() && familyOf(p.Addr()) == f {
+			n++
+		}
+	}
+	if n > 0 {
+		rs = make([]ipRange, 0, n)
 	}
 	for _, p := range ps {
 		if !p.IsValid() {
@@ -71,7 +77,11 @@ func rangesOf(ps []netip.Prefix, f family) []ipRange {
 		}
 		rs = append(rs, ipRange{p.Addr(), lastAddr(p)})
 	}
-	slices.SortFunc(rs, func(a, b ipRange) int { return a.From.Compare(b.From) })
+	// Derive's strict sources come sorted.
+	byFrom := func(a, b ipRange) int { return a.From.Compare(b.From) }
+	if !slices.IsSortedFunc(rs, byFrom) {
+		slices.SortFunc(rs, byFrom)
+	}
 	return rangesMerge(rs)
 }
 
