@@ -24,19 +24,19 @@ import (
 // the veth (ul1, 198.18.0.2/24) that can send packets from a remote pod
 // address (10.244.2.5).
 type lab struct {
-	t        *testing.T
+	t        testing.TB
 	ns, peer string
 	h        netns.NsHandle
 }
 
-func requireRoot(t *testing.T) {
+func requireRoot(t testing.TB) {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root (network namespaces, netlink, nftables)")
 	}
 }
 
-func newLab(t *testing.T) *lab {
+func newLab(t testing.TB) *lab {
 	requireRoot(t)
 	suffix := fmt.Sprintf("%d-%06x", os.Getpid(), rand.Uint32()&0xffffff)
 	l := &lab{t: t, ns: "wgrt-" + suffix, peer: "wgrp-" + suffix}
