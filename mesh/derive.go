@@ -235,6 +235,7 @@ func usableEndpointAddr(a netip.Addr) bool {
 }
 
 func (d *deriver) collectOthers(nodes []Node) {
+	d.cands = make([]candidate, 0, len(nodes))
 	for i := range nodes {
 		n := &nodes[i]
 		if n.Name == d.selfName {
@@ -290,7 +291,7 @@ func (d *deriver) collectOthers(nodes []Node) {
 // other or with the local node) or an endpoint. Every member of a conflict is
 // blocked and reported: Derive cannot know which one is genuine.
 func (d *deriver) findConflicts() {
-	var managed []int
+	managed := make([]int, 0, len(d.cands))
 	for i := range d.cands {
 		if !d.cands[i].unmanaged {
 			managed = append(managed, i)
@@ -336,7 +337,7 @@ func (d *deriver) findConflicts() {
 // groups sorts the members of idx that pass keep by cmpFn and calls report
 // for every member of each group of equal ones, blocking them.
 func (d *deriver) groups(idx []int, keep func(int) bool, cmpFn func(a, b int) int, report func(i int, others string)) {
-	var s []int
+	s := make([]int, 0, len(idx))
 	for _, i := range idx {
 		if keep(i) {
 			s = append(s, i)
@@ -392,6 +393,11 @@ func (d *deriver) collectKeepOutside() {
 			}
 		}
 	}
+	n := len(d.selfEndpoints) + len(d.ownHosts) + len(d.o.KeepOutside)
+	for i := range d.cands {
+		n += 1 + len(d.cands[i].node.HostIPs)
+	}
+	d.keep = make([]keepOut, 0, n)
 	for i := range d.cands {
 		c := &d.cands[i]
 		if a := c.endpoint.Addr(); usableEndpointAddr(a) {
@@ -728,7 +734,7 @@ func (d *deriver) build() Desired {
 	// Peers' endpoints and the API server are reached outside the tunnel:
 	// with HostEncryption they get Throw routes, and so does any address
 	// inside a wider claim's route. The local node's addresses are local.
-	var keepRoutes []Route
+	keepRoutes := make([]Route, 0, len(d.keep))
 	for _, k := range d.keep {
 		if !d.familyEnabled(k.addr) || k.cand == keepSelf {
 			continue
