@@ -398,13 +398,11 @@ func (d *deriver) collectKeepOutside() {
 		n += 1 + len(d.cands[i].node.HostIPs)
 	}
 	d.keep = make([]keepOut, 0, n)
-	for i := range d.cands {
-		c := &d.cands[i]
-		if a := c.endpoint.Addr(); usableEndpointAddr(a) {
-			d.keep = append(d.keep, keepOut{addr: a, cand: i})
-		}
-		addHosts(i, c.node.HostIPs)
-	}
+	// The few local and option addresses go first: appended after the
+	// nodes' they would have to travel the whole list in the sort below,
+	// which is nearly free when the nodes come in address order. Entries
+	// the sort finds equal are interchangeable, so this order does not
+	// change the result.
 	for _, ep := range d.selfEndpoints {
 		if a := ep.Addr().Unmap(); usableEndpointAddr(a) {
 			d.keep = append(d.keep, keepOut{addr: a, cand: keepSelf})
@@ -415,6 +413,13 @@ func (d *deriver) collectKeepOutside() {
 		if a = a.Unmap().WithZone(""); a.IsValid() {
 			d.keep = append(d.keep, keepOut{addr: a, cand: keepOption})
 		}
+	}
+	for i := range d.cands {
+		c := &d.cands[i]
+		if a := c.endpoint.Addr(); usableEndpointAddr(a) {
+			d.keep = append(d.keep, keepOut{addr: a, cand: i})
+		}
+		addHosts(i, c.node.HostIPs)
 	}
 	slices.SortFunc(d.keep, func(a, b keepOut) int {
 		// Options first, then the local node, then by node name, so this
