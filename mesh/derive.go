@@ -2,6 +2,7 @@ package mesh
 
 import (
 	"cmp"
+	"encoding/binary"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -109,6 +110,9 @@ type deriver struct {
 	order []int
 	// keep are the addresses that never go through the tunnel, sorted.
 	keep []keepOut
+	// keepKeys holds keep's addresses in the same order, as pointer-free
+	// keys that searchKeep compares without calls.
+	keepKeys []addrKey
 
 	problems []Problem
 }
@@ -435,6 +439,33 @@ func (d *deriver) collectKeepOutside() {
 		}
 		return compareBool(a.host, b.host)
 	})
+	d.keepKeys = make([]addrKey, len(d.keep))
+	for i := range d.keep {
+		d.keepKeys[i] = keyOf(d.keep[i].addr)
+	}
+}
+
+// addrKey is an address without its zone, ordered like netip.Addr.Compare
+// orders addresses: by length, then by value.
+type addrKey struct {
+	hi, lo uint64
+	bits   int
+}
+
+func keyOf(a netip.Addr) addrKey {
+	b := a.As16()
+	return addrKey{hi: binary.BigEndian.Uint64(b[:8]), lo: binary.BigEndian.Uint64(b[8:]), bits: a.BitLen()}
+}
+
+// less reports whether k orders before o.
+func (k addrKey) less(o addrKey) bool {
+	if k.bits != o.bits {
+		return k.bits < o.bits
+	}
+	if k.hi != o.hi {
+		return k.hi < o.hi
+	}
+	return k.lo < o.lo
 }
 
 // keepName is the name of the node whose endpoint k is ("" for options).
@@ -465,8 +496,23 @@ func (d *deriver) describeKeep(k keepOut) string {
 
 // searchKeep returns the index of the first keep-outside address >= a.
 func (d *deriver) searchKeep(a netip.Addr) int {
-	i, _ := slices.BinarySearchFunc(d.keep, a, func(k keepOut, a netip.Addr) int { return k.addr.Compare(a) })
-	return i
+	if a.Zone() != "" {
+		i, _ := slices.BinarySearchFunc(d.keep, a, func(k keepOut, a netip.Addr) int { return k.addr.Compare(a) })
+		return i
+	}
+	// Without a zone, a orders after every address whose key is less, and
+	// not after any other: zoned addresses order after their unzoned form.
+	q := keyOf(a)
+	lo, hi := 0, len(d.keepKeys)
+	for lo < hi {
+		m := int(uint(lo+hi) >> 1)
+		if d.keepKeys[m].less(q) {
+			lo = m + 1
+		} else {
+			hi = m
+		}
+	}
+	return lo
 }
 
 // isEndpointOrOption reports whether a is an endpoint or an option's
