@@ -76,9 +76,25 @@ func diff(cur *wgtypes.Device, want mesh.DeviceConfig, sent map[wgtypes.Key]neti
 	if cur == nil {
 		cur = &wgtypes.Device{}
 	}
-	wants, err := validate(want)
-	if err != nil {
-		return plan{}, err
+	// Last occurrence wins, should a device ever report a key twice.
+	index := make(map[wgtypes.Key]int32, len(cur.Peers))
+	for i := range cur.Peers {
+		index[cur.Peers[i].PublicKey] = int32(i)
+	}
+	// A device without peers gets every one added, which validate does
+	// best: scan pays off only when most peers are matched.
+	var wants []wantPeer
+	var gone []wgtypes.Key
+	ok := false
+	if len(index) > 0 {
+		wants, gone, ok = scan(cur, want, sent, index)
+	}
+	if !ok {
+		var err error
+		if wants, err = validate(want); err != nil {
+			return plan{}, err
+		}
+		gone = goneKeys(index, wants)
 	}
 
 	var p plan
@@ -101,21 +117,17 @@ func diff(cur *wgtypes.Device, want mesh.DeviceConfig, sent map[wgtypes.Key]neti
 		p.Summary.FwMark = true
 	}
 
-	current := make(map[wgtypes.Key]*wgtypes.Peer, len(cur.Peers))
-	for i := range cur.Peers {
-		current[cur.Peers[i].PublicKey] = &cur.Peers[i]
-	}
-
+	// Peers scan found in sync are not in wants; they count as unchanged.
+	p.Summary.Unchanged = len(want.Peers) - len(wants)
 	var scratch []netip.Prefix
-	matched := 0
 	for _, w := range wants {
-		c, ok := current[w.key]
+		j, ok := index[w.key]
 		if !ok {
 			grant.Peers = append(grant.Peers, newPeerConfig(w))
 			p.Summary.Added++
 			continue
 		}
-		matched++
+		c := &cur.Peers[j]
 		// have lives in a scratch buffer reused for every peer; intersect
 		// and subtract copy what they keep.
 		scratch = appendCurrentPrefixes(scratch[:0], c.AllowedIPs)
@@ -160,17 +172,8 @@ func diff(cur *wgtypes.Device, want mesh.DeviceConfig, sent map[wgtypes.Key]neti
 		}
 	}
 
-	// Removals go first, in key order for deterministic output. Only when
-	// some current peer matched no desired one is current searched for
-	// them (wants is sorted by key), so a resync pays nothing here.
-	if matched < len(current) {
-		var gone []wgtypes.Key
-		for k := range current {
-			if _, found := slices.BinarySearchFunc(wants, k, compareKey); !found {
-				gone = append(gone, k)
-			}
-		}
-		slices.SortFunc(gone, func(a, b wgtypes.Key) int { return bytes.Compare(a[:], b[:]) })
+	// Removals go first, in key order for deterministic output.
+	if len(gone) > 0 {
 		removals := make([]wgtypes.PeerConfig, 0, len(gone)+len(withdraw.Peers))
 		for _, k := range gone {
 			removals = append(removals, wgtypes.PeerConfig{PublicKey: k, Remove: true})
@@ -186,6 +189,153 @@ func diff(cur *wgtypes.Device, want mesh.DeviceConfig, sent map[wgtypes.Key]neti
 		p.Grant = grant
 	}
 	return p, nil
+}
+
+// goneKeys returns the keys of index that no peer of wants (sorted by key)
+// has, sorted. Only when some current peer matched no desired one is
+// wants searched for them, so a resync pays nothing here.
+func goneKeys(index map[wgtypes.Key]int32, wants []wantPeer) []wgtypes.Key {
+	matched := 0
+	for _, w := range wants {
+		if _, ok := index[w.key]; ok {
+			matched++
+		}
+	}
+	if matched == len(index) {
+		return nil
+	}
+	var gone []wgtypes.Key
+	for k := range index {
+		if _, found := slices.BinarySearchFunc(wants, k, compareKey); !found {
+			gone = append(gone, k)
+		}
+	}
+	slices.SortFunc(gone, func(a, b wgtypes.Key) int { return bytes.Compare(a[:], b[:]) })
+	return gone
+}
+
+// scan is diff's fast path for the common reconcile, where few peers or
+// none changed. It applies validate's checks and diff's comparisons in one
+// pass over the desired peers in their given order, and returns only the
+// peers that are new or may differ (validated, normalized, sorted by key,
+// as validate would return them), and the current peers that are gone
+// (sorted by key). Peers in sync cost a map lookup per key and prefix: no
+// sort, no conversion to slices. Whenever it is unsure (an invalid
+// configuration, a key listed twice, a prefix listed for two peers) it
+// returns ok false, and diff takes the general path, which decides and
+// reports exactly as before.
+func scan(cur *wgtypes.Device, want mesh.DeviceConfig, sent map[wgtypes.Key]netip.AddrPort, index map[wgtypes.Key]int32) (wants []wantPeer, gone []wgtypes.Key, ok bool) {
+	if want.PrivateKey.IsZero() || want.ListenPort < 0 || want.ListenPort > 65535 {
+		return nil, nil, false
+	}
+	matched := make([]bool, len(cur.Peers))
+	nmatched := 0
+	total := 0
+	for i := range want.Peers {
+		total += len(want.Peers[i].AllowedIPs)
+	}
+	owner := make(map[netip.Prefix]int32, total)
+	// The normalized prefixes of every peer returned, carved out of one
+	// array as in validate.
+	var prefixes []netip.Prefix
+	self := want.PrivateKey.PublicKey()
+	var wantBuf, haveBuf []netip.Prefix
+	for i := range want.Peers {
+		pe := &want.Peers[i]
+		if pe.PublicKey.IsZero() || pe.PublicKey == self ||
+			pe.Keepalive < 0 || pe.Keepalive > 65535*time.Second ||
+			(pe.Endpoint.IsValid() && pe.Endpoint.Port() == 0) {
+			return nil, nil, false
+		}
+		key := wgtypes.Key(pe.PublicKey)
+		wantBuf = wantBuf[:0]
+		for _, pfx := range pe.AllowedIPs {
+			if !pfx.IsValid() {
+				return nil, nil, false
+			}
+			pfx = normPrefix(pfx)
+			if o, dup := owner[pfx]; dup && o != int32(i) {
+				return nil, nil, false
+			}
+			owner[pfx] = int32(i)
+			wantBuf = append(wantBuf, pfx)
+		}
+		ep := netip.AddrPortFrom(pe.Endpoint.Addr().Unmap(), pe.Endpoint.Port())
+		ka := int(pe.Keepalive / time.Second)
+		j, found := index[key]
+		if found {
+			if matched[j] {
+				return nil, nil, false
+			}
+			matched[j] = true
+			nmatched++
+			c := &cur.Peers[j]
+			roamed := c.Endpoint != nil && sent[key] == ep
+			if samePrefixes(c.AllowedIPs, wantBuf, &haveBuf) &&
+				(!ep.IsValid() || sameEndpoint(c.Endpoint, ep) || roamed) &&
+				int(c.PersistentKeepaliveInterval/time.Second) == ka {
+				continue
+			}
+		}
+		w := wantPeer{peer: *pe, key: key, ka: ka}
+		w.peer.Endpoint = ep
+		if len(wantBuf) > 0 {
+			start := len(prefixes)
+			prefixes = append(prefixes, wantBuf...)
+			n := len(prefixes)
+			w.allowed = sortPrefixes(prefixes[start:n:n])
+		}
+		wants = append(wants, w)
+	}
+	if nmatched < len(index) {
+		for j := range cur.Peers {
+			k := cur.Peers[j].PublicKey
+			if !matched[j] && index[k] == int32(j) {
+				gone = append(gone, k)
+			}
+		}
+		slices.SortFunc(gone, func(a, b wgtypes.Key) int { return bytes.Compare(a[:], b[:]) })
+	}
+	// A key listed twice that is not a current peer's shows up as
+	// neighbours once sorted.
+	wants = sortByKey(wants)
+	for i := 1; i < len(wants); i++ {
+		if wants[i].key == wants[i-1].key {
+			return nil, nil, false
+		}
+	}
+	return wants, gone, true
+}
+
+// samePrefixes reports whether the valid prefixes of have, as a set, equal
+// want (normalized, possibly repeated). Few prefixes per peer are the rule,
+// and comparing each with each then beats sorting; buf is scratch for the
+// sorted comparison of larger sets.
+func samePrefixes(have []net.IPNet, want []netip.Prefix, buf *[]netip.Prefix) bool {
+	if len(have)*len(want) > 64 {
+		h := appendCurrentPrefixes((*buf)[:0], have)
+		*buf = h
+		return slices.Equal(h, sortPrefixes(slices.Clone(want)))
+	}
+	for _, n := range have {
+		p, ok := prefixFromIPNet(n)
+		if ok && !slices.Contains(want, p) {
+			return false
+		}
+	}
+	for _, p := range want {
+		found := false
+		for _, n := range have {
+			if q, ok := prefixFromIPNet(n); ok && q == p {
+				found = true
+				break
+			}
+		}
+		if !found {
+			return false
+		}
+	}
+	return true
 }
 
 // validate checks the desired configuration and returns its peers
