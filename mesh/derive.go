@@ -667,11 +667,29 @@ func (d *deriver) sweepOverlaps() {
 	for i := range order {
 		order[i] = i
 	}
+	// Pointer-free copies of the prefixes compare without calls; prefixes
+	// carry no zone, so the keys order them as comparePrefix does.
+	type prefixKey struct {
+		addr addrKey
+		bits int
+	}
+	keys := make([]prefixKey, len(d.claims))
+	for i := range d.claims {
+		p := d.claims[i].prefix
+		keys[i] = prefixKey{addr: keyOf(p.Addr()), bits: p.Bits()}
+	}
 	slices.SortFunc(order, func(a, b int) int {
-		ca, cb := &d.claims[a], &d.claims[b]
-		if c := comparePrefix(ca.prefix, cb.prefix); c != 0 {
-			return c
+		ka, kb := &keys[a], &keys[b]
+		switch {
+		case ka.addr != kb.addr:
+			if ka.addr.less(kb.addr) {
+				return -1
+			}
+			return 1
+		case ka.bits != kb.bits:
+			return cmp.Compare(ka.bits, kb.bits)
 		}
+		ca, cb := &d.claims[a], &d.claims[b]
 		// Equal prefixes: order by owner so the partner named in a
 		// Problem does not depend on the input order.
 		if c := strings.Compare(d.cands[ca.owner].node.Name, d.cands[cb.owner].node.Name); c != 0 {
