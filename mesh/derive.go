@@ -1,6 +1,7 @@
 package mesh
 
 import (
+	"bytes"
 	"cmp"
 	"encoding/binary"
 	"fmt"
@@ -309,12 +310,33 @@ func (d *deriver) findConflicts() {
 			d.problem(name(i), ReasonDuplicateName, "several nodes have this name; none of them is programmed; %s", d.consequence())
 		})
 	d.groups(managed, func(i int) bool { return d.cands[i].keyOK },
-		func(a, b int) int { return slices.Compare(d.cands[a].node.PublicKey[:], d.cands[b].node.PublicKey[:]) },
+		func(a, b int) int { return bytes.Compare(d.cands[a].node.PublicKey[:], d.cands[b].node.PublicKey[:]) },
 		func(i int, others string) {
 			d.problem(name(i), ReasonDuplicateKey, "public key is also published by %s; none of them is programmed; %s", others, d.consequence())
 		})
+	// Pointer-free keys of the endpoints' addresses compare without calls;
+	// only equal ones need the zone and port, which is
+	// netip.AddrPort.Compare's order.
+	epKeys := make([]addrKey, len(d.cands))
+	for _, i := range managed {
+		if d.cands[i].endpointOK {
+			epKeys[i] = keyOf(d.cands[i].endpoint.Addr())
+		}
+	}
 	d.groups(managed, func(i int) bool { return d.cands[i].endpointOK },
-		func(a, b int) int { return d.cands[a].endpoint.Compare(d.cands[b].endpoint) },
+		func(a, b int) int {
+			if ka, kb := epKeys[a], epKeys[b]; ka != kb {
+				if ka.less(kb) {
+					return -1
+				}
+				return 1
+			}
+			ea, eb := d.cands[a].endpoint, d.cands[b].endpoint
+			if c := strings.Compare(ea.Addr().Zone(), eb.Addr().Zone()); c != 0 {
+				return c
+			}
+			return cmp.Compare(ea.Port(), eb.Port())
+		},
 		func(i int, others string) {
 			d.problem(name(i), ReasonDuplicateEndpoint, "endpoint %s is also published by %s; none of them is programmed; %s", d.cands[i].endpoint, others, d.consequence())
 		})
