@@ -774,48 +774,6 @@ func (d *deriver) build() Desired {
 		fallback = Throw
 	}
 
-	claimRoutes := make([]Route, 0, len(d.claims))
-	for _, i := range d.order {
-		c := &d.claims[i]
-		cand := &d.cands[c.owner]
-		name := cand.node.Name
-		switch {
-		case c.dropped && c.wider:
-			// Not a strict source: it holds own or keep-outside addresses
-			// whose packets legitimately arrive outside the tunnel.
-			node := name
-			if c.contested {
-				node = ""
-			}
-			claimRoutes = append(claimRoutes, Route{Dst: c.prefix, Kind: fallback, Node: node})
-		case c.dropped:
-		case c.contested:
-			if !c.host {
-				// Owned by neither claimant: traffic goes to neither.
-				claimRoutes = append(claimRoutes, Route{Dst: c.prefix, Kind: fallback})
-				if fallback == Unreachable {
-					out.StrictSources = append(out.StrictSources, c.prefix)
-				}
-			}
-		case cand.isPeer():
-			claimRoutes = append(claimRoutes, Route{Dst: c.prefix, Kind: ViaTunnel, Node: name})
-			if !c.host {
-				out.StrictSources = append(out.StrictSources, c.prefix)
-			}
-		case c.host:
-			// Hosts that are not peers stay reachable in plaintext.
-		case cand.unmanaged:
-			claimRoutes = append(claimRoutes, Route{Dst: c.prefix, Kind: Throw, Node: name})
-		default:
-			claimRoutes = append(claimRoutes, Route{Dst: c.prefix, Kind: fallback, Node: name})
-			if fallback == Unreachable {
-				out.StrictSources = append(out.StrictSources, c.prefix)
-			}
-		}
-	}
-	// Equal contested prefixes appear once per claimant.
-	out.StrictSources = slices.Compact(out.StrictSources)
-
 	var ownRoutes []Route
 	for _, c := range d.own {
 		if !c.host {
@@ -842,9 +800,55 @@ func (d *deriver) build() Desired {
 		}
 		keepRoutes = append(keepRoutes, Route{Dst: netip.PrefixFrom(k.addr, k.addr.BitLen()), Kind: Throw, Node: node})
 	}
-	// On equal destinations the earlier list wins: own traffic stays local
-	// and control traffic outside the tunnel.
-	out.Routes = mergeRoutes(ownRoutes, keepRoutes, claimRoutes)
+	// On equal destinations own routes win, then keep-outside ones, then
+	// the claims': own traffic stays local and control traffic outside the
+	// tunnel. The claims' routes are merged in as they are produced.
+	m := routeMerger{
+		out:   make([]Route, 0, len(ownRoutes)+len(keepRoutes)+len(d.claims)),
+		fixed: [2][]Route{ownRoutes, keepRoutes},
+	}
+	for _, i := range d.order {
+		c := &d.claims[i]
+		cand := &d.cands[c.owner]
+		name := cand.node.Name
+		switch {
+		case c.dropped && c.wider:
+			// Not a strict source: it holds own or keep-outside addresses
+			// whose packets legitimately arrive outside the tunnel.
+			node := name
+			if c.contested {
+				node = ""
+			}
+			m.add(Route{Dst: c.prefix, Kind: fallback, Node: node})
+		case c.dropped:
+		case c.contested:
+			if !c.host {
+				// Owned by neither claimant: traffic goes to neither.
+				m.add(Route{Dst: c.prefix, Kind: fallback})
+				if fallback == Unreachable {
+					out.StrictSources = append(out.StrictSources, c.prefix)
+				}
+			}
+		case cand.isPeer():
+			m.add(Route{Dst: c.prefix, Kind: ViaTunnel, Node: name})
+			if !c.host {
+				out.StrictSources = append(out.StrictSources, c.prefix)
+			}
+		case c.host:
+			// Hosts that are not peers stay reachable in plaintext.
+		case cand.unmanaged:
+			m.add(Route{Dst: c.prefix, Kind: Throw, Node: name})
+		default:
+			m.add(Route{Dst: c.prefix, Kind: fallback, Node: name})
+			if fallback == Unreachable {
+				out.StrictSources = append(out.StrictSources, c.prefix)
+			}
+		}
+	}
+	// Equal contested prefixes appear once per claimant.
+	out.StrictSources = slices.Compact(out.StrictSources)
+
+	out.Routes = m.finish()
 
 	// All peers' AllowedIPs share one array, in slices capped so that an
 	// append by the caller copies rather than overwrites a neighbour.
@@ -896,30 +900,49 @@ func (d *deriver) build() Desired {
 	return out
 }
 
-// mergeRoutes merges lists sorted by destination into one list with one
-// route per destination; on equal destinations the route from the earliest
-// list (and within a list the first) wins.
-func mergeRoutes(lists ...[]Route) []Route {
-	n := 0
-	for _, l := range lists {
-		n += len(l)
-	}
-	out := make([]Route, 0, n)
+// routeMerger merges routes sorted by destination into one list with one
+// route per destination: the fixed lists, in which on equal destinations
+// the earlier list wins, and the routes passed to add in order, which lose
+// to both.
+type routeMerger struct {
+	out   []Route
+	fixed [2][]Route
+}
+
+// add emits the fixed routes up to r's destination, then r unless one of
+// them or an earlier r had its destination.
+func (m *routeMerger) add(r Route) {
+	m.flush(&r.Dst)
+	m.emit(r)
+}
+
+// finish emits the remaining fixed routes and returns the merged list.
+func (m *routeMerger) finish() []Route {
+	m.flush(nil)
+	return m.out
+}
+
+// flush emits the fixed routes whose destination orders before or equal to
+// *upTo, or all of them if upTo is nil.
+func (m *routeMerger) flush(upTo *netip.Prefix) {
 	for {
 		best := -1
-		for i, l := range lists {
-			if len(l) > 0 && (best < 0 || comparePrefix(l[0].Dst, lists[best][0].Dst) < 0) {
+		for i, l := range m.fixed {
+			if len(l) > 0 && (best < 0 || comparePrefix(l[0].Dst, m.fixed[best][0].Dst) < 0) {
 				best = i
 			}
 		}
-		if best < 0 {
-			return out
+		if best < 0 || (upTo != nil && comparePrefix(m.fixed[best][0].Dst, *upTo) > 0) {
+			return
 		}
-		r := lists[best][0]
-		lists[best] = lists[best][1:]
-		if len(out) == 0 || out[len(out)-1].Dst != r.Dst {
-			out = append(out, r)
-		}
+		m.emit(m.fixed[best][0])
+		m.fixed[best] = m.fixed[best][1:]
+	}
+}
+
+func (m *routeMerger) emit(r Route) {
+	if n := len(m.out); n == 0 || m.out[n-1].Dst != r.Dst {
+		m.out = append(m.out, r)
 	}
 }
 
