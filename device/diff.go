@@ -2,6 +2,7 @@ package device
 
 import (
 	"bytes"
+	"encoding/binary"
 	"fmt"
 	"net"
 	"net/netip"
@@ -234,7 +235,7 @@ func scan(cur *wgtypes.Device, want mesh.DeviceConfig, sent map[wgtypes.Key]neti
 	for i := range want.Peers {
 		total += len(want.Peers[i].AllowedIPs)
 	}
-	owner := make(map[netip.Prefix]int32, total)
+	owner := make(map[prefixKey]int32, total)
 	// The normalized prefixes of every peer returned, carved out of one
 	// array as in validate.
 	var prefixes []netip.Prefix
@@ -254,10 +255,11 @@ func scan(cur *wgtypes.Device, want mesh.DeviceConfig, sent map[wgtypes.Key]neti
 				return nil, nil, false
 			}
 			pfx = normPrefix(pfx)
-			if o, dup := owner[pfx]; dup && o != int32(i) {
+			k := keyOf(pfx)
+			if o, dup := owner[k]; dup && o != int32(i) {
 				return nil, nil, false
 			}
-			owner[pfx] = int32(i)
+			owner[k] = int32(i)
 			wantBuf = append(wantBuf, pfx)
 		}
 		ep := netip.AddrPortFrom(pe.Endpoint.Addr().Unmap(), pe.Endpoint.Port())
@@ -312,30 +314,49 @@ func scan(cur *wgtypes.Device, want mesh.DeviceConfig, sent map[wgtypes.Key]neti
 // and comparing each with each then beats sorting; buf is scratch for the
 // sorted comparison of larger sets.
 func samePrefixes(have []net.IPNet, want []netip.Prefix, buf *[]netip.Prefix) bool {
-	if len(have)*len(want) > 64 {
+	const small = 8
+	if len(have) > small || len(want) > small {
 		h := appendCurrentPrefixes((*buf)[:0], have)
 		*buf = h
 		return slices.Equal(h, sortPrefixes(slices.Clone(want)))
 	}
+	var arr [small]netip.Prefix
+	h := arr[:0]
 	for _, n := range have {
 		p, ok := prefixFromIPNet(n)
-		if ok && !slices.Contains(want, p) {
+		if !ok {
+			continue
+		}
+		if !slices.Contains(want, p) {
 			return false
 		}
+		h = append(h, p)
 	}
 	for _, p := range want {
-		found := false
-		for _, n := range have {
-			if q, ok := prefixFromIPNet(n); ok && q == p {
-				found = true
-				break
-			}
-		}
-		if !found {
+		if !slices.Contains(h, p) {
 			return false
 		}
 	}
 	return true
+}
+
+// prefixKey is a prefix as a map key without pointers: cheaper to hash
+// than netip.Prefix, and a map of them is not scanned by the collector.
+// The address's 16-byte form and the bit length with the family tell
+// prefixes apart (a normalized prefix carries no zone).
+type prefixKey struct {
+	hi, lo uint64
+	bits   uint64 // bit length, plus 1<<8 for IPv4
+}
+
+func keyOf(p netip.Prefix) prefixKey {
+	a := p.Addr()
+	b := a.As16()
+	k := prefixKey{hi: binary.BigEndian.Uint64(b[:8]), lo: binary.BigEndian.Uint64(b[8:]), bits: uint64(p.Bits())}
+	if a.Is4() {
+		k.bits |= 1 << 8
+	}
+	return k
 }
 
 // validate checks the desired configuration and returns its peers
