@@ -303,6 +303,10 @@ func (d *deriver) findConflicts() {
 		}
 	}
 	name := func(i int) string { return d.cands[i].node.Name }
+	keyHeads := make([]uint64, len(d.cands))
+	for _, i := range managed {
+		keyHeads[i] = binary.BigEndian.Uint64(d.cands[i].node.PublicKey[:8])
+	}
 
 	d.groups(managed, func(i int) bool { return name(i) != "" },
 		func(a, b int) int { return strings.Compare(name(a), name(b)) },
@@ -310,7 +314,13 @@ func (d *deriver) findConflicts() {
 			d.problem(name(i), ReasonDuplicateName, "several nodes have this name; none of them is programmed; %s", d.consequence())
 		})
 	d.groups(managed, func(i int) bool { return d.cands[i].keyOK },
-		func(a, b int) int { return bytes.Compare(d.cands[a].node.PublicKey[:], d.cands[b].node.PublicKey[:]) },
+		func(a, b int) int {
+			// The keys' leading bytes as integers decide almost always.
+			if ha, hb := keyHeads[a], keyHeads[b]; ha != hb {
+				return cmp.Compare(ha, hb)
+			}
+			return bytes.Compare(d.cands[a].node.PublicKey[:], d.cands[b].node.PublicKey[:])
+		},
 		func(i int, others string) {
 			d.problem(name(i), ReasonDuplicateKey, "public key is also published by %s; none of them is programmed; %s", others, d.consequence())
 		})
