@@ -793,15 +793,15 @@ func (d *deriver) build() Desired {
 	// Peers' endpoints and the API server are reached outside the tunnel:
 	// with HostEncryption they get Throw routes, and so does any address
 	// inside a wider claim's route. The local node's addresses are local.
-	keepRoutes := make([]Route, 0, len(d.keep))
-	for _, k := range d.keep {
-		if !d.familyEnabled(k.addr) || k.cand == keepSelf {
-			continue
+	nKeep := 0
+	for i := range d.keep {
+		if d.needsKeepRoute(&d.keep[i]) {
+			nKeep++
 		}
-		hostEnc := d.o.HostEncryption && !k.host && (k.cand == keepOption || d.cands[k.cand].isPeer())
-		// With AllowUnencrypted the wider claim's route is a Throw already.
-		inBlocked := k.route && !d.o.AllowUnencrypted
-		if !hostEnc && !inBlocked {
+	}
+	keepRoutes := make([]Route, 0, nKeep)
+	for _, k := range d.keep {
+		if !d.needsKeepRoute(&k) {
 			continue
 		}
 		node := ""
@@ -908,6 +908,18 @@ func (d *deriver) build() Desired {
 	})
 	out.Problems = slices.Compact(d.problems)
 	return out
+}
+
+// needsKeepRoute reports whether the keep-outside address k gets a Throw
+// route.
+func (d *deriver) needsKeepRoute(k *keepOut) bool {
+	if !d.familyEnabled(k.addr) || k.cand == keepSelf {
+		return false
+	}
+	hostEnc := d.o.HostEncryption && !k.host && (k.cand == keepOption || d.cands[k.cand].isPeer())
+	// With AllowUnencrypted the wider claim's route is a Throw already.
+	inBlocked := k.route && !d.o.AllowUnencrypted
+	return hostEnc || inBlocked
 }
 
 // routeMerger merges routes sorted by destination into one list with one
