@@ -256,10 +256,22 @@ func scan(cur *wgtypes.Device, want mesh.DeviceConfig, sent map[wgtypes.Key]neti
 			}
 			pfx = normPrefix(pfx)
 			k := keyOf(pfx)
-			if o, dup := owner[k]; dup && o != int32(i) {
+			if len(wantBuf) <= 8 {
+				// One hash operation rather than a lookup and an
+				// insert: a prefix repeated within the peer is
+				// found in wantBuf, so a map that does not grow
+				// means another peer has it.
+				if !slices.Contains(wantBuf, pfx) {
+					n := len(owner)
+					if owner[k] = int32(i); len(owner) == n {
+						return nil, nil, false
+					}
+				}
+			} else if o, dup := owner[k]; dup && o != int32(i) {
 				return nil, nil, false
+			} else {
+				owner[k] = int32(i)
 			}
-			owner[k] = int32(i)
 			wantBuf = append(wantBuf, pfx)
 		}
 		ep := netip.AddrPortFrom(pe.Endpoint.Addr().Unmap(), pe.Endpoint.Port())
@@ -272,9 +284,10 @@ func scan(cur *wgtypes.Device, want mesh.DeviceConfig, sent map[wgtypes.Key]neti
 			matched[j] = true
 			nmatched++
 			c := &cur.Peers[j]
-			roamed := c.Endpoint != nil && sent[key] == ep
+			// The roaming lookup last: it is needed only when the
+			// endpoint differs.
 			if samePrefixes(c.AllowedIPs, wantBuf, &haveBuf) &&
-				(!ep.IsValid() || sameEndpoint(c.Endpoint, ep) || roamed) &&
+				(!ep.IsValid() || sameEndpoint(c.Endpoint, ep) || (c.Endpoint != nil && sent[key] == ep)) &&
 				int(c.PersistentKeepaliveInterval/time.Second) == ka {
 				continue
 			}
