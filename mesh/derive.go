@@ -618,16 +618,21 @@ func (d *deriver) appendClaims(dst []claim, owner int, name string, pods []netip
 		}
 		return compareBool(a.host, b.host)
 	})
-	out := mine[:0]
-	for _, c := range mine {
-		// Sorted by start address, shorter first: c is inside an earlier
-		// claim only if it is inside the last one kept.
-		if len(out) > 0 && out[len(out)-1].prefix.Contains(c.prefix.Addr()) {
+	kept := 0
+	for i := range mine {
+		// Sorted by start address, shorter first: a claim is inside an
+		// earlier one only if it is inside the last one kept.
+		if kept > 0 && mine[kept-1].prefix.Contains(mine[i].prefix.Addr()) {
 			continue
 		}
-		out = append(out, c)
+		// Claims stay in place until one is removed: copying a claim onto
+		// itself would still cost write barriers.
+		if kept != i {
+			mine[kept] = mine[i]
+		}
+		kept++
 	}
-	return cs[:start+len(out)]
+	return cs[:start+kept]
 }
 
 // ownOverlap returns an own claim overlapping p and whether that claim
