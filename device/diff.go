@@ -231,10 +231,19 @@ func scan(cur *wgtypes.Device, want mesh.DeviceConfig, sent map[wgtypes.Key]neti
 	}
 	matched := make([]bool, len(cur.Peers))
 	nmatched := 0
-	total := 0
+	// IPv4 prefixes, most of a cluster's, fit a uint64 key, which the
+	// runtime's maps hash fastest.
+	total4, total := 0, 0
 	for i := range want.Peers {
-		total += len(want.Peers[i].AllowedIPs)
+		for _, pfx := range want.Peers[i].AllowedIPs {
+			if pfx.Addr().Is4() || pfx.Addr().Is4In6() {
+				total4++
+			} else {
+				total++
+			}
+		}
 	}
+	owner4 := make(map[uint64]int32, total4)
 	owner := make(map[prefixKey]int32, total)
 	// The normalized prefixes of every peer returned, carved out of one
 	// array as in validate.
@@ -255,22 +264,8 @@ func scan(cur *wgtypes.Device, want mesh.DeviceConfig, sent map[wgtypes.Key]neti
 				return nil, nil, false
 			}
 			pfx = normPrefix(pfx)
-			k := keyOf(pfx)
-			if len(wantBuf) <= 8 {
-				// One hash operation rather than a lookup and an
-				// insert: a prefix repeated within the peer is
-				// found in wantBuf, so a map that does not grow
-				// means another peer has it.
-				if !slices.Contains(wantBuf, pfx) {
-					n := len(owner)
-					if owner[k] = int32(i); len(owner) == n {
-						return nil, nil, false
-					}
-				}
-			} else if o, dup := owner[k]; dup && o != int32(i) {
+			if !claim(owner4, owner, pfx, int32(i), wantBuf) {
 				return nil, nil, false
-			} else {
-				owner[k] = int32(i)
 			}
 			wantBuf = append(wantBuf, pfx)
 		}
@@ -360,6 +355,48 @@ func samePrefixes(have []net.IPNet, want []netip.Prefix, buf *[]netip.Prefix) bo
 type prefixKey struct {
 	hi, lo uint64
 	bits   uint64 // bit length, plus 1<<8 for IPv4
+}
+
+// claim records peer as the owner of the normalized prefix p, in owner4
+// for IPv4 and owner for IPv6, and reports false if another peer owns it.
+// earlier holds the peer's prefixes claimed so far.
+func claim(owner4 map[uint64]int32, owner map[prefixKey]int32, p netip.Prefix, peer int32, earlier []netip.Prefix) bool {
+	if len(earlier) <= 8 {
+		// One hash operation rather than a lookup and an insert: a
+		// prefix repeated within the peer is found in earlier, so a
+		// map that does not grow means another peer has it.
+		if slices.Contains(earlier, p) {
+			return true
+		}
+		if p.Addr().Is4() {
+			n := len(owner4)
+			owner4[key4(p)] = peer
+			return len(owner4) > n
+		}
+		n := len(owner)
+		owner[keyOf(p)] = peer
+		return len(owner) > n
+	}
+	if p.Addr().Is4() {
+		k := key4(p)
+		if o, dup := owner4[k]; dup && o != peer {
+			return false
+		}
+		owner4[k] = peer
+		return true
+	}
+	k := keyOf(p)
+	if o, dup := owner[k]; dup && o != peer {
+		return false
+	}
+	owner[k] = peer
+	return true
+}
+
+// key4 is an IPv4 prefix as a map key: the address and the bit length.
+func key4(p netip.Prefix) uint64 {
+	a := p.Addr().As4()
+	return uint64(binary.BigEndian.Uint32(a[:]))<<8 | uint64(p.Bits())
 }
 
 func keyOf(p netip.Prefix) prefixKey {
