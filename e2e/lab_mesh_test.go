@@ -73,21 +73,8 @@ func TestPrivilegedLabKeyRotation(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	n1, n2, n3 := m.Nodes[0], m.Nodes[1], m.Nodes[2]
-	for _, p := range [][2]*lab.Pod{{n2.Pods[0], n1.Pods[0]}, {n3.Pods[0], n1.Pods[0]}} {
-		if err := waitPing(ctx, p[0], p[1].Addr4); err != nil {
-			t.Fatal(err)
-		}
-	}
-	stream, err := lab.StartStream(ctx, n2.Pods[0], n1.Pods[0], n1.Pods[0].Addr4, lab.StreamOptions{Rate: 2 << 20})
-	if err != nil {
-		t.Fatal(err)
-	}
-	probe, err := lab.StartProbe(n3.Pods[0], n1.Pods[0], n1.Pods[0].Addr6, 20*time.Millisecond)
-	if err != nil {
-		t.Fatal(err)
-	}
+	stream, probe := startTrafficToNode1(ctx, t, m, false)
 	defer probe.Stop()
-	time.Sleep(time.Second)
 
 	oldKey := n1.PublicKey
 	rotated := time.Now()
@@ -125,12 +112,7 @@ func TestPrivilegedLabKeyRotation(t *testing.T) {
 	if err := waitPing(withTimeout(ctx, 30*time.Second), n3.Pods[0], n1.Pods[0].Addr6); err != nil {
 		t.Error(err)
 	}
-	stream.Stop()
-	res, err := stream.Wait(withTimeout(ctx, 60*time.Second))
-	if err != nil {
-		t.Error(err)
-	}
-	pr := probe.Stop()
+	res, pr := stopTraffic(ctx, t, stream, probe)
 	t.Logf("measured: key rotation: stream %s; probe %s", res, pr)
 	t.Logf("measured: key rotation interruption: stream %s, probe %s",
 		res.LongestGap.Round(time.Millisecond), pr.LongestGap.Round(time.Millisecond))
@@ -148,21 +130,8 @@ func TestPrivilegedLabAgentKill9(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	n1, n2, n3 := m.Nodes[0], m.Nodes[1], m.Nodes[2]
-	for _, p := range [][2]*lab.Pod{{n2.Pods[0], n1.Pods[0]}, {n3.Pods[0], n1.Pods[0]}} {
-		if err := waitPing(ctx, p[0], p[1].Addr6); err != nil {
-			t.Fatal(err)
-		}
-	}
-	stream, err := lab.StartStream(ctx, n2.Pods[0], n1.Pods[0], n1.Pods[0].Addr6, lab.StreamOptions{Rate: 2 << 20})
-	if err != nil {
-		t.Fatal(err)
-	}
-	probe, err := lab.StartProbe(n3.Pods[0], n1.Pods[0], n1.Pods[0].Addr4, 20*time.Millisecond)
-	if err != nil {
-		t.Fatal(err)
-	}
+	stream, probe := startTrafficToNode1(ctx, t, m, true)
 	defer probe.Stop()
-	time.Sleep(time.Second)
 
 	agent := m.agents[n1.Name]
 	killed := time.Now()
@@ -194,12 +163,7 @@ func TestPrivilegedLabAgentKill9(t *testing.T) {
 		t.Error(err)
 	}
 	resumed := time.Since(killed)
-	stream.Stop()
-	res, err := stream.Wait(withTimeout(ctx, 60*time.Second))
-	if err != nil {
-		t.Error(err)
-	}
-	pr := probe.Stop()
+	res, pr := stopTraffic(ctx, t, stream, probe)
 	t.Logf("measured: kill -9 + restart (3 s dead): stream %s; probe %s; flowing again %s after the kill",
 		res, pr, resumed.Round(time.Millisecond))
 	requireNoPlaintext(t, m.stopCapture(t))
@@ -453,4 +417,44 @@ func TestPrivilegedLabIPv6Underlay(t *testing.T) {
 	}
 	t.Logf("measured: IPv6 underlay: MTU %d, pod MTU %d, transfer %s", st.LinkMTU, st.PodMTU, res)
 	requireNoPlaintext(t, m.stopCapture(t))
+}
+
+// startTrafficToNode1 waits until node2's and node3's pods reach node1's pod,
+// then starts a 2 MiB/s stream from node2's pod and a 20 ms probe from
+// node3's pod towards it, one over each family (the stream over IPv6 when
+// streamV6), and gives them a second to settle: the load under which the
+// disruption scenarios measure their interruption.
+func startTrafficToNode1(ctx context.Context, t *testing.T, m *labMesh, streamV6 bool) (*lab.Stream, *lab.Probe) {
+	t.Helper()
+	n1, n2, n3 := m.Nodes[0], m.Nodes[1], m.Nodes[2]
+	streamAddr, probeAddr := n1.Pods[0].Addr4, n1.Pods[0].Addr6
+	if streamV6 {
+		streamAddr, probeAddr = probeAddr, streamAddr
+	}
+	for _, p := range []*lab.Pod{n2.Pods[0], n3.Pods[0]} {
+		if err := waitPing(ctx, p, streamAddr); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stream, err := lab.StartStream(ctx, n2.Pods[0], n1.Pods[0], streamAddr, lab.StreamOptions{Rate: 2 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	probe, err := lab.StartProbe(n3.Pods[0], n1.Pods[0], probeAddr, 20*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second)
+	return stream, probe
+}
+
+// stopTraffic ends what startTrafficToNode1 started and returns its results.
+func stopTraffic(ctx context.Context, t *testing.T, stream *lab.Stream, probe *lab.Probe) (lab.TransferResult, lab.ProbeResult) {
+	t.Helper()
+	stream.Stop()
+	res, err := stream.Wait(withTimeout(ctx, 60*time.Second))
+	if err != nil {
+		t.Error(err)
+	}
+	return res, probe.Stop()
 }
