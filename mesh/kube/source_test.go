@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -25,6 +26,7 @@ import (
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes/fake"
 	ktesting "k8s.io/client-go/testing"
+	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/record"
 )
 
@@ -250,11 +252,12 @@ func TestUpdateHandler(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			drain(s)
 			n := base.DeepCopy()
 			tt.change(n)
 			oldObj, _ := Strip(base)
 			newObj, _ := Strip(n)
+			s.onAdd(oldObj) // the source has seen base
+			drain(s)
 			s.onUpdate(oldObj, newObj)
 			got := false
 			select {
@@ -580,5 +583,49 @@ func TestLifecycle(t *testing.T) {
 		if a.GetResource().Resource == "events" {
 			t.Errorf("event action after Close: %v", a)
 		}
+	}
+}
+
+// TestNodesFollowsHandlers drives the event handlers directly: Nodes is the
+// conversion they keep, sorted, unaffected by callers modifying a snapshot,
+// and a deletion the watch missed (a tombstone) still removes the node.
+func TestNodesFollowsHandlers(t *testing.T) {
+	s := newSource(t, fake.NewClientset(), nil)
+	add := func(n *corev1.Node) {
+		t.Helper()
+		obj, err := Strip(n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.onAdd(obj)
+	}
+	add(fatNode("c", nil, "198.18.0.3"))
+	add(fatNode("a", nil, "198.18.0.1"))
+	add(fatNode("b", map[string]string{AnnotationPublicKey: testKey(2).String()}, "198.18.0.2"))
+	if got := names(s.Nodes()); got != "a,b,c" {
+		t.Fatalf("Nodes = %s, want a,b,c", got)
+	}
+
+	snap := s.Nodes()
+	snap[0].Name = "mangled"
+	slices.Reverse(snap)
+	if got := names(s.Nodes()); got != "a,b,c" {
+		t.Fatalf("a caller's change to a snapshot leaked into Nodes: %s", got)
+	}
+
+	// A key change replaces the conversion.
+	oldB, _ := Strip(fatNode("b", map[string]string{AnnotationPublicKey: testKey(2).String()}, "198.18.0.2"))
+	newB, _ := Strip(fatNode("b", map[string]string{AnnotationPublicKey: testKey(7).String()}, "198.18.0.2"))
+	s.onUpdate(oldB, newB)
+	if n, _ := nodeByName(s.Nodes(), "b"); n.PublicKey != testKey(7) {
+		t.Fatalf("after the update b's key is %v, want %v", n.PublicKey, testKey(7))
+	}
+
+	a, _ := Strip(fatNode("a", nil, "198.18.0.1"))
+	s.onDelete(a)
+	s.onDelete(cache.DeletedFinalStateUnknown{Key: "c", Obj: nil})
+	s.onDelete(cache.DeletedFinalStateUnknown{Key: "never-seen"})
+	if got := names(s.Nodes()); got != "b" {
+		t.Fatalf("after deleting a and a tombstone of c, Nodes = %s, want b", got)
 	}
 }
