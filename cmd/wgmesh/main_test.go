@@ -292,8 +292,10 @@ func agentServer(t *testing.T) (addr string, m *metrics.Metrics) {
 				ReceiveBytes: 2048, TransmitBytes: 5 << 20, LastHandshake: time.Now().Add(-42 * time.Second),
 			}}, nil
 		},
-		Router: func() metrics.RouterStatus { return metrics.RouterStatus{LinkMTU: 1440, PodMTU: 1440} },
-		Ready:  func() bool { return true },
+		Router: func() metrics.RouterStatus {
+			return metrics.RouterStatus{LinkMTU: 1440, PodMTU: 1440, Warnings: []string{"cannot set src_valid_mark: read-only file system"}}
+		},
+		Ready: func() bool { return true },
 	})
 	m.Observe(mesh.Result{Time: time.Now(), Desired: mesh.Desired{
 		Peers:       []mesh.Peer{{Node: "node-b", PublicKey: k}},
@@ -335,6 +337,7 @@ func TestStatusFromAgent(t *testing.T) {
 		"NODE", "ENDPOINT", "ALLOWED IPS", "HANDSHAKE", "RX", "TX",
 		"node-b", "198.18.0.2:51820", "10.244.2.0/24", "42s ago", "2.0 KiB", "5.0 MiB",
 		"Backend:", "userspace", "Pod MTU:", "1440", "Strict mode:", "on", "UNENCRYPTED nodes:", "win-1", "Unmanaged",
+		"Routing warnings:", "cannot set src_valid_mark: read-only file system",
 	} {
 		if !strings.Contains(r.stdout, want) {
 			t.Errorf("status table lacks %q:\n%s", want, r.stdout)

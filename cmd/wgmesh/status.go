@@ -159,6 +159,12 @@ func printStatus(w io.Writer, st metrics.Status, now time.Time) error {
 		if err := tw.Flush(); err != nil {
 			return err
 		}
+		if len(st.RoutingWarnings) > 0 {
+			fmt.Fprintln(w, "Routing warnings:")
+			for _, warn := range st.RoutingWarnings {
+				fmt.Fprintf(w, "  %s\n", warn)
+			}
+		}
 		if len(st.Problems) > 0 {
 			fmt.Fprintln(w, "Problems:")
 			for _, p := range st.Problems {

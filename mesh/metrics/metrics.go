@@ -47,6 +47,10 @@ type RouterStatus struct {
 	// IngressDropped counts plaintext packets from remote pod CIDRs that
 	// strict mode dropped because they did not arrive through the tunnel.
 	IngressDropped uint64
+	// Warnings are problems of the last routing apply that did not fail it
+	// but leave the host short of the intended state (for example
+	// src_valid_mark that could not be set).
+	Warnings []string
 }
 
 // Options configure a Metrics. Every func is optional; a nil func means the
@@ -212,6 +216,8 @@ var (
 		"The WireGuard interface and its backend; always 1.", []string{"backend", "interface"}, nil)
 	descIngressDropped = prometheus.NewDesc(Namespace+"_ingress_dropped_packets_total",
 		"Plaintext packets from remote pod CIDRs dropped by strict mode because they did not arrive through the tunnel.", nil, nil)
+	descRoutingWarnings = prometheus.NewDesc(Namespace+"_routing_warnings",
+		"Problems of the last routing apply that did not fail it but leave the host short of the intended state (see wgmesh status).", nil, nil)
 )
 
 // scrapeTimeout bounds how long a scrape waits for the device.
@@ -223,6 +229,7 @@ func (c *scrapeCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descPeerHandshake
 	ch <- descDeviceInfo
 	ch <- descIngressDropped
+	ch <- descRoutingWarnings
 }
 
 func (c *scrapeCollector) Collect(ch chan<- prometheus.Metric) {
@@ -231,7 +238,9 @@ func (c *scrapeCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descDeviceInfo, prometheus.GaugeValue, 1, string(m.o.Backend), m.o.Interface)
 	}
 	if m.o.Router != nil {
-		ch <- prometheus.MustNewConstMetric(descIngressDropped, prometheus.CounterValue, float64(m.o.Router().IngressDropped))
+		rs := m.o.Router()
+		ch <- prometheus.MustNewConstMetric(descIngressDropped, prometheus.CounterValue, float64(rs.IngressDropped))
+		ch <- prometheus.MustNewConstMetric(descRoutingWarnings, prometheus.GaugeValue, float64(len(rs.Warnings)))
 	}
 	if m.o.Stats == nil {
 		return

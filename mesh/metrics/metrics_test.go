@@ -97,7 +97,7 @@ func TestPeerSeriesFollowPeers(t *testing.T) {
 	hs := time.Unix(1_700_000_000, 500_000_000)
 	dev := &fakeDevice{}
 	m := New(Options{Interface: "wgmesh0", Backend: mesh.BackendUserspace, Stats: dev.Stats,
-		Router: func() RouterStatus { return RouterStatus{IngressDropped: 7} }})
+		Router: func() RouterStatus { return RouterStatus{IngressDropped: 7, Warnings: []string{"w1", "w2"}} }})
 	h := m.Handler()
 
 	// Before the first reconcile nothing is known about peers.
@@ -110,6 +110,9 @@ func TestPeerSeriesFollowPeers(t *testing.T) {
 	}
 	if got := series(fams, "wgmesh_ingress_dropped_packets_total")[""]; got != 7 {
 		t.Errorf("wgmesh_ingress_dropped_packets_total = %v, want 7", got)
+	}
+	if got := series(fams, "wgmesh_routing_warnings")[""]; got != 2 {
+		t.Errorf("wgmesh_routing_warnings = %v, want 2", got)
 	}
 
 	m.Observe(mesh.Result{Desired: desired(
@@ -261,8 +264,10 @@ func TestStatusSchema(t *testing.T) {
 	}}, nil)
 	m := New(Options{
 		NodeName: "node-self", Interface: "wgmesh0", Backend: mesh.BackendKernel, ListenPort: 51820, Strict: true,
-		Stats:     dev.Stats,
-		Router:    func() RouterStatus { return RouterStatus{LinkMTU: 1440, PodMTU: 1440, IngressDropped: 3} },
+		Stats: dev.Stats,
+		Router: func() RouterStatus {
+			return RouterStatus{LinkMTU: 1440, PodMTU: 1440, IngressDropped: 3, Warnings: []string{"src_valid_mark: read-only"}}
+		},
 		PublicKey: func() (mesh.Key, error) { return kSelf, nil },
 		Ready:     func() bool { return true },
 	})
@@ -297,6 +302,7 @@ func TestStatusSchema(t *testing.T) {
 		"linkMTU": 1440.0, "podMTU": 1440.0, "strict": true, "ready": true, "agentRunning": true,
 		"lastReconcile":         map[string]any{"time": "2026-01-02T03:04:00Z", "durationSeconds": 1.5},
 		"ingressDroppedPackets": 3.0,
+		"routingWarnings":       []any{"src_valid_mark: read-only"},
 		"peers": []any{map[string]any{
 			"node": "node-a", "publicKey": kA.String(), "endpoint": "198.18.0.2:51820",
 			"allowedIPs":    []any{"10.244.2.0/24", "fd00:10:244:2::/64"},

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"sort"
 	"time"
 
@@ -43,6 +44,9 @@ type Status struct {
 	AgentRunning   bool            `json:"agentRunning"`
 	LastReconcile  *ReconcileState `json:"lastReconcile,omitempty"`
 	IngressDropped uint64          `json:"ingressDroppedPackets"`
+	// RoutingWarnings are the router's problems that did not fail the last
+	// reconcile (see RouterStatus.Warnings).
+	RoutingWarnings []string `json:"routingWarnings,omitempty"`
 	// Peers sorted by node name (by public key when names are unknown).
 	Peers []PeerStatus `json:"peers"`
 	// Unencrypted lists nodes whose pod traffic is not encrypted, sorted.
@@ -136,6 +140,7 @@ func (m *Metrics) Status(ctx context.Context) (Status, error) {
 	if m.o.Router != nil {
 		rs := m.o.Router()
 		st.LinkMTU, st.PodMTU, st.IngressDropped = rs.LinkMTU, rs.PodMTU, rs.IngressDropped
+		st.RoutingWarnings = slices.Clone(rs.Warnings)
 	}
 	last, ok := m.Last()
 	if ok {
