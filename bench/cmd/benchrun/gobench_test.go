@@ -1,6 +1,7 @@
 package main
 
 import (
+	"os"
 	"strings"
 	"testing"
 )
@@ -56,4 +57,18 @@ func FuzzParseGoBench(f *testing.F) {
 		var w strings.Builder
 		writeGoBench(&w, fig)
 	})
+}
+
+func TestPeakRSS(t *testing.T) {
+	m, err := peakRSSMiB(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A Go test binary holds a few MiB at least and nowhere near a GiB.
+	if m < 1 || m > 1024 {
+		t.Errorf("peak RSS of the test process = %.1f MiB, want 1-1024", m)
+	}
+	if _, err := peakRSSMiB(-1); err == nil {
+		t.Error("peak RSS of pid -1: no error")
+	}
 }

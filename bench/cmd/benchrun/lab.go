@@ -231,3 +231,22 @@ func cpuSeconds(pid int) (float64, error) {
 	const clockTicks = 100 // USER_HZ on every Linux architecture Go supports here
 	return (ut + st) / clockTicks, nil
 }
+
+// peakRSSMiB is the peak resident set (VmHWM) of a process in MiB: what the
+// tunnel's buffers and queues cost in memory during the run.
+func peakRSSMiB(pid int) (float64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			kb, err := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 64)
+			if err != nil {
+				return 0, fmt.Errorf("parse VmHWM of /proc/%d/status: %w", pid, err)
+			}
+			return kb / 1024, nil
+		}
+	}
+	return 0, fmt.Errorf("no VmHWM in /proc/%d/status", pid)
+}

@@ -32,6 +32,9 @@ import (
 
 func ctxBG() context.Context { return context.Background() }
 
+// streams is the number of parallel TCP streams of each iperf3 run.
+var streams = 1
+
 // startLoad is the load average when the harness started.
 var startLoad = loadAvg()
 
@@ -39,6 +42,7 @@ type sample struct {
 	gbps       float64
 	cpuPerGB   float64 // tunnel CPU-seconds per GB moved; 0 when no tunnel process
 	hasCPU     bool
+	peakRSS    float64 // MiB, the larger of the tunnel processes' VmHWM
 	bytesMoved float64
 	round      int // which interleaved round, for paired ratios
 }
@@ -60,7 +64,11 @@ func main() {
 	only := flag.String("only", "", "comma-separated competitor IDs to run (e.g. B2,B3); empty runs all")
 	alt := flag.String("alt-wgmesh", "", "a second wgmesh binary (e.g. built another way) run as competitor X5 next to B3")
 	experiments := flag.Bool("experiments", false, "also run the agent tuning experiments X1… (environment and link settings), for before/after measurements")
+	flag.IntVar(&streams, "streams", 1, "parallel TCP streams per iperf3 run (iperf3 -P); the issue's comparison is one stream")
 	flag.Parse()
+	if streams < 1 || streams > 128 {
+		log.Fatalf("--streams %d: want 1-128", streams)
+	}
 	log.SetFlags(0)
 
 	report := &strings.Builder{}
@@ -178,7 +186,7 @@ func measure(b backend, pinned bool, d time.Duration) (sample, error) {
 	before := totalCPU(pids)
 	ctx, cancel := context.WithTimeout(context.Background(), d+30*time.Second)
 	defer cancel()
-	c := l.command(ctx, "a", nil, "iperf3", "-c", target, "-t", fmt.Sprint(int(d.Seconds())), "-O", "1", "-J")
+	c := l.command(ctx, "a", nil, "iperf3", "-c", target, "-t", fmt.Sprint(int(d.Seconds())), "-O", "1", "-J", "-P", fmt.Sprint(streams))
 	raw, err := c.Output()
 	if err != nil {
 		return sample{}, fmt.Errorf("iperf3 client: %w (%s)", err, strings.TrimSpace(string(raw)))
@@ -203,6 +211,11 @@ func measure(b backend, pinned bool, d time.Duration) (sample, error) {
 	if len(pids) > 0 && s.bytesMoved > 0 {
 		s.hasCPU = true
 		s.cpuPerGB = (after - before) / (s.bytesMoved / 1e9)
+	}
+	for _, p := range pids {
+		if m, err := peakRSSMiB(p); err == nil && m > s.peakRSS {
+			s.peakRSS = m
+		}
 	}
 	return s, nil
 }

@@ -77,6 +77,23 @@ func paired(a, b *result, value func(sample) (float64, bool)) (float64, int, boo
 func gbpsOf(s sample) (float64, bool) { return s.gbps, s.gbps > 0 }
 func cpuOf(s sample) (float64, bool)  { return s.cpuPerGB, s.hasCPU }
 
+func rssOf(s sample) (float64, bool) { return s.peakRSS, s.peakRSS > 0 }
+
+// medianRSS is the median over rounds of the larger side's peak RSS.
+func medianRSS(r *result) (float64, bool) {
+	var c []float64
+	for _, s := range r.samples {
+		if s.peakRSS > 0 {
+			c = append(c, s.peakRSS)
+		}
+	}
+	if len(c) == 0 {
+		return 0, false
+	}
+	_, m, _ := stats(c)
+	return m, true
+}
+
 func medianCPU(r *result) (float64, bool) {
 	var c []float64
 	for _, s := range r.samples {
@@ -121,9 +138,9 @@ func writeReport(w *strings.Builder, results []*result, crypto []float64, goBenc
 	ver, _ := exec.Command(wgmeshBin, "version").Output()
 	fmt.Fprintf(w, "# wgmesh benchmark results\n\n")
 	fmt.Fprintf(w, "Reproduce with `make bench` (as root; needs iperf3, wireguard-tools, wireguard-go). See bench/README.md.\n\n")
-	fmt.Fprintf(w, "- date: %s\n- machine: %s, %d cores, %s\n- load average at start: %s, at end: %s\n- go: %s\n- wireguard-go module (B2, B3, B4): %s\n- Debian wireguard-go (B1): %s\n- iperf3: %s\n- wgmesh: %s\n- run: one TCP stream (iperf3) for %s, %d interleaved rounds per competitor; figures are min / median / max\n\n",
+	fmt.Fprintf(w, "- date: %s\n- machine: %s, %d cores, %s\n- load average at start: %s, at end: %s\n- go: %s\n- wireguard-go module (B2, B3, B4): %s\n- Debian wireguard-go (B1): %s\n- iperf3: %s\n- wgmesh: %s\n- run: %s (iperf3) for %s, %d interleaved rounds per competitor; figures are min / median / max\n\n",
 		time.Now().UTC().Format(time.RFC3339), strings.TrimSpace(string(host)), runtime.NumCPU(), strings.TrimSpace(string(cpu)),
-		startLoad, loadAvg(), runtime.Version(), wireguardVersion(), pkgVersion("wireguard-go"), pkgVersion("iperf3"), strings.TrimSpace(string(ver)), d, rounds)
+		startLoad, loadAvg(), runtime.Version(), wireguardVersion(), pkgVersion("wireguard-go"), pkgVersion("iperf3"), strings.TrimSpace(string(ver)), streamsText(), d, rounds)
 	cLo, cMed, cHi := stats(crypto)
 	cryptoGbps := cMed
 	fmt.Fprintf(w, "ChaCha20-Poly1305 seal+open bound, one core, 1420-byte packets (sampled %d times between rounds): min %.2f / **median %.2f** / max %.2f Gbit/s\n\n",
@@ -146,12 +163,12 @@ func writeReport(w *strings.Builder, results []*result, crypto []float64, goBenc
 			mode = "pinned (each namespace's processes on one core)"
 		}
 		fmt.Fprintf(w, "## Throughput, %s\n\n", mode)
-		fmt.Fprintf(w, "| id | competitor | Gbit/s min | median | max | tunnel CPU-s/GB (median) | note |\n|---|---|---|---|---|---|---|\n")
+		fmt.Fprintf(w, "| id | competitor | Gbit/s min | median | max | tunnel CPU-s/GB (median) | tunnel peak RSS MiB (median) | note |\n|---|---|---|---|---|---|---|---|\n")
 		byID := map[string]*result{}
 		for _, r := range rs {
 			byID[r.b.ID] = r
 			if r.b.skip != "" {
-				fmt.Fprintf(w, "| %s | %s | – | – | – | – | skipped: %s |\n", r.b.ID, r.b.Name, r.b.skip)
+				fmt.Fprintf(w, "| %s | %s | – | – | – | – | – | skipped: %s |\n", r.b.ID, r.b.Name, r.b.skip)
 				continue
 			}
 			var g []float64
@@ -163,11 +180,15 @@ func writeReport(w *strings.Builder, results []*result, crypto []float64, goBenc
 			if c, ok := medianCPU(r); ok {
 				cpuCol = fmt.Sprintf("%.2f", c)
 			}
+			rssCol := "–"
+			if m, ok := medianRSS(r); ok {
+				rssCol = fmt.Sprintf("%.0f", m)
+			}
 			note := fmt.Sprintf("%d/%d rounds ok", len(r.samples), len(r.samples)+len(r.errs))
 			if len(r.errs) > 0 {
 				note += "; first error: " + strings.ReplaceAll(r.errs[0], "|", "/")
 			}
-			fmt.Fprintf(w, "| %s | %s | %.2f | %.2f | %.2f | %s | %s |\n", r.b.ID, r.b.Name, lo, med, hi, cpuCol, note)
+			fmt.Fprintf(w, "| %s | %s | %.2f | %.2f | %.2f | %s | %s | %s |\n", r.b.ID, r.b.Name, lo, med, hi, cpuCol, rssCol, note)
 		}
 		fmt.Fprintf(w, "\nRatios: of the medians, and (paired) the median of the per-round ratios, which cancels load that drifts between rounds:\n\n")
 		ratio := func(a, b string) {
@@ -195,6 +216,15 @@ func writeReport(w *strings.Builder, results []*result, crypto []float64, goBenc
 					line += fmt.Sprintf(" (paired %.2f over %d rounds)", pr, n)
 				}
 				fmt.Fprintln(w, line+" (target ≤ 1)")
+			}
+			m3, ok3 := medianRSS(r3)
+			m2, ok2 := medianRSS(r2)
+			if ok3 && ok2 && m2 > 0 {
+				line := fmt.Sprintf("- peak RSS B3/B2 = %.2f", m3/m2)
+				if pr, n, ok := paired(r3, r2, rssOf); ok {
+					line += fmt.Sprintf(" (paired %.2f over %d rounds)", pr, n)
+				}
+				fmt.Fprintln(w, line)
 			}
 		}
 		for _, r := range rs {
@@ -226,4 +256,11 @@ func writeReport(w *strings.Builder, results []*result, crypto []float64, goBenc
 		writeGoBench(w, parseGoBench(goBench))
 		fmt.Fprintf(w, "<details><summary>raw output</summary>\n\n```\n%s```\n\n</details>\n", goBench)
 	}
+}
+
+func streamsText() string {
+	if streams == 1 {
+		return "one TCP stream"
+	}
+	return fmt.Sprintf("%d parallel TCP streams", streams)
 }
