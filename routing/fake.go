@@ -76,6 +76,7 @@ func (f *Fake) RemoveLink(name string) {
 	defer f.sys.mu.Unlock()
 	f.sys.links = slices.DeleteFunc(f.sys.links, func(l link) bool { return l.Name == name })
 	maps.DeleteFunc(f.sys.routes, func(_ routeKey, r route) bool { return r.Dev == name })
+	f.sys.changedRoutes()
 }
 
 // Delete removes the entry that Render shows as line, as an operator
@@ -88,6 +89,7 @@ func (f *Fake) Delete(line string) bool {
 	n := len(s.rules) + len(s.routes)
 	s.rules = slices.DeleteFunc(s.rules, func(r rule) bool { return r.String() == line })
 	maps.DeleteFunc(s.routes, func(_ routeKey, r route) bool { return r.String() == line })
+	s.changedRoutes()
 	if len(s.rules)+len(s.routes) != n {
 		return true
 	}
@@ -229,7 +231,12 @@ type fakeHost struct {
 	links []link
 	rules []rule
 	// routes by the key the kernel replaces them by: at most one per key.
-	routes       map[routeKey]route
+	routes map[routeKey]route
+	// sorted is routes in the kernel's dump order (see sortedRoutes); nil
+	// when it must be rebuilt. A few single-route changes between two
+	// observes update it in place; more, or any bulk change, drop it.
+	sorted       []route
+	patched      int
 	srcValidMark bool
 	filter       *filter
 	// foreignNFT are other software's nftables lines, rendered untouched.
@@ -298,7 +305,7 @@ func (s *fakeHost) observe(o Options) observed {
 	if len(s.routes) > 0 {
 		w.Ours.Routes = make([]route, 0, len(s.routes))
 	}
-	for _, r := range s.routes {
+	for _, r := range s.sortedRoutes() {
 		if r.Table == unix.RT_TABLE_MAIN && r.Dst.Bits() == 0 {
 			w.Defaults = append(w.Defaults, r)
 		}
@@ -391,10 +398,16 @@ func (s *fakeHost) do(o op) error {
 				return errFakePrefsrc
 			}
 		}
+		old, had := s.routes[r.key()]
 		s.routes[r.key()] = r
+		if had {
+			s.unsort(old)
+		}
+		s.resort(r)
 	case opDelRoute:
 		if s.routes[o.route.key()] == o.route {
 			delete(s.routes, o.route.key())
+			s.unsort(o.route)
 		}
 	case opAddRule:
 		if !slices.Contains(s.rules, o.rule) {
@@ -433,6 +446,7 @@ func (s *fakeHost) do(o op) error {
 // preferred source.
 func (s *fakeHost) addrRemoved(l *link, a netip.Prefix) {
 	last4 := familyOf(a.Addr()) == v4 && !hasFamily(l.Addrs, v4)
+	s.changedRoutes()
 	maps.DeleteFunc(s.routes, func(_ routeKey, r route) bool {
 		return r.family() == v4 && (r.Src == a.Addr() || (last4 && r.Dev == l.Name))
 	})
@@ -454,6 +468,56 @@ func (s *fakeHost) addRoutes(rs ...route) {
 	for _, r := range rs {
 		s.routes[r.key()] = r
 	}
+	s.changedRoutes()
+}
+
+// changedRoutes drops the sorted view after a bulk change of routes.
+func (s *fakeHost) changedRoutes() { s.sorted = nil }
+
+// maxPatches bounds the in-place updates of the sorted view between two
+// observes; beyond it (a first apply) one sort is cheaper than shifting the
+// slice for every route.
+const maxPatches = 32
+
+// unsort removes r from the sorted view, resort inserts it.
+func (s *fakeHost) unsort(r route) {
+	if s.sorted == nil {
+		return
+	}
+	if s.patched++; s.patched > maxPatches {
+		s.sorted = nil
+		return
+	}
+	if i, ok := slices.BinarySearchFunc(s.sorted, r, compareRoutes); ok && s.sorted[i] == r {
+		s.sorted = slices.Delete(s.sorted, i, i+1)
+		return
+	}
+	s.sorted = nil // not where it should be: rebuild
+}
+
+func (s *fakeHost) resort(r route) {
+	if s.sorted == nil {
+		return
+	}
+	if s.patched++; s.patched > maxPatches {
+		s.sorted = nil
+		return
+	}
+	i, _ := slices.BinarySearchFunc(s.sorted, r, compareRoutes)
+	s.sorted = slices.Insert(s.sorted, i, r)
+}
+
+// sortedRoutes returns the routes in the order the kernel dumps them: a
+// table's routes by address, which for the routes wgmesh installs is
+// compareRoutes' order (checkDumpOrder in the privileged tests checks it).
+// Reporting that order lets a resync through the Fake take the path it
+// takes on a host; a map has no order. The caller holds s.mu.
+func (s *fakeHost) sortedRoutes() []route {
+	if s.sorted == nil {
+		s.sorted = slices.SortedFunc(maps.Values(s.routes), compareRoutes)
+	}
+	s.patched = 0
+	return s.sorted
 }
 
 func (s *fakeHost) link(name string) *link {

@@ -577,3 +577,64 @@ func BenchmarkFirstApply(b *testing.B) {
 		}
 	}
 }
+
+// TestFakeSortedView checks the Fake's sorted view of its routes, which it
+// updates in place for single changes, against a fresh sort after every
+// kind of change: first apply, single replaces and deletes, the kernel's
+// flush when a link goes, and a route deleted by hand.
+func TestFakeSortedView(t *testing.T) {
+	ctx := context.Background()
+	f := NewFake(DefaultOptions())
+	check := func(step string) {
+		t.Helper()
+		f.sys.mu.Lock()
+		want := slices.SortedFunc(maps.Values(f.sys.routes), compareRoutes)
+		f.sys.mu.Unlock()
+		got := f.sys.observe(f.r.o).Ours.Routes
+		var wantOurs []route
+		for _, r := range want {
+			if ownsRoute(r) {
+				wantOurs = append(wantOurs, r)
+			}
+		}
+		if !slices.Equal(got, wantOurs) {
+			t.Fatalf("%s: observed routes are not the sorted routes:\ngot  %v\nwant %v", step, got, wantOurs)
+		}
+	}
+	rng := rand.New(rand.NewPCG(7, 7))
+	d := bigMesh(60)
+	if err := f.Apply(ctx, d); err != nil {
+		t.Fatal(err)
+	}
+	check("first apply")
+	for i := range 50 {
+		// Move, drop or re-add a few routes: replaces and deletes that the
+		// view takes in place (or rebuilds past maxPatches).
+		e := bigMesh(60)
+		for range rng.IntN(maxPatches + 8) {
+			j := rng.IntN(len(e.Routes))
+			if rng.IntN(2) == 0 {
+				e.Routes = slices.Delete(e.Routes, j, j+1)
+			} else {
+				e.Routes[j].Kind = mesh.Unreachable
+			}
+		}
+		if err := f.Apply(ctx, e); err != nil {
+			t.Fatal(err)
+		}
+		check(fmt.Sprintf("change %d", i))
+	}
+	var line string
+	for _, l := range strings.Split(f.Render(), "\n") {
+		if strings.HasPrefix(l, "ip route") && strings.Contains(l, "table 51820") {
+			line = l
+			break
+		}
+	}
+	if !f.Delete(line) {
+		t.Fatalf("Delete(%q) matched nothing", line)
+	}
+	check("deleted by hand")
+	f.RemoveLink(DefaultOptions().Interface)
+	check("link removed")
+}

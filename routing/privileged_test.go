@@ -154,6 +154,7 @@ func TestPrivilegedApply(t *testing.T) {
 	if diff := cmp.Diff(want.Ours.render(o.Interface), got.Ours.render(o.Interface)); diff != "" {
 		t.Errorf("kernel state differs from the fake's (-fake +kernel):\n%s", diff)
 	}
+	checkDumpOrder(t, got.Ours.Routes, want.Ours.Routes)
 	if st := r.Status(); st.LinkMTU != 1340 || st.PodMTU != 1340 {
 		t.Errorf("Status() = %+v, want LinkMTU and PodMTU 1340 (veth 1400 - 60)", st)
 	}
@@ -466,5 +467,22 @@ func TestPrivilegedLargeMesh(t *testing.T) {
 	}
 	if diff := cmp.Diff(fake.sys.observe(o).Ours.render(o.Interface), got.Ours.render(o.Interface)); diff != "" {
 		t.Errorf("kernel differs from fake (-fake +kernel):\n%s", diff)
+	}
+	checkDumpOrder(t, got.Ours.Routes, fake.sys.observe(o).Ours.Routes)
+}
+
+// checkDumpOrder checks that the kernel dumped wgmesh's routes in
+// compareRoutes' order and that the Fake reports them in the same order:
+// the Fake's resyncs then take the kernel's path through plan (its
+// equal-lists shortcut), and its benchmarks measure what a host does.
+func checkDumpOrder(t *testing.T, kernel, fake []route) {
+	t.Helper()
+	for i := 1; i < len(kernel); i++ {
+		if a, b := kernel[i-1], kernel[i]; compareRoutes(a, b) >= 0 {
+			t.Fatalf("the kernel dumped route %d (%s) before route %d (%s): not compareRoutes' order", i-1, a, i, b)
+		}
+	}
+	if !slices.Equal(kernel, fake) {
+		t.Errorf("the Fake does not report the kernel's routes in the kernel's order:\nkernel %v\nfake   %v", kernel, fake)
 	}
 }
