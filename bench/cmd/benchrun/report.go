@@ -79,6 +79,21 @@ func cpuOf(s sample) (float64, bool)  { return s.cpuPerGB, s.hasCPU }
 
 func rssOf(s sample) (float64, bool) { return s.peakRSS, s.peakRSS > 0 }
 
+// figureRatio writes the line "- label = a/b (paired …)" for a figure other
+// than throughput, or nothing when either side lacks it.
+func figureRatio(w *strings.Builder, label string, a, b *result, med func(*result) (float64, bool), value func(sample) (float64, bool), suffix string) {
+	ma, oka := med(a)
+	mb, okb := med(b)
+	if !oka || !okb || mb <= 0 {
+		return
+	}
+	line := fmt.Sprintf("- %s = %.2f", label, ma/mb)
+	if pr, n, ok := paired(a, b, value); ok {
+		line += fmt.Sprintf(" (paired %.2f over %d rounds)", pr, n)
+	}
+	fmt.Fprintln(w, line+suffix)
+}
+
 // medianRSS is the median over rounds of the larger side's peak RSS.
 func medianRSS(r *result) (float64, bool) {
 	var c []float64
@@ -208,24 +223,8 @@ func writeReport(w *strings.Builder, results []*result, crypto []float64, goBenc
 		ratio("B3", "B0")
 		ratio("B3", "B4")
 		if r3, r2 := byID["B3"], byID["B2"]; r3 != nil && r2 != nil {
-			c3, ok3 := medianCPU(r3)
-			c2, ok2 := medianCPU(r2)
-			if ok3 && ok2 && c2 > 0 {
-				line := fmt.Sprintf("- CPU-s/GB B3/B2 = %.2f", c3/c2)
-				if pr, n, ok := paired(r3, r2, cpuOf); ok {
-					line += fmt.Sprintf(" (paired %.2f over %d rounds)", pr, n)
-				}
-				fmt.Fprintln(w, line+" (target ≤ 1)")
-			}
-			m3, ok3 := medianRSS(r3)
-			m2, ok2 := medianRSS(r2)
-			if ok3 && ok2 && m2 > 0 {
-				line := fmt.Sprintf("- peak RSS B3/B2 = %.2f", m3/m2)
-				if pr, n, ok := paired(r3, r2, rssOf); ok {
-					line += fmt.Sprintf(" (paired %.2f over %d rounds)", pr, n)
-				}
-				fmt.Fprintln(w, line)
-			}
+			figureRatio(w, "CPU-s/GB B3/B2", r3, r2, medianCPU, cpuOf, " (target ≤ 1)")
+			figureRatio(w, "peak RSS B3/B2", r3, r2, medianRSS, rssOf, "")
 		}
 		for _, r := range rs {
 			r3 := byID["B3"]
