@@ -479,13 +479,22 @@ func (s *fakeHost) changedRoutes() { s.sorted = nil }
 // slice for every route.
 const maxPatches = 32
 
-// unsort removes r from the sorted view, resort inserts it.
-func (s *fakeHost) unsort(r route) {
+// patch reports whether the sorted view is to be updated in place; past
+// maxPatches it drops the view instead.
+func (s *fakeHost) patch() bool {
 	if s.sorted == nil {
-		return
+		return false
 	}
 	if s.patched++; s.patched > maxPatches {
 		s.sorted = nil
+		return false
+	}
+	return true
+}
+
+// unsort removes r from the sorted view, resort inserts it.
+func (s *fakeHost) unsort(r route) {
+	if !s.patch() {
 		return
 	}
 	if i, ok := slices.BinarySearchFunc(s.sorted, r, compareRoutes); ok && s.sorted[i] == r {
@@ -496,11 +505,7 @@ func (s *fakeHost) unsort(r route) {
 }
 
 func (s *fakeHost) resort(r route) {
-	if s.sorted == nil {
-		return
-	}
-	if s.patched++; s.patched > maxPatches {
-		s.sorted = nil
+	if !s.patch() {
 		return
 	}
 	i, _ := slices.BinarySearchFunc(s.sorted, r, compareRoutes)
