@@ -1,6 +1,7 @@
 package kube
 
 import (
+	"cmp"
 	"fmt"
 	"maps"
 	"net/netip"
@@ -153,18 +154,8 @@ func NodeFromObject(n *corev1.Node) mesh.Node {
 	}
 	// IPv4 first, as Publish prefers it for the endpoint, so HostIPs[0] is
 	// the address the agent listens on by default.
-	slices.SortStableFunc(out.HostIPs, func(a, b netip.Addr) int { return compareBool(a.Is6(), b.Is6()) })
+	slices.SortStableFunc(out.HostIPs, func(a, b netip.Addr) int { return cmp.Compare(a.BitLen(), b.BitLen()) })
 	return out
-}
-
-func compareBool(a, b bool) int {
-	switch {
-	case a == b:
-		return 0
-	case !a:
-		return -1
-	}
-	return 1
 }
 
 // ParseEndpoint parses an endpoint annotation: a literal IP and a port, as
