@@ -96,6 +96,11 @@ type labMeshOptions struct {
 	Without []string
 	// AgentArgs are extra agent flags.
 	AgentArgs []string
+	// Neighbour, if set, runs after the lab is built and the capture
+	// started, before keys are made and agents start: it installs the
+	// other software a scenario puts on the nodes (nft rules, a TPROXY
+	// service, a second VPN).
+	Neighbour func(ctx context.Context, l *lab.Lab) error
 }
 
 func startLabMesh(t *testing.T, o labMeshOptions) *labMesh {
@@ -108,6 +113,11 @@ func startLabMesh(t *testing.T, o labMeshOptions) *labMesh {
 	var err error
 	if m.capture, err = l.StartCapture(ctx); err != nil {
 		t.Fatal(err)
+	}
+	if o.Neighbour != nil {
+		if err := o.Neighbour(ctx, l); err != nil {
+			t.Fatalf("install the neighbouring software: %v", err)
+		}
 	}
 	skip := map[string]bool{}
 	for _, name := range o.Without {

@@ -236,7 +236,7 @@ func (k *kernel) observe(ctx context.Context) (observed, error) {
 	// table of ours either: nothing to report.
 	if w.Ours.Filter, err = k.observeFilter(); err != nil {
 		if !k.o.DisableIngressFilter {
-			w.Notes = append(w.Notes, fmt.Errorf("read nftables table inet %s: %w", NFTTable, err))
+			w.Notes = append(w.Notes, fmt.Errorf("read nftables table inet %s: %w", k.o.nftTableName(), err))
 		}
 		w.Ours.Filter = nil
 	}

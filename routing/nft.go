@@ -93,8 +93,8 @@ func (k *kernel) nft() (*nftables.Conn, error) {
 	return c, nil
 }
 
-func nftTable() *nftables.Table {
-	return &nftables.Table{Name: NFTTable, Family: nftables.TableFamilyINet}
+func (k *kernel) nftTable() *nftables.Table {
+	return &nftables.Table{Name: k.o.nftTableName(), Family: nftables.TableFamilyINet}
 }
 
 // observeFilter reads table inet wgmesh into the model; nil when absent.
@@ -107,17 +107,17 @@ func (k *kernel) observeFilter() (*filter, error) {
 	if err != nil {
 		return nil, fmt.Errorf("list nftables tables: %w", err)
 	}
-	if !slices.ContainsFunc(tables, func(t *nftables.Table) bool { return t.Name == NFTTable }) {
+	if !slices.ContainsFunc(tables, func(t *nftables.Table) bool { return t.Name == k.o.nftTableName() }) {
 		return nil, nil
 	}
-	t := nftTable()
+	t := k.nftTable()
 	f := &filter{}
 	chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyINet)
 	if err != nil {
-		return nil, fmt.Errorf("list chains of table inet %s: %w", NFTTable, err)
+		return nil, fmt.Errorf("list chains of table inet %s: %w", k.o.nftTableName(), err)
 	}
 	for _, ch := range chains {
-		if ch.Table.Name != NFTTable || ch.Name != nftChain {
+		if ch.Table.Name != k.o.nftTableName() || ch.Name != nftChain {
 			continue
 		}
 		f.Chain = ch.Type == nftables.ChainTypeFilter &&
@@ -125,7 +125,7 @@ func (k *kernel) observeFilter() (*filter, error) {
 			ch.Priority != nil && *ch.Priority == *nftables.ChainPriorityRaw
 		rules, err := c.GetRules(t, ch)
 		if err != nil {
-			return nil, fmt.Errorf("list rules of chain inet %s %s: %w", NFTTable, nftChain, err)
+			return nil, fmt.Errorf("list rules of chain inet %s %s: %w", k.o.nftTableName(), nftChain, err)
 		}
 		for _, r := range rules {
 			f.Rules = append(f.Rules, string(r.UserData))
@@ -133,7 +133,7 @@ func (k *kernel) observeFilter() (*filter, error) {
 	}
 	objs, err := c.GetObjects(t)
 	if err != nil {
-		return nil, fmt.Errorf("list objects of table inet %s: %w", NFTTable, err)
+		return nil, fmt.Errorf("list objects of table inet %s: %w", k.o.nftTableName(), err)
 	}
 	for _, o := range objs {
 		if co, ok := o.(*nftables.CounterObj); ok && co.Name == nftCounter {
@@ -142,7 +142,7 @@ func (k *kernel) observeFilter() (*filter, error) {
 	}
 	sets, err := c.GetSets(t)
 	if err != nil {
-		return nil, fmt.Errorf("list sets of table inet %s: %w", NFTTable, err)
+		return nil, fmt.Errorf("list sets of table inet %s: %w", k.o.nftTableName(), err)
 	}
 	for _, s := range sets {
 		ns := nftSet{Name: s.Name}
@@ -157,7 +157,7 @@ func (k *kernel) observeFilter() (*filter, error) {
 		if ns.Family != 0 {
 			els, err := c.GetSetElements(s)
 			if err != nil {
-				return nil, fmt.Errorf("list elements of set inet %s %s: %w", NFTTable, s.Name, err)
+				return nil, fmt.Errorf("list elements of set inet %s %s: %w", k.o.nftTableName(), s.Name, err)
 			}
 			ns.Ranges = rangesOfIntervals(intervalsOfElements(els))
 		}
@@ -202,7 +202,7 @@ func (k *kernel) putFilter(f *filter) error {
 	if err != nil {
 		return err
 	}
-	t := nftTable()
+	t := k.nftTable()
 	c.AddTable(t)
 	c.DelTable(t)
 	c.AddTable(t)
@@ -255,7 +255,7 @@ func (k *kernel) updateSet(s nftSet, add, del []ipRange) error {
 	if err != nil {
 		return err
 	}
-	set := nftSetOf(nftTable(), s)
+	set := nftSetOf(k.nftTable(), s)
 	if err := addElements(c, set, elementsOf(del), true); err != nil {
 		return err
 	}
@@ -270,7 +270,7 @@ func (k *kernel) deleteFilter() error {
 	if err != nil {
 		return err
 	}
-	c.DelTable(nftTable())
+	c.DelTable(k.nftTable())
 	return ignore(c.Flush(), unix.ENOENT)
 }
 
@@ -279,12 +279,12 @@ func (k *kernel) dropped() (uint64, error) {
 	if err != nil {
 		return 0, err
 	}
-	o, err := c.GetObject(&nftables.CounterObj{Table: nftTable(), Name: nftCounter})
+	o, err := c.GetObject(&nftables.CounterObj{Table: k.nftTable(), Name: nftCounter})
 	if errors.Is(err, unix.ENOENT) {
 		return 0, nil
 	}
 	if err != nil {
-		return 0, fmt.Errorf("read counter inet %s %s: %w", NFTTable, nftCounter, err)
+		return 0, fmt.Errorf("read counter inet %s %s: %w", k.o.nftTableName(), nftCounter, err)
 	}
 	if co, ok := o.(*nftables.CounterObj); ok {
 		return co.Packets, nil

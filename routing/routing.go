@@ -134,6 +134,11 @@ func (o Options) validate() error {
 	return nil
 }
 
+// nftTableName is the name of the instance's nftables table (family inet).
+// Everything that names the table goes through it, so that the table can be
+// scoped to one instance.
+func (o Options) nftTableName() string { return NFTTable }
+
 func (o Options) logger() *slog.Logger {
 	if o.Logger != nil {
 		return o.Logger.With("component", "routing")
