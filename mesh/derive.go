@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"time"
 )
 
 // Reasons Derive reports in addition to those declared with Problem. Sources
@@ -46,11 +47,27 @@ const maxNamesInDetail = 3
 //   - unmanaged (Options.Unmanaged matches its labels, key or not): its pod
 //     CIDRs get Throw routes, it is listed in Unencrypted and reported.
 //   - left out because of a Problem (NoKey, InvalidKey, NoEndpoint,
-//     InvalidEndpoint, DuplicateKey including the local node's key,
-//     DuplicateEndpoint, InvalidName, DuplicateName): in strict mode its pod
-//     CIDRs get Unreachable routes and are StrictSources; with
+//     InvalidEndpoint, DuplicateKey, InvalidName, DuplicateName): in strict
+//     mode its pod CIDRs get Unreachable routes and are StrictSources; with
 //     AllowUnencrypted they get Throw routes and the node is listed in
 //     Unencrypted.
+//
+// Duplicates are settled so that an established node never loses its place
+// to a newcomer, and every agent settles them alike without talking to the
+// others:
+//   - nodes sharing a name are all left out (DuplicateName).
+//   - of the nodes publishing one public key, the local node included, the
+//     senior one keeps it: the earliest Node.Created, a known instant before
+//     an unknown one, the lower name on a tie. Every other one is left out
+//     and reported (DuplicateKey, naming the keeper); the keeper is not
+//     reported. If the keeper is another node, the local node is the
+//     newcomer: every other agent leaves it out, and it reports that on
+//     itself (DuplicateKey on self.Name); the keeper cannot be a peer of a
+//     node with its own key, so it is left out here too.
+//   - nodes sharing an endpoint, with each other or with the local node,
+//     stay programmed and are reported (DuplicateEndpoint, a Warning):
+//     WireGuard tells peers apart by key and roams each peer to the address
+//     its packets come from.
 //
 // Claims are checked independently of the node's standing:
 //   - a claim that overlaps one of another node's (equal, containing or
@@ -97,7 +114,10 @@ type deriver struct {
 	selfName string
 	selfKey  Key
 
-	selfFound     bool
+	selfFound bool
+	// selfCreated is the local node's seniority: the earliest known
+	// Created of self and the list's entries named like it (zero: unknown).
+	selfCreated   time.Time
 	ownPods       []netip.Prefix
 	ownHosts      []netip.Addr
 	selfEndpoints []netip.AddrPort
@@ -210,6 +230,7 @@ func (d *deriver) collectSelf(self Node, nodes []Node) {
 	d.ownPods = append(d.ownPods, self.PodCIDRs...)
 	d.ownHosts = append(d.ownHosts, self.HostIPs...)
 	d.selfEndpoints = append(d.selfEndpoints, self.Endpoint)
+	d.selfCreated = self.Created
 	d.copyProblems(&self)
 	for i := range nodes {
 		n := &nodes[i]
@@ -220,6 +241,9 @@ func (d *deriver) collectSelf(self Node, nodes []Node) {
 		d.ownPods = append(d.ownPods, n.PodCIDRs...)
 		d.ownHosts = append(d.ownHosts, n.HostIPs...)
 		d.selfEndpoints = append(d.selfEndpoints, n.Endpoint)
+		if older(n.Created, "", d.selfCreated, "") {
+			d.selfCreated = n.Created
+		}
 		d.copyProblems(n)
 	}
 	if !d.selfFound {
@@ -292,9 +316,13 @@ func (d *deriver) collectOthers(nodes []Node) {
 	}
 }
 
-// findConflicts blocks managed nodes that share a name, a key (with each
-// other or with the local node) or an endpoint. Every member of a conflict is
-// blocked and reported: Derive cannot know which one is genuine.
+// findConflicts settles managed nodes that share a name, a key or an
+// endpoint. Nodes sharing a name are all blocked: no output could say which
+// one a peer is. Of the nodes publishing one key (the local node included)
+// the senior one keeps it and every other one is blocked and reported: see
+// older for the rule every agent applies alike. Nodes sharing an endpoint
+// all stay as they are and are reported with a warning: WireGuard tells
+// peers apart by key.
 func (d *deriver) findConflicts() {
 	managed := make([]int, 0, len(d.cands))
 	for i := range d.cands {
@@ -310,10 +338,19 @@ func (d *deriver) findConflicts() {
 
 	d.groups(managed, func(i int) bool { return name(i) != "" },
 		func(a, b int) int { return strings.Compare(name(a), name(b)) },
-		func(i int, others string) {
-			d.problem(name(i), ReasonDuplicateName, "several nodes have this name; none of them is programmed; %s", d.consequence())
+		func(group []int) {
+			for _, i := range group {
+				d.cands[i].blocked = true
+				d.problem(name(i), ReasonDuplicateName, "several nodes have this name; none of them is programmed; %s", d.consequence())
+			}
 		})
-	d.groups(managed, func(i int) bool { return d.cands[i].keyOK },
+	// Only the self argument's key is the local key: entries of the list
+	// named like the local node may be stale, and the sources check them.
+	// The nodes holding it are settled together with the local node below.
+	hasSelfKey := func(i int) bool {
+		return d.cands[i].keyOK && !d.selfKey.IsZero() && d.cands[i].node.PublicKey == d.selfKey
+	}
+	d.groups(managed, func(i int) bool { return d.cands[i].keyOK && !hasSelfKey(i) },
 		func(a, b int) int {
 			// The keys' leading bytes as integers decide almost always.
 			if ha, hb := keyHeads[a], keyHeads[b]; ha != hb {
@@ -321,9 +358,18 @@ func (d *deriver) findConflicts() {
 			}
 			return bytes.Compare(d.cands[a].node.PublicKey[:], d.cands[b].node.PublicKey[:])
 		},
-		func(i int, others string) {
-			d.problem(name(i), ReasonDuplicateKey, "public key is also published by %s; none of them is programmed; %s", others, d.consequence())
+		func(group []int) {
+			keeper := d.senior(group)
+			for _, i := range group {
+				if i != keeper {
+					d.cands[i].blocked = true
+					d.problem(name(i), ReasonDuplicateKey, "public key is also published by node %q, which keeps it (%s); not programmed; %s; %s",
+						name(keeper), keeperWhy, d.consequence(), newcomerFix)
+				}
+			}
 		})
+	d.settleSelfKey(managed, hasSelfKey)
+
 	// Pointer-free keys of the endpoints' addresses compare without calls;
 	// only equal ones need the zone and port, which is
 	// netip.AddrPort.Compare's order.
@@ -347,32 +393,104 @@ func (d *deriver) findConflicts() {
 			}
 			return cmp.Compare(ea.Port(), eb.Port())
 		},
-		func(i int, others string) {
-			d.problem(name(i), ReasonDuplicateEndpoint, "endpoint %s is also published by %s; none of them is programmed; %s", d.cands[i].endpoint, others, d.consequence())
+		func(group []int) {
+			for k, i := range group {
+				d.problem(name(i), ReasonDuplicateEndpoint, "endpoint %s is also published by %s; %s",
+					d.cands[i].endpoint, d.otherNames(group, k), sharedEndpoint)
+			}
 		})
-
-	// Only the self argument's key is the local key: entries of the list
-	// named like the local node may be stale, and the sources check them.
+	// The same for the local endpoint: every agent, this one included,
+	// keeps both nodes programmed.
 	for _, i := range managed {
 		c := &d.cands[i]
-		if c.keyOK && !d.selfKey.IsZero() && c.node.PublicKey == d.selfKey {
-			c.blocked = true
-			d.problem(name(i), ReasonDuplicateKey, "node publishes the public key of the local node %q; not programmed; %s", d.selfName, d.consequence())
-		}
-		// The same for the local endpoint: every other agent blocks both
-		// claimants, so the local agent must not make the impostor a peer.
 		if c.endpointOK && slices.ContainsFunc(d.selfEndpoints, func(ep netip.AddrPort) bool {
 			return ep.Addr().IsValid() && netip.AddrPortFrom(ep.Addr().Unmap(), ep.Port()) == c.endpoint
 		}) {
-			c.blocked = true
-			d.problem(name(i), ReasonDuplicateEndpoint, "node publishes the endpoint %s of the local node %q; not programmed; %s", c.endpoint, d.selfName, d.consequence())
+			d.problem(name(i), ReasonDuplicateEndpoint, "node publishes the endpoint %s of the local node %q; %s", c.endpoint, d.selfName, sharedEndpoint)
 		}
 	}
 }
 
-// groups sorts the members of idx that pass keep by cmpFn and calls report
-// for every member of each group of equal ones, blocking them.
-func (d *deriver) groups(idx []int, keep func(int) bool, cmpFn func(a, b int) int, report func(i int, others string)) {
+// Fixed parts of the duplicate problems' details.
+const (
+	keeperWhy   = "it was there first: older Node object or earlier peers-file entry"
+	newcomerFix = "if this node is genuine, run 'wgmesh rotate-key' on it"
+	// sharedEndpoint is the detail's end of every DuplicateEndpoint.
+	sharedEndpoint = "both stay programmed (a warning: WireGuard tells peers apart by key and roams each to the address its packets come from)"
+)
+
+// settleSelfKey settles the nodes publishing the local node's key (those
+// for which hasSelfKey is true) as every other agent settles them, with the
+// local node as one more claimant. If the local node is the senior one, the
+// others are blocked and reported. Otherwise every other agent gives the key
+// to the senior node and leaves the local node out: the local agent cannot
+// make a node with its own key a peer either (WireGuard has no peer with the
+// interface's key), so all claimants are blocked here, the newcomers are
+// reported as everywhere, and the local node is reported (DuplicateKey on
+// the local node) naming the senior one. The local agent keeps serving; a
+// new key ('wgmesh rotate-key') is the way back into the mesh.
+func (d *deriver) settleSelfKey(managed []int, hasSelfKey func(int) bool) {
+	var group []int
+	for _, i := range managed {
+		if hasSelfKey(i) {
+			group = append(group, i)
+		}
+	}
+	if len(group) == 0 {
+		return
+	}
+	keeper := d.senior(group)
+	selfKeeps := !older(d.cands[keeper].node.Created, d.cands[keeper].node.Name, d.selfCreated, d.selfName)
+	for _, i := range group {
+		c := &d.cands[i]
+		c.blocked = true
+		switch {
+		case selfKeeps:
+			d.problem(c.node.Name, ReasonDuplicateKey, "node publishes the public key of the local node %q, which keeps it (%s); not programmed; %s; %s",
+				d.selfName, keeperWhy, d.consequence(), newcomerFix)
+		case i != keeper:
+			d.problem(c.node.Name, ReasonDuplicateKey, "public key is also published by node %q, which keeps it (%s); not programmed; %s; %s",
+				d.cands[keeper].node.Name, keeperWhy, d.consequence(), newcomerFix)
+		}
+	}
+	if !selfKeeps {
+		d.problem(d.selfName, ReasonDuplicateKey,
+			"the local node's public key is also published by node %q, which keeps it (%s): every other agent leaves this node out, "+
+				"so its pods are unreachable from the mesh, and %q cannot be a peer here; this agent keeps running; "+
+				"run 'wgmesh rotate-key' on this node",
+			d.cands[keeper].node.Name, keeperWhy, d.cands[keeper].node.Name)
+	}
+}
+
+// senior returns the member of group that keeps a shared key.
+func (d *deriver) senior(group []int) int {
+	best := group[0]
+	for _, i := range group[1:] {
+		if older(d.cands[i].node.Created, d.cands[i].node.Name, d.cands[best].node.Created, d.cands[best].node.Name) {
+			best = i
+		}
+	}
+	return best
+}
+
+// older reports whether the node (at, an) is senior to the node (bt, bn):
+// it was created earlier (a known instant before an unknown one), or at the
+// same instant with a lower name. Every agent sees the same Created values
+// and names, so they all pick the same senior node without talking to each
+// other.
+func older(at time.Time, an string, bt time.Time, bn string) bool {
+	if az, bz := at.IsZero(), bt.IsZero(); az != bz {
+		return bz
+	}
+	if !at.Equal(bt) {
+		return at.Before(bt)
+	}
+	return an < bn
+}
+
+// groups sorts the members of idx that pass keep by cmpFn and calls settle
+// with each group of two or more equal ones, sorted by name.
+func (d *deriver) groups(idx []int, keep func(int) bool, cmpFn func(a, b int) int, settle func(group []int)) {
 	s := make([]int, 0, len(idx))
 	for _, i := range idx {
 		if keep(i) {
@@ -391,11 +509,7 @@ func (d *deriver) groups(idx []int, keep func(int) bool, cmpFn func(a, b int) in
 			end++
 		}
 		if end-start > 1 {
-			group := s[start:end]
-			for k, i := range group {
-				d.cands[i].blocked = true
-				report(i, d.otherNames(group, k))
-			}
+			settle(s[start:end])
 		}
 		start = end
 	}

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"reflect"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 )
@@ -119,6 +120,11 @@ func (f *fuzzInput) node() Node {
 	flags := f.next()
 	if flags&3 == 0 {
 		n.Labels = map[string]string{"kubernetes.io/os": "windows"}
+	}
+	// Few distinct ages, so ties (decided by name) and unknown ages (zero)
+	// are common among nodes sharing a key.
+	if age := flags >> 5 & 3; age != 0 {
+		n.Created = time.Unix(int64(age), 0)
 	}
 	switch flags >> 2 & 7 {
 	case 0:

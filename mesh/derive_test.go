@@ -89,6 +89,12 @@ func withLabels(n Node, kv ...string) Node {
 	return n
 }
 
+// created sets the node's seniority to the start of year.
+func created(n Node, year int) Node {
+	n.Created = time.Date(year, 1, 1, 0, 0, 0, 0, time.UTC)
+	return n
+}
+
 func withProblems(n Node, ps ...Problem) Node {
 	n.Problems = append(n.Problems, ps...)
 	return n
@@ -261,16 +267,17 @@ func deriveCases() []deriveCase {
 			problems: []string{"a InvalidCIDR", "self SelfKeyMismatch"},
 		},
 		{
+			// Without a known age the lower name is senior.
 			name: "duplicate-key",
 			self: self,
 			nodes: []Node{self, nodeA,
 				node("b", 9, "198.18.0.3:51820", "10.244.2.0/24"),
 				node("c", 9, "198.18.0.4:51820", "10.244.3.0/24"),
 			},
-			peers:    []string{"a"},
-			problems: []string{"b DuplicateKey", "c DuplicateKey"},
+			peers:    []string{"a", "b"},
+			problems: []string{"c DuplicateKey"},
 			routes: map[string]string{
-				"10.244.2.0/24": "unreachable b",
+				"10.244.2.0/24": "tunnel b",
 				"10.244.3.0/24": "unreachable c",
 			},
 		},
@@ -282,27 +289,76 @@ func deriveCases() []deriveCase {
 				node("c", 9, "198.18.0.4:51820", "10.244.3.0/24"),
 			},
 			opts:        func(o *Options) { o.AllowUnencrypted = true },
-			problems:    []string{"b DuplicateKey", "c DuplicateKey"},
-			unencrypted: []string{"b", "c"},
-			routes:      map[string]string{"10.244.2.0/24": "throw b"},
+			peers:       []string{"b"},
+			problems:    []string{"c DuplicateKey"},
+			unencrypted: []string{"c"},
+			routes:      map[string]string{"10.244.2.0/24": "tunnel b", "10.244.3.0/24": "throw c"},
+		},
+		{
+			// A newer Node object publishing an established node's key
+			// (a compromised kubelet can write its own Node) takes nothing
+			// from it, whatever its name.
+			name: "duplicate-key-older-node-keeps-it",
+			self: self,
+			nodes: []Node{self,
+				created(node("old", 9, "198.18.0.3:51820", "10.244.2.0/24"), 2020),
+				created(node("aaa-new", 9, "198.18.0.4:51820", "10.244.3.0/24"), 2024),
+				created(node("zzz-newer", 9, "198.18.0.5:51820", "10.244.4.0/24"), 2025),
+			},
+			peers:    []string{"old"},
+			problems: []string{"aaa-new DuplicateKey", "zzz-newer DuplicateKey"},
+			routes: map[string]string{
+				"10.244.2.0/24": "tunnel old",
+				"10.244.3.0/24": "unreachable aaa-new",
+				"10.244.4.0/24": "unreachable zzz-newer",
+			},
+		},
+		{
+			// Same second: the lower name keeps the key; a node of unknown
+			// age never takes it from one of known age.
+			name: "duplicate-key-tie-and-unknown-age",
+			self: self,
+			nodes: []Node{self,
+				created(node("b", 9, "198.18.0.3:51820", "10.244.2.0/24"), 2020),
+				created(node("a", 9, "198.18.0.4:51820", "10.244.3.0/24"), 2020),
+				node("0-unknown", 9, "198.18.0.5:51820", "10.244.4.0/24"),
+			},
+			peers:    []string{"a"},
+			problems: []string{"0-unknown DuplicateKey", "b DuplicateKey"},
 		},
 		{
 			name:     "key-of-local-node-on-another-node",
-			self:     self,
-			nodes:    []Node{self, nodeA, node("clone", 1, "198.18.0.9:51820", "10.244.9.0/24")},
+			self:     created(self, 2020),
+			nodes:    []Node{self, nodeA, created(node("clone", 1, "198.18.0.9:51820", "10.244.9.0/24"), 2024)},
 			peers:    []string{"a"},
 			problems: []string{"clone DuplicateKey"},
 			routes:   map[string]string{"10.244.9.0/24": "unreachable clone"},
 		},
 		{
-			// Every other agent blocks both claimants of an endpoint; the
-			// local agent must not make the impostor its peer either.
+			// The local node is the newcomer (its age comes from its list
+			// entry): every other agent gives the key to "elder". Here
+			// elder cannot be a peer (it has the local key), the younger
+			// claimant is reported as everywhere, and the local node
+			// reports that its key is taken.
+			name: "local-node-is-the-newcomer",
+			self: self,
+			nodes: []Node{created(self, 2024), nodeA,
+				created(node("elder", 1, "198.18.0.9:51820", "10.244.9.0/24"), 2020),
+				created(node("younger", 1, "198.18.0.8:51820", "10.244.8.0/24"), 2025),
+			},
+			peers:    []string{"a"},
+			problems: []string{"self DuplicateKey", "younger DuplicateKey"},
+			routes:   map[string]string{"10.244.9.0/24": "unreachable elder", "10.244.8.0/24": "unreachable younger"},
+		},
+		{
+			// Every agent keeps both claimants of an endpoint, the local
+			// one included: WireGuard tells them apart by key.
 			name:     "endpoint-of-local-node-on-another-node",
 			self:     Node{Name: "self", PublicKey: self.PublicKey},
 			nodes:    []Node{self, nodeA, node("impostor", 9, "198.18.0.1:51820", "10.244.9.0/24")},
-			peers:    []string{"a"},
+			peers:    []string{"a", "impostor"},
 			problems: []string{"impostor DuplicateEndpoint"},
-			routes:   map[string]string{"10.244.9.0/24": "unreachable impostor"},
+			routes:   map[string]string{"10.244.9.0/24": "tunnel impostor"},
 		},
 		{
 			name: "many-nodes-share-a-key",
@@ -312,7 +368,8 @@ func deriveCases() []deriveCase {
 				node("k3", 7, "198.18.1.3:51820"), node("k4", 7, "198.18.1.4:51820"),
 				node("k5", 7, "198.18.1.5:51820"), node("k6", 7, "198.18.1.6:51820"),
 			},
-			problems: []string{"k1 DuplicateKey", "k2 DuplicateKey", "k3 DuplicateKey", "k4 DuplicateKey", "k5 DuplicateKey", "k6 DuplicateKey"},
+			peers:    []string{"k1"},
+			problems: []string{"k2 DuplicateKey", "k3 DuplicateKey", "k4 DuplicateKey", "k5 DuplicateKey", "k6 DuplicateKey"},
 		},
 		{
 			name: "duplicate-endpoint",
@@ -321,8 +378,9 @@ func deriveCases() []deriveCase {
 				node("b", 3, "198.18.0.9:51820", "10.244.2.0/24"),
 				node("c", 4, "198.18.0.9:51820", "10.244.3.0/24"),
 			},
-			peers:    []string{"a"},
+			peers:    []string{"a", "b", "c"},
 			problems: []string{"b DuplicateEndpoint", "c DuplicateEndpoint"},
+			routes:   map[string]string{"10.244.2.0/24": "tunnel b", "10.244.3.0/24": "tunnel c"},
 		},
 		{
 			name: "same-address-different-ports",
@@ -341,7 +399,7 @@ func deriveCases() []deriveCase {
 				node("c", 4, "198.18.0.3:51820", "10.244.3.0/24"),
 				node("d", 5, "[::ffff:198.18.0.5]:51820", "10.244.5.0/24"),
 			},
-			peers:    []string{"d"},
+			peers:    []string{"b", "c", "d"},
 			problems: []string{"b DuplicateEndpoint", "c DuplicateEndpoint"},
 		},
 		{
@@ -816,9 +874,6 @@ func checkInvariants(t *testing.T, self Node, nodes []Node, o Options, d Desired
 			if q.PublicKey == p.PublicKey {
 				t.Errorf("peers %s and %s share a key", q.Node, p.Node)
 			}
-			if q.Endpoint == p.Endpoint {
-				t.Errorf("peers %s and %s share endpoint %s", q.Node, p.Node, p.Endpoint)
-			}
 		}
 	}
 	var dsts []netip.Prefix
@@ -988,16 +1043,100 @@ func checkInvariants(t *testing.T, self Node, nodes []Node, o Options, d Desired
 	for _, p := range d.Problems {
 		reported[p.Node] = true
 	}
+	selfTaken := slices.ContainsFunc(d.Problems, func(p Problem) bool { return p.Node == self.Name && p.Reason == ReasonDuplicateKey })
 	for _, n := range nodes {
 		if n.Name == self.Name {
+			continue
+		}
+		// The senior holder of the local key is named by the local
+		// node's problem.
+		if selfTaken && n.PublicKey == self.PublicKey {
 			continue
 		}
 		if !peerNames[n.Name] && !reported[n.Name] && !slices.Contains(d.Unencrypted, n.Name) {
 			t.Errorf("node %q is neither a peer, nor reported, nor unencrypted", n.Name)
 		}
 	}
+	checkDuplicateKeys(t, self, nodes, o, d)
 	if !reported[self.Name] && !slices.ContainsFunc(nodes, func(n Node) bool { return n.Name == self.Name }) {
 		t.Errorf("self %q is missing from the nodes but not reported", self.Name)
+	}
+}
+
+// checkDuplicateKeys asserts the seniority rule naively: of the managed
+// nodes publishing one usable key, the local node included, only the senior
+// one may be a peer and every other one is reported with DuplicateKey; the
+// local node reports itself when it is not the senior one.
+func checkDuplicateKeys(t *testing.T, self Node, nodes []Node, o Options, d Desired) {
+	t.Helper()
+	type holder struct {
+		name    string
+		created time.Time
+		isSelf  bool
+	}
+	selfCreated := self.Created
+	for _, n := range nodes {
+		if n.Name == self.Name && !n.Created.IsZero() && (selfCreated.IsZero() || n.Created.Before(selfCreated)) {
+			selfCreated = n.Created
+		}
+	}
+	byKey := map[Key][]holder{}
+	if !self.PublicKey.IsZero() {
+		byKey[self.PublicKey] = append(byKey[self.PublicKey], holder{self.Name, selfCreated, true})
+	}
+	for _, n := range nodes {
+		invalid := slices.ContainsFunc(n.Problems, func(p Problem) bool { return p.Reason == ReasonInvalidKey })
+		if n.Name == self.Name || n.PublicKey.IsZero() || invalid || (o.Unmanaged != nil && o.Unmanaged(n.Labels)) {
+			continue
+		}
+		byKey[n.PublicKey] = append(byKey[n.PublicKey], holder{n.Name, n.Created, false})
+	}
+	// seniorTo reports whether a precedes b: known age first, then
+	// earlier, then lower name.
+	seniorTo := func(a, b holder) bool {
+		switch {
+		case a.created.IsZero() != b.created.IsZero():
+			return b.created.IsZero()
+		case !a.created.Equal(b.created):
+			return a.created.Before(b.created)
+		}
+		return a.name < b.name
+	}
+	reportedDup := map[string]bool{}
+	for _, p := range d.Problems {
+		if p.Reason == ReasonDuplicateKey {
+			reportedDup[p.Node] = true
+		}
+	}
+	for k, hs := range byKey {
+		if len(hs) < 2 {
+			continue
+		}
+		senior := hs[0]
+		for _, h := range hs[1:] {
+			if seniorTo(h, senior) {
+				senior = h
+			}
+		}
+		for _, h := range hs {
+			if h == senior {
+				continue
+			}
+			if !reportedDup[h.name] {
+				t.Errorf("%q publishes key %s of senior %q but is not reported as DuplicateKey", h.name, k, senior.name)
+			}
+			if !h.isSelf && slices.ContainsFunc(d.Peers, func(p Peer) bool { return p.Node == h.name }) {
+				t.Errorf("%q publishes key %s of senior %q but is a peer", h.name, k, senior.name)
+			}
+		}
+		// Names may repeat (DuplicateName), so only an unrepeated
+		// senior's innocence is checked.
+		if !senior.isSelf && len(slices.DeleteFunc(slices.Clone(nodes), func(n Node) bool { return n.Name != senior.name })) == 1 &&
+			slices.ContainsFunc(d.Problems, func(p Problem) bool {
+				return p.Node == senior.name && p.Reason == ReasonDuplicateKey
+			}) {
+			t.Errorf("senior %q of key %s is reported as DuplicateKey", senior.name, k)
+		}
 	}
 }
 

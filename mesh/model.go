@@ -42,6 +42,16 @@ type Node struct {
 	HostIPs []netip.Addr
 	// Backend is what the node's agent reported it runs (informational).
 	Backend Backend
+	// Created is the node's seniority: when it joined the cluster, as far
+	// as its source can tell. Derive uses only its order, to decide which of
+	// several nodes publishing one public key keeps it (the earliest; equal
+	// instants are ordered by name). mesh/kube fills it from the Node's
+	// metadata.creationTimestamp (whole seconds); mesh/file gives the i-th
+	// entry of the peers file (0-based) the instant i seconds after the Unix
+	// epoch, so an earlier entry is older. The zero Time means unknown and
+	// orders after every known instant: a node whose age is unknown never
+	// takes a key from one whose age is known.
+	Created time.Time
 	// Problems are defects the source found while reading this node, such as
 	// a malformed key annotation. A node with an InvalidKey or InvalidEndpoint
 	// problem is treated as keyless (or endpoint-less) by Derive.
@@ -112,8 +122,18 @@ const (
 	ReasonSelfKeyMismatch   Reason = "SelfKeyMismatch"
 )
 
+// Warning reports whether a problem of reason r is informational: the node
+// it names stays programmed as it would be without the problem, so the
+// problem leaves no node and no pod CIDR out of the mesh. Only
+// DuplicateEndpoint is: WireGuard tells peers apart by key, so two nodes
+// publishing one endpoint are both peers, and each is roamed to the address
+// its packets actually come from. Every other reason leaves something out.
+func (r Reason) Warning() bool { return r == ReasonDuplicateEndpoint }
+
 // Problem is something wrong with one node's input. Problems are reported
-// (logs, Events, metrics); they never stop the rest of the mesh.
+// (logs, Events, metrics); they never stop the rest of the mesh. Most leave
+// the node, or one of its claims, out of the mesh; those whose Reason is a
+// Warning leave everything programmed.
 type Problem struct {
 	Node   string
 	Reason Reason
