@@ -40,7 +40,7 @@ const DefaultListenPort = 51820
 const maxShown = 64
 
 // Strip reduces a Node to what NodeFromObject, Publish and Report need: name,
-// UID, resourceVersion, labels, the wgmesh.io/ annotations, the pod CIDRs and
+// UID, resourceVersion, creationTimestamp, labels, the wgmesh.io/ annotations, the pod CIDRs and
 // the InternalIP addresses. Everything else (managed fields, images,
 // conditions, capacity, …) is dropped so the informer's memory stays small at
 // thousands of nodes. It is the informer's transform: it returns a new object
@@ -54,10 +54,11 @@ func Strip(obj any) (any, error) {
 	}
 	out := &corev1.Node{
 		ObjectMeta: metav1.ObjectMeta{
-			Name:            n.Name,
-			UID:             n.UID,
-			ResourceVersion: n.ResourceVersion,
-			Labels:          maps.Clone(n.Labels),
+			Name:              n.Name,
+			UID:               n.UID,
+			ResourceVersion:   n.ResourceVersion,
+			CreationTimestamp: n.CreationTimestamp,
+			Labels:            maps.Clone(n.Labels),
 		},
 		Spec: corev1.NodeSpec{
 			PodCIDR:  n.Spec.PodCIDR,
@@ -85,12 +86,17 @@ func Strip(obj any) (any, error) {
 // InvalidEndpoint, InvalidCIDR) whose detail names the annotation or field,
 // and the field stays zero. Details never quote a malformed key annotation,
 // which might hold a pasted private key. HostIPs are the InternalIPs, IPv4
-// first.
+// first. Created is metadata.creationTimestamp in UTC (zero if unset): the
+// API server sets it when the Node is created and no update changes it, so a
+// kubelet cannot make its Node older than another to take that node's key.
 func NodeFromObject(n *corev1.Node) mesh.Node {
 	out := mesh.Node{
 		Name:    n.Name,
 		Labels:  maps.Clone(n.Labels),
 		Backend: mesh.Backend(n.Annotations[AnnotationBackend]),
+	}
+	if !n.CreationTimestamp.IsZero() {
+		out.Created = n.CreationTimestamp.UTC()
 	}
 	problem := func(r mesh.Reason, format string, args ...any) {
 		out.Problems = append(out.Problems, mesh.Problem{Node: n.Name, Reason: r, Detail: fmt.Sprintf(format, args...)})

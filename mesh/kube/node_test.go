@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
@@ -69,6 +70,7 @@ func TestStrip(t *testing.T) {
 		AnnotationPublicKey:     testKey(1).String(),
 		AnnotationForceEndpoint: "198.18.9.9:51820",
 	}, "198.18.0.1")
+	in.CreationTimestamp = metav1.Unix(1700000000, 0)
 	before, _ := json.Marshal(in)
 	obj, err := Strip(in)
 	if err != nil {
@@ -80,7 +82,7 @@ func TestStrip(t *testing.T) {
 
 	want := &corev1.Node{
 		ObjectMeta: metav1.ObjectMeta{
-			Name: "node-a", UID: "uid-node-a", ResourceVersion: "1",
+			Name: "node-a", UID: "uid-node-a", ResourceVersion: "1", CreationTimestamp: metav1.Unix(1700000000, 0),
 			Labels: map[string]string{"kubernetes.io/hostname": "node-a", "kubernetes.io/os": "linux"},
 			Annotations: map[string]string{
 				AnnotationPublicKey:     testKey(1).String(),
@@ -125,10 +127,12 @@ func TestNodeFromObject(t *testing.T) {
 	}{
 		{
 			name: "complete",
-			node: fatNode("n", map[string]string{
+			node: with(fatNode("n", map[string]string{
 				AnnotationPublicKey: k1.String(), AnnotationEndpoint: "198.18.0.1:51820", AnnotationBackend: "userspace",
-			}, "198.18.0.1", "fd00:198:18::1"),
-			want: mesh.Node{PublicKey: k1, Endpoint: netip.MustParseAddrPort("198.18.0.1:51820"),
+			}, "198.18.0.1", "fd00:198:18::1"), func(n *corev1.Node) {
+				n.CreationTimestamp = metav1.NewTime(time.Date(2024, 5, 6, 7, 8, 9, 0, time.FixedZone("CEST", 7200)))
+			}),
+			want: mesh.Node{Created: time.Date(2024, 5, 6, 5, 8, 9, 0, time.UTC), PublicKey: k1, Endpoint: netip.MustParseAddrPort("198.18.0.1:51820"),
 				PodCIDRs: []netip.Prefix{pfx("10.244.1.0/24"), pfx("fd00:10:244:1::/64")},
 				HostIPs:  []netip.Addr{addr("198.18.0.1"), addr("fd00:198:18::1")}, Backend: mesh.BackendUserspace},
 		},

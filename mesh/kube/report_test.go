@@ -3,6 +3,7 @@ package kube
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -154,7 +155,8 @@ func TestReporters(t *testing.T) {
 // TestReportOnlyAsReporter checks that an agent writes Events about other
 // nodes only when it is one of their reporters, and always about its own.
 // Reporters are drawn from the healthy nodes only (no problem names them), so
-// Events about agent-less nodes are never left to other agent-less nodes.
+// Events about agent-less nodes are never left to other agent-less nodes. A
+// warning (a node that stays programmed) does not make a node unhealthy.
 func TestReportOnlyAsReporter(t *testing.T) {
 	objs := []runtime.Object{fatNode("self", nil, "198.18.0.1")}
 	healthyNames := []string{"self"}
@@ -179,6 +181,10 @@ func TestReportOnlyAsReporter(t *testing.T) {
 	for _, n := range broken {
 		problems = append(problems, mesh.Problem{Node: n, Reason: mesh.ReasonNoKey, Detail: "about " + n})
 		want["Warning NoKey about "+n] = ring.reports("self", n)
+	}
+	for _, n := range healthyNames[1:6] {
+		problems = append(problems, mesh.Problem{Node: n, Reason: mesh.ReasonDuplicateEndpoint, Detail: "about " + n})
+		want["Warning DuplicateEndpoint about "+n] = ring.reports("self", n)
 	}
 	s.Report(problems)
 	got := map[string]bool{}
@@ -216,5 +222,20 @@ func TestReportAloneReportsAll(t *testing.T) {
 	s.Report(problems)
 	if got := recorded(rec); len(got) != len(problems) {
 		t.Errorf("wrote %d Events for %d problems of agent-less nodes: %q", len(got), len(problems), got)
+	}
+}
+
+// TestHealthyIgnoresWarnings: a node named only by warnings stays
+// programmed and runs its agent, so it may report about others.
+func TestHealthyIgnoresWarnings(t *testing.T) {
+	problems := []mesh.Problem{
+		{Node: "a", Reason: mesh.ReasonDuplicateEndpoint},
+		{Node: "b", Reason: mesh.ReasonDuplicateEndpoint},
+		{Node: "b", Reason: mesh.ReasonDuplicateKey},
+		{Node: "self", Reason: mesh.ReasonDuplicateKey},
+	}
+	got := healthy([]string{"a", "b", "c", "self"}, problems, "self")
+	if want := []string{"a", "c", "self"}; !slices.Equal(got, want) {
+		t.Errorf("healthy = %q, want %q", got, want)
 	}
 }

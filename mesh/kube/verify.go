@@ -20,9 +20,13 @@ type VerifyReport struct {
 	Nodes int
 	// Problems are the defects that keep a node, or one of its pod CIDRs,
 	// out of the encrypted mesh: nodes without a valid key or endpoint,
-	// duplicate keys and endpoints, overlapping pod CIDRs and malformed
-	// annotations; sorted by node, then reason.
+	// newcomers publishing a key an older node has, overlapping pod CIDRs
+	// and malformed annotations; sorted by node, then reason.
 	Problems []mesh.Problem
+	// Warnings are problems that leave every node programmed (their Reason
+	// is a Warning, such as DuplicateEndpoint); sorted like Problems. They
+	// do not count against OK.
+	Warnings []mesh.Problem
 	// Unencrypted names the nodes whose pod traffic is sent in plaintext
 	// (unmanaged nodes, and with AllowUnencrypted the nodes with problems),
 	// sorted.
@@ -30,7 +34,7 @@ type VerifyReport struct {
 }
 
 // OK reports whether the whole cluster is encrypted: no problem was found
-// and no node's pod traffic is plaintext. Unmanaged nodes count against it
+// and no node's pod traffic is plaintext; warnings do not count. Unmanaged nodes count against it
 // even though the operator chose to leave them out: `wgmesh verify` answers
 // "is every node encrypted", and they are not.
 func (r VerifyReport) OK() bool { return len(r.Problems) == 0 && len(r.Unencrypted) == 0 }
@@ -72,6 +76,10 @@ func verifyNodes(nodes []mesh.Node, o mesh.Options) VerifyReport {
 		case mesh.ReasonSelfMissing, mesh.ReasonUnmanaged:
 			// No self exists here; unmanaged nodes are listed in
 			// Unencrypted and are the operator's choice.
+			continue
+		}
+		if p.Reason.Warning() {
+			r.Warnings = append(r.Warnings, p)
 			continue
 		}
 		r.Problems = append(r.Problems, p)

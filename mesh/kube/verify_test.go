@@ -9,6 +9,7 @@ import (
 
 	"github.com/wgmesh/wgmesh/mesh"
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes/fake"
 	ktesting "k8s.io/client-go/testing"
@@ -37,6 +38,7 @@ func TestVerify(t *testing.T) {
 		nodes       []*corev1.Node
 		opts        mesh.Options
 		problems    []string // "node Reason"
+		warnings    []string // "node Reason"
 		unencrypted []string
 	}{
 		{name: "empty cluster"},
@@ -67,7 +69,26 @@ func TestVerify(t *testing.T) {
 			nodes: []*corev1.Node{meshNode("a", 1), with(meshNode("b", 2), func(n *corev1.Node) {
 				n.Annotations[AnnotationPublicKey] = testKey(1).String()
 			}), meshNode("c", 3)},
-			problems: []string{"a DuplicateKey", "b DuplicateKey"},
+			problems: []string{"b DuplicateKey"},
+		},
+		{
+			// b's Node is older: it keeps the key whatever the names say.
+			name: "duplicate keys: the older Node keeps the key",
+			nodes: []*corev1.Node{
+				with(meshNode("a", 1), func(n *corev1.Node) { n.CreationTimestamp = metav1.Unix(2000, 0) }),
+				with(meshNode("b", 2), func(n *corev1.Node) {
+					n.Annotations[AnnotationPublicKey] = testKey(1).String()
+					n.CreationTimestamp = metav1.Unix(1000, 0)
+				}),
+			},
+			problems: []string{"a DuplicateKey"},
+		},
+		{
+			name: "duplicate endpoint is a warning",
+			nodes: []*corev1.Node{meshNode("a", 1), with(meshNode("b", 2), func(n *corev1.Node) {
+				n.Annotations[AnnotationEndpoint] = "198.18.0.1:51820"
+			})},
+			warnings: []string{"a DuplicateEndpoint", "b DuplicateEndpoint"},
 		},
 		{
 			name: "pod CIDR overlap",
@@ -110,6 +131,13 @@ func TestVerify(t *testing.T) {
 			}
 			if !slices.Equal(got, tt.problems) {
 				t.Errorf("problems = %q, want %q\n%+v", got, tt.problems, r.Problems)
+			}
+			var warnings []string
+			for _, p := range r.Warnings {
+				warnings = append(warnings, fmt.Sprintf("%s %s", p.Node, p.Reason))
+			}
+			if !slices.Equal(warnings, tt.warnings) {
+				t.Errorf("warnings = %q, want %q\n%+v", warnings, tt.warnings, r.Warnings)
 			}
 			if !slices.Equal(r.Unencrypted, tt.unencrypted) {
 				t.Errorf("unencrypted = %q, want %q", r.Unencrypted, tt.unencrypted)
