@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+	"time"
 	"unicode"
 
 	"go.yaml.in/yaml/v3"
@@ -54,6 +55,9 @@ func (e *Error) Error() string {
 //
 // Parse is strict: unknown fields, duplicate fields, YAML aliases, values of
 // the wrong type, non-canonical prefixes and duplicate names are errors.
+// Duplicate keys and endpoints are not: Derive settles them. Each node's
+// Created is its entry's position, entry i (0-based) at i seconds after the
+// Unix epoch, so an earlier entry is the senior one.
 func Parse(path string, data []byte) (nodes []mesh.Node, err error) {
 	p := &parser{path: path}
 	if len(data) > MaxFileSize {
@@ -231,6 +235,9 @@ func (p *parser) nodeList(v *yaml.Node) []mesh.Node {
 	for i, item := range v.Content {
 		field := fmt.Sprintf("nodes[%d]", i)
 		n, nameLine := p.node(item, field)
+		// The entry's position is its seniority (see mesh.Node.Created): of
+		// two entries with one key, the earlier keeps it.
+		n.Created = time.Unix(int64(i), 0).UTC()
 		if n.Name != "" {
 			if first, dup := firstLine[n.Name]; dup {
 				p.fail(nameLine, field+".name", fmt.Sprintf("duplicate node name %q, first used at line %d; names must be unique", n.Name, first))

@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 
@@ -56,13 +57,16 @@ nodes:
 			PodCIDRs:  []netip.Prefix{netip.MustParsePrefix("10.244.1.0/24"), netip.MustParsePrefix("fd00:10:244:1::/64")},
 			HostIPs:   []netip.Addr{netip.MustParseAddr("198.18.0.1")},
 			Labels:    map[string]string{"role": "edge"},
+			Created:   time.Unix(0, 0).UTC(),
 		},
 		{
 			Name:     "host-b",
 			Endpoint: netip.MustParseAddrPort("[fd00:198:18::2]:51821"),
 			PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.2.0/24")},
+			Created:  time.Unix(1, 0).UTC(),
 		},
-		{Name: "host-c", PublicKey: mustKey(t, keyB)},
+		// Entries are ordered by position: the earlier is the senior.
+		{Name: "host-c", PublicKey: mustKey(t, keyB), Created: time.Unix(2, 0).UTC()},
 	}
 	if diff := cmp.Diff(want, got, cmp.Comparer(func(a, b netip.Prefix) bool { return a == b }),
 		cmp.Comparer(func(a, b netip.Addr) bool { return a == b }),
