@@ -89,6 +89,7 @@ type Metrics struct {
 	peers         prometheus.Gauge
 	unencrypted   prometheus.Gauge
 	problems      *prometheus.GaugeVec
+	warnings      *prometheus.GaugeVec
 	reconciles    *prometheus.CounterVec
 	reconcileTime prometheus.Histogram
 
@@ -127,7 +128,11 @@ func New(o Options) *Metrics {
 		}),
 		problems: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Namespace: Namespace, Name: "problems",
-			Help: "Problems found in the nodes' input by the last reconcile, by reason.",
+			Help: "Problems found in the nodes' input by the last reconcile that leave a node or pod CIDR out of the mesh, by reason.",
+		}, []string{"reason"}),
+		warnings: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: Namespace, Name: "warnings",
+			Help: "Problems found in the nodes' input by the last reconcile that leave every node programmed (such as DuplicateEndpoint), by reason.",
 		}, []string{"reason"}),
 		reconciles: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: Namespace, Name: "reconcile_total",
@@ -146,7 +151,7 @@ func New(o Options) *Metrics {
 	m.reconciles.WithLabelValues(ResultSuccess)
 	m.reconciles.WithLabelValues(ResultError)
 	m.reg.MustRegister(
-		m.peers, m.unencrypted, m.problems, m.reconciles, m.reconcileTime,
+		m.peers, m.unencrypted, m.problems, m.warnings, m.reconciles, m.reconcileTime,
 		&scrapeCollector{m: m},
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
@@ -170,9 +175,16 @@ func (m *Metrics) Observe(r mesh.Result) {
 
 	// Reset so that a reason that no longer occurs disappears instead of
 	// lingering at its last count.
+	// Warnings have their own gauge, so the alert wgmesh_problems > 0 keeps
+	// meaning "something is left out of the mesh".
 	m.problems.Reset()
+	m.warnings.Reset()
 	for _, p := range r.Desired.Problems {
-		m.problems.WithLabelValues(string(p.Reason)).Inc()
+		if p.Reason.Warning() {
+			m.warnings.WithLabelValues(string(p.Reason)).Inc()
+		} else {
+			m.problems.WithLabelValues(string(p.Reason)).Inc()
+		}
 	}
 
 	nodeOf := make(map[mesh.Key]string, len(r.Desired.Peers))

@@ -207,11 +207,17 @@ func TestReconcileProblemsAndUnencrypted(t *testing.T) {
 
 	m.Observe(mesh.Result{Desired: mesh.Desired{
 		Unencrypted: []string{"win-1"},
-		Problems:    []mesh.Problem{{Node: "a", Reason: mesh.ReasonNoKey}, {Node: "b", Reason: mesh.ReasonNoKey}},
+		Problems: []mesh.Problem{{Node: "a", Reason: mesh.ReasonNoKey}, {Node: "b", Reason: mesh.ReasonNoKey},
+			{Node: "c", Reason: mesh.ReasonDuplicateEndpoint}, {Node: "d", Reason: mesh.ReasonDuplicateEndpoint}},
 	}})
 	fams = scrape(t, h)
 	if diff := cmp.Diff(map[string]float64{"NoKey": 2}, series(fams, "wgmesh_problems")); diff != "" {
 		t.Errorf("problems (-want +got):\n%s", diff)
+	}
+	// A shared endpoint leaves both nodes programmed: a warning, not a
+	// problem that wgmesh_problems > 0 would alert on.
+	if diff := cmp.Diff(map[string]float64{"DuplicateEndpoint": 2}, series(fams, "wgmesh_warnings")); diff != "" {
+		t.Errorf("warnings (-want +got):\n%s", diff)
 	}
 	if got := series(fams, "wgmesh_nodes_unencrypted")[""]; got != 1 {
 		t.Errorf("nodes_unencrypted = %v, want 1", got)
@@ -276,7 +282,8 @@ func TestStatusSchema(t *testing.T) {
 		Desired: mesh.Desired{
 			Peers:       []mesh.Peer{{Node: "node-a", PublicKey: kA}},
 			Unencrypted: []string{"win-1"},
-			Problems:    []mesh.Problem{{Node: "win-1", Reason: mesh.ReasonUnmanaged, Detail: "matches kubernetes.io/os=windows"}},
+			Problems: []mesh.Problem{{Node: "node-b", Reason: mesh.ReasonDuplicateEndpoint, Detail: "shared"},
+				{Node: "win-1", Reason: mesh.ReasonUnmanaged, Detail: "matches kubernetes.io/os=windows"}},
 		},
 	})
 	srv := httptest.NewServer(m.Handler())
@@ -309,7 +316,10 @@ func TestStatusSchema(t *testing.T) {
 			"lastHandshake": "2026-01-02T03:04:05Z", "receiveBytes": 10.0, "transmitBytes": 20.0,
 		}},
 		"unencryptedNodes": []any{"win-1"},
-		"problems":         []any{map[string]any{"node": "win-1", "reason": "Unmanaged", "detail": "matches kubernetes.io/os=windows"}},
+		"problems": []any{
+			map[string]any{"node": "node-b", "reason": "DuplicateEndpoint", "detail": "shared", "warning": true},
+			map[string]any{"node": "win-1", "reason": "Unmanaged", "detail": "matches kubernetes.io/os=windows"},
+		},
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("/status document (-want +got):\n%s", diff)

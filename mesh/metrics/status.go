@@ -79,6 +79,9 @@ type ProblemStatus struct {
 	Node   string `json:"node"`
 	Reason string `json:"reason"`
 	Detail string `json:"detail,omitempty"`
+	// Warning is set when the problem leaves everything programmed (see
+	// mesh.Reason.Warning), such as DuplicateEndpoint.
+	Warning bool `json:"warning,omitempty"`
 }
 
 // NewPeerStatus converts device statistics; node may be "".
@@ -150,7 +153,7 @@ func (m *Metrics) Status(ctx context.Context) (Status, error) {
 		}
 		st.Unencrypted = append(st.Unencrypted, last.Desired.Unencrypted...)
 		for _, p := range last.Desired.Problems {
-			st.Problems = append(st.Problems, ProblemStatus{Node: p.Node, Reason: string(p.Reason), Detail: p.Detail})
+			st.Problems = append(st.Problems, ProblemStatus{Node: p.Node, Reason: string(p.Reason), Detail: p.Detail, Warning: p.Reason.Warning()})
 		}
 	}
 	var err error
