@@ -300,7 +300,8 @@ func agentServer(t *testing.T) (addr string, m *metrics.Metrics) {
 	m.Observe(mesh.Result{Time: time.Now(), Desired: mesh.Desired{
 		Peers:       []mesh.Peer{{Node: "node-b", PublicKey: k}},
 		Unencrypted: []string{"win-1"},
-		Problems:    []mesh.Problem{{Node: "win-1", Reason: mesh.ReasonUnmanaged, Detail: "matches the selector"}},
+		Problems: []mesh.Problem{{Node: "node-c", Reason: mesh.ReasonDuplicateEndpoint, Detail: "endpoint shared"},
+			{Node: "win-1", Reason: mesh.ReasonUnmanaged, Detail: "matches the selector"}},
 	}})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -338,6 +339,7 @@ func TestStatusFromAgent(t *testing.T) {
 		"node-b", "198.18.0.2:51820", "10.244.2.0/24", "42s ago", "2.0 KiB", "5.0 MiB",
 		"Backend:", "userspace", "Pod MTU:", "1440", "Strict mode:", "on", "UNENCRYPTED nodes:", "win-1", "Unmanaged",
 		"Routing warnings:", "cannot set src_valid_mark: read-only file system",
+		"Problems:\n  win-1: Unmanaged", "Warnings (nothing left out):\n  node-c: DuplicateEndpoint: endpoint shared",
 	} {
 		if !strings.Contains(r.stdout, want) {
 			t.Errorf("status table lacks %q:\n%s", want, r.stdout)

@@ -165,9 +165,21 @@ func printStatus(w io.Writer, st metrics.Status, now time.Time) error {
 				fmt.Fprintf(w, "  %s\n", warn)
 			}
 		}
-		if len(st.Problems) > 0 {
-			fmt.Fprintln(w, "Problems:")
+		// Warnings leave every node programmed; they are listed apart so
+		// that "Problems" keeps meaning something is left out.
+		for _, section := range []struct {
+			title   string
+			warning bool
+		}{{"Problems:", false}, {"Warnings (nothing left out):", true}} {
+			first := true
 			for _, p := range st.Problems {
+				if p.Warning != section.warning {
+					continue
+				}
+				if first {
+					fmt.Fprintln(w, section.title)
+					first = false
+				}
 				fmt.Fprintf(w, "  %s: %s: %s\n", p.Node, p.Reason, p.Detail)
 			}
 		}

@@ -26,10 +26,10 @@ const staleHandshake = 3 * time.Minute
 var hints = map[mesh.Reason]string{
 	mesh.ReasonNoKey:             "no agent published a key: is the wgmesh pod running there? kubectl -n wgmesh get pods -o wide --field-selector spec.nodeName=<node>",
 	mesh.ReasonInvalidKey:        "the wgmesh.io/public-key annotation is not a WireGuard public key: remove the annotation and restart that node's agent",
-	mesh.ReasonDuplicateKey:      "nodes share one key (a copied key file or disk image): run 'wgmesh rotate-key' on all but one of them",
+	mesh.ReasonDuplicateKey:      "the node publishes a key an older node already has (a copied key file or disk image, or a forged annotation); the older node keeps it: run 'wgmesh rotate-key' on the node named, and find out how the key got there",
 	mesh.ReasonInvalidEndpoint:   "the wgmesh.io/endpoint or wgmesh.io/force-endpoint annotation is not IP:port: fix wgmesh.io/force-endpoint or the agent's --endpoint",
 	mesh.ReasonNoEndpoint:        "no endpoint is known: give the node an InternalIP, or set the wgmesh.io/force-endpoint annotation",
-	mesh.ReasonDuplicateEndpoint: "nodes publish the same endpoint: set distinct --endpoint or wgmesh.io/force-endpoint values",
+	mesh.ReasonDuplicateEndpoint: "nodes publish the same endpoint (sites behind NAT with one private address, or a stale Node): both stay in the mesh, as WireGuard follows each peer to where its packets come from; delete a stale Node, or set distinct --endpoint or wgmesh.io/force-endpoint values so first handshakes reach the right host",
 	mesh.ReasonInvalidCIDR:       "spec.podCIDRs holds an invalid prefix: check the controller manager's --cluster-cidr and node CIDR allocation",
 	mesh.ReasonCIDROverlap:       "pod CIDRs of different nodes overlap: fix spec.podCIDRs allocation (controller manager --cluster-cidr, --node-cidr-mask-size)",
 	mesh.ReasonOwnCIDROverlap:    "a node's pod CIDR overlaps another node's: fix spec.podCIDRs allocation",
@@ -51,9 +51,10 @@ func (a *app) verifyCommand() *cobra.Command {
 		Short: "Check that the whole cluster is encrypted; exit 1 if any node is not",
 		Long: `verify lists every Node and checks, with the same rules the agents use, that
 each node's pod traffic is encrypted: every node has a valid key and endpoint, no
-two nodes share a key or endpoint, and no pod CIDRs overlap. It prints each
-problem with what to do about it and exits 1 unless the whole cluster is
-encrypted. When this host has the wgmesh interface it also lists peers without
+node publishes a key an older node already has, and no pod CIDRs overlap. It
+prints each problem with what to do about it and exits 1 unless the whole
+cluster is encrypted. Warnings (nodes sharing an endpoint) are listed too but
+leave every node in the mesh and do not change the exit status. When this host has the wgmesh interface it also lists peers without
 a recent handshake (idle, or unreachable over UDP).
 
 Pass the agents' --unmanaged-nodes so nodes left out on purpose are reported as
@@ -107,35 +108,21 @@ such; they still count as unencrypted.`,
 }
 
 // printVerify writes the report and returns whether the cluster is fully
-// encrypted.
+// encrypted. Warnings are printed but do not change the answer.
 func printVerify(w io.Writer, rep kube.VerifyReport) bool {
 	fmt.Fprintf(w, "Checked %d nodes.\n", rep.Nodes)
-	if rep.OK() {
+	ok := rep.OK()
+	if ok {
 		fmt.Fprintln(w, "No problems found.")
-		return true
 	}
 	if len(rep.Problems) > 0 {
-		fmt.Fprintf(w, "\n%d problems:\n", len(rep.Problems))
-		tw := tabwriter.NewWriter(w, 0, 4, 3, ' ', 0)
-		fmt.Fprintln(tw, "NODE\tREASON\tDETAIL")
-		seen := map[mesh.Reason]bool{}
-		for _, p := range rep.Problems {
-			fmt.Fprintf(tw, "%s\t%s\t%s\n", p.Node, p.Reason, p.Detail)
-			seen[p.Reason] = true
-		}
-		tw.Flush()
-		fmt.Fprintln(w, "\nWhat to do:")
-		for _, p := range rep.Problems {
-			if !seen[p.Reason] {
-				continue
-			}
-			seen[p.Reason] = false
-			hint := hints[p.Reason]
-			if hint == "" {
-				hint = "see the Events on the node: kubectl describe node " + p.Node
-			}
-			fmt.Fprintf(w, "  %s: %s\n", p.Reason, hint)
-		}
+		printProblems(w, fmt.Sprintf("%d problems:", len(rep.Problems)), rep.Problems)
+	}
+	if len(rep.Warnings) > 0 {
+		printProblems(w, fmt.Sprintf("%d warnings (every node they name stays in the mesh):", len(rep.Warnings)), rep.Warnings)
+	}
+	if ok {
+		return true
 	}
 	if len(rep.Unencrypted) > 0 {
 		noun := "these nodes"
@@ -147,6 +134,31 @@ func printVerify(w io.Writer, rep kube.VerifyReport) bool {
 		fmt.Fprintln(w, "\nNodes with problems are unreachable from the mesh (strict mode), not plaintext, until fixed.")
 	}
 	return false
+}
+
+// printProblems writes a table of ps under title and one hint per reason.
+func printProblems(w io.Writer, title string, ps []mesh.Problem) {
+	fmt.Fprintf(w, "\n%s\n", title)
+	tw := tabwriter.NewWriter(w, 0, 4, 3, ' ', 0)
+	fmt.Fprintln(tw, "NODE\tREASON\tDETAIL")
+	seen := map[mesh.Reason]bool{}
+	for _, p := range ps {
+		fmt.Fprintf(tw, "%s\t%s\t%s\n", p.Node, p.Reason, p.Detail)
+		seen[p.Reason] = true
+	}
+	tw.Flush()
+	fmt.Fprintln(w, "\nWhat to do:")
+	for _, p := range ps {
+		if !seen[p.Reason] {
+			continue
+		}
+		seen[p.Reason] = false
+		hint := hints[p.Reason]
+		if hint == "" {
+			hint = "see the Events on the node: kubectl describe node " + p.Node
+		}
+		fmt.Fprintf(w, "  %s: %s\n", p.Reason, hint)
+	}
 }
 
 // printHandshakes lists the local peers without a recent handshake.

@@ -22,8 +22,8 @@ func TestPrintVerify(t *testing.T) {
 		Nodes: 4,
 		Problems: []mesh.Problem{
 			{Node: "n1", Reason: mesh.ReasonNoKey, Detail: "no wgmesh.io/public-key annotation"},
-			{Node: "n2", Reason: mesh.ReasonDuplicateKey, Detail: "same key as n3"},
-			{Node: "n3", Reason: mesh.ReasonDuplicateKey, Detail: "same key as n2"},
+			{Node: "n2", Reason: mesh.ReasonDuplicateKey, Detail: "same key as n4, which keeps it"},
+			{Node: "n3", Reason: mesh.ReasonDuplicateKey, Detail: "same key as n4, which keeps it"},
 		},
 	}
 	if ok := printVerify(&buf, rep); ok {
@@ -37,6 +37,25 @@ func TestPrintVerify(t *testing.T) {
 	}
 	if strings.Count(out, "rotate-key") != 1 {
 		t.Errorf("hint for DuplicateKey repeated:\n%s", out)
+	}
+
+	// A shared endpoint is a warning: listed with its hint, still encrypted.
+	buf.Reset()
+	rep = kube.VerifyReport{Nodes: 2, Warnings: []mesh.Problem{
+		{Node: "n1", Reason: mesh.ReasonDuplicateEndpoint, Detail: "endpoint 198.18.0.1:51820 is also published by node \"n2\""},
+		{Node: "n2", Reason: mesh.ReasonDuplicateEndpoint, Detail: "endpoint 198.18.0.1:51820 is also published by node \"n1\""},
+	}}
+	if ok := printVerify(&buf, rep); !ok {
+		t.Errorf("report with only warnings counted as not encrypted:\n%s", buf.String())
+	}
+	out = buf.String()
+	for _, want := range []string{"No problems found", "2 warnings", "DuplicateEndpoint", "both stay in the mesh"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("warnings report lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, "unreachable from the mesh") || strings.Contains(out, "NOT") {
+		t.Errorf("warnings report says something is not encrypted:\n%s", out)
 	}
 
 	buf.Reset()
