@@ -71,17 +71,16 @@ func (s *Source) Report(problems []mesh.Problem) {
 	}
 }
 
-// healthy returns the nodes that no problem names (warnings aside: they
-// leave the node programmed), and the local node: the ones that demonstrably
-// run a working agent. Only they may be reporters; a
+// healthy returns the nodes that no problem names, and the local node: the
+// ones that demonstrably run a working agent. Only they may be reporters; a
 // ring over every node could hand a keyless node's Events to other nodes
-// without an agent, and then nobody would write them.
+// without an agent, and then nobody would write them. Warnings count as
+// problems here: of two nodes sharing an endpoint one is often a stale Node
+// without an agent.
 func healthy(names []string, problems []mesh.Problem, self string) []string {
 	bad := make(map[string]bool, len(problems))
 	for _, p := range problems {
-		if !p.Reason.Warning() {
-			bad[p.Node] = true
-		}
+		bad[p.Node] = true
 	}
 	out := names[:0:0]
 	for _, n := range names {
