@@ -237,3 +237,24 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+// TestParseEarlierEntryKeepsSharedKey: the entry order is the seniority
+// Derive uses, so of two entries publishing one key the earlier keeps it,
+// whatever the names.
+func TestParseEarlierEntryKeepsSharedKey(t *testing.T) {
+	data := "nodes:\n" +
+		"  - {name: self, publicKey: \"" + keyB + "\", endpoint: \"198.18.0.9:51820\", podCIDRs: [10.244.9.0/24]}\n" +
+		"  - {name: zz-first, publicKey: \"" + keyA + "\", endpoint: \"198.18.0.1:51820\", podCIDRs: [10.244.1.0/24]}\n" +
+		"  - {name: aa-second, publicKey: \"" + keyA + "\", endpoint: \"198.18.0.2:51820\", podCIDRs: [10.244.2.0/24]}\n"
+	nodes, err := Parse("p.yaml", []byte(data))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := mesh.Derive(mesh.Node{Name: "self", PublicKey: mustKey(t, keyB)}, nodes, mesh.Options{IPv4: true})
+	if len(d.Peers) != 1 || d.Peers[0].Node != "zz-first" {
+		t.Errorf("peers = %+v, want only zz-first", d.Peers)
+	}
+	if len(d.Problems) != 1 || d.Problems[0].Node != "aa-second" || d.Problems[0].Reason != mesh.ReasonDuplicateKey {
+		t.Errorf("problems = %+v, want DuplicateKey on aa-second", d.Problems)
+	}
+}
