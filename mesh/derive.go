@@ -41,9 +41,12 @@ const maxNamesInDetail = 3
 //
 // Every other node is exactly one of:
 //   - a peer: managed, with a usable key and endpoint, in conflict with no
-//     other node. Its claims (pod CIDRs of the enabled families, and with
-//     HostEncryption its host IPs as /32 or /128) become its AllowedIPs and
-//     ViaTunnel routes; its pod CIDRs become StrictSources.
+//     other node. Its claims (pod CIDRs and host IPs as /32 or /128, of the
+//     enabled families) become its AllowedIPs, so replies from its node
+//     address through the tunnel are accepted. Its pod CIDRs become
+//     ViaTunnel routes and StrictSources. Its host IPs become ViaTunnel
+//     HostRoutes, which only traffic from the local pod CIDRs (PodSources)
+//     consults, and with HostEncryption also ViaTunnel routes.
 //   - unmanaged (Options.Unmanaged matches its labels, key or not): its pod
 //     CIDRs get Throw routes, it is listed in Unencrypted and reported.
 //   - left out because of a Problem (NoKey, InvalidKey, NoEndpoint,
@@ -75,9 +78,9 @@ const maxNamesInDetail = 3
 //     prefixes — the nodes' other claims still are. A contested pod CIDR gets
 //     an Unreachable route (Throw with AllowUnencrypted) owned by no node, so
 //     its traffic goes to neither claimant; contested host IPs get no route.
-//   - a claim inside one of the local node's pod CIDRs (or, with
-//     HostEncryption, own host IPs) is reported as OwnCIDROverlap and gets no
-//     route: the own Throw route keeps that traffic local.
+//   - a claim inside one of the local node's pod CIDRs or host IPs is
+//     reported as OwnCIDROverlap and gets no route: the own Throw route (or
+//     the local table) keeps that traffic local.
 //   - a claim that contains an own pod CIDR, or a pod CIDR that contains an
 //     address that must stay outside the tunnel (any node's endpoint or host
 //     IP, a KeepOutside address), is reported and not programmed; it gets an
@@ -86,15 +89,21 @@ const maxNamesInDetail = 3
 //     local node's addresses are local anyway). So the agent always reaches
 //     its peers and the API server outside the tunnel, and nothing else in
 //     the prefix leaks.
-//   - with HostEncryption, a host IP equal to an endpoint or KeepOutside
-//     address is simply not a claim: the usual node address that is also its
-//     endpoint stays outside the tunnel. Peers' endpoints and KeepOutside
+//   - a host IP equal to an endpoint or KeepOutside address (the usual node
+//     address that is also its endpoint, an API server on a node) never
+//     gets a route in Routes, so host traffic to it — the agent's to the
+//     API server and to the peers' endpoints — stays outside the tunnel.
+//     It is still an AllowedIP and a HostRoute: only packets from the local
+//     pod CIDRs look HostRoutes up, never the host's own or the device's
+//     encrypted ones. With HostEncryption, peers' endpoints and KeepOutside
 //     addresses get Throw routes.
 //
 // Host IPs of nodes that are not peers get no routes: the promise of strict
 // mode covers pod traffic only, and a host without an agent must stay
-// reachable. A disabled address family is ignored entirely: its pod CIDRs,
-// host IPs, tunnel addresses and keep-outside routes are not considered.
+// reachable. A contested host IP (two nodes claim it) is left out of both
+// nodes' AllowedIPs and HostRoutes; their pod CIDRs are not affected. A
+// disabled address family is ignored entirely: its pod CIDRs, host IPs,
+// tunnel addresses and keep-outside routes are not considered.
 // Problems carried in Node.Problems are copied to the output.
 func Derive(self Node, nodes []Node, o Options) Desired {
 	d := &deriver{o: o, selfName: self.Name, selfKey: self.PublicKey}
@@ -162,6 +171,11 @@ type claim struct {
 	prefix netip.Prefix
 	owner  int // index into deriver.cands; -1 for the local node
 	host   bool
+	// outside: a host IP that is also an endpoint or a KeepOutside
+	// address. It is an AllowedIP and a host-table route like any host IP,
+	// but never a main-table route: host-sourced traffic to it (the
+	// agent's) must not enter the tunnel.
+	outside bool
 	// contested: overlaps another node's claim.
 	contested bool
 	// dropped: overlaps an own claim or contains a keep-outside address; never
@@ -710,20 +724,24 @@ func (d *deriver) appendClaims(dst []claim, owner int, name string, pods []netip
 			cs = append(cs, claim{prefix: p, owner: owner})
 		}
 	}
-	if d.o.HostEncryption {
-		for _, a := range hosts {
-			a = a.Unmap().WithZone("")
-			if !usableEndpointAddr(a) {
-				d.problem(name, ReasonInvalidCIDR, "host IP %q is not a unicast address; ignored", a.String())
-				continue
-			}
-			// A peer's endpoint (usually its host IP) and the API server stay
-			// outside the tunnel so the agent can always reach them.
-			if !d.familyEnabled(a) || (owner >= 0 && d.isEndpointOrOption(a)) {
-				continue
-			}
-			cs = append(cs, claim{prefix: netip.PrefixFrom(a, a.BitLen()), owner: owner, host: true})
+	// Host IPs are claims whatever HostEncryption says: a peer's are its
+	// AllowedIPs (replies from a remote node's address arrive through the
+	// tunnel) and the host table's routes (pod-sourced traffic to them is
+	// encrypted). HostEncryption only adds main-table routes for them.
+	for _, a := range hosts {
+		a = a.Unmap().WithZone("")
+		if !usableEndpointAddr(a) {
+			d.problem(name, ReasonInvalidCIDR, "host IP %q is not a unicast address; ignored", a.String())
+			continue
 		}
+		if !d.familyEnabled(a) {
+			continue
+		}
+		// A peer's endpoint (usually its host IP) and the API server stay
+		// outside the tunnel for host traffic, so the agent can always
+		// reach them: such a claim gets no main-table route.
+		outside := owner >= 0 && d.isEndpointOrOption(a)
+		cs = append(cs, claim{prefix: netip.PrefixFrom(a, a.BitLen()), owner: owner, host: true, outside: outside})
 	}
 	mine := cs[start:]
 	slices.SortFunc(mine, func(a, b claim) int {
@@ -773,7 +791,16 @@ func (d *deriver) checkOwnAndKeepOutside() {
 	for i := range d.claims {
 		c := &d.claims[i]
 		name := d.cands[c.owner].node.Name
-		if o, inside, ok := d.ownOverlap(c.prefix); ok {
+		o, inside, ok := d.ownOverlap(c.prefix)
+		if ok && o.host && !inside && !c.host {
+			// A pod CIDR holding a local host IP: the keep-outside check
+			// below reports it, unless it holds an own pod CIDR as well.
+			i := slices.IndexFunc(d.own, func(x claim) bool { return !x.host && c.prefix.Overlaps(x.prefix) })
+			if ok = i >= 0; ok {
+				o = d.own[i]
+			}
+		}
+		if ok {
 			c.dropped = true
 			if inside {
 				// The local node's Throw route covers it: own traffic
@@ -1010,11 +1037,17 @@ func (d *deriver) build() Desired {
 					out.StrictSources = append(out.StrictSources, c.prefix)
 				}
 			}
+		case cand.isPeer() && c.host:
+			// Pod-sourced traffic to a peer's host IP takes the tunnel;
+			// host traffic only with HostEncryption, and never to an
+			// endpoint or keep-outside address.
+			out.HostRoutes = append(out.HostRoutes, Route{Dst: c.prefix, Kind: ViaTunnel, Node: name})
+			if d.o.HostEncryption && !c.outside {
+				m.add(Route{Dst: c.prefix, Kind: ViaTunnel, Node: name})
+			}
 		case cand.isPeer():
 			m.add(Route{Dst: c.prefix, Kind: ViaTunnel, Node: name})
-			if !c.host {
-				out.StrictSources = append(out.StrictSources, c.prefix)
-			}
+			out.StrictSources = append(out.StrictSources, c.prefix)
 		case c.host:
 			// Hosts that are not peers stay reachable in plaintext.
 		case cand.unmanaged:
@@ -1063,6 +1096,11 @@ func (d *deriver) build() Desired {
 	}
 
 	out.Addresses = d.addresses()
+	for _, c := range d.own {
+		if !c.host {
+			out.PodSources = append(out.PodSources, c.prefix)
+		}
+	}
 
 	// Peer names are unique (nodes sharing a name are blocked).
 	slices.SortFunc(out.Peers, func(a, b Peer) int { return strings.Compare(a.Node, b.Node) })

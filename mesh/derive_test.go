@@ -41,6 +41,12 @@ func Render(d Desired) string {
 	for _, a := range d.Addresses {
 		fmt.Fprintf(&b, "address %s\n", a)
 	}
+	for _, r := range d.HostRoutes {
+		fmt.Fprintf(&b, "host-route %-21s %-11s %s\n", r.Dst, r.Kind, orDash(r.Node))
+	}
+	for _, s := range d.PodSources {
+		fmt.Fprintf(&b, "pod-source %s\n", s)
+	}
 	for _, s := range d.StrictSources {
 		fmt.Fprintf(&b, "strict-source %s\n", s)
 	}
@@ -562,7 +568,9 @@ func deriveCases() []deriveCase {
 			},
 			peers:    []string{"a"},
 			problems: []string{"keyless NoKey"},
-			allowed:  map[string][]string{"a": {"10.244.1.0/24", "192.0.2.2/32", "fd00:10:244:1::/64", "fd00:198:18::2/128"}},
+			// The endpoint address is allowed (replies from it) but gets a
+			// throw route: host traffic to it stays outside the tunnel.
+			allowed: map[string][]string{"a": {"10.244.1.0/24", "192.0.2.2/32", "198.18.0.2/32", "fd00:10:244:1::/64", "fd00:198:18::2/128"}},
 			routes: map[string]string{
 				"198.18.0.2/32":  "throw a",
 				"192.0.2.100/32": "throw -",
@@ -580,8 +588,11 @@ func deriveCases() []deriveCase {
 				o.HostEncryption = true
 				o.KeepOutside = []netip.Addr{netip.MustParseAddr("192.0.2.2")}
 			},
-			peers:   []string{"a"},
-			allowed: map[string][]string{"a": {"10.244.1.0/24", "fd00:10:244:1::/64"}},
+			peers: []string{"a"},
+			// Allowed and host routes (pods reach the API server
+			// encrypted), but throw routes in the main table: the agent
+			// reaches the API server and the endpoint outside the tunnel.
+			allowed: map[string][]string{"a": {"10.244.1.0/24", "192.0.2.2/32", "198.18.0.2/32", "fd00:10:244:1::/64"}},
 			routes:  map[string]string{"192.0.2.2/32": "throw -", "198.18.0.2/32": "throw a"},
 		},
 		{
@@ -641,9 +652,11 @@ func deriveCases() []deriveCase {
 				withHosts(nodeB, "10.250.0.3"),
 				node("c", 4, "198.18.0.4:51820", "10.250.0.0/28"),
 			},
-			opts:     func(o *Options) { o.AllowUnencrypted = true },
-			peers:    []string{"a", "b", "c"},
-			problems: []string{"a CIDROverlap", "a CIDROverlap", "c CIDROverlap", "c CIDROverlap"},
+			opts:  func(o *Options) { o.AllowUnencrypted = true },
+			peers: []string{"a", "b", "c"},
+			// b's host IP inside c's pod CIDR is contested: neither is
+			// programmed, b's pod CIDRs are.
+			problems: []string{"a CIDROverlap", "a CIDROverlap", "b CIDROverlap", "c CIDROverlap", "c CIDROverlap"},
 			routes: map[string]string{
 				"10.250.0.0/24": "throw -",
 				"10.250.0.0/28": "throw -",
@@ -651,7 +664,39 @@ func deriveCases() []deriveCase {
 				"10.250.0.3/32": "",
 				"10.250.0.1/32": "",
 			},
-			allowed: map[string][]string{"a": {"10.244.1.0/24"}, "c": nil},
+			allowed: map[string][]string{"a": {"10.244.1.0/24"}, "b": {"10.244.2.0/24", "fd00:10:244:2::/64"}, "c": nil},
+		},
+		{
+			// Issue #11, scenario 3: without host encryption every peer's
+			// host IPs are allowed and host routes (pod-sourced traffic is
+			// encrypted), endpoints and the API server included, and get
+			// no main-table route. Conflicts over a host IP leave it out
+			// and never take a pod CIDR down.
+			name: "pod-to-host",
+			self: withHosts(self, "198.18.0.1"),
+			nodes: []Node{
+				withHosts(self, "198.18.0.1"),
+				withHosts(nodeA, "198.18.0.2", "fd00:198:18::2"),
+				withHosts(nodeB, "198.18.0.3", "192.0.2.50", "192.0.2.100"),
+				withHosts(node("c", 4, "198.18.0.4:51820", "10.244.4.0/24"), "198.18.0.4", "192.0.2.50", "198.18.0.1", "10.244.0.7"),
+				withHosts(node("keyless", 0, "", "10.244.3.0/24"), "198.18.0.5"),
+			},
+			opts:     func(o *Options) { o.KeepOutside = []netip.Addr{netip.MustParseAddr("192.0.2.100")} },
+			peers:    []string{"a", "b", "c"},
+			problems: []string{"b CIDROverlap", "c CIDROverlap", "c OwnCIDROverlap", "c OwnCIDROverlap", "keyless NoKey"},
+			allowed: map[string][]string{
+				"a": {"10.244.1.0/24", "198.18.0.2/32", "fd00:10:244:1::/64", "fd00:198:18::2/128"},
+				"b": {"10.244.2.0/24", "192.0.2.100/32", "198.18.0.3/32", "fd00:10:244:2::/64"},
+				"c": {"10.244.4.0/24", "198.18.0.4/32"},
+			},
+			routes: map[string]string{
+				"10.244.1.0/24":  "tunnel a",
+				"10.244.2.0/24":  "tunnel b",
+				"10.244.4.0/24":  "tunnel c",
+				"198.18.0.2/32":  "",
+				"192.0.2.100/32": "",
+				"192.0.2.50/32":  "",
+			},
 		},
 		{
 			name:  "tunnel-address-none",
@@ -884,6 +929,15 @@ func checkInvariants(t *testing.T, self Node, nodes []Node, o Options, d Desired
 		}
 	}
 	isSortedPrefixes("routes", dsts)
+	var hostDsts []netip.Prefix
+	for _, r := range d.HostRoutes {
+		hostDsts = append(hostDsts, r.Dst)
+		if r.Kind != ViaTunnel || !r.Dst.IsSingleIP() {
+			t.Errorf("host route %s (%s) is not a tunnel route to one address", r.Dst, r.Kind)
+		}
+	}
+	isSortedPrefixes("host routes", hostDsts)
+	isSortedPrefixes("pod sources", d.PodSources)
 	isSortedPrefixes("addresses", d.Addresses)
 	isSortedPrefixes("strict sources", d.StrictSources)
 	for _, a := range d.Addresses {
@@ -924,10 +978,47 @@ func checkInvariants(t *testing.T, self Node, nodes []Node, o Options, d Desired
 	for _, r := range d.Routes {
 		routeOf[r.Dst] = r
 	}
+	// hostOf says whether a is one of node's host IPs.
+	hostOf := func(node string, a netip.Addr) bool {
+		for _, n := range nodes {
+			if n.Name == node && slices.ContainsFunc(n.HostIPs, func(h netip.Addr) bool { return h.Unmap().WithZone("") == a }) {
+				return true
+			}
+		}
+		return false
+	}
+	hostRouteOf := map[netip.Prefix]Route{}
+	for _, r := range d.HostRoutes {
+		hostRouteOf[r.Dst] = r
+		if !slices.Contains(allowed, owned{r.Dst, r.Node}) || !hostOf(r.Node, r.Dst.Addr()) {
+			t.Errorf("host route %s for %q is no allowed host IP of that peer", r.Dst, r.Node)
+		}
+	}
 	for _, a := range allowed {
+		if a.p.IsSingleIP() && hostOf(a.node, a.p.Addr()) {
+			// A peer's host IP: the host table routes it, the main
+			// table only with host encryption.
+			if r, ok := hostRouteOf[a.p]; !ok || r.Node != a.node {
+				t.Errorf("allowed host IP %s of %s has host route %+v, want tunnel", a.p, a.node, r)
+			}
+			if r, ok := routeOf[a.p]; ok && r.Kind == ViaTunnel && (!o.HostEncryption || r.Node != a.node) {
+				t.Errorf("allowed host IP %s of %s has route %+v without host encryption", a.p, a.node, r)
+			}
+			continue
+		}
 		if r, ok := routeOf[a.p]; !ok || r.Kind != ViaTunnel || r.Node != a.node {
 			t.Errorf("allowed IP %s of %s has route %+v, want tunnel", a.p, a.node, r)
 		}
+	}
+	// The own pod CIDRs are the pod sources.
+	var wantSources []netip.Prefix
+	for _, c := range d.Routes {
+		if c.Kind == Throw && c.Node == self.Name && self.Name != "" {
+			wantSources = append(wantSources, c.Dst)
+		}
+	}
+	if !slices.Equal(wantSources, d.PodSources) && self.Name != "" {
+		t.Errorf("pod sources %v, want the own pod CIDRs %v", d.PodSources, wantSources)
 	}
 	for _, r := range d.Routes {
 		if r.Kind == ViaTunnel && !slices.Contains(allowed, owned{r.Dst, r.Node}) {
@@ -987,8 +1078,20 @@ func checkInvariants(t *testing.T, self Node, nodes []Node, o Options, d Desired
 			continue
 		}
 		for _, a := range allowed {
-			if a.p.Contains(k.a) && !(k.host && a.p.IsSingleIP() && a.node == k.node) {
+			// A peer's own host IP is allowed as a single address even if
+			// it is an endpoint or keep-outside address too: only
+			// pod-sourced packets are routed to it (host routes).
+			if a.p.Contains(k.a) && !(a.p.IsSingleIP() && hostOf(a.node, k.a)) {
 				t.Errorf("address %s of %q is inside allowed IP %s of %s", k.a, k.node, a.p, a.node)
+			}
+		}
+		// Host traffic to endpoints and keep-outside addresses never
+		// enters the tunnel.
+		if !k.host && k.node != self.Name {
+			for _, r := range d.Routes {
+				if r.Kind == ViaTunnel && r.Dst.Contains(k.a) {
+					t.Errorf("address %s of %q is inside tunnel route %s of %s", k.a, k.node, r.Dst, r.Node)
+				}
 			}
 		}
 		for _, s := range d.StrictSources {

@@ -150,6 +150,17 @@ type Desired struct {
 	// Addresses are the tunnel addresses of the local interface, one per
 	// enabled family, as single-address prefixes (/32, /128).
 	Addresses []netip.Prefix
+	// HostRoutes are the routes of the host table, sorted by Dst: one
+	// ViaTunnel route per peer host IP (/32, /128). Only packets from
+	// PodSources look them up (a policy rule per source), so pod traffic to
+	// remote node addresses (API server, kubelet, hostNetwork pods) is
+	// encrypted while the host's own traffic to them, the agent's included,
+	// stays outside the tunnel.
+	HostRoutes []Route
+	// PodSources are the local node's own pod CIDRs of the enabled
+	// families, sorted and masked: the sources whose packets consult the
+	// host table.
+	PodSources []netip.Prefix
 	// StrictSources are remote pod prefixes whose packets must only ever
 	// arrive through the tunnel; the router drops them on any other
 	// interface.

@@ -466,7 +466,7 @@ func (l *loop) reconcile(ctx context.Context) {
 	l.failures = 0
 	l.retry.Stop()
 	if l.lastDesired == nil || !reflect.DeepEqual(*l.lastDesired, d) {
-		r.log.Info("applied", "peers", len(d.Peers), "routes", len(d.Routes), "unencrypted", len(d.Unencrypted), "problems", len(d.Problems), "took", res.Duration)
+		r.log.Info("applied", "peers", len(d.Peers), "routes", len(d.Routes), "hostRoutes", len(d.HostRoutes), "unencrypted", len(d.Unencrypted), "problems", len(d.Problems), "took", res.Duration)
 	} else {
 		r.log.Debug("resynced", "peers", len(d.Peers), "took", res.Duration)
 	}

@@ -145,14 +145,26 @@ func (f *Fake) Fail(match string, err error) {
 // Lookup resolves dst for a packet carrying mark the way the kernel's
 // policy routing would: rules by priority, longest prefix in each table,
 // throw continues with the next rule. It returns the matching route as `ip
-// route` shows it, or "" when nothing matches. Rules with a source selector
-// and the local table are not modelled.
+// route` shows it, or "" when nothing matches. The packet has no source yet
+// (a host socket before the kernel picks one), so rules with a source
+// selector do not match; the local table is not modelled.
 func (f *Fake) Lookup(dst netip.Addr, mark uint32) string {
+	return f.LookupFrom(netip.Addr{}, dst, mark)
+}
+
+// LookupFrom is Lookup for a packet from src (a forwarded pod packet, or a
+// socket bound to src): rules with a source selector match when it
+// contains src. The zero src is Lookup.
+func (f *Fake) LookupFrom(src, dst netip.Addr, mark uint32) string {
 	f.sys.mu.Lock()
 	defer f.sys.mu.Unlock()
 	fam := familyOf(dst)
+	src = src.Unmap()
 	for _, ru := range sortedRules(f.sys.rules) {
-		if ru.Family != fam || ru.From.IsValid() || ru.Table == unix.RT_TABLE_LOCAL {
+		if ru.Family != fam || ru.Table == unix.RT_TABLE_LOCAL {
+			continue
+		}
+		if ru.From.IsValid() && !(src.IsValid() && ru.From.Contains(src)) {
 			continue
 		}
 		if (mark&ru.Mask == ru.Mark) == ru.Invert {

@@ -88,6 +88,19 @@ func dual() mesh.Desired {
 	}
 }
 
+// hostRoutes is dual() with node-1's pod sources and the peers' host IPs
+// in the host table, as Derive makes them without host encryption: the
+// endpoints 198.18.0.2 and 198.18.0.4 are host routes too.
+func hostRoutes() mesh.Desired {
+	d := dual()
+	d.PodSources = []netip.Prefix{pfx("10.244.1.0/24"), pfx("fd00:10:244:1::/64")}
+	d.HostRoutes = []mesh.Route{
+		tunnel("198.18.0.2/32", "node-2"), tunnel("198.18.0.4/32", "node-4"), tunnel("198.18.0.12/32", "node-2"),
+		tunnel("2001:db8::2/128", "node-2"),
+	}
+	return d
+}
+
 func with(d mesh.Desired, routes ...mesh.Route) mesh.Desired {
 	d.Routes = append(slices.Clone(d.Routes), routes...)
 	return d
@@ -138,6 +151,9 @@ func configs() []config {
 		{"empty", opts(nil), mesh.Desired{}},
 		{"strict-sources-merge", opts(nil), merge},
 		{"many-nodes", opts(func(o *Options) { o.IPv6 = false }), many},
+		{"host-routes", opts(nil), hostRoutes()},
+		{"host-routes-ipv4-only", opts(func(o *Options) { o.IPv6 = false }), hostRoutes()},
+		{"host-routes-custom-tables", opts(func(o *Options) { o.Table, o.HostTable, o.Priority = 4243, 4242, 50 }), hostRoutes()},
 	}
 }
 

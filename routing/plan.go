@@ -13,11 +13,16 @@ import (
 // Ownership predicates, shared by the kernel and the fake so both filter the
 // observed state identically.
 
-// ownsRule: a rule looking up our table is ours by definition; one carrying
-// our protocol is ours even if it points elsewhere (a previous run with
-// another --route-table).
+// ownsTable reports whether t is one of the instance's routing tables: the
+// route table or the host-route table. Every predicate that asks "is this
+// table ours" goes through it.
+func (o Options) ownsTable(t int) bool { return t == o.Table || t == o.HostTable }
+
+// ownsRule: a rule looking up one of our tables is ours by definition; one
+// carrying our protocol is ours even if it points elsewhere (a previous run
+// with another --route-table).
 func (o Options) ownsRule(r rule) bool {
-	return r.Table == o.Table || r.Protocol == RouteProtocol
+	return o.ownsTable(r.Table) || r.Protocol == RouteProtocol
 }
 
 // ownsRoute: our routes carry our protocol, in whatever table.
@@ -96,32 +101,81 @@ func (o Options) target(d mesh.Desired, w observed) (want ours, notes []error) {
 			})
 		}
 	}
+	// The host-route rules select by source, so only traffic from the own
+	// pods consults the host table: the host's own packets carry a node
+	// address (or none yet, while the kernel picks one: a `from` rule does
+	// not match then). `fwmark 0/M` (the mark bit clear) keeps encrypted
+	// packets out like the main rule's `not fwmark M/M`, but cannot be
+	// written so: `not` inverts a rule's whole selector, and `not from P
+	// fwmark M/M` would match all host traffic. They come one priority
+	// before the main rule, a fixed order the kernel keeps whatever order
+	// they were added in.
+	for _, p := range d.PodSources {
+		if !p.IsValid() {
+			notes = append(notes, fmt.Errorf("pod source %s: invalid prefix: skipped", p))
+			continue
+		}
+		p = p.Masked()
+		f := familyOf(p.Addr())
+		r := rule{
+			Family: f, Priority: o.Priority - 1, From: p,
+			Mark: 0, Mask: o.FwMark, Table: o.HostTable, Protocol: RouteProtocol,
+		}
+		if o.enabled(f) && !slices.Contains(want.Rules, r) {
+			want.Rules = append(want.Rules, r)
+		}
+	}
 
+	var mainRoutes, hostRoutes []route
+	mainRoutes, notes = o.tableRoutes(o.Table, d.Routes, haveLink, src, notes)
+	// Host routes need no preferred source: only forwarded pod packets and
+	// sockets bound to a pod address use them, and both have a source.
+	hostRoutes, notes = o.tableRoutes(o.HostTable, d.HostRoutes, haveLink, nil, notes)
+	want.Routes = mergeTables(mainRoutes, hostRoutes)
+
+	if !o.DisableIngressFilter {
+		f := &filter{Chain: true, Counter: true}
+		for _, fam := range []family{v4, v6} {
+			if o.enabled(fam) {
+				f.Sets = append(f.Sets, nftSet{Name: nftSetName(fam), Family: fam, Ranges: rangesOf(d.StrictSources, fam)})
+				f.Rules = append(f.Rules, nftRuleSig(fam, o.Interface))
+			}
+		}
+		want.Filter = f
+	}
+	return want, notes
+}
+
+// tableRoutes turns routes of mesh.Desired into routes of table, appending
+// any problem to notes. Tunnel routes prefer src's address of their family
+// (none if src has none) and are unreachable while the interface is absent.
+func (o Options) tableRoutes(table int, rs []mesh.Route, haveLink bool, src map[family]netip.Addr, notes []error) ([]route, []error) {
 	// seen catches duplicate destinations. Derive's routes are sorted by
 	// destination, so none can repeat and the map is not needed.
 	var seen map[netip.Prefix]bool
-	if !strictlySortedDsts(d.Routes) {
-		seen = make(map[netip.Prefix]bool, len(d.Routes))
+	if !strictlySortedDsts(rs) {
+		seen = make(map[netip.Prefix]bool, len(rs))
 	}
-	if len(d.Routes) > 0 {
-		want.Routes = make([]route, 0, len(d.Routes))
+	var out []route
+	if len(rs) > 0 {
+		out = make([]route, 0, len(rs))
 	}
-	for _, r := range d.Routes {
+	for _, r := range rs {
 		if !r.Dst.IsValid() {
-			notes = append(notes, fmt.Errorf("route for node %q: invalid destination: skipped", r.Node))
+			notes = append(notes, fmt.Errorf("route for node %q in table %d: invalid destination: skipped", r.Node, table))
 			continue
 		}
 		dst := r.Dst.Masked()
 		f := familyOf(dst.Addr())
 		if !o.enabled(f) || seen[dst] {
-			// Desired.Routes holds one route per destination; a duplicate
+			// Each list holds one route per destination; a duplicate
 			// would be a Derive bug, and the first one wins.
 			continue
 		}
 		if seen != nil {
 			seen[dst] = true
 		}
-		rt := route{Table: o.Table, Dst: dst, Protocol: RouteProtocol, Metric: defaultMetric(f)}
+		rt := route{Table: table, Dst: dst, Protocol: RouteProtocol, Metric: defaultMetric(f)}
 		switch r.Kind {
 		case mesh.ViaTunnel:
 			if haveLink {
@@ -136,22 +190,39 @@ func (o Options) target(d mesh.Desired, w observed) (want ours, notes []error) {
 		default:
 			// Fail closed: an unknown kind must not let traffic through.
 			rt.Type = typeUnreachable
-			notes = append(notes, fmt.Errorf("route %s for node %q: unknown kind %d: installed as unreachable", dst, r.Node, r.Kind))
+			notes = append(notes, fmt.Errorf("route %s for node %q in table %d: unknown kind %d: installed as unreachable", dst, r.Node, table, r.Kind))
 		}
-		want.Routes = append(want.Routes, rt)
+		out = append(out, rt)
 	}
+	return out, notes
+}
 
-	if !o.DisableIngressFilter {
-		f := &filter{Chain: true, Counter: true}
-		for _, fam := range []family{v4, v6} {
-			if o.enabled(fam) {
-				f.Sets = append(f.Sets, nftSet{Name: nftSetName(fam), Family: fam, Ranges: rangesOf(d.StrictSources, fam)})
-				f.Rules = append(f.Rules, nftRuleSig(fam, o.Interface))
+// mergeTables joins the routes of two tables, each in compareRoutes' order
+// (family, then destination), into one list in that order: family first,
+// then table. The kernel dumps our routes so, and plan's shortcut for an
+// unchanged state needs the wanted list in the same order.
+func mergeTables(a, b []route) []route {
+	if len(b) == 0 {
+		return a
+	}
+	if len(a) == 0 {
+		return b
+	}
+	out := make([]route, 0, len(a)+len(b))
+	for _, f := range []family{v4, v6} {
+		x, y := a, b
+		if len(x) > 0 && len(y) > 0 && x[0].Table > y[0].Table {
+			x, y = y, x
+		}
+		for _, l := range [][]route{x, y} {
+			for _, r := range l {
+				if r.family() == f {
+					out = append(out, r)
+				}
 			}
 		}
-		want.Filter = f
 	}
-	return want, notes
+	return out
 }
 
 // strictlySortedDsts reports whether the valid destinations of rs, masked,

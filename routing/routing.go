@@ -14,9 +14,19 @@
 // from production.
 //
 // Everything the router installs is recognisable as its own: routes carry
-// the route protocol RouteProtocol, rules point at Options.Table (or carry
-// RouteProtocol), addresses are those on the tunnel interface and the
-// nftables table is "inet wgmesh". Nothing else is ever modified.
+// the route protocol RouteProtocol, rules point at one of its tables
+// (Options.Table, Options.HostTable; or carry RouteProtocol), addresses are
+// those on the tunnel interface and the nftables table is "inet wgmesh".
+// Nothing else is ever modified.
+//
+// Two tables: Options.Table holds mesh.Desired.Routes and is looked up by
+// every unmarked packet (rule `not fwmark M/M`, Options.Priority);
+// Options.HostTable holds mesh.Desired.HostRoutes, the peers' host IPs,
+// and is looked up only by unmarked packets from the local pod CIDRs
+// (rules `from <pod CIDR> fwmark 0/M`, i.e. the mark bit clear, at
+// Options.Priority-1). Pods' traffic to other nodes' addresses is thereby encrypted, while the host's
+// own traffic to them (the agent's to the API server and to the peers'
+// endpoints, whose source is a node address) never enters the tunnel.
 package routing
 
 import (
@@ -49,6 +59,14 @@ const (
 	// defaults to 99 as well; running both encryptions at once makes no
 	// sense, and equal priorities would still coexist.
 	DefaultPriority = 99
+
+	// DefaultHostTable is the routing table of the host routes: one route
+	// into the tunnel per peer's host IP, looked up only by packets from
+	// the local pod CIDRs (rules `from <pod CIDR> fwmark 0/M lookup 51821`
+	// at priority Priority-1). It is the table after DefaultTable,
+	// so the two are recognisable as a pair, and clear of the same tables
+	// as DefaultTable.
+	DefaultHostTable = 51821
 
 	// DefaultFwMark is the firewall mark bit the WireGuard device puts on its
 	// UDP socket (device.Options / mesh.DeviceConfig.FwMark); the rule
@@ -86,6 +104,10 @@ type Options struct {
 	Table    int
 	Priority int
 	FwMark   uint32
+	// HostTable is the routing table of mesh.Desired.HostRoutes (pod
+	// traffic to peers' host IPs); its rules, one per own pod CIDR, have
+	// priority Priority-1, so Priority must be at least 2.
+	HostTable int
 	// IPv4 and IPv6 enable the families. Routes, addresses and strict
 	// sources of a disabled family are ignored.
 	IPv4, IPv6 bool
@@ -102,12 +124,13 @@ type Options struct {
 }
 
 // DefaultOptions returns the documented defaults: interface wgmesh0, table
-// 51820, priority 99, mark 0x20000, both families, auto MTU, ingress filter
-// on.
+// 51820, host table 51821, priority 99, mark 0x20000, both families, auto
+// MTU, ingress filter on.
 func DefaultOptions() Options {
 	return Options{
 		Interface: DefaultInterface,
 		Table:     DefaultTable,
+		HostTable: DefaultHostTable,
 		Priority:  DefaultPriority,
 		FwMark:    DefaultFwMark,
 		IPv4:      true,
@@ -122,8 +145,12 @@ func (o Options) validate() error {
 		return fmt.Errorf("routing options: interface %q: must be 1-15 characters", o.Interface)
 	case o.Table <= 0 || o.Table == 253 || o.Table == 254 || o.Table == 255:
 		return fmt.Errorf("routing options: route table %d: must be positive and not one of the kernel's tables default (253), main (254), local (255)", o.Table)
-	case o.Priority <= 0 || o.Priority >= 32766:
-		return fmt.Errorf("routing options: rule priority %d: must be between 1 and 32765 (after the local table, before main)", o.Priority)
+	case o.HostTable <= 0 || o.HostTable == 253 || o.HostTable == 254 || o.HostTable == 255:
+		return fmt.Errorf("routing options: host route table %d: must be positive and not one of the kernel's tables default (253), main (254), local (255)", o.HostTable)
+	case o.HostTable == o.Table:
+		return fmt.Errorf("routing options: host route table %d: must differ from the route table %d (the tables hold different routes for different sources)", o.HostTable, o.Table)
+	case o.Priority <= 1 || o.Priority >= 32766:
+		return fmt.Errorf("routing options: rule priority %d: must be between 2 and 32765 (after the local table, before main; the host-route rules take priority %d)", o.Priority, o.Priority-1)
 	case o.FwMark == 0:
 		return fmt.Errorf("routing options: fwmark 0: must have at least one bit set, or encrypted packets loop into the tunnel")
 	case !o.IPv4 && !o.IPv6:

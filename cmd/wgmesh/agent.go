@@ -97,6 +97,7 @@ func (a *app) runAgent(ctx context.Context, cfg agentConfig) (err error) {
 	router, err := routing.New(routing.Options{
 		Interface:    cfg.Interface,
 		Table:        cfg.Table,
+		HostTable:    cfg.HostTable,
 		Priority:     cfg.Priority,
 		FwMark:       cfg.FwMark,
 		IPv4:         cfg.Derive.IPv4,
@@ -106,7 +107,7 @@ func (a *app) runAgent(ctx context.Context, cfg agentConfig) (err error) {
 		Logger:       log,
 	})
 	if err != nil {
-		return fmt.Errorf("routing for %s (--route-table, --rule-priority, --fwmark, --mtu): %w", cfg.Interface, err)
+		return fmt.Errorf("routing for %s (--route-table, --host-route-table, --rule-priority, --fwmark, --mtu): %w", cfg.Interface, err)
 	}
 
 	var rec *mesh.Reconciler
@@ -116,6 +117,8 @@ func (a *app) runAgent(ctx context.Context, cfg agentConfig) (err error) {
 		Backend:    dev.Backend(),
 		ListenPort: cfg.ListenPort,
 		Strict:     !cfg.Derive.AllowUnencrypted,
+		// What /status reports as encrypted.
+		HostEncryption: cfg.Derive.HostEncryption,
 		Stats: func(ctx context.Context) ([]metrics.PeerStats, error) {
 			ps, err := dev.Stats(ctx)
 			out := make([]metrics.PeerStats, 0, len(ps))

@@ -16,6 +16,7 @@ func (a *app) cleanupCommand() *cobra.Command {
 	var (
 		iface             string
 		table             int64
+		hostTable         int64
 		priority          int
 		fwmark            string
 		removeAnnotations bool
@@ -34,8 +35,8 @@ other nodes then leaves in plaintext through the main routing table.
 
 With --remove-annotations it also removes the wgmesh.io/ annotations from the
 Node (--node-name, default $NODE_NAME) using --kubeconfig or the in-cluster
-configuration. Use the same --route-table, --rule-priority and --fwmark the
-agent ran with.`,
+configuration. Use the same --route-table, --host-route-table, --rule-priority
+and --fwmark the agent ran with.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ro := routing.DefaultOptions()
@@ -44,8 +45,13 @@ agent ran with.`,
 				return usagef("--route-table %d: want 1-4294967295 except 253, 254 and 255", table)
 			}
 			ro.Table = int(table)
-			if priority < 1 || priority > 32765 {
-				return usagef("--rule-priority %d: want 1-32765", priority)
+			ht, err := hostRouteTable(table, hostTable)
+			if err != nil {
+				return err
+			}
+			ro.HostTable = ht
+			if priority < 2 || priority > 32765 {
+				return usagef("--rule-priority %d: want 2-32765", priority)
 			}
 			ro.Priority = priority
 			mark, err := strconv.ParseUint(strings.TrimSpace(fwmark), 0, 32)
@@ -76,7 +82,7 @@ agent ran with.`,
 			if err := errors.Join(errs...); err != nil {
 				return err
 			}
-			fmt.Fprintf(a.out, "removed wgmesh interface %s, rules, routes (table %d) and nftables table %s\n", iface, ro.Table, routing.NFTTable)
+			fmt.Fprintf(a.out, "removed wgmesh interface %s, rules, routes (tables %d and %d) and nftables table %s\n", iface, ro.Table, ro.HostTable, routing.NFTTable)
 			if removeAnnotations {
 				fmt.Fprintf(a.out, "removed wgmesh.io/ annotations from node %s\n", nodeName)
 			}
@@ -86,6 +92,7 @@ agent ran with.`,
 	f := cmd.Flags()
 	f.StringVar(&iface, "interface", device.DefaultName, "WireGuard interface")
 	f.Int64Var(&table, "route-table", int64(d.Table), "the agent's --route-table")
+	f.Int64Var(&hostTable, "host-route-table", 0, "the agent's --host-route-table (0 = --route-table + 1)")
 	f.IntVar(&priority, "rule-priority", d.Priority, "the agent's --rule-priority")
 	f.StringVar(&fwmark, "fwmark", fmt.Sprintf("%#x", d.FwMark), "the agent's --fwmark")
 	f.BoolVar(&removeAnnotations, "remove-annotations", false, "also remove the wgmesh.io/ annotations of the Node")

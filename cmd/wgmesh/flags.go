@@ -48,6 +48,7 @@ type agentFlags struct {
 	ipv4, ipv6       bool
 	keepalive        string
 	routeTable       int64
+	hostRouteTable   int64
 	rulePriority     int
 	fwmark           string
 	tunnelAddress    string
@@ -83,6 +84,7 @@ type agentConfig struct {
 	KeyFile     string
 	MTU         int
 	Table       int
+	HostTable   int
 	Priority    int
 	FwMark      uint32
 	MetricsAddr string
@@ -115,7 +117,8 @@ func (f *agentFlags) register(fs *pflag.FlagSet, getenv func(string) string) {
 	fs.BoolVar(&f.ipv6, "ipv6", true, "mesh IPv6 pod CIDRs")
 	fs.StringVar(&f.keepalive, "keepalive", "0", "persistent keepalive, seconds or a duration such as 25s; 0 disables")
 	fs.Int64Var(&f.routeTable, "route-table", int64(d.Table), "routing table for wgmesh routes")
-	fs.IntVar(&f.rulePriority, "rule-priority", d.Priority, "priority of the policy rule that selects the wgmesh table (1-32765)")
+	fs.Int64Var(&f.hostRouteTable, "host-route-table", 0, "routing table for pod traffic to other nodes' addresses; 0 = --route-table + 1")
+	fs.IntVar(&f.rulePriority, "rule-priority", d.Priority, "priority of the policy rule that selects the wgmesh table (2-32765; the host-route rules take one less)")
 	fs.StringVar(&f.fwmark, "fwmark", fmt.Sprintf("%#x", d.FwMark), "firewall mark bit of encrypted packets, so they skip the wgmesh table (exactly one bit)")
 	fs.StringVar(&f.tunnelAddress, "tunnel-address", string(mesh.TunnelAddressFirst), "interface address: first (first address of the own pod CIDRs), none, or IPs (comma-separated, one per family)")
 	fs.StringVar(&f.unmanagedNodes, "unmanaged-nodes", "", "label selector of nodes outside the mesh (plaintext, reported), e.g. kubernetes.io/os=windows")
@@ -215,10 +218,14 @@ func (f *agentFlags) validate(inCluster bool) (agentConfig, error) {
 	}
 	c.Table = int(f.routeTable)
 
-	// The rule must come after the local table (priority 0) and before
-	// main (32766).
-	if c.Priority < 1 || c.Priority > 32765 {
-		return c, usagef("--rule-priority %d: want 1-32765 (after the local table at 0, before main at 32766)", c.Priority)
+	if c.HostTable, err = hostRouteTable(f.routeTable, f.hostRouteTable); err != nil {
+		return c, err
+	}
+
+	// The rules must come after the local table (priority 0) and before
+	// main (32766); the host-route rules take the priority before.
+	if c.Priority < 2 || c.Priority > 32765 {
+		return c, usagef("--rule-priority %d: want 2-32765 (after the local table at 0, before main at 32766; the host-route rules take --rule-priority - 1)", c.Priority)
 	}
 
 	mark, err := strconv.ParseUint(strings.TrimSpace(f.fwmark), 0, 32)
@@ -258,6 +265,24 @@ func (f *agentFlags) validate(inCluster bool) (agentConfig, error) {
 		}
 	}
 	return c, nil
+}
+
+// hostRouteTable validates --host-route-table against a valid --route-table:
+// 0 means the table after the route table, so that a second instance with
+// its own --route-table gets its own host table without another flag.
+func hostRouteTable(routeTable, hostTable int64) (int, error) {
+	what := "--host-route-table"
+	if hostTable == 0 {
+		hostTable = routeTable + 1
+		what = fmt.Sprintf("--host-route-table (default: --route-table %d + 1)", routeTable)
+	}
+	switch {
+	case hostTable < 0 || hostTable > 0xffffffff || (hostTable >= 253 && hostTable <= 255):
+		return 0, usagef("%s %d: want 1-4294967295 except 253, 254 and 255 (the kernel's default, main and local tables); set --host-route-table", what, hostTable)
+	case hostTable == routeTable:
+		return 0, usagef("%s %d: must differ from --route-table (the host table holds other routes, for pod-sourced traffic only)", what, hostTable)
+	}
+	return int(hostTable), nil
 }
 
 // parseEndpoint accepts IP:port, [IPv6]:port or a bare IP (port = the

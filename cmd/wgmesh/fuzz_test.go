@@ -20,6 +20,8 @@ func FuzzAgentFlags(f *testing.F) {
 		{"-1", "10.244.1.1,10.244.1.2", "a in (b", "-1s", "0.0.0.0:0", "9587", "--mtu=-1\n--route-table=254", true},
 		{"0x100000000", "::ffff:10.0.0.1", "x=", "1e9", "fe80::1%eth0", ":", "--rule-priority=0\n--ipv4=false\n--ipv6=false", true},
 		{"", "", "", "", "", "", "--listen-port=0\n--backend=\x00\n--interface=", false},
+		{"0x20000", "first", "", "0", "", ":9587", "--peers-file=p\n--route-table=252\n--host-route-table=0\n--rule-priority=1", false},
+		{"0x20000", "first", "", "0", "", ":9587", "--peers-file=p\n--route-table=7\n--host-route-table=7", false},
 	} {
 		f.Add(s.fwmark, s.tunnel, s.unmanaged, s.keepalive, s.endpoint, s.metricsAddr, s.extra, s.inCluster)
 	}
@@ -48,10 +50,12 @@ func FuzzAgentFlags(f *testing.F) {
 			t.Error("valid configuration without node name")
 		case c.FwMark == 0 || c.FwMark&(c.FwMark-1) != 0:
 			t.Errorf("valid configuration with fwmark %#x", c.FwMark)
-		case c.Priority < 1 || c.Priority > 32765:
+		case c.Priority < 2 || c.Priority > 32765:
 			t.Errorf("valid configuration with rule priority %d", c.Priority)
 		case c.Table <= 0 || (c.Table >= 253 && c.Table <= 255):
 			t.Errorf("valid configuration with table %d", c.Table)
+		case c.HostTable <= 0 || (c.HostTable >= 253 && c.HostTable <= 255) || c.HostTable == c.Table:
+			t.Errorf("valid configuration with host table %d (table %d)", c.HostTable, c.Table)
 		case !c.Derive.IPv4 && !c.Derive.IPv6:
 			t.Error("valid configuration with no family")
 		case c.Source == "":

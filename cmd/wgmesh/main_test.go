@@ -63,6 +63,10 @@ func TestAgentFlagErrors(t *testing.T) {
 		{"tunnel address disabled family", append(peers, "--ipv6=false", "--tunnel-address=fd00::1"), nil, "--ipv6=false"},
 		{"unmanaged selector", append(peers, "--unmanaged-nodes=a in (b"), nil, "--unmanaged-nodes"},
 		{"rule priority zero", append(peers, "--rule-priority=0"), nil, "--rule-priority"},
+		{"rule priority one", append(peers, "--rule-priority=1"), nil, "host-route rules take --rule-priority - 1"},
+		{"host route table main", append(peers, "--host-route-table=254"), nil, "--host-route-table 254"},
+		{"host route table default reserved", append(peers, "--route-table=252"), nil, "default: --route-table 252 + 1"},
+		{"host route table is the route table", append(peers, "--route-table=7", "--host-route-table=7"), nil, "must differ from --route-table"},
 		{"rule priority main", append(peers, "--rule-priority=32766"), nil, "--rule-priority"},
 		{"route table main", append(peers, "--route-table=254"), nil, "--route-table"},
 		{"route table negative", append(peers, "--route-table=-1"), nil, "--route-table"},
@@ -113,7 +117,7 @@ func TestAgentFlagsValidate(t *testing.T) {
 		t.Fatalf("defaults in a cluster: %v", err)
 	}
 	if c.NodeName != "node-1" || c.Source != sourceInCluster || c.Interface != "wgmesh0" || c.Backend != device.ChoiceAuto ||
-		c.ListenPort != 51820 || c.KeyFile != mesh.DefaultKeyFile || c.MTU != 0 || c.Table != 51820 || c.Priority != 99 ||
+		c.ListenPort != 51820 || c.KeyFile != mesh.DefaultKeyFile || c.MTU != 0 || c.Table != 51820 || c.HostTable != 51821 || c.Priority != 99 ||
 		c.FwMark != 0x20000 || c.MetricsAddr != ":9587" || c.Endpoint.IsValid() || c.DisableOffloads {
 		t.Errorf("defaults: %+v", c)
 	}
@@ -125,7 +129,7 @@ func TestAgentFlagsValidate(t *testing.T) {
 	c, err = parse(t, map[string]string{"NODE_NAME": "from-env"}, false,
 		"--node-name=host-a", "--peers-file=/etc/wgmesh/peers.yaml", "--interface=wg7", "--backend=userspace",
 		"--listen-port=51821", "--endpoint=198.18.0.1", "--key-file=/tmp/k", "--mtu=1400", "--host-encryption",
-		"--allow-unencrypted", "--ipv6=false", "--keepalive=25", "--route-table=1000", "--rule-priority=150",
+		"--allow-unencrypted", "--ipv6=false", "--keepalive=25", "--route-table=1000", "--host-route-table=900", "--rule-priority=150",
 		"--fwmark=0x400000", "--tunnel-address=10.244.1.1", "--unmanaged-nodes=kubernetes.io/os=windows",
 		"--metrics-addr=127.0.0.1:9999", "--offloads=false")
 	if err != nil {
@@ -134,7 +138,7 @@ func TestAgentFlagsValidate(t *testing.T) {
 	want := netip.MustParseAddrPort("198.18.0.1:51821")
 	if c.NodeName != "host-a" || c.Source != sourcePeersFile || c.PeersFile != "/etc/wgmesh/peers.yaml" ||
 		c.Interface != "wg7" || c.Backend != device.ChoiceUserspace || c.ListenPort != 51821 || c.Endpoint != want ||
-		c.KeyFile != "/tmp/k" || c.MTU != 1400 || c.Table != 1000 || c.Priority != 150 || c.FwMark != 0x400000 ||
+		c.KeyFile != "/tmp/k" || c.MTU != 1400 || c.Table != 1000 || c.HostTable != 900 || c.Priority != 150 || c.FwMark != 0x400000 ||
 		c.MetricsAddr != "127.0.0.1:9999" || !c.DisableOffloads {
 		t.Errorf("all flags: %+v", c)
 	}

@@ -159,6 +159,20 @@ func printStatus(w io.Writer, st metrics.Status, now time.Time) error {
 		if err := tw.Flush(); err != nil {
 			return err
 		}
+		if len(st.Coverage) > 0 {
+			fmt.Fprintln(w, "Encrypted traffic:")
+			ctw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+			for _, c := range st.Coverage {
+				state := "encrypted"
+				if !c.Encrypted {
+					state = "NOT encrypted"
+				}
+				fmt.Fprintf(ctw, "  %s -> %s:\t%s\t(%s)\n", c.From, c.To, state, c.Detail)
+			}
+			if err := ctw.Flush(); err != nil {
+				return err
+			}
+		}
 		if len(st.RoutingWarnings) > 0 {
 			fmt.Fprintln(w, "Routing warnings:")
 			for _, warn := range st.RoutingWarnings {

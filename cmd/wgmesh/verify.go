@@ -107,10 +107,16 @@ such; they still count as unencrypted.`,
 	return cmd
 }
 
+// coverageNote says what "encrypted" means for a node without problems.
+const coverageNote = "Between nodes without problems the tunnel carries pod-to-pod traffic, pod traffic to other nodes' " +
+	"addresses (InternalIP: API server, kubelet, hostNetwork pods) and host traffic to pods; traffic between the " +
+	"nodes' own addresses only with the agents' --host-encryption (wgmesh status shows a node's view)."
+
 // printVerify writes the report and returns whether the cluster is fully
 // encrypted. Warnings are printed but do not change the answer.
 func printVerify(w io.Writer, rep kube.VerifyReport) bool {
 	fmt.Fprintf(w, "Checked %d nodes.\n", rep.Nodes)
+	fmt.Fprintln(w, coverageNote)
 	ok := rep.OK()
 	if ok {
 		fmt.Fprintln(w, "No problems found.")

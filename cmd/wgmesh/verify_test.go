@@ -13,7 +13,8 @@ import (
 
 func TestPrintVerify(t *testing.T) {
 	var buf bytes.Buffer
-	if ok := printVerify(&buf, kube.VerifyReport{Nodes: 3}); !ok || !strings.Contains(buf.String(), "Checked 3 nodes") {
+	if ok := printVerify(&buf, kube.VerifyReport{Nodes: 3}); !ok || !strings.Contains(buf.String(), "Checked 3 nodes") ||
+		!strings.Contains(buf.String(), "pod traffic to other nodes' addresses") {
 		t.Errorf("clean report: ok=%v\n%s", ok, buf.String())
 	}
 

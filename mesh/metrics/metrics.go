@@ -66,6 +66,9 @@ type Options struct {
 	ListenPort int
 	// Strict is true unless unencrypted traffic to keyless nodes is allowed.
 	Strict bool
+	// HostEncryption is the agent's --host-encryption, for /status's
+	// coverage.
+	HostEncryption bool
 	// Stats reads the device's peers; called on every scrape and /status.
 	Stats func(ctx context.Context) ([]PeerStats, error)
 	// Router reads the router's status; called on every scrape and /status.

@@ -280,7 +280,11 @@ func TestStatusSchema(t *testing.T) {
 	m.Observe(mesh.Result{
 		Time: time.Date(2026, 1, 2, 3, 4, 0, 0, time.UTC), Duration: 1500 * time.Millisecond,
 		Desired: mesh.Desired{
-			Peers:       []mesh.Peer{{Node: "node-a", PublicKey: kA}},
+			Peers: []mesh.Peer{{Node: "node-a", PublicKey: kA, AllowedIPs: []netip.Prefix{
+				netip.MustParsePrefix("10.244.2.0/24"), netip.MustParsePrefix("198.18.0.2/32"), netip.MustParsePrefix("fd00:10:244:2::/64"),
+			}}},
+			HostRoutes:  []mesh.Route{{Dst: netip.MustParsePrefix("198.18.0.2/32"), Kind: mesh.ViaTunnel, Node: "node-a"}},
+			PodSources:  []netip.Prefix{netip.MustParsePrefix("10.244.1.0/24")},
 			Unencrypted: []string{"win-1"},
 			Problems: []mesh.Problem{{Node: "node-b", Reason: mesh.ReasonDuplicateEndpoint, Detail: "shared"},
 				{Node: "win-1", Reason: mesh.ReasonUnmanaged, Detail: "matches kubernetes.io/os=windows"}},
@@ -319,6 +323,14 @@ func TestStatusSchema(t *testing.T) {
 		"problems": []any{
 			map[string]any{"node": "node-b", "reason": "DuplicateEndpoint", "detail": "shared", "warning": true},
 			map[string]any{"node": "win-1", "reason": "Unmanaged", "detail": "matches kubernetes.io/os=windows"},
+		},
+		"coverage": []any{
+			map[string]any{"from": "pods", "to": "remote pods", "encrypted": true, "detail": "2 pod CIDRs of 1 peers"},
+			map[string]any{"from": "pods", "to": "remote node addresses", "encrypted": true,
+				"detail": "1 addresses of 1 peers, from 10.244.1.0/24 (host route table), the API server and peer endpoints included"},
+			map[string]any{"from": "host", "to": "remote pods", "encrypted": true,
+				"detail": "from the tunnel address, or bound to this node's address (peers accept it)"},
+			map[string]any{"from": "host", "to": "remote node addresses", "encrypted": false, "detail": "plaintext unless --host-encryption"},
 		},
 	}
 	if diff := cmp.Diff(want, got); diff != "" {

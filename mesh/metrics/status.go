@@ -52,6 +52,9 @@ type Status struct {
 	// Unencrypted lists nodes whose pod traffic is not encrypted, sorted.
 	Unencrypted []string        `json:"unencryptedNodes"`
 	Problems    []ProblemStatus `json:"problems"`
+	// Coverage says which traffic the tunnel carries (see Coverage);
+	// absent before the first reconcile and without an agent.
+	Coverage []CoverageStatus `json:"coverage,omitempty"`
 }
 
 // ReconcileState is the outcome of the last reconcile.
@@ -152,6 +155,7 @@ func (m *Metrics) Status(ctx context.Context) (Status, error) {
 			st.LastReconcile.Error = last.Err.Error()
 		}
 		st.Unencrypted = append(st.Unencrypted, last.Desired.Unencrypted...)
+		st.Coverage = Coverage(last.Desired, m.o.HostEncryption)
 		for _, p := range last.Desired.Problems {
 			st.Problems = append(st.Problems, ProblemStatus{Node: p.Node, Reason: string(p.Reason), Detail: p.Detail, Warning: p.Reason.Warning()})
 		}
