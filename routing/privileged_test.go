@@ -126,6 +126,7 @@ func labDesired() mesh.Desired {
 		},
 		Addresses:     []netip.Prefix{p("10.244.1.0/32"), p("fd00:10:244:1::/128")},
 		StrictSources: []netip.Prefix{p("10.244.2.0/24"), p("fd00:10:244:2::/64")},
+		EncryptOnly:   []netip.Prefix{p("10.244.2.0/24"), p("fd00:10:244:2::/64")},
 	}
 }
 

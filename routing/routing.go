@@ -189,10 +189,16 @@ type Status struct {
 	// IngressDropped counts plaintext packets the strict ingress filter has
 	// dropped since its table was created.
 	IngressDropped uint64
+	// EgressDropped counts packets to remote pod CIDRs (Desired.EncryptOnly)
+	// the egress guard has dropped because they were about to leave on an
+	// interface other than the tunnel, since the table was created.
+	EgressDropped uint64
 	// Warnings are problems of the last Apply that did not fail it but
 	// leave the host short of the intended state: src_valid_mark that could
-	// be set neither globally nor on the underlay and tunnel interfaces.
-	// They are also logged, rate-limited.
+	// be set neither globally nor on the underlay and tunnel interfaces;
+	// other software's policy rules or nft rules that use the mark bit
+	// (each naming the rule, for nft its table, chain and handle). They
+	// are also logged, rate-limited.
 	Warnings []string
 }
 
