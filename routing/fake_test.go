@@ -275,7 +275,7 @@ func TestRepair(t *testing.T) {
 	want := f.Render()
 	for _, line := range []string{
 		"ip route add 10.244.2.0/24 dev wgmesh0 table 51820 proto 0x57 src 10.244.1.0",
-		"ip -6 rule add pref 99 not fwmark 0x20000/0x20000 lookup 51820 proto 0x57",
+		"ip -6 rule add pref 99 not fwmark 0x2000/0x2000 lookup 51820 proto 0x57",
 		"ip address add 10.244.1.0/32 dev wgmesh0",
 		"nft add element inet wgmesh strict4 { 10.244.2.0/24, 10.244.4.0/24 }",
 		`nft add rule inet wgmesh prerouting meta nfproto ipv6 iifname != "wgmesh0" ip6 saddr @strict6 counter name "strict_drops" drop`,

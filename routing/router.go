@@ -106,7 +106,8 @@ func (r *router) logEgress(have observed) {
 	}
 	cause := fmt.Sprintf("a policy rule, route or mark of other software sends traffic to remote pods around table %d; "+
 		"compare `ip rule` and `ip route get <remote pod IP> from <local pod IP> iif <pod interface> mark <the packet's mark>`", r.o.Table)
-	if w := r.o.markWarnings(have.MarkRules, have.MarkNFT); len(w) > 0 {
+	// A rule that sets the bit is a likelier cause than one that matches it.
+	if w := append(r.o.markWarnings(nil, have.MarkNFT), r.o.markWarnings(have.MarkRules, nil)...); len(w) > 0 {
 		cause = w[0]
 		if len(w) > 1 {
 			cause += fmt.Sprintf(" (and %d more, see wgmesh status)", len(w)-1)

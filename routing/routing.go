@@ -55,14 +55,25 @@ const (
 	// matches `not fwmark <mark>/<mark>`, so encrypted packets skip the
 	// wgmesh table and leave through the main table instead of looping into
 	// the tunnel. Only this single bit is tested (mask = mark), so any other
-	// bits other software sets are ignored. Bit 17 (0x20000) is outside
-	// kube-proxy's 0x4000 (masquerade) and 0x8000 (drop), outside Cilium's
-	// 0xf00 nibble of magic marks (0x200 to-proxy, 0xa00, 0xb00, 0xc00,
-	// 0xe00, 0xf00), and outside Istio's 1337 (0x539). It does fall inside
-	// Calico's default IptablesMarkMask 0xffff0000, from whose lowest bits
-	// Felix allocates its marks: with Calico, either narrow Calico's mask
-	// (e.g. 0xfff00000) or pick another --fwmark bit.
-	DefaultFwMark uint32 = 0x20000
+	// bits other software sets are ignored; but software that sets this bit
+	// on pod traffic makes it skip the table (the egress guard then drops
+	// it, and the router warns about the rule).
+	//
+	// Bit 13 (0x2000) is the one bit none of the usual neighbours assigns
+	// (docs/coexist/egress.md has the table and sources): kube-proxy uses
+	// 0x4000 (masquerade) and 0x8000 (drop); Calico takes its marks from
+	// IptablesMarkMask (0xffff0000 by default, 0xff000000 in old releases;
+	// eBPF mode 0x1ff00000); Cilium puts its magic values in 0x0f00, the
+	// identity in 0xffff00ff and kube-proxy's bits in 0xf000; Tailscale
+	// owns 0xff0000 (0x40000, 0x80000); Istio uses 0x539 and 0x111 under
+	// mask 0xfff; wg-quick marks 51820 (0xca6c); Kilo uses no mark. The
+	// only overlap is Cilium's IPsec key index (0xf000), which does not run
+	// together with a second encryption. The previous default 0x20000 is
+	// Calico's "pass" mark with its default mask, Tailscale's range and a
+	// Cilium identity bit. An agent upgraded from it replaces its rule
+	// cleanly: a rule looking up our table is ours whatever its mark, so the
+	// new rule is added and then the old one deleted.
+	DefaultFwMark uint32 = 0x2000
 
 	// RouteProtocol is the route protocol number on every route and rule
 	// wgmesh installs; it is how a restarted agent (or `wgmesh cleanup`)
@@ -102,7 +113,7 @@ type Options struct {
 }
 
 // DefaultOptions returns the documented defaults: interface wgmesh0, table
-// 51820, priority 99, mark 0x20000, both families, auto MTU, ingress filter
+// 51820, priority 99, mark 0x2000, both families, auto MTU, ingress filter
 // on.
 func DefaultOptions() Options {
 	return Options{
