@@ -75,6 +75,53 @@ nft add rule inet neighbour pre ip6 saddr %s meta mark set meta mark or %s`,
 	requireNoPlaintext(t, m.stopCapture(t))
 }
 
+// TestPrivilegedCoexistEgressDefaultMark is scenario 1 as the issue found
+// it: agents with default flags next to a component that ORs 0x20000 into
+// node1's pod traffic (Calico's "pass" bit with its default mask, in
+// Tailscale's range). With a default mark outside every common
+// neighbour's bits, pods talk encrypted as if the neighbour were not there:
+// nothing is dropped, nothing is plaintext, no warning.
+func TestPrivilegedCoexistEgressDefaultMark(t *testing.T) {
+	m := startCoexist(t, labMeshOptions{
+		Neighbour: func(ctx context.Context, l *lab.Lab) error {
+			n1 := l.Nodes[0]
+			_, err := sh(ctx, n1.NS, fmt.Sprintf(`
+nft add table inet neighbour
+nft add chain inet neighbour pre '{ type filter hook prerouting priority mangle; }'
+nft add rule inet neighbour pre ip saddr %s meta mark set meta mark or 0x20000
+nft add rule inet neighbour pre ip6 saddr %s meta mark set meta mark or 0x20000`, n1.PodCIDR4, n1.PodCIDR6))
+			return err
+		},
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	n1, n2 := m.Nodes[0], m.Nodes[1]
+	for _, fam := range families {
+		for _, pair := range [][2]*lab.Pod{{n1.Pods[0], n2.Pods[0]}, {n2.Pods[0], n1.Pods[0]}} {
+			if err := waitPing(withTimeout(ctx, 20*time.Second), pair[0], pair[1].Addr(fam)); err != nil {
+				t.Errorf("%s -> %s: %v", pair[0].Name, pair[1].Addr(fam), err)
+			}
+			lost, err := pingLoss(ctx, pair[0], pair[1].Addr(fam), 20, 50*time.Millisecond)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("measured: ping %s -> %s (IPv%d): %d of 20 lost", pair[0].Name, pair[1].Addr(fam), fam, lost)
+			if lost > 0 {
+				t.Errorf("%s -> %s: %d of 20 pings lost", pair[0].Name, pair[1].Addr(fam), lost)
+			}
+		}
+	}
+	st := nodeStatusJSON(t, ctx, n1)
+	t.Logf("measured: node1 egressDroppedPackets = %v, routingWarnings = %v", st["egressDroppedPackets"], st["routingWarnings"])
+	if d, _ := st["egressDroppedPackets"].(float64); d != 0 {
+		t.Errorf("node1 egress guard dropped %v packets, want 0", d)
+	}
+	if w, _ := st["routingWarnings"].([]any); len(w) != 0 {
+		t.Errorf("node1 routing warnings %v, want none", w)
+	}
+	requireNoPlaintext(t, m.stopCapture(t))
+}
+
 // TestPrivilegedCoexistMSSClamp (issue #11, scenario 5): pods with MTU 1500
 // (a CNI that ignores the Pod MTU), a client outside the mesh (node3, no
 // agent) that drops ICMP "fragmentation needed", and node1 forwarding a
