@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"fmt"
 	"log/slog"
 	"math/rand/v2"
 	"net/netip"
+	"os/exec"
 	"slices"
 	"strings"
 	"testing"
@@ -385,4 +387,87 @@ func evalMark(exprs []expr.Any, mark, ctmark uint32) uint32 {
 		}
 	}
 	return mark
+}
+
+// TestPrivilegedMarkScan: in a namespace, an nft rule of another table that
+// ORs our bit into the mark is reported at the next Apply, with its table,
+// chain and handle, and the report goes when the rule does (the scan cache
+// follows the nf_tables generation id). A policy rule on our bit is
+// reported too.
+func TestPrivilegedMarkScan(t *testing.T) {
+	l := newLab(t)
+	ctx := context.Background()
+	r, k := l.router(DefaultOptions())
+	if err := r.Apply(ctx, labDesired()); err != nil {
+		t.Fatal(err)
+	}
+	if w := r.Status().Warnings; len(w) != 0 {
+		t.Fatalf("warnings on a clean namespace: %q", w)
+	}
+	gen1, err := k.nftGenID()
+	if err != nil {
+		t.Fatalf("nf_tables generation id: %v", err)
+	}
+	nft := func(args ...string) {
+		l.run("ip", append([]string{"netns", "exec", l.ns, "nft"}, args...)...)
+	}
+	nft("add", "table", "ip", "neighbour")
+	nft("add", "chain", "ip", "neighbour", "pre", "{ type filter hook prerouting priority mangle; }")
+	nft("add", "rule", "ip", "neighbour", "pre", "ip", "saddr", "10.244.1.0/24", "meta", "mark", "set", "meta", "mark", "or", "0x2000")
+	nft("add", "rule", "ip", "neighbour", "pre", "meta", "mark", "set", "0x4000")
+	if gen2, err := k.nftGenID(); err != nil || gen2 == gen1 {
+		t.Errorf("generation id %d -> %d (%v): want a change after nft add", gen1, gen2, err)
+	}
+	l.ip("rule", "add", "pref", "300", "fwmark", "0x2000/0x2000", "lookup", "300")
+	if err := r.Apply(ctx, labDesired()); err != nil {
+		t.Fatal(err)
+	}
+	w := r.Status().Warnings
+	if len(w) != 2 || !strings.Contains(w[0], "pref 300 fwmark 0x2000/0x2000 lookup 300") ||
+		!strings.Contains(w[1], "table ip neighbour, chain pre, handle ") || !strings.Contains(w[1], "mark bit 0x2000") {
+		t.Errorf("warnings = %q, want the policy rule and the nft rule (only the one setting 0x2000)", w)
+	}
+	nft("delete", "table", "ip", "neighbour")
+	l.ip("rule", "del", "pref", "300")
+	if err := r.Apply(ctx, labDesired()); err != nil {
+		t.Fatal(err)
+	}
+	if w := r.Status().Warnings; len(w) != 0 {
+		t.Errorf("warnings after the neighbour left: %q", w)
+	}
+}
+
+// TestPrivilegedEgressGuard: with a foreign mark sending a locally
+// generated packet to a remote pod around the wgmesh table, the kernel
+// drops it in postrouting and counts it; unmarked, it goes into the tunnel.
+func TestPrivilegedEgressGuard(t *testing.T) {
+	l := newLab(t)
+	ctx := context.Background()
+	r, _ := l.router(DefaultOptions())
+	if err := r.Apply(ctx, labDesired()); err != nil {
+		t.Fatal(err)
+	}
+	// A plaintext route to node-2's pods in main, as a host-gw CNI has.
+	l.ip("route", "add", "10.244.2.0/24", "via", "198.18.0.2")
+	ping := func(mark string) {
+		args := []string{"netns", "exec", l.ns, "ping", "-n", "-q", "-c", "3", "-i", "0.2", "-W", "1"}
+		if mark != "" {
+			args = append(args, "-m", mark)
+		}
+		_ = exec.Command("ip", append(args, "10.244.2.5")...).Run()
+	}
+	ping("")
+	if n := r.Status().EgressDropped; n != 0 {
+		t.Errorf("EgressDropped = %d after unmarked pings into the tunnel, want 0", n)
+	}
+	ping(fmt.Sprint(DefaultFwMark))
+	if n := r.Status().EgressDropped; n < 3 {
+		t.Errorf("EgressDropped = %d after pings carrying the mark bit, want >= 3", n)
+	}
+	// The peer's endpoint is never guarded, marked or not.
+	before := r.Status().EgressDropped
+	_ = exec.Command("ip", "netns", "exec", l.ns, "ping", "-n", "-q", "-c", "2", "-i", "0.2", "-W", "1", "-m", fmt.Sprint(DefaultFwMark), "198.18.0.2").Run()
+	if n := r.Status().EgressDropped; n != before {
+		t.Errorf("pings to the underlay peer were counted as egress drops: %d -> %d", before, n)
+	}
 }

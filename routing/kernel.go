@@ -245,7 +245,8 @@ func (k *kernel) observe(ctx context.Context) (observed, error) {
 	// table of ours either: nothing to report.
 	// Other software's nft rules that can set our mark bit are a warning;
 	// failing to list them is one too, never a reason not to apply.
-	if w.MarkNFT, err = k.foreignNFT(); err != nil {
+	// Without the table (a host without nftables) there is nothing to say.
+	if w.MarkNFT, err = k.foreignNFT(); err != nil && !k.o.DisableIngressFilter {
 		w.MarkScanErr = fmt.Errorf("list nftables rules of other tables to check for mark bit %#x: %w", k.o.FwMark, err)
 	}
 	if w.Ours.Filter, err = k.observeFilter(); err != nil {
