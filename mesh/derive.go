@@ -1061,6 +1061,10 @@ func (d *deriver) build() Desired {
 	}
 	// Equal contested prefixes appear once per claimant.
 	out.StrictSources = slices.Compact(out.StrictSources)
+	// What may only arrive through the tunnel may only leave through it:
+	// the same pod CIDRs, kept as a separate list because the two promises
+	// (ingress filter, egress guard) may diverge.
+	out.EncryptOnly = slices.Clone(out.StrictSources)
 
 	out.Routes = m.finish()
 

@@ -1137,6 +1137,35 @@ func checkInvariants(t *testing.T, self Node, nodes []Node, o Options, d Desired
 		}
 	}
 
+	// The egress guard drops packets to EncryptOnly prefixes outside the
+	// tunnel: none may be a Throw destination, overlap an own CIDR or hold
+	// an endpoint or keep-outside address (the device's encrypted UDP and
+	// the way to the API server must never be dropped), and every peer's
+	// pod CIDR is one.
+	isSortedPrefixes("encrypt-only prefixes", d.EncryptOnly)
+	encryptOnly := map[netip.Prefix]bool{}
+	for _, e := range d.EncryptOnly {
+		encryptOnly[e] = true
+		if r, ok := routeOf[e]; !ok || r.Kind == Throw {
+			t.Errorf("encrypt-only %s has route %+v", e, r)
+		}
+		for _, p := range own {
+			if overlaps(p, e) {
+				t.Errorf("own CIDR %s overlaps encrypt-only %s", p, e)
+			}
+		}
+		for _, k := range keep {
+			if usable(k.a) && e.Contains(k.a) {
+				t.Errorf("address %s of %q is inside encrypt-only %s", k.a, k.node, e)
+			}
+		}
+	}
+	for _, a := range allowed {
+		if !a.p.IsSingleIP() && !encryptOnly[a.p] {
+			t.Errorf("pod CIDR %s of peer %s is not encrypt-only", a.p, a.node)
+		}
+	}
+
 	// Every other node is a peer, reported, or listed as unencrypted.
 	peerNames := map[string]bool{}
 	for _, p := range d.Peers {

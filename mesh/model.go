@@ -165,6 +165,16 @@ type Desired struct {
 	// arrive through the tunnel; the router drops them on any other
 	// interface.
 	StrictSources []netip.Prefix
+	// EncryptOnly are remote pod prefixes that packets may only ever leave
+	// for through the tunnel: the router's egress guard drops packets to
+	// them on any other interface, whatever marks, rules or routes other
+	// software installed. Sorted. They are the peers' pod CIDRs and, in
+	// strict mode, the CIDRs of nodes that cannot be reached encrypted;
+	// never a Throw destination (own CIDRs, unmanaged nodes, keyless nodes
+	// with AllowUnencrypted) and never a prefix holding a peer's endpoint
+	// or a KeepOutside address, so the device's own encrypted UDP and the
+	// agent's way to the API server are never dropped.
+	EncryptOnly []netip.Prefix
 	// Unencrypted names the nodes whose pod traffic is not encrypted
 	// (unmanaged, or keyless with AllowUnencrypted), sorted.
 	Unencrypted []string

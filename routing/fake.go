@@ -105,6 +105,7 @@ func (f *Fake) Delete(line string) bool {
 		return false
 	}
 	lines := s.filter.lines()
+	t := "inet " + s.filter.Table
 	switch i := slices.Index(lines, line); {
 	case i < 0:
 		return false
@@ -112,14 +113,22 @@ func (f *Fake) Delete(line string) bool {
 		s.filter = nil
 	case strings.HasPrefix(line, "nft add chain"):
 		// Deleting a chain takes its rules with it.
-		s.filter.Chain, s.filter.Rules = false, nil
+		for _, c := range s.filter.Chains {
+			if strings.HasPrefix(line, fmt.Sprintf("nft add chain %s %s ", t, c.Name)) {
+				s.filter.Chains = slices.DeleteFunc(s.filter.Chains, func(x nftChain) bool { return x == c })
+				s.filter.Rules = slices.DeleteFunc(s.filter.Rules, func(r nftRule) bool { return r.Chain == c.Name })
+				break
+			}
+		}
 	case strings.HasPrefix(line, "nft add counter"):
-		s.filter.Counter = false
+		s.filter.Counters = slices.DeleteFunc(s.filter.Counters, func(c string) bool { return line == fmt.Sprintf("nft add counter %s %s", t, c) })
 	case strings.HasPrefix(line, "nft add rule"):
-		s.filter.Rules = slices.DeleteFunc(s.filter.Rules, func(r string) bool { return strings.HasSuffix(line, r) })
+		s.filter.Rules = slices.DeleteFunc(s.filter.Rules, func(r nftRule) bool {
+			return line == fmt.Sprintf("nft add rule %s %s %s", t, r.Chain, r.Sig)
+		})
 	case strings.HasPrefix(line, "nft add element"):
 		for j := range s.filter.Sets {
-			if strings.HasPrefix(line, fmt.Sprintf("nft add element inet %s %s ", NFTTable, s.filter.Sets[j].Name)) {
+			if strings.HasPrefix(line, fmt.Sprintf("nft add element %s %s ", t, s.filter.Sets[j].Name)) {
 				s.filter.Sets[j].Ranges = nil
 			}
 		}
@@ -192,25 +201,47 @@ func (f *Fake) LookupFrom(src, dst netip.Addr, mark uint32) string {
 func (f *Fake) Inject(src netip.Addr, iif string) bool {
 	f.sys.mu.Lock()
 	defer f.sys.mu.Unlock()
-	flt := f.sys.filter
-	if flt == nil || !flt.Chain {
+	return f.sys.guard(nftChainIngress, src, iif, nftRuleSig, nftSetName, nftCounter, &f.sys.drops)
+}
+
+// InjectEgress offers the egress guard a packet to dst leaving on interface
+// oif (after whatever routing decided) and reports whether it was dropped
+// (and counted).
+func (f *Fake) InjectEgress(dst netip.Addr, oif string) bool {
+	f.sys.mu.Lock()
+	defer f.sys.mu.Unlock()
+	return f.sys.guard(nftChainEgress, dst, oif, nftEgressSig, nftEncryptSetName, nftCounterEgress, &f.sys.egressDrops)
+}
+
+// guard evaluates the drop rules of chain for a packet whose matched
+// address is a and whose interface is dev, as the kernel would: a rule
+// whose signature is sig(family, iface) drops it when dev is not iface and
+// a is in the family's set; the named counter, if it exists, counts it.
+// The caller holds s.mu.
+func (s *fakeHost) guard(chain string, a netip.Addr, dev string, sig func(family, string) string,
+	setName func(family) string, counter string, n *uint64) bool {
+	flt := s.filter
+	if flt == nil || !slices.ContainsFunc(flt.Chains, func(c nftChain) bool { return c.Name == chain }) {
 		return false
 	}
-	src = src.Unmap()
-	fam := familyOf(src)
+	a = a.Unmap()
+	fam := familyOf(a)
 	for _, r := range flt.Rules {
-		iface, ok := ruleIface(r, fam)
-		if !ok || iface == iif {
+		if r.Chain != chain {
 			continue
 		}
-		for _, s := range flt.Sets {
-			if s.Name != nftSetName(fam) {
+		iface, ok := ruleIface(r.Sig, fam, sig)
+		if !ok || iface == dev {
+			continue
+		}
+		for _, set := range flt.Sets {
+			if set.Name != setName(fam) {
 				continue
 			}
-			for _, rg := range s.Ranges {
-				if rg.From.Compare(src) <= 0 && src.Compare(rg.To) <= 0 {
-					if flt.Counter {
-						f.sys.drops++
+			for _, rg := range set.Ranges {
+				if rg.From.Compare(a) <= 0 && a.Compare(rg.To) <= 0 {
+					if slices.Contains(flt.Counters, counter) {
+						*n++
 					}
 					return true
 				}
@@ -220,19 +251,20 @@ func (f *Fake) Inject(src netip.Addr, iif string) bool {
 	return false
 }
 
-// ruleIface extracts the tunnel interface from a rule signature of family f.
-func ruleIface(sig string, f family) (string, bool) {
-	prefix := nftRuleSig(f, "")
+// ruleIface extracts the tunnel interface from a rule signature of family f
+// made by sig.
+func ruleIface(rule string, f family, sig func(family, string) string) (string, bool) {
+	prefix := sig(f, "")
 	prefix = prefix[:strings.Index(prefix, `""`)]
-	if !strings.HasPrefix(sig, prefix) {
+	if !strings.HasPrefix(rule, prefix) {
 		return "", false
 	}
-	q, err := strconv.QuotedPrefix(sig[len(prefix):])
+	q, err := strconv.QuotedPrefix(rule[len(prefix):])
 	if err != nil {
 		return "", false
 	}
 	name, err := strconv.Unquote(q)
-	return name, err == nil && sig == nftRuleSig(f, name)
+	return name, err == nil && rule == sig(f, name)
 }
 
 // fakeHost is the in-memory host behind a Fake. Several routers (with
@@ -251,10 +283,14 @@ type fakeHost struct {
 	patched      int
 	srcValidMark bool
 	filter       *filter
-	// foreignNFT are other software's nftables lines, rendered untouched.
-	foreignNFT []string
-	drops      uint64
-	fail       map[string]error
+	// foreignNFT are other software's nftables lines, rendered untouched;
+	// foreignNFTRules are other software's rules as the mark scan reads
+	// them (not rendered).
+	foreignNFT      []string
+	foreignNFTRules []foreignNFTRule
+	drops           uint64
+	egressDrops     uint64
+	fail            map[string]error
 }
 
 // newFakeHost returns the host a new Fake starts with; iface is the tunnel
@@ -296,7 +332,7 @@ var _ system = fakeView{}
 
 func (v fakeView) observe(ctx context.Context) (observed, error) { return v.h.observe(v.o), nil }
 func (v fakeView) do(ctx context.Context, o op) error            { return v.h.do(o) }
-func (v fakeView) dropped() (uint64, error)                      { return v.h.dropped(), nil }
+func (v fakeView) counters() (dropCounts, error)                 { return v.h.counters(), nil }
 
 // observe applies the same ownership predicates as the kernel system.
 func (s *fakeHost) observe(o Options) observed {
@@ -332,7 +368,11 @@ func (s *fakeHost) observe(o Options) observed {
 		if o.ownsRule(r) {
 			w.Ours.Rules = append(w.Ours.Rules, r)
 		}
+		if o.foreignMarkRule(r) {
+			w.MarkRules = append(w.MarkRules, r)
+		}
 	}
+	w.MarkNFT = decodeMarking(s.foreignNFTRules, o.FwMark)
 	w.Ours.SrcValidMark = s.srcValidMark
 	w.Ours.Filter = s.filter.clone()
 	o.ownMarks(&w)
@@ -344,6 +384,8 @@ func (f *filter) clone() *filter {
 		return nil
 	}
 	g := *f
+	g.Chains = slices.Clone(f.Chains)
+	g.Counters = slices.Clone(f.Counters)
 	g.Rules = slices.Clone(f.Rules)
 	g.Sets = slices.Clone(f.Sets)
 	for i := range g.Sets {
@@ -431,7 +473,7 @@ func (s *fakeHost) do(o op) error {
 		}
 	case opPutFilter:
 		s.filter = o.filter.clone()
-		s.drops = 0
+		s.drops, s.egressDrops = 0, 0
 	case opUpdateSet:
 		if s.filter == nil {
 			return errFakeNoSet
@@ -470,10 +512,10 @@ func (s *fakeHost) addrRemoved(l *link, a netip.Prefix) {
 	}
 }
 
-func (s *fakeHost) dropped() uint64 {
+func (s *fakeHost) counters() dropCounts {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.drops
+	return dropCounts{Ingress: s.drops, Egress: s.egressDrops}
 }
 
 func (s *fakeHost) addRoutes(rs ...route) {

@@ -85,6 +85,7 @@ func dual() mesh.Desired {
 		},
 		Addresses:     []netip.Prefix{pfx("10.244.1.0/32"), pfx("fd00:10:244:1::/128")},
 		StrictSources: []netip.Prefix{pfx("10.244.2.0/24"), pfx("10.244.4.0/24"), pfx("fd00:10:244:2::/64")},
+		EncryptOnly:   []netip.Prefix{pfx("10.244.2.0/24"), pfx("10.244.4.0/24"), pfx("fd00:10:244:2::/64")},
 	}
 }
 
@@ -121,6 +122,7 @@ func configs() []config {
 	for n := 2; n < 42; n++ {
 		many.Routes = append(many.Routes, tunnel(fmt.Sprintf("10.244.%d.0/24", n), fmt.Sprintf("node-%d", n)))
 		many.StrictSources = append(many.StrictSources, pfx(fmt.Sprintf("10.244.%d.0/24", n)))
+		many.EncryptOnly = append(many.EncryptOnly, pfx(fmt.Sprintf("10.244.%d.0/24", n)))
 	}
 	noAddr := dual()
 	noAddr.Addresses = nil
@@ -131,6 +133,7 @@ func configs() []config {
 		pfx("10.244.2.0/24"), pfx("10.244.3.0/24"), pfx("10.244.8.0/21"), pfx("10.244.9.0/24"),
 		pfx("10.244.20.0/24"), pfx("fd00:10:244:2::/64"), pfx("fd00:10:244:3::/64"),
 	}
+	merge.EncryptOnly = merge.StrictSources
 	return []config{
 		{"dual", opts(nil), dual()},
 		{"ipv4-only", opts(func(o *Options) { o.IPv6 = false }), dual()},
@@ -288,7 +291,7 @@ func TestRepair(t *testing.T) {
 	want := f.Render()
 	for _, line := range []string{
 		"ip route add 10.244.2.0/24 dev wgmesh0 table 51820 proto 0x57 src 10.244.1.0",
-		"ip -6 rule add pref 99 not fwmark 0x20000/0x20000 lookup 51820 proto 0x57",
+		"ip -6 rule add pref 99 not fwmark 0x2000/0x2000 lookup 51820 proto 0x57",
 		"ip address add 10.244.1.0/32 dev wgmesh0",
 		"nft add element inet wgmesh strict4 { 10.244.2.0/24, 10.244.4.0/24 }",
 		`nft add rule inet wgmesh prerouting meta nfproto ipv6 iifname != "wgmesh0" ip6 saddr @strict6 counter name "strict_drops" drop`,
@@ -561,6 +564,7 @@ func bigMesh(n int) mesh.Desired {
 		node := fmt.Sprintf("node-%d", i)
 		d.Routes = append(d.Routes, mesh.Route{Dst: v4p, Kind: mesh.ViaTunnel, Node: node}, mesh.Route{Dst: v6p, Kind: mesh.ViaTunnel, Node: node})
 		d.StrictSources = append(d.StrictSources, v4p, v6p)
+		d.EncryptOnly = append(d.EncryptOnly, v4p, v6p)
 	}
 	return d
 }

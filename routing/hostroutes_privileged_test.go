@@ -64,7 +64,7 @@ func TestPrivilegedHostRoutes(t *testing.T) {
 		want string
 	}{
 		{[]string{"198.18.0.2", "from", "10.244.1.7", "iif", "pod0"}, "dev wgmesh0"},
-		{[]string{"198.18.0.2", "from", "10.244.1.7", "iif", "pod0", "mark", "0x20000"}, "dev ul0"},
+		{[]string{"198.18.0.2", "from", "10.244.1.7", "iif", "pod0", "mark", "0x2000"}, "dev ul0"},
 		{[]string{"198.18.0.2"}, "dev ul0"},
 		{[]string{"198.18.0.2", "from", "198.18.0.1"}, "dev ul0"},
 		{[]string{"10.244.2.5", "from", "198.18.0.1"}, "dev wgmesh0"},

@@ -53,7 +53,7 @@ func TestHostRoutesRepairAndCleanup(t *testing.T) {
 	}
 	want := f.Render()
 	for _, line := range []string{
-		"ip rule add pref 98 from 10.244.1.0/24 fwmark 0x0/0x20000 lookup 51821 proto 0x57",
+		"ip rule add pref 98 from 10.244.1.0/24 fwmark 0x0/0x2000 lookup 51821 proto 0x57",
 		"ip -6 route add 2001:db8::2/128 dev wgmesh0 table 51821 proto 0x57",
 	} {
 		if !f.Delete(line) {

@@ -37,7 +37,7 @@ const ipv4DevconfSrcVmark = 24
 const nlTimeout = 10 * time.Second
 
 // kernel is the system backed by netlink (links, addresses, rules, routes),
-// nftables (ingress filter) and procfs or rtnetlink (src_valid_mark),
+// nftables (ingress filter, egress guard, MSS clamp) and procfs or rtnetlink (src_valid_mark),
 // optionally bound to one network namespace.
 type kernel struct {
 	o  Options
@@ -54,6 +54,12 @@ type kernel struct {
 	// ownRoutes is how many routes of ours the last observe found: the
 	// next one sizes its list by it.
 	ownRoutes int
+	// markScan is the last scan of other tables' rules for our mark bit
+	// (see foreignNFT), made at markScanAt with generation id markGen.
+	markScan   []markingRule
+	markScanOK bool
+	markGen    uint32
+	markScanAt time.Time
 }
 
 var _ system = (*kernel)(nil)
@@ -210,6 +216,9 @@ func (k *kernel) observe(ctx context.Context) (observed, error) {
 			if ok && k.o.ownsRule(ru) {
 				w.Ours.Rules = append(w.Ours.Rules, ru)
 			}
+			if ok && k.o.foreignMarkRule(ru) {
+				w.MarkRules = append(w.MarkRules, ru)
+			}
 		}
 	}
 	// An unreadable src_valid_mark counts as 0: plan then writes it, or
@@ -234,6 +243,12 @@ func (k *kernel) observe(ctx context.Context) (observed, error) {
 	// every Apply.
 	// With the filter disabled, a host without nftables cannot hold a
 	// table of ours either: nothing to report.
+	// Other software's nft rules that can set our mark bit are a warning;
+	// failing to list them is one too, never a reason not to apply.
+	// Without the table (a host without nftables) there is nothing to say.
+	if w.MarkNFT, err = k.foreignNFT(); err != nil && !k.o.DisableIngressFilter {
+		w.MarkScanErr = fmt.Errorf("list nftables rules of other tables to check for mark bit %#x: %w", k.o.FwMark, err)
+	}
 	if w.Ours.Filter, err = k.observeFilter(); err != nil {
 		if !k.o.DisableIngressFilter {
 			w.Notes = append(w.Notes, fmt.Errorf("read nftables table inet %s: %w", k.o.nftTableName(), err))

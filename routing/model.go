@@ -184,19 +184,42 @@ func protoName(p uint8) string {
 	return fmt.Sprintf("%#x", p)
 }
 
-// filter is wgmesh's nftables table "inet wgmesh" as far as the router can
-// observe it. A filter whose structure (everything but the set elements)
-// differs from the wanted one is replaced as a whole.
+// filter is wgmesh's nftables table as far as the router can observe it:
+// the strict ingress filter, the egress guard and the MSS clamp. A filter
+// whose structure (everything but the set elements) differs from the wanted
+// one is replaced as a whole.
 type filter struct {
-	// Chain reports that the base chain exists with the expected type, hook
-	// and priority.
-	Chain bool
-	// Counter reports that the named drop counter exists.
-	Counter bool
-	// Rules are the rules' signatures, in chain order.
-	Rules []string
+	// Table is the table's name (family inet), Options.nftTableName.
+	Table string
+	// Chains are the base chains, sorted by name.
+	Chains []nftChain
+	// Counters are the named counters, sorted.
+	Counters []string
 	// Sets are the address sets, sorted by name.
 	Sets []nftSet
+	// Rules are the rules' signatures, grouped by chain in the order of
+	// Chains, in chain order within each.
+	Rules []nftRule
+}
+
+// nftChain is a base chain of type filter. A chain of another type is
+// observed with Hook "?", which no wanted chain has.
+type nftChain struct {
+	Name string
+	// Hook is the netfilter hook by its nft name (prerouting, forward,
+	// output, postrouting).
+	Hook string
+	// Priority is the chain's priority number (nft's raw is -300, mangle
+	// -150).
+	Priority int
+}
+
+// nftRule is one rule: its chain and its signature, the rule in nft syntax,
+// which is also stored as the rule's user data so the router recognises it
+// when it reads it back.
+type nftRule struct {
+	Chain string
+	Sig   string
 }
 
 type nftSet struct {
@@ -205,12 +228,30 @@ type nftSet struct {
 	Ranges []ipRange
 }
 
-// Names inside table inet wgmesh.
+// Names inside wgmesh's table.
 const (
-	nftChain   = "prerouting"
-	nftCounter = "strict_drops"
-	nftSet4    = "strict4"
-	nftSet6    = "strict6"
+	// nftChainIngress is the ingress filter's chain, nftChainEgress the egress
+	// guard's, nftChainForward and nftChainOutput the MSS clamp's.
+	nftChainIngress = "prerouting"
+	nftChainEgress  = "postrouting"
+	nftChainForward = "forward"
+	nftChainOutput  = "output"
+	// nftCounter counts the ingress filter's drops, nftCounterEgress the
+	// egress guard's.
+	nftCounter       = "strict_drops"
+	nftCounterEgress = "egress_drops"
+	// nftSet4/6 hold the strict sources (ingress), nftEncrypt4/6 the
+	// encrypt-only destinations (egress).
+	nftSet4     = "strict4"
+	nftSet6     = "strict6"
+	nftEncrypt4 = "encrypt4"
+	nftEncrypt6 = "encrypt6"
+)
+
+// Chain priorities (nft's named priorities).
+const (
+	nftPrioRaw    = -300
+	nftPrioMangle = -150
 )
 
 func nftSetName(f family) string {
@@ -220,21 +261,54 @@ func nftSetName(f family) string {
 	return nftSet4
 }
 
-// nftRuleSig is the rule dropping plaintext packets of one family, in nft
-// syntax. It is also stored as the rule's user data, which is how the router
-// recognises the rule when it reads it back.
-func nftRuleSig(f family, iface string) string {
-	proto, match := "ipv4", "ip"
+func nftEncryptSetName(f family) string {
 	if f == v6 {
-		proto, match = "ipv6", "ip6"
+		return nftEncrypt6
 	}
+	return nftEncrypt4
+}
+
+func nftFamilyWords(f family) (proto, match string) {
+	if f == v6 {
+		return "ipv6", "ip6"
+	}
+	return "ipv4", "ip"
+}
+
+// nftRuleSig is the ingress rule dropping plaintext packets of one family,
+// in nft syntax.
+func nftRuleSig(f family, iface string) string {
+	proto, match := nftFamilyWords(f)
 	return fmt.Sprintf("meta nfproto %s iifname != %q %s saddr @%s counter name %q drop",
 		proto, iface, match, nftSetName(f), nftCounter)
 }
 
+// nftEgressSig is the egress guard's rule of one family, in nft syntax.
+func nftEgressSig(f family, iface string) string {
+	proto, match := nftFamilyWords(f)
+	return fmt.Sprintf("meta nfproto %s oifname != %q %s daddr @%s counter name %q drop",
+		proto, iface, match, nftEncryptSetName(f), nftCounterEgress)
+}
+
+// nftMSSSig is an MSS clamp rule for TCP SYNs leaving through (dir
+// "oifname") or arriving from (dir "iifname") the tunnel.
+func nftMSSSig(dir, iface string) string {
+	return fmt.Sprintf("%s %q tcp flags syn / syn,rst tcp option maxseg size set rt mtu", dir, iface)
+}
+
+// normalize sorts what has no order of its own, so that an observed and a
+// wanted filter compare equal when they hold the same.
+func (f *filter) normalize() {
+	slices.SortFunc(f.Chains, func(a, b nftChain) int { return strings.Compare(a.Name, b.Name) })
+	slices.Sort(f.Counters)
+	slices.SortFunc(f.Sets, func(a, b nftSet) int { return strings.Compare(a.Name, b.Name) })
+	slices.SortStableFunc(f.Rules, func(a, b nftRule) int { return strings.Compare(a.Chain, b.Chain) })
+}
+
 // sameShape reports whether two filters differ at most in set elements.
 func (f *filter) sameShape(g *filter) bool {
-	if f.Chain != g.Chain || f.Counter != g.Counter || !slices.Equal(f.Rules, g.Rules) || len(f.Sets) != len(g.Sets) {
+	if f.Table != g.Table || !slices.Equal(f.Chains, g.Chains) || !slices.Equal(f.Counters, g.Counters) ||
+		!slices.Equal(f.Rules, g.Rules) || len(f.Sets) != len(g.Sets) {
 		return false
 	}
 	for i := range f.Sets {
@@ -245,14 +319,27 @@ func (f *filter) sameShape(g *filter) bool {
 	return true
 }
 
-func (f *filter) lines() []string {
-	t := "inet " + NFTTable
-	out := []string{"nft add table " + t}
-	if f.Chain {
-		out = append(out, fmt.Sprintf("nft add chain %s %s { type filter hook prerouting priority raw; }", t, nftChain))
+// nftPrioName renders a priority as nft does: by name where it has one.
+func nftPrioName(p int) string {
+	switch p {
+	case nftPrioRaw:
+		return "raw"
+	case nftPrioMangle:
+		return "mangle"
+	case 0:
+		return "filter"
 	}
-	if f.Counter {
-		out = append(out, fmt.Sprintf("nft add counter %s %s", t, nftCounter))
+	return fmt.Sprint(p)
+}
+
+func (f *filter) lines() []string {
+	t := "inet " + f.Table
+	out := []string{"nft add table " + t}
+	for _, c := range f.Chains {
+		out = append(out, fmt.Sprintf("nft add chain %s %s { type filter hook %s priority %s; }", t, c.Name, c.Hook, nftPrioName(c.Priority)))
+	}
+	for _, c := range f.Counters {
+		out = append(out, fmt.Sprintf("nft add counter %s %s", t, c))
 	}
 	for _, s := range f.Sets {
 		typ := "ipv4_addr"
@@ -269,7 +356,7 @@ func (f *filter) lines() []string {
 		}
 	}
 	for _, r := range f.Rules {
-		out = append(out, fmt.Sprintf("nft add rule %s %s %s", t, nftChain, r))
+		out = append(out, fmt.Sprintf("nft add rule %s %s %s", t, r.Chain, r.Sig))
 	}
 	return out
 }
@@ -290,7 +377,7 @@ type ours struct {
 	SrcValidMarkDevs []string
 	Rules            []rule
 	Routes           []route
-	// Filter is table inet wgmesh; nil when absent (or unwanted).
+	// Filter is wgmesh's nftables table; nil when absent (or unwanted).
 	Filter *filter
 }
 
@@ -306,6 +393,13 @@ type observed struct {
 	// Notes are partial read failures (nftables) that must not keep the
 	// routes from being applied; Apply reports them.
 	Notes []error
+	// MarkRules are other software's policy rules matching our mark bit
+	// (foreignMarkRule), MarkNFT other tables' nft rules that can set it,
+	// and MarkScanErr why the nft rules could not be listed. They become
+	// Status warnings.
+	MarkRules   []rule
+	MarkNFT     []markingRule
+	MarkScanErr error
 }
 
 func (w observed) link(name string) (link, bool) {

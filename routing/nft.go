@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
-	"strings"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
@@ -13,30 +12,81 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// The strict ingress filter, in nft syntax:
+// wgmesh's nftables table, in nft syntax (interface wgmesh0):
 //
 //	table inet wgmesh {
 //		counter strict_drops {}
-//		set strict4 { type ipv4_addr; flags interval; elements = { 10.244.2.0/24, ... } }
-//		set strict6 { type ipv6_addr; flags interval; elements = { fd00:10:244:2::/64, ... } }
+//		counter egress_drops {}
+//		set strict4  { type ipv4_addr; flags interval; elements = { 10.244.2.0/24, ... } }
+//		set strict6  { type ipv6_addr; flags interval; elements = { fd00:10:244:2::/64, ... } }
+//		set encrypt4 { type ipv4_addr; flags interval; elements = { 10.244.2.0/24, ... } }
+//		set encrypt6 { type ipv6_addr; flags interval; elements = { fd00:10:244:2::/64, ... } }
 //		chain prerouting {
 //			type filter hook prerouting priority raw;
 //			meta nfproto ipv4 iifname != "wgmesh0" ip saddr @strict4 counter name "strict_drops" drop
 //			meta nfproto ipv6 iifname != "wgmesh0" ip6 saddr @strict6 counter name "strict_drops" drop
 //		}
+//		chain postrouting {
+//			type filter hook postrouting priority raw;
+//			meta nfproto ipv4 oifname != "wgmesh0" ip daddr @encrypt4 counter name "egress_drops" drop
+//			meta nfproto ipv6 oifname != "wgmesh0" ip6 daddr @encrypt6 counter name "egress_drops" drop
+//		}
+//		chain forward {
+//			type filter hook forward priority mangle;
+//			oifname "wgmesh0" tcp flags syn / syn,rst tcp option maxseg size set rt mtu
+//			iifname "wgmesh0" tcp flags syn / syn,rst tcp option maxseg size set rt mtu
+//		}
+//		chain output {
+//			type filter hook output priority mangle;
+//			oifname "wgmesh0" tcp flags syn / syn,rst tcp option maxseg size set rt mtu
+//		}
 //	}
 //
-// A packet whose source is a remote node's pod CIDR can only legitimately
-// come out of the tunnel; arriving on any other interface it crossed the
-// wire in plaintext (or is spoofed) and is dropped. The chain hooks
-// prerouting at priority raw (-300): before conntrack (-200), so dropped
-// packets never create connection state, and before mangle, DNAT and every
-// filter chain of other tables, so no other rule set sees the packet first.
-// The drop is final for the packet no matter what other tables would do.
+// Ingress filter. A packet whose source is a remote node's pod CIDR can only
+// legitimately come out of the tunnel; arriving on any other interface it
+// crossed the wire in plaintext (or is spoofed) and is dropped. The chain
+// hooks prerouting at priority raw (-300): before conntrack (-200), so
+// dropped packets never create connection state, and before mangle, DNAT and
+// every filter chain of other tables, so no other rule set sees the packet
+// first. The drop is final for the packet no matter what other tables would
+// do.
+//
+// Egress guard. A packet to a remote node's pod CIDR that must be encrypted
+// (mesh.Desired.EncryptOnly) may only leave through the tunnel. The policy
+// rule sends such packets into the tunnel, but other software can defeat it:
+// a mark with our bit (the `not fwmark` rule skips the wgmesh table), a rule
+// of higher priority, a route in another table. Postrouting sees every
+// packet that leaves the host, forwarded or locally generated, after the
+// output interface is final: DNAT happens at prerouting and output, and
+// nothing re-routes at postrouting. So the verdict does not depend on the
+// priority, and raw (-300) runs it before other tables' postrouting chains
+// (SNAT allocating a port, NFQUEUE taking the packet away) handle a packet
+// that is to be dropped anyway. A drop is final whatever other tables do.
+// The device's own encrypted UDP goes to the peers' endpoints, which are
+// never inside an EncryptOnly prefix (mesh.Derive keeps prefixes holding an
+// endpoint or the API server out of it), so the guard never drops it.
+//
+// MSS clamp. Pods whose MTU exceeds the tunnel's (a CNI that ignores the Pod
+// MTU) and clients that never see ICMP "fragmentation needed" stall on full
+// sized segments. Rewriting the MSS option of SYNs (and SYN-ACKs) to what
+// the route allows, like KubeSpan does, makes both ends send segments that
+// fit: `rt mtu` is the smaller MTU of the routes towards the destination and
+// back to the source, and the kernel only ever lowers an MSS. Forward clamps
+// in both directions through the tunnel (a DNATed NodePort connection from
+// outside enters through one interface and its answer through the other);
+// output clamps the host's own connections into it. Priority mangle (-150):
+// after DNAT, so the route is the final one.
+//
+// Everything needs nf_tables with rt tcpmss and tcp option writes (Linux
+// 4.14). If the kernel lacks a piece, the whole table fails to apply (see
+// putFilter) and Apply reports it: strict mode never runs with half a table.
 
-// nftNetworkOffsets are the source address offset and length in the IPv4
-// and IPv6 headers.
-var nftSaddr = map[family]struct{ off, len uint32 }{v4: {12, 4}, v6: {8, 16}}
+// nftSaddr and nftDaddr are the source and destination address offsets and
+// lengths in the IPv4 and IPv6 headers.
+var (
+	nftSaddr = map[family]struct{ off, len uint32 }{v4: {12, 4}, v6: {8, 16}}
+	nftDaddr = map[family]struct{ off, len uint32 }{v4: {16, 4}, v6: {24, 16}}
+)
 
 // A whole table goes to the kernel in one batch (one sendmsg), so that it
 // applies atomically. A mesh of thousands of nodes makes that batch larger
@@ -97,74 +147,109 @@ func (k *kernel) nftTable() *nftables.Table {
 	return &nftables.Table{Name: k.o.nftTableName(), Family: nftables.TableFamilyINet}
 }
 
-// observeFilter reads table inet wgmesh into the model; nil when absent.
+// observeFilter reads wgmesh's table into the model; nil when absent.
 func (k *kernel) observeFilter() (*filter, error) {
 	c, err := k.nft()
 	if err != nil {
 		return nil, err
 	}
+	name := k.o.nftTableName()
 	tables, err := c.ListTablesOfFamily(nftables.TableFamilyINet)
 	if err != nil {
 		return nil, fmt.Errorf("list nftables tables: %w", err)
 	}
-	if !slices.ContainsFunc(tables, func(t *nftables.Table) bool { return t.Name == k.o.nftTableName() }) {
+	if !slices.ContainsFunc(tables, func(t *nftables.Table) bool { return t.Name == name }) {
 		return nil, nil
 	}
 	t := k.nftTable()
-	f := &filter{}
+	f := &filter{Table: name}
 	chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyINet)
 	if err != nil {
-		return nil, fmt.Errorf("list chains of table inet %s: %w", k.o.nftTableName(), err)
+		return nil, fmt.Errorf("list chains of table inet %s: %w", name, err)
 	}
 	for _, ch := range chains {
-		if ch.Table.Name != k.o.nftTableName() || ch.Name != nftChain {
+		if ch.Table.Name != name {
 			continue
 		}
-		f.Chain = ch.Type == nftables.ChainTypeFilter &&
-			ch.Hooknum != nil && *ch.Hooknum == *nftables.ChainHookPrerouting &&
-			ch.Priority != nil && *ch.Priority == *nftables.ChainPriorityRaw
+		f.Chains = append(f.Chains, observedChain(ch))
 		rules, err := c.GetRules(t, ch)
 		if err != nil {
-			return nil, fmt.Errorf("list rules of chain inet %s %s: %w", k.o.nftTableName(), nftChain, err)
+			return nil, fmt.Errorf("list rules of chain inet %s %s: %w", name, ch.Name, err)
 		}
 		for _, r := range rules {
-			f.Rules = append(f.Rules, string(r.UserData))
+			f.Rules = append(f.Rules, nftRule{Chain: ch.Name, Sig: string(r.UserData)})
 		}
 	}
 	objs, err := c.GetObjects(t)
 	if err != nil {
-		return nil, fmt.Errorf("list objects of table inet %s: %w", k.o.nftTableName(), err)
+		return nil, fmt.Errorf("list objects of table inet %s: %w", name, err)
 	}
 	for _, o := range objs {
-		if co, ok := o.(*nftables.CounterObj); ok && co.Name == nftCounter {
-			f.Counter = true
+		if co, ok := o.(*nftables.CounterObj); ok {
+			f.Counters = append(f.Counters, co.Name)
 		}
 	}
 	sets, err := c.GetSets(t)
 	if err != nil {
-		return nil, fmt.Errorf("list sets of table inet %s: %w", k.o.nftTableName(), err)
+		return nil, fmt.Errorf("list sets of table inet %s: %w", name, err)
 	}
 	for _, s := range sets {
 		ns := nftSet{Name: s.Name}
 		// A set of unexpected name or type keeps family 0, which makes the
 		// table's shape differ from any wanted one: it gets rebuilt.
 		switch {
-		case s.Name == nftSet4 && s.KeyType.Name == nftables.TypeIPAddr.Name && s.Interval:
+		case (s.Name == nftSet4 || s.Name == nftEncrypt4) && s.KeyType.Name == nftables.TypeIPAddr.Name && s.Interval:
 			ns.Family = v4
-		case s.Name == nftSet6 && s.KeyType.Name == nftables.TypeIP6Addr.Name && s.Interval:
+		case (s.Name == nftSet6 || s.Name == nftEncrypt6) && s.KeyType.Name == nftables.TypeIP6Addr.Name && s.Interval:
 			ns.Family = v6
 		}
 		if ns.Family != 0 {
 			els, err := c.GetSetElements(s)
 			if err != nil {
-				return nil, fmt.Errorf("list elements of set inet %s %s: %w", k.o.nftTableName(), s.Name, err)
+				return nil, fmt.Errorf("list elements of set inet %s %s: %w", name, s.Name, err)
 			}
 			ns.Ranges = rangesOfIntervals(intervalsOfElements(els))
 		}
 		f.Sets = append(f.Sets, ns)
 	}
-	slices.SortFunc(f.Sets, func(a, b nftSet) int { return strings.Compare(a.Name, b.Name) })
+	f.normalize()
 	return f, nil
+}
+
+// nftHooks names the hooks wgmesh's chains use.
+var nftHooks = []struct {
+	name string
+	num  *nftables.ChainHook
+}{
+	{"prerouting", nftables.ChainHookPrerouting},
+	{"forward", nftables.ChainHookForward},
+	{"output", nftables.ChainHookOutput},
+	{"postrouting", nftables.ChainHookPostrouting},
+}
+
+// observedChain models a chain of our table; one that is no base chain of
+// type filter on a known hook gets Hook "?", so the table is rebuilt.
+func observedChain(ch *nftables.Chain) nftChain {
+	c := nftChain{Name: ch.Name, Hook: "?"}
+	if ch.Type != nftables.ChainTypeFilter || ch.Hooknum == nil || ch.Priority == nil {
+		return c
+	}
+	for _, h := range nftHooks {
+		if *h.num == *ch.Hooknum {
+			c.Hook = h.name
+		}
+	}
+	c.Priority = int(*ch.Priority)
+	return c
+}
+
+func hookNum(name string) (*nftables.ChainHook, error) {
+	for _, h := range nftHooks {
+		if h.name == name {
+			return h.num, nil
+		}
+	}
+	return nil, fmt.Errorf("unknown hook %q", name)
 }
 
 func intervalsOfElements(els []nftables.SetElement) []interval {
@@ -202,15 +287,25 @@ func (k *kernel) putFilter(f *filter) error {
 	if err != nil {
 		return err
 	}
-	t := k.nftTable()
+	t := &nftables.Table{Name: f.Table, Family: nftables.TableFamilyINet}
 	c.AddTable(t)
 	c.DelTable(t)
 	c.AddTable(t)
-	ch := c.AddChain(&nftables.Chain{
-		Name: nftChain, Table: t, Type: nftables.ChainTypeFilter,
-		Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityRaw,
-	})
-	c.AddObj(&nftables.CounterObj{Table: t, Name: nftCounter})
+	chains := map[string]*nftables.Chain{}
+	for _, ch := range f.Chains {
+		hook, err := hookNum(ch.Hook)
+		if err != nil {
+			return fmt.Errorf("chain %s: %w", ch.Name, err)
+		}
+		prio := nftables.ChainPriority(ch.Priority)
+		chains[ch.Name] = c.AddChain(&nftables.Chain{
+			Name: ch.Name, Table: t, Type: nftables.ChainTypeFilter, Hooknum: hook, Priority: &prio,
+		})
+	}
+	for _, name := range f.Counters {
+		c.AddObj(&nftables.CounterObj{Table: t, Name: name})
+	}
+	sets := map[string]*nftables.Set{}
 	for _, s := range f.Sets {
 		set := nftSetOf(t, s)
 		if err := c.AddSet(set, nil); err != nil {
@@ -219,31 +314,105 @@ func (k *kernel) putFilter(f *filter) error {
 		if err := addElements(c, set, elementsOf(s.Ranges), false); err != nil {
 			return err
 		}
-		c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: dropExprs(s.Family, k.o.Interface, set), UserData: []byte(nftRuleSig(s.Family, k.o.Interface))})
+		sets[s.Name] = set
 	}
-	return c.Flush()
+	for _, r := range f.Rules {
+		ch := chains[r.Chain]
+		exprs, err := k.ruleExprs(r, sets)
+		if ch == nil || err != nil {
+			return fmt.Errorf("rule %q in chain %s: %w", r.Sig, r.Chain, errors.Join(err, errIf(ch == nil, "no such chain")))
+		}
+		c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: exprs, UserData: []byte(r.Sig)})
+	}
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("%w (the table needs nf_tables base chains at prerouting, forward, output and postrouting, "+
+			"named counters, interval sets, rt tcpmss and tcp option writes: Linux 4.14 or later with nf_tables)", err)
+	}
+	return nil
 }
 
-// dropExprs is nftRuleSig as expressions.
-func dropExprs(f family, iface string, set *nftables.Set) []expr.Any {
+func errIf(cond bool, msg string) error {
+	if cond {
+		return errors.New(msg)
+	}
+	return nil
+}
+
+// ruleExprs turns a wanted rule's signature back into expressions. Only the
+// signatures target makes are known; anything else is an error.
+func (k *kernel) ruleExprs(r nftRule, sets map[string]*nftables.Set) ([]expr.Any, error) {
+	iface := k.o.Interface
+	for _, f := range []family{v4, v6} {
+		switch r.Sig {
+		case nftRuleSig(f, iface):
+			if s := sets[nftSetName(f)]; s != nil {
+				return guardExprs(f, expr.MetaKeyIIFNAME, iface, nftSaddr[f], s, nftCounter), nil
+			}
+		case nftEgressSig(f, iface):
+			if s := sets[nftEncryptSetName(f)]; s != nil {
+				return guardExprs(f, expr.MetaKeyOIFNAME, iface, nftDaddr[f], s, nftCounterEgress), nil
+			}
+		}
+	}
+	switch r.Sig {
+	case nftMSSSig("oifname", iface):
+		return mssExprs(expr.MetaKeyOIFNAME, iface), nil
+	case nftMSSSig("iifname", iface):
+		return mssExprs(expr.MetaKeyIIFNAME, iface), nil
+	}
+	return nil, errors.New("unknown rule or missing set")
+}
+
+// ifname is an interface name as the kernel compares it: IFNAMSIZ bytes,
+// NUL padded.
+func ifname(iface string) []byte {
+	name := make([]byte, unix.IFNAMSIZ)
+	copy(name, iface)
+	return name
+}
+
+// guardExprs is a drop rule of family f: packets whose interface (key
+// IIFNAME or OIFNAME) is not iface and whose address at addr is in set are
+// counted in counter and dropped (nftRuleSig, nftEgressSig).
+func guardExprs(f family, key expr.MetaKey, iface string, addr struct{ off, len uint32 }, set *nftables.Set, counter string) []expr.Any {
 	proto := byte(unix.NFPROTO_IPV4)
 	if f == v6 {
 		proto = unix.NFPROTO_IPV6
 	}
-	// Interface names are compared as the kernel stores them: IFNAMSIZ
-	// bytes, NUL padded.
-	name := make([]byte, unix.IFNAMSIZ)
-	copy(name, iface)
-	sa := nftSaddr[f]
 	return []expr.Any{
 		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{proto}},
-		&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
-		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: name},
-		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: sa.off, Len: sa.len},
+		&expr.Meta{Key: key, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: ifname(iface)},
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: addr.off, Len: addr.len},
 		&expr.Lookup{SourceRegister: 1, SetName: set.Name, SetID: set.ID},
-		&expr.Objref{Type: int(unix.NFT_OBJECT_COUNTER), Name: nftCounter},
+		&expr.Objref{Type: int(unix.NFT_OBJECT_COUNTER), Name: counter},
 		&expr.Verdict{Kind: expr.VerdictDrop},
+	}
+}
+
+// TCP option kind and length of the MSS option, and the flags compared.
+const (
+	tcpOptMaxseg = 2
+	tcpFlagSyn   = 0x02
+	tcpFlagRst   = 0x04
+)
+
+// mssExprs is nftMSSSig: what nft compiles
+// `<key> "<iface>" tcp flags syn / syn,rst tcp option maxseg size set rt mtu`
+// to. rt tcpmss is in host byte order; the option is big endian.
+func mssExprs(key expr.MetaKey, iface string) []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: key, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname(iface)},
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_TCP}},
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 13, Len: 1},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 1, Mask: []byte{tcpFlagSyn | tcpFlagRst}, Xor: []byte{0}},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{tcpFlagSyn}},
+		&expr.Rt{Register: 1, Key: expr.RtTCPMSS},
+		&expr.Byteorder{SourceRegister: 1, DestRegister: 1, Op: expr.ByteorderHton, Len: 2, Size: 2},
+		&expr.Exthdr{SourceRegister: 1, Op: expr.ExthdrOpTcpopt, Type: tcpOptMaxseg, Offset: 2, Len: 2},
 	}
 }
 
@@ -274,20 +443,27 @@ func (k *kernel) deleteFilter() error {
 	return ignore(c.Flush(), unix.ENOENT)
 }
 
-func (k *kernel) dropped() (uint64, error) {
+// counters reads the drop counters (0 for a counter that does not exist).
+func (k *kernel) counters() (dropCounts, error) {
+	var d dropCounts
 	c, err := k.nft()
 	if err != nil {
-		return 0, err
+		return d, err
 	}
-	o, err := c.GetObject(&nftables.CounterObj{Table: k.nftTable(), Name: nftCounter})
-	if errors.Is(err, unix.ENOENT) {
-		return 0, nil
+	for _, x := range []struct {
+		name string
+		n    *uint64
+	}{{nftCounter, &d.Ingress}, {nftCounterEgress, &d.Egress}} {
+		o, err := c.GetObject(&nftables.CounterObj{Table: k.nftTable(), Name: x.name})
+		if errors.Is(err, unix.ENOENT) {
+			continue
+		}
+		if err != nil {
+			return d, fmt.Errorf("read counter inet %s %s: %w", k.o.nftTableName(), x.name, err)
+		}
+		if co, ok := o.(*nftables.CounterObj); ok {
+			*x.n = co.Packets
+		}
 	}
-	if err != nil {
-		return 0, fmt.Errorf("read counter inet %s %s: %w", k.o.nftTableName(), nftCounter, err)
-	}
-	if co, ok := o.(*nftables.CounterObj); ok {
-		return co.Packets, nil
-	}
-	return 0, nil
+	return d, nil
 }

@@ -134,14 +134,7 @@ func (o Options) target(d mesh.Desired, w observed) (want ours, notes []error) {
 	want.Routes = mergeTables(mainRoutes, hostRoutes)
 
 	if !o.DisableIngressFilter {
-		f := &filter{Chain: true, Counter: true}
-		for _, fam := range []family{v4, v6} {
-			if o.enabled(fam) {
-				f.Sets = append(f.Sets, nftSet{Name: nftSetName(fam), Family: fam, Ranges: rangesOf(d.StrictSources, fam)})
-				f.Rules = append(f.Rules, nftRuleSig(fam, o.Interface))
-			}
-		}
-		want.Filter = f
+		want.Filter = o.wantFilter(d)
 	}
 	return want, notes
 }
@@ -223,6 +216,44 @@ func mergeTables(a, b []route) []route {
 		}
 	}
 	return out
+}
+
+// wantFilter is the nftables table d asks for: the strict ingress filter,
+// the egress guard and the MSS clamp (see nft.go for the chains and why
+// they hook where they do). DisableIngressFilter switches off the whole
+// table; the agent never sets it, so strict mode always has both filters.
+func (o Options) wantFilter(d mesh.Desired) *filter {
+	f := &filter{
+		Table: o.nftTableName(),
+		Chains: []nftChain{
+			{Name: nftChainIngress, Hook: "prerouting", Priority: nftPrioRaw},
+			{Name: nftChainEgress, Hook: "postrouting", Priority: nftPrioRaw},
+			{Name: nftChainForward, Hook: "forward", Priority: nftPrioMangle},
+			{Name: nftChainOutput, Hook: "output", Priority: nftPrioMangle},
+		},
+		Counters: []string{nftCounter, nftCounterEgress},
+	}
+	for _, fam := range []family{v4, v6} {
+		if !o.enabled(fam) {
+			continue
+		}
+		f.Sets = append(f.Sets,
+			nftSet{Name: nftSetName(fam), Family: fam, Ranges: rangesOf(d.StrictSources, fam)},
+			nftSet{Name: nftEncryptSetName(fam), Family: fam, Ranges: rangesOf(d.EncryptOnly, fam)})
+		f.Rules = append(f.Rules,
+			nftRule{Chain: nftChainIngress, Sig: nftRuleSig(fam, o.Interface)},
+			nftRule{Chain: nftChainEgress, Sig: nftEgressSig(fam, o.Interface)})
+	}
+	// SYNs into the tunnel (forwarded and local) and out of it (forwarded
+	// to a local pod or, after DNAT, to a client elsewhere): both ends of
+	// a connection then learn an MSS that fits the tunnel, without relying
+	// on ICMP "fragmentation needed" reaching them.
+	f.Rules = append(f.Rules,
+		nftRule{Chain: nftChainForward, Sig: nftMSSSig("oifname", o.Interface)},
+		nftRule{Chain: nftChainForward, Sig: nftMSSSig("iifname", o.Interface)},
+		nftRule{Chain: nftChainOutput, Sig: nftMSSSig("oifname", o.Interface)})
+	f.normalize()
+	return f
 }
 
 // strictlySortedDsts reports whether the valid destinations of rs, masked,
@@ -352,6 +383,8 @@ type op struct {
 	route route
 	// filter is the whole table for opPutFilter.
 	filter *filter
+	// table names the nftables table for opUpdateSet and opDelFilter.
+	table string
 	// set, add and del are the element changes for opUpdateSet.
 	set      nftSet
 	add, del []ipRange
@@ -384,11 +417,11 @@ func (o op) String() string {
 	case opDelRule:
 		return "ip" + o.rule.Family.ipFlag() + " rule del " + o.rule.spec()
 	case opPutFilter:
-		return "nft create table inet " + NFTTable + " (replacing it whole)"
+		return "nft create table inet " + o.filter.Table + " (replacing it whole)"
 	case opUpdateSet:
-		return fmt.Sprintf("nft update set inet %s %s (+%d -%d ranges)", NFTTable, o.set.Name, len(o.add), len(o.del))
+		return fmt.Sprintf("nft update set inet %s %s (+%d -%d ranges)", o.table, o.set.Name, len(o.add), len(o.del))
 	case opDelFilter:
-		return "nft delete table inet " + NFTTable
+		return "nft delete table inet " + o.table
 	}
 	return fmt.Sprintf("op %d", o.kind)
 }
@@ -477,7 +510,7 @@ func plan(iface string, have, want ours) []op {
 		for i, s := range want.Filter.Sets {
 			add, del := diffRanges(have.Filter.Sets[i].Ranges, s.Ranges)
 			if len(add)+len(del) > 0 {
-				ops = append(ops, op{kind: opUpdateSet, set: s, add: add, del: del})
+				ops = append(ops, op{kind: opUpdateSet, table: want.Filter.Table, set: s, add: add, del: del})
 			}
 		}
 	}
@@ -509,7 +542,7 @@ func plan(iface string, have, want ours) []op {
 		ops = append(ops, op{kind: opReplaceRoute, route: r})
 	}
 	if want.Filter == nil && have.Filter != nil {
-		ops = append(ops, op{kind: opDelFilter})
+		ops = append(ops, op{kind: opDelFilter, table: have.Filter.Table})
 	}
 	return ops
 }

@@ -126,6 +126,7 @@ func labDesired() mesh.Desired {
 		},
 		Addresses:     []netip.Prefix{p("10.244.1.0/32"), p("fd00:10:244:1::/128")},
 		StrictSources: []netip.Prefix{p("10.244.2.0/24"), p("fd00:10:244:2::/64")},
+		EncryptOnly:   []netip.Prefix{p("10.244.2.0/24"), p("fd00:10:244:2::/64")},
 	}
 }
 
@@ -160,11 +161,11 @@ func TestPrivilegedApply(t *testing.T) {
 	}
 
 	rules := l.ip("rule")
-	if !strings.Contains(rules, "99:\tnot from all fwmark 0x20000/0x20000 lookup 51820 proto 0x57") &&
-		!strings.Contains(rules, "99:\tnot from all fwmark 0x20000/0x20000 lookup 51820 proto 87") {
+	if !strings.Contains(rules, "99:\tnot from all fwmark 0x2000/0x2000 lookup 51820 proto 0x57") &&
+		!strings.Contains(rules, "99:\tnot from all fwmark 0x2000/0x2000 lookup 51820 proto 87") {
 		t.Errorf("ip rule lacks the wgmesh rule:\n%s", rules)
 	}
-	if rules6 := l.ip("-6", "rule"); !strings.Contains(rules6, "not from all fwmark 0x20000/0x20000 lookup 51820") {
+	if rules6 := l.ip("-6", "rule"); !strings.Contains(rules6, "not from all fwmark 0x2000/0x2000 lookup 51820") {
 		t.Errorf("ip -6 rule lacks the wgmesh rule:\n%s", rules6)
 	}
 	for _, c := range []struct {
@@ -173,8 +174,8 @@ func TestPrivilegedApply(t *testing.T) {
 	}{
 		{[]string{"10.244.2.5"}, "dev wgmesh0 table 51820 src 10.244.1.0"},
 		{[]string{"fd00:10:244:2::5"}, "dev wgmesh0"},
-		{[]string{"10.244.1.7"}, "dev ul0"},                    // own CIDR: throw → main
-		{[]string{"10.244.2.5", "mark", "0x20000"}, "dev ul0"}, // encrypted packets skip the table
+		{[]string{"10.244.1.7"}, "dev ul0"},                   // own CIDR: throw → main
+		{[]string{"10.244.2.5", "mark", "0x2000"}, "dev ul0"}, // encrypted packets skip the table
 		{[]string{"198.18.0.2"}, "dev ul0"},
 	} {
 		out, ok := l.routeGet(c.args...)

@@ -56,7 +56,7 @@ func TestPrivilegedReadOnlyProcSys(t *testing.T) {
 			t.Errorf("net.ipv4.conf.%s.src_valid_mark = %s, want %s", dev, got, want)
 		}
 	}
-	if rules := l.ip("rule"); !strings.Contains(rules, "not from all fwmark 0x20000/0x20000 lookup 51820") {
+	if rules := l.ip("rule"); !strings.Contains(rules, "not from all fwmark 0x2000/0x2000 lookup 51820") {
 		t.Errorf("ip rule lacks the wgmesh rule:\n%s", rules)
 	}
 	if out, ok := l.routeGet("10.244.2.5"); !ok || !strings.Contains(out, "dev wgmesh0 table 51820 src 10.244.1.0") {

@@ -22,9 +22,13 @@ type system interface {
 	// do carries out one op. Adding what exists and deleting what is gone
 	// succeed.
 	do(ctx context.Context, o op) error
-	// dropped reads the strict ingress drop counter (0 without the table).
-	dropped() (uint64, error)
+	// counters reads the drop counters (0 without the table).
+	counters() (dropCounts, error)
 }
+
+// dropCounts are the packets the ingress filter and the egress guard have
+// dropped since the table was created.
+type dropCounts struct{ Ingress, Egress uint64 }
 
 // router is the Router over any system: observe, target, plan, execute.
 type router struct {
@@ -40,6 +44,9 @@ type router struct {
 	// lastWarn and warnedAt rate-limit logging of unchanged warnings.
 	lastWarn string
 	warnedAt time.Time
+	// egressLogged is the egress drop count last logged, at egressAt.
+	egressLogged uint64
+	egressAt     time.Time
 }
 
 // warnEvery is how often a warning that persists from Apply to Apply is
@@ -72,9 +79,43 @@ func (r *router) Apply(ctx context.Context, d mesh.Desired) error {
 	r.status.LinkMTU, r.status.PodMTU = mtu, mtu
 	// plan retries src_valid_mark on every Apply until it is in place, so
 	// the warnings are always current.
+	warns = append(warns, r.o.markWarnings(have.MarkRules, have.MarkNFT)...)
+	if have.MarkScanErr != nil {
+		warns = append(warns, have.MarkScanErr.Error())
+	}
 	r.status.Warnings = warns
 	r.logWarnings(warns)
+	r.logEgress(have)
 	return errors.Join(slices.Concat(have.Notes, notes, errs)...)
+}
+
+// logEgress logs one line when the egress guard's counter has grown since
+// it last did, at most every warnEvery: each drop is a packet some other
+// software tried to send to a remote pod outside the tunnel. The line names
+// the likely cause, which the mark scan of this Apply may already know.
+// The caller holds r.mu.
+func (r *router) logEgress(have observed) {
+	d, err := r.sys.counters()
+	if err != nil || d.Egress < r.egressLogged {
+		// Unreadable, or the table was recreated: start counting again.
+		r.egressLogged = d.Egress
+		return
+	}
+	if d.Egress == r.egressLogged || (!r.egressAt.IsZero() && time.Since(r.egressAt) < warnEvery) {
+		return
+	}
+	cause := fmt.Sprintf("a policy rule, route or mark of other software sends traffic to remote pods around table %d; "+
+		"compare `ip rule` and `ip route get <remote pod IP> from <local pod IP> iif <pod interface> mark <the packet's mark>`", r.o.Table)
+	// A rule that sets the bit is a likelier cause than one that matches it.
+	if w := append(r.o.markWarnings(nil, have.MarkNFT), r.o.markWarnings(have.MarkRules, nil)...); len(w) > 0 {
+		cause = w[0]
+		if len(w) > 1 {
+			cause += fmt.Sprintf(" (and %d more, see wgmesh status)", len(w)-1)
+		}
+	}
+	r.log.Warn("egress guard dropped packets to remote pods that were about to leave outside the tunnel in plaintext",
+		"dropped_total", d.Egress, "new", d.Egress-r.egressLogged, "likely_cause", cause)
+	r.egressLogged, r.egressAt = d.Egress, time.Now()
 }
 
 // logWarnings logs warnings when they change, and unchanged ones at most
@@ -208,10 +249,10 @@ func (r *router) Status() Status {
 	r.mu.Lock()
 	s := r.status
 	r.mu.Unlock()
-	if n, err := r.sys.dropped(); err == nil {
-		s.IngressDropped = n
+	if d, err := r.sys.counters(); err == nil {
+		s.IngressDropped, s.EgressDropped = d.Ingress, d.Egress
 	} else {
-		r.log.Debug("reading the ingress drop counter failed", "err", err)
+		r.log.Debug("reading the drop counters failed", "err", err)
 	}
 	return s
 }

@@ -73,14 +73,25 @@ const (
 	// matches `not fwmark <mark>/<mark>`, so encrypted packets skip the
 	// wgmesh table and leave through the main table instead of looping into
 	// the tunnel. Only this single bit is tested (mask = mark), so any other
-	// bits other software sets are ignored. Bit 17 (0x20000) is outside
-	// kube-proxy's 0x4000 (masquerade) and 0x8000 (drop), outside Cilium's
-	// 0xf00 nibble of magic marks (0x200 to-proxy, 0xa00, 0xb00, 0xc00,
-	// 0xe00, 0xf00), and outside Istio's 1337 (0x539). It does fall inside
-	// Calico's default IptablesMarkMask 0xffff0000, from whose lowest bits
-	// Felix allocates its marks: with Calico, either narrow Calico's mask
-	// (e.g. 0xfff00000) or pick another --fwmark bit.
-	DefaultFwMark uint32 = 0x20000
+	// bits other software sets are ignored; but software that sets this bit
+	// on pod traffic makes it skip the table (the egress guard then drops
+	// it, and the router warns about the rule).
+	//
+	// Bit 13 (0x2000) is the one bit none of the usual neighbours assigns
+	// (docs/coexist/egress.md has the table and sources): kube-proxy uses
+	// 0x4000 (masquerade) and 0x8000 (drop); Calico takes its marks from
+	// IptablesMarkMask (0xffff0000 by default, 0xff000000 in old releases;
+	// eBPF mode 0x1ff00000); Cilium puts its magic values in 0x0f00, the
+	// identity in 0xffff00ff and kube-proxy's bits in 0xf000; Tailscale
+	// owns 0xff0000 (0x40000, 0x80000); Istio uses 0x539 and 0x111 under
+	// mask 0xfff; wg-quick marks 51820 (0xca6c); Kilo uses no mark. The
+	// only overlap is Cilium's IPsec key index (0xf000), which does not run
+	// together with a second encryption. The previous default 0x20000 is
+	// Calico's "pass" mark with its default mask, Tailscale's range and a
+	// Cilium identity bit. An agent upgraded from it replaces its rule
+	// cleanly: a rule looking up our table is ours whatever its mark, so the
+	// new rule is added and then the old one deleted.
+	DefaultFwMark uint32 = 0x2000
 
 	// RouteProtocol is the route protocol number on every route and rule
 	// wgmesh installs; it is how a restarted agent (or `wgmesh cleanup`)
@@ -124,7 +135,7 @@ type Options struct {
 }
 
 // DefaultOptions returns the documented defaults: interface wgmesh0, table
-// 51820, host table 51821, priority 99, mark 0x20000, both families, auto
+// 51820, host table 51821, priority 99, mark 0x2000, both families, auto
 // MTU, ingress filter on.
 func DefaultOptions() Options {
 	return Options{
@@ -216,10 +227,16 @@ type Status struct {
 	// IngressDropped counts plaintext packets the strict ingress filter has
 	// dropped since its table was created.
 	IngressDropped uint64
+	// EgressDropped counts packets to remote pod CIDRs (Desired.EncryptOnly)
+	// the egress guard has dropped because they were about to leave on an
+	// interface other than the tunnel, since the table was created.
+	EgressDropped uint64
 	// Warnings are problems of the last Apply that did not fail it but
 	// leave the host short of the intended state: src_valid_mark that could
-	// be set neither globally nor on the underlay and tunnel interfaces.
-	// They are also logged, rate-limited.
+	// be set neither globally nor on the underlay and tunnel interfaces;
+	// other software's policy rules or nft rules that use the mark bit
+	// (each naming the rule, for nft its table, chain and handle). They
+	// are also logged, rate-limited.
 	Warnings []string
 }
 

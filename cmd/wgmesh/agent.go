@@ -129,7 +129,8 @@ func (a *app) runAgent(ctx context.Context, cfg agentConfig) (err error) {
 		},
 		Router: func() metrics.RouterStatus {
 			s := router.Status()
-			return metrics.RouterStatus{LinkMTU: s.LinkMTU, PodMTU: s.PodMTU, IngressDropped: s.IngressDropped, Warnings: s.Warnings}
+			return metrics.RouterStatus{LinkMTU: s.LinkMTU, PodMTU: s.PodMTU, IngressDropped: s.IngressDropped,
+				EgressDropped: s.EgressDropped, Warnings: s.Warnings}
 		},
 		PublicKey: func() (mesh.Key, error) {
 			k, err := keys.Load()

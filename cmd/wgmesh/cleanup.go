@@ -56,7 +56,7 @@ and --fwmark the agent ran with.`,
 			ro.Priority = priority
 			mark, err := strconv.ParseUint(strings.TrimSpace(fwmark), 0, 32)
 			if err != nil || mark == 0 {
-				return usagef("--fwmark %q: want a nonzero number such as 0x20000", fwmark)
+				return usagef("--fwmark %q: want a nonzero number such as 0x2000", fwmark)
 			}
 			ro.FwMark = uint32(mark)
 			ro.Logger = a.log

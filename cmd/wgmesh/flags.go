@@ -230,10 +230,10 @@ func (f *agentFlags) validate(inCluster bool) (agentConfig, error) {
 
 	mark, err := strconv.ParseUint(strings.TrimSpace(f.fwmark), 0, 32)
 	if err != nil {
-		return c, usagef("--fwmark %q: want a number such as 0x20000", f.fwmark)
+		return c, usagef("--fwmark %q: want a number such as 0x2000", f.fwmark)
 	}
 	if bits.OnesCount64(mark) != 1 {
-		return c, usagef("--fwmark %#x: must be a single nonzero bit such as 0x20000 (the rule tests exactly that bit)", mark)
+		return c, usagef("--fwmark %#x: must be a single nonzero bit such as 0x2000 (the rule tests exactly that bit)", mark)
 	}
 	c.FwMark = uint32(mark)
 

@@ -118,7 +118,7 @@ func TestAgentFlagsValidate(t *testing.T) {
 	}
 	if c.NodeName != "node-1" || c.Source != sourceInCluster || c.Interface != "wgmesh0" || c.Backend != device.ChoiceAuto ||
 		c.ListenPort != 51820 || c.KeyFile != mesh.DefaultKeyFile || c.MTU != 0 || c.Table != 51820 || c.HostTable != 51821 || c.Priority != 99 ||
-		c.FwMark != 0x20000 || c.MetricsAddr != ":9587" || c.Endpoint.IsValid() || c.DisableOffloads {
+		c.FwMark != 0x2000 || c.MetricsAddr != ":9587" || c.Endpoint.IsValid() || c.DisableOffloads {
 		t.Errorf("defaults: %+v", c)
 	}
 	if !c.Derive.IPv4 || !c.Derive.IPv6 || c.Derive.HostEncryption || c.Derive.AllowUnencrypted ||

@@ -151,6 +151,7 @@ func printStatus(w io.Writer, st metrics.Status, now time.Time) error {
 			kv("Last reconcile", r)
 		}
 		kv("Dropped plaintext", fmt.Sprintf("%d packets (strict ingress filter)", st.IngressDropped))
+		kv("Dropped egress", fmt.Sprintf("%d packets (to remote pods outside the tunnel: egress guard)", st.EgressDropped))
 		if len(st.Unencrypted) > 0 {
 			kv("UNENCRYPTED nodes", strings.Join(st.Unencrypted, ", "))
 		} else {

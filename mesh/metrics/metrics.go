@@ -47,6 +47,10 @@ type RouterStatus struct {
 	// IngressDropped counts plaintext packets from remote pod CIDRs that
 	// strict mode dropped because they did not arrive through the tunnel.
 	IngressDropped uint64
+	// EgressDropped counts packets to remote pod CIDRs that the egress
+	// guard dropped because they were about to leave on an interface other
+	// than the tunnel (other software's marks, rules or routes).
+	EgressDropped uint64
 	// Warnings are problems of the last routing apply that did not fail it
 	// but leave the host short of the intended state (for example
 	// src_valid_mark that could not be set).
@@ -231,6 +235,8 @@ var (
 		"The WireGuard interface and its backend; always 1.", []string{"backend", "interface"}, nil)
 	descIngressDropped = prometheus.NewDesc(Namespace+"_ingress_dropped_packets_total",
 		"Plaintext packets from remote pod CIDRs dropped by strict mode because they did not arrive through the tunnel.", nil, nil)
+	descEgressDropped = prometheus.NewDesc(Namespace+"_egress_dropped_packets_total",
+		"Packets to remote pod CIDRs dropped by the egress guard because they were about to leave outside the tunnel (another component's mark, rule or route).", nil, nil)
 	descRoutingWarnings = prometheus.NewDesc(Namespace+"_routing_warnings",
 		"Problems of the last routing apply that did not fail it but leave the host short of the intended state (see wgmesh status).", nil, nil)
 )
@@ -244,6 +250,7 @@ func (c *scrapeCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descPeerHandshake
 	ch <- descDeviceInfo
 	ch <- descIngressDropped
+	ch <- descEgressDropped
 	ch <- descRoutingWarnings
 }
 
@@ -255,6 +262,7 @@ func (c *scrapeCollector) Collect(ch chan<- prometheus.Metric) {
 	if m.o.Router != nil {
 		rs := m.o.Router()
 		ch <- prometheus.MustNewConstMetric(descIngressDropped, prometheus.CounterValue, float64(rs.IngressDropped))
+		ch <- prometheus.MustNewConstMetric(descEgressDropped, prometheus.CounterValue, float64(rs.EgressDropped))
 		ch <- prometheus.MustNewConstMetric(descRoutingWarnings, prometheus.GaugeValue, float64(len(rs.Warnings)))
 	}
 	if m.o.Stats == nil {

@@ -97,7 +97,9 @@ func TestPeerSeriesFollowPeers(t *testing.T) {
 	hs := time.Unix(1_700_000_000, 500_000_000)
 	dev := &fakeDevice{}
 	m := New(Options{Interface: "wgmesh0", Backend: mesh.BackendUserspace, Stats: dev.Stats,
-		Router: func() RouterStatus { return RouterStatus{IngressDropped: 7, Warnings: []string{"w1", "w2"}} }})
+		Router: func() RouterStatus {
+			return RouterStatus{IngressDropped: 7, EgressDropped: 5, Warnings: []string{"w1", "w2"}}
+		}})
 	h := m.Handler()
 
 	// Before the first reconcile nothing is known about peers.
@@ -107,6 +109,9 @@ func TestPeerSeriesFollowPeers(t *testing.T) {
 	}
 	if got := series(fams, "wgmesh_device_info")["userspacewgmesh0"]; got != 1 {
 		t.Errorf("wgmesh_device_info{backend=userspace,interface=wgmesh0} = %v, want 1", got)
+	}
+	if got := series(fams, "wgmesh_egress_dropped_packets_total")[""]; got != 5 {
+		t.Errorf("wgmesh_egress_dropped_packets_total = %v, want 5", got)
 	}
 	if got := series(fams, "wgmesh_ingress_dropped_packets_total")[""]; got != 7 {
 		t.Errorf("wgmesh_ingress_dropped_packets_total = %v, want 7", got)
@@ -272,7 +277,7 @@ func TestStatusSchema(t *testing.T) {
 		NodeName: "node-self", Interface: "wgmesh0", Backend: mesh.BackendKernel, ListenPort: 51820, Strict: true,
 		Stats: dev.Stats,
 		Router: func() RouterStatus {
-			return RouterStatus{LinkMTU: 1440, PodMTU: 1440, IngressDropped: 3, Warnings: []string{"src_valid_mark: read-only"}}
+			return RouterStatus{LinkMTU: 1440, PodMTU: 1440, IngressDropped: 3, EgressDropped: 2, Warnings: []string{"src_valid_mark: read-only"}}
 		},
 		PublicKey: func() (mesh.Key, error) { return kSelf, nil },
 		Ready:     func() bool { return true },
@@ -313,6 +318,7 @@ func TestStatusSchema(t *testing.T) {
 		"linkMTU": 1440.0, "podMTU": 1440.0, "strict": true, "ready": true, "agentRunning": true,
 		"lastReconcile":         map[string]any{"time": "2026-01-02T03:04:00Z", "durationSeconds": 1.5},
 		"ingressDroppedPackets": 3.0,
+		"egressDroppedPackets":  2.0,
 		"routingWarnings":       []any{"src_valid_mark: read-only"},
 		"peers": []any{map[string]any{
 			"node": "node-a", "publicKey": kA.String(), "endpoint": "198.18.0.2:51820",

@@ -44,6 +44,9 @@ type Status struct {
 	AgentRunning   bool            `json:"agentRunning"`
 	LastReconcile  *ReconcileState `json:"lastReconcile,omitempty"`
 	IngressDropped uint64          `json:"ingressDroppedPackets"`
+	// EgressDropped counts packets to remote pod CIDRs the egress guard
+	// dropped because they were about to leave outside the tunnel.
+	EgressDropped uint64 `json:"egressDroppedPackets"`
 	// RoutingWarnings are the router's problems that did not fail the last
 	// reconcile (see RouterStatus.Warnings).
 	RoutingWarnings []string `json:"routingWarnings,omitempty"`
@@ -145,7 +148,7 @@ func (m *Metrics) Status(ctx context.Context) (Status, error) {
 	}
 	if m.o.Router != nil {
 		rs := m.o.Router()
-		st.LinkMTU, st.PodMTU, st.IngressDropped = rs.LinkMTU, rs.PodMTU, rs.IngressDropped
+		st.LinkMTU, st.PodMTU, st.IngressDropped, st.EgressDropped = rs.LinkMTU, rs.PodMTU, rs.IngressDropped, rs.EgressDropped
 		st.RoutingWarnings = slices.Clone(rs.Warnings)
 	}
 	last, ok := m.Last()
