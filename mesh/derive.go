@@ -845,6 +845,7 @@ func (d *deriver) build() Desired {
 	for _, c := range d.own {
 		if !c.host {
 			ownRoutes = append(ownRoutes, Route{Dst: c.prefix, Kind: Throw, Node: d.selfName})
+			out.PodCIDRs = append(out.PodCIDRs, c.prefix)
 		}
 	}
 	// Peers' endpoints and the API server are reached outside the tunnel:

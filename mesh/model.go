@@ -130,6 +130,10 @@ type Desired struct {
 	// Addresses are the tunnel addresses of the local interface, one per
 	// enabled family, as single-address prefixes (/32, /128).
 	Addresses []netip.Prefix
+	// PodCIDRs are the local node's own pod CIDRs of the enabled families,
+	// sorted and masked: the router checks the MTU of the interfaces that
+	// carry them against the tunnel's.
+	PodCIDRs []netip.Prefix
 	// StrictSources are remote pod prefixes whose packets must only ever
 	// arrive through the tunnel; the router drops them on any other
 	// interface.
