@@ -20,6 +20,7 @@ func FuzzAgentFlags(f *testing.F) {
 		{"-1", "10.244.1.1,10.244.1.2", "a in (b", "-1s", "0.0.0.0:0", "9587", "--mtu=-1\n--route-table=254", true},
 		{"0x100000000", "::ffff:10.0.0.1", "x=", "1e9", "fe80::1%eth0", ":", "--rule-priority=0\n--ipv4=false\n--ipv6=false", true},
 		{"", "", "", "", "", "", "--listen-port=0\n--backend=\x00\n--interface=", false},
+		{"0x20000", "first", "", "0", "", ":9587", "--peers-file=p\n--mtu=1240\n--ipv6=false", false},
 	} {
 		f.Add(s.fwmark, s.tunnel, s.unmanaged, s.keepalive, s.endpoint, s.metricsAddr, s.extra, s.inCluster)
 	}
@@ -58,6 +59,8 @@ func FuzzAgentFlags(f *testing.F) {
 			t.Error("valid configuration without a source")
 		case c.ListenPort < 1 || c.ListenPort > 65535:
 			t.Errorf("valid configuration with listen port %d", c.ListenPort)
+		case c.MTU != 0 && (c.MTU > 65535 || c.MTU < 576 || (c.Derive.IPv6 && c.MTU < 1280)):
+			t.Errorf("valid configuration with MTU %d (IPv6 %v)", c.MTU, c.Derive.IPv6)
 		}
 		if c.Derive.Unmanaged != nil {
 			c.Derive.Unmanaged(map[string]string{"kubernetes.io/os": "windows", "a": "b"})
