@@ -47,7 +47,7 @@ func (f *Fake) Cleanup(ctx context.Context) error { return f.r.Cleanup(ctx) }
 func (f *Fake) Status() Status { return f.r.Status() }
 
 // Render returns the whole in-memory host, ours and foreign entries alike,
-// as sorted `ip`, `sysctl` and `nft` command lines.
+// as sorted `ip` and `nft` command lines.
 func (f *Fake) Render() string {
 	f.sys.mu.Lock()
 	defer f.sys.mu.Unlock()
@@ -67,8 +67,8 @@ func (f *Fake) SetLink(name string, mtu int) {
 	f.sys.links = append(f.sys.links, link{Name: name, MTU: mtu})
 }
 
-// RemoveLink deletes the interface name with its addresses, its own
-// sysctl values and the routes through it, as the kernel does.
+// RemoveLink deletes the interface name with its addresses and the routes
+// through it, as the kernel does.
 func (f *Fake) RemoveLink(name string) {
 	f.sys.mu.Lock()
 	defer f.sys.mu.Unlock()
