@@ -264,7 +264,9 @@ const (
 // allow that: the kernel module sends with DF clear and skb->ignore_df set
 // for both families (drivers/net/wireguard/socket.c), and wireguard-go's
 // UDP sockets keep the kernel default IP_PMTUDISC_WANT, under which a
-// datagram larger than the route MTU leaves in fragments.
+// datagram larger than the route MTU leaves in fragments. (The kernel
+// refuses such datagrams in a UDP GSO batch; the device package then sends
+// the batch one datagram at a time.)
 func AutoMTU(underlayMTU int, ipv6Underlay bool) int {
 	overhead := overheadIPv4
 	if ipv6Underlay {
