@@ -40,22 +40,21 @@ func (o Options) target(d mesh.Desired, w observed) (want ours, notes []error) {
 	if !haveLink {
 		notes = append(notes, fmt.Errorf("interface %s does not exist: tunnel routes are unreachable until the device creates it", o.Interface))
 	}
-	// No sysctl is wanted, src_valid_mark included. wg-quick sets
-	// net.ipv4.conf.all.src_valid_mark=1 because its table routes
-	// 0.0.0.0/0 into the tunnel: reverse-path validation of a received
-	// packet (fib_validate_source) looks its source up with mark 0 unless
-	// the flag is set, so without the packet's (connmark-restored) mark
-	// the lookup of a peer's endpoint would end in the tunnel and the
-	// packet would be dropped as a martian. wgmesh's table never holds a
-	// peer's endpoint — endpoints are thrown back to the main table — so
-	// the unmarked lookup of an encrypted packet's source ends where the
-	// packet came from, and a decrypted packet (mark 0 either way: the
-	// device scrubs it) is validated against the tunnel route it arrived
-	// by. Setting the flag gains nothing and harms others: `all` is ORed
-	// into every interface's value, and then the reverse lookup of a
-	// packet marked by someone else follows that mark — into a TPROXY
-	// table holding `local 0.0.0.0/0`, which fib_validate_source rejects
-	// whatever rp_filter says, so the neighbour's proxied connections die.
+	// No sysctl is wanted, src_valid_mark included. With the flag set,
+	// reverse-path validation (fib_validate_source) looks a received
+	// packet's source up with the packet's mark instead of 0. wg-quick
+	// needs that: it restores the fwmark onto received encrypted packets
+	// (CONNMARK) and routes 0.0.0.0/0 into the tunnel, so only the marked
+	// lookup of a peer's endpoint skips its table. wgmesh restores no mark:
+	// received encrypted packets carry mark 0 and decrypted ones too (the
+	// device scrubs them), so the flag would change no lookup of wgmesh's
+	// own traffic; and its table never routes a peer's endpoint into the
+	// tunnel anyway (endpoints are absent or thrown back to main). It only
+	// harms others: `all` is ORed into every interface's value, and the
+	// reverse lookup of a packet someone else marked then follows that
+	// mark, into a TPROXY table holding `local 0.0.0.0/0`, which
+	// fib_validate_source rejects whatever rp_filter says: the neighbour's
+	// proxied connections die.
 
 	if haveLink {
 		mtu, _, err := o.tunnelMTU(w)
