@@ -65,8 +65,9 @@ type Options struct {
 	Name string
 	// Backend is auto, userspace or kernel; "" means auto.
 	Backend Choice
-	// MTU is the MTU of a newly created interface; 0 means DefaultMTU. An
-	// existing interface keeps its MTU (routing owns it after creation).
+	// MTU is the MTU of a newly created interface, 68-65535; 0 means
+	// DefaultMTU. An existing interface keeps its MTU (routing owns it after
+	// creation).
 	MTU int
 	// DisableOffloads opens the TUN device without the virtio-net header, so
 	// the kernel hands wireguard-go one packet per read: no TSO/GRO/checksum
@@ -182,10 +183,12 @@ func (o Options) withDefaults() (Options, error) {
 	if o.MTU == 0 {
 		o.MTU = DefaultMTU
 	}
-	// 1280 is the smallest MTU IPv6 allows; 65535 the largest a TUN device
-	// and the wireguard link accept.
-	if o.MTU < 1280 || o.MTU > 65535 {
-		return o, fmt.Errorf("device %s: MTU %d: want 1280..65535", o.Name, o.MTU)
+	// Only what a link can take: 68 is the smallest MTU the kernel gives a
+	// link IPv4 at all, 65535 the largest a TUN device and the wireguard
+	// link accept. Which MTU the mesh may use (at least 1280 with IPv6) is
+	// routing.CheckMTU's rule, applied before the device is opened.
+	if o.MTU < 68 || o.MTU > 65535 {
+		return o, fmt.Errorf("device %s: MTU %d: want 68..65535", o.Name, o.MTU)
 	}
 	if (o.TUN == nil) != (o.Bind == nil) {
 		return o, fmt.Errorf("device %s: options: TUN and Bind must be set together", o.Name)

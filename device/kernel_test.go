@@ -171,7 +171,7 @@ func TestOptionsValidation(t *testing.T) {
 		{Options{Name: "this-name-is-too-long"}, "21 bytes, the kernel allows 15"},
 		{Options{Name: "a/b"}, "not allowed"},
 		{Options{Backend: "fast"}, `backend "fast"`},
-		{Options{MTU: 100}, "MTU 100"},
+		{Options{MTU: 67}, "MTU 67"},
 		{Options{MTU: 70000}, "MTU 70000"},
 		{Options{Backend: ChoiceKernel, TUN: tuntest.NewChannelTUN().TUN(), Bind: nil}, "TUN and Bind must be set together"},
 	}

@@ -71,6 +71,9 @@ func openUserspace(ctx context.Context, o Options, e *env, link netlink.Link) (D
 		}
 		bind = conn.NewStdNetBind()
 	}
+	// Batches of datagrams larger than the underlay's MTU must still leave
+	// (see oversizeBind).
+	bind = newOversizeBind(bind, o.Logger)
 	// From here the wireguard-go device owns tdev and bind: dev.Close closes
 	// both. A persistent TUN survives that; a half-created one is deleted.
 	dev := wgdevice.NewDevice(tdev, bind, newWGLogger(o.Logger))

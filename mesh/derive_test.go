@@ -1391,3 +1391,32 @@ func BenchmarkDerive5000(b *testing.B) {
 		Derive(self, nodes, o)
 	}
 }
+
+// TestDerivePodCIDRs: Desired.PodSources are the local node's own valid pod
+// CIDRs of the enabled families, masked and sorted, from the self argument
+// and its entry in the list alike; host IPs are not pod CIDRs.
+func TestDerivePodCIDRs(t *testing.T) {
+	self := withHosts(node("node-1", 1, "198.18.0.1:51820", "fd00:10:244:1::/64", "10.244.1.7/24"), "198.18.0.1")
+	self.PodCIDRs = append(self.PodCIDRs, netip.Prefix{})
+	entry := node("node-1", 1, "198.18.0.1:51820", "10.245.1.0/24")
+	others := []Node{entry, node("node-2", 2, "198.18.0.2:51820", "10.244.2.0/24")}
+	for _, c := range []struct {
+		name string
+		opts func(*Options)
+		want []netip.Prefix
+	}{
+		{"dual", nil, []netip.Prefix{pfxT("10.244.1.0/24"), pfxT("10.245.1.0/24"), pfxT("fd00:10:244:1::/64")}},
+		{"ipv4-only", func(o *Options) { o.IPv6 = false }, []netip.Prefix{pfxT("10.244.1.0/24"), pfxT("10.245.1.0/24")}},
+		{"host-encryption", func(o *Options) { o.HostEncryption = true }, []netip.Prefix{pfxT("10.244.1.0/24"), pfxT("10.245.1.0/24"), pfxT("fd00:10:244:1::/64")}},
+	} {
+		o := defaultOptions()
+		if c.opts != nil {
+			c.opts(&o)
+		}
+		if got := Derive(self, others, o).PodSources; !slices.Equal(got, c.want) {
+			t.Errorf("%s: PodSources = %v, want %v", c.name, got, c.want)
+		}
+	}
+}
+
+func pfxT(s string) netip.Prefix { return netip.MustParsePrefix(s) }

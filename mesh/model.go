@@ -159,7 +159,8 @@ type Desired struct {
 	HostRoutes []Route
 	// PodSources are the local node's own pod CIDRs of the enabled
 	// families, sorted and masked: the sources whose packets consult the
-	// host table.
+	// host table, and the prefixes whose interfaces the router checks
+	// against the tunnel's MTU.
 	PodSources []netip.Prefix
 	// StrictSources are remote pod prefixes whose packets must only ever
 	// arrive through the tunnel; the router drops them on any other

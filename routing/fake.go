@@ -22,10 +22,8 @@ import (
 //
 // A new Fake's host has lo, an underlay eth0 (MTU 1500, 198.18.0.1/15 and
 // 2001:db8::1/64 with default routes through it), the tunnel interface with
-// MTU 1420 and a link-local address, the kernel's default rules and
-// src_valid_mark=0 globally and on every interface. Tests may change it
-// with SetLink, RemoveLink, Delete and Fail; failing "all.src_valid_mark"
-// with unix.EROFS stands in for a container's read-only /proc/sys.
+// MTU 1420 and a link-local address, and the kernel's default rules. Tests
+// may change it with SetLink, RemoveLink, Delete and Fail.
 type Fake struct {
 	r   *router
 	sys *fakeHost
@@ -49,7 +47,7 @@ func (f *Fake) Cleanup(ctx context.Context) error { return f.r.Cleanup(ctx) }
 func (f *Fake) Status() Status { return f.r.Status() }
 
 // Render returns the whole in-memory host, ours and foreign entries alike,
-// as sorted `ip`, `sysctl` and `nft` command lines.
+// as sorted `ip` and `nft` command lines.
 func (f *Fake) Render() string {
 	f.sys.mu.Lock()
 	defer f.sys.mu.Unlock()
@@ -69,8 +67,8 @@ func (f *Fake) SetLink(name string, mtu int) {
 	f.sys.links = append(f.sys.links, link{Name: name, MTU: mtu})
 }
 
-// RemoveLink deletes the interface name with its addresses, its own
-// sysctl values and the routes through it, as the kernel does.
+// RemoveLink deletes the interface name with its addresses and the routes
+// through it, as the kernel does.
 func (f *Fake) RemoveLink(name string) {
 	f.sys.mu.Lock()
 	defer f.sys.mu.Unlock()
@@ -279,10 +277,9 @@ type fakeHost struct {
 	// sorted is routes in the kernel's dump order (see sortedRoutes); nil
 	// when it must be rebuilt. A few single-route changes between two
 	// observes update it in place; more, or any bulk change, drop it.
-	sorted       []route
-	patched      int
-	srcValidMark bool
-	filter       *filter
+	sorted  []route
+	patched int
+	filter  *filter
 	// foreignNFT are other software's nftables lines, rendered untouched;
 	// foreignNFTRules are other software's rules as the mark scan reads
 	// them (not rendered).
@@ -340,7 +337,7 @@ func (s *fakeHost) observe(o Options) observed {
 	defer s.mu.Unlock()
 	var w observed
 	for _, l := range s.links {
-		w.Links = append(w.Links, link{Name: l.Name, MTU: l.MTU, Addrs: slices.Clone(l.Addrs), SrcValidMark: l.SrcValidMark})
+		w.Links = append(w.Links, link{Name: l.Name, MTU: l.MTU, Addrs: slices.Clone(l.Addrs), Master: l.Master})
 		if l.Name == o.Interface {
 			w.Ours.LinkMTU = l.MTU
 			for _, a := range l.Addrs {
@@ -354,8 +351,12 @@ func (s *fakeHost) observe(o Options) observed {
 		w.Ours.Routes = make([]route, 0, len(s.routes))
 	}
 	for _, r := range s.sortedRoutes() {
-		if r.Table == unix.RT_TABLE_MAIN && r.Dst.Bits() == 0 {
+		switch {
+		case r.Table != unix.RT_TABLE_MAIN:
+		case r.Dst.Bits() == 0:
 			w.Defaults = append(w.Defaults, r)
+		case r.Type == typeUnicast && r.Dev != "" && !r.Gw.IsValid():
+			w.Connected = append(w.Connected, r)
 		}
 		if ownsRoute(r) {
 			w.Ours.Routes = append(w.Ours.Routes, r)
@@ -373,9 +374,7 @@ func (s *fakeHost) observe(o Options) observed {
 		}
 	}
 	w.MarkNFT = decodeMarking(s.foreignNFTRules, o.FwMark)
-	w.Ours.SrcValidMark = s.srcValidMark
 	w.Ours.Filter = s.filter.clone()
-	o.ownMarks(&w)
 	return w
 }
 
@@ -413,14 +412,6 @@ func (s *fakeHost) do(o op) error {
 		}
 	}
 	switch o.kind {
-	case opSysctl:
-		s.srcValidMark = true
-	case opDevConf:
-		l := s.link(o.iface)
-		if l == nil {
-			return errFakeNoDevice
-		}
-		l.SrcValidMark = true
 	case opSetMTU:
 		l := s.link(o.iface)
 		if l == nil {
@@ -610,20 +601,13 @@ func (s *fakeHost) render() string {
 	slices.SortFunc(links, func(a, b link) int { return strings.Compare(a.Name, b.Name) })
 	for _, l := range links {
 		out = append(out, fmt.Sprintf("ip link set dev %s mtu %d", l.Name, l.MTU))
+		if l.Master != "" {
+			out = append(out, fmt.Sprintf("ip link set dev %s master %s", l.Name, l.Master))
+		}
 	}
 	for _, l := range links {
 		for _, a := range sortedPrefixes(l.Addrs) {
 			out = append(out, addrLine(a, l.Name))
-		}
-	}
-	svm := 0
-	if s.srcValidMark {
-		svm = 1
-	}
-	out = append(out, srcValidMarkLine("all", svm))
-	for _, l := range links {
-		if l.SrcValidMark {
-			out = append(out, srcValidMarkLine(l.Name, 1))
 		}
 	}
 	for _, r := range sortedRules(s.rules) {

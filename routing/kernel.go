@@ -6,15 +6,11 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
-	"runtime"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netlink/nl"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
@@ -22,30 +18,13 @@ import (
 // nsCurrent selects the network namespace of the calling process.
 var nsCurrent = netns.None()
 
-// srcValidMarkPath is the sysctl wg-quick sets so that reverse-path
-// filtering takes the fwmark into account for packets the host receives.
-const srcValidMarkPath = "/proc/sys/net/ipv4/conf/all/src_valid_mark"
-
-// ipv4DevconfSrcVmark is IPV4_DEVCONF_SRC_VMARK (include/uapi/linux/ip.h),
-// the per-interface src_valid_mark in IFLA_INET_CONF; golang.org/x/sys/unix
-// has no constant for it. IFLA_INET_CONF lists the values as u32s indexed by
-// this id minus 1.
-const ipv4DevconfSrcVmark = 24
-
-// nlTimeout bounds the wait for the kernel's answer on the router's own
-// rtnetlink socket.
-const nlTimeout = 10 * time.Second
-
-// kernel is the system backed by netlink (links, addresses, rules, routes),
-// nftables (ingress filter, egress guard, MSS clamp) and procfs or rtnetlink (src_valid_mark),
-// optionally bound to one network namespace.
+// kernel is the system backed by netlink (links, addresses, rules, routes)
+// and nftables (ingress filter, egress guard, MSS clamp), optionally bound
+// to one network namespace. It writes no sysctl.
 type kernel struct {
 	o  Options
 	ns netns.NsHandle
 	nl *netlink.Handle
-	// rt is a rtnetlink socket in the router's namespace for the requests
-	// netlink.Handle has no method for (per-interface IPv4 devconf).
-	rt map[int]*nl.SocketHandle
 
 	mu sync.Mutex
 	// ifindex maps interface names to indexes as of the last observe, so
@@ -69,29 +48,10 @@ func newKernel(o Options, ns netns.NsHandle) (*kernel, error) {
 	if err != nil {
 		return nil, fmt.Errorf("routing: open netlink socket: %w", err)
 	}
-	s, err := nl.GetNetlinkSocketAt(ns, netns.None(), unix.NETLINK_ROUTE)
-	if err != nil {
-		h.Close()
-		return nil, fmt.Errorf("routing: open rtnetlink socket: %w", err)
-	}
-	tv := unix.NsecToTimeval(nlTimeout.Nanoseconds())
-	if err := errors.Join(s.SetSendTimeout(&tv), s.SetReceiveTimeout(&tv)); err != nil {
-		s.Close()
-		h.Close()
-		return nil, fmt.Errorf("routing: rtnetlink socket timeouts: %w", err)
-	}
-	return &kernel{
-		o: o, ns: ns, nl: h, ifindex: map[string]int{},
-		rt: map[int]*nl.SocketHandle{unix.NETLINK_ROUTE: {Socket: s}},
-	}, nil
+	return &kernel{o: o, ns: ns, nl: h, ifindex: map[string]int{}}, nil
 }
 
-func (k *kernel) close() {
-	k.nl.Close()
-	for _, s := range k.rt {
-		s.Close()
-	}
-}
+func (k *kernel) close() { k.nl.Close() }
 
 // dumpRetries bounds retries of netlink dumps interrupted by concurrent
 // changes (the kernel then flags the dump as inconsistent).
@@ -136,7 +96,7 @@ func (k *kernel) observe(ctx context.Context) (observed, error) {
 	}
 	for _, l := range links {
 		a := l.Attrs()
-		w.Links = append(w.Links, link{Name: a.Name, MTU: a.MTU, Addrs: linkAddrs[a.Index]})
+		w.Links = append(w.Links, link{Name: a.Name, MTU: a.MTU, Addrs: linkAddrs[a.Index], Master: byIndex[a.MasterIndex]})
 		if a.Name == k.o.Interface {
 			w.Ours.LinkMTU = a.MTU
 			for _, p := range linkAddrs[a.Index] {
@@ -155,7 +115,7 @@ func (k *kernel) observe(ctx context.Context) (observed, error) {
 	// table; the library deserialises each route of every table either
 	// way). Routes are converted as they arrive, without a list of
 	// netlink.Route in between: at 5,000 nodes there are 15,000 of ours.
-	type routeDump struct{ defaults, ours []route }
+	type routeDump struct{ defaults, connected, ours []route }
 	k.mu.Lock()
 	hint := k.ownRoutes
 	k.mu.Unlock()
@@ -173,8 +133,12 @@ func (k *kernel) observe(ctx context.Context) (observed, error) {
 				if !ok {
 					return true
 				}
-				if rt.Table == unix.RT_TABLE_MAIN && rt.Dst.Bits() == 0 {
+				switch {
+				case rt.Table != unix.RT_TABLE_MAIN:
+				case rt.Dst.Bits() == 0:
 					d.defaults = append(d.defaults, rt)
+				case rt.Type == typeUnicast && rt.Dev != "" && !rt.Gw.IsValid():
+					d.connected = append(d.connected, rt)
 				}
 				if ownsRoute(rt) {
 					d.ours = append(d.ours, rt)
@@ -186,7 +150,7 @@ func (k *kernel) observe(ctx context.Context) (observed, error) {
 	if err != nil {
 		return w, err
 	}
-	w.Defaults, w.Ours.Routes = dump.defaults, dump.ours
+	w.Defaults, w.Connected, w.Ours.Routes = dump.defaults, dump.connected, dump.ours
 	if len(w.Ours.Routes) == 0 {
 		w.Ours.Routes = nil
 	}
@@ -221,23 +185,6 @@ func (k *kernel) observe(ctx context.Context) (observed, error) {
 			}
 		}
 	}
-	// An unreadable src_valid_mark counts as 0: plan then writes it, or
-	// falls back to the interfaces, and reports what fails there.
-	_ = k.inNS(func() error {
-		b, err := os.ReadFile(srcValidMarkPath)
-		w.Ours.SrcValidMark = err == nil && strings.TrimSpace(string(b)) == "1"
-		return err
-	})
-	for _, dev := range k.o.markDevs(w) {
-		i := slices.IndexFunc(w.Links, func(l link) bool { return l.Name == dev })
-		if i < 0 {
-			continue
-		}
-		// An interface that cannot be read (it just went) counts as 0,
-		// for the same reason.
-		w.Links[i].SrcValidMark, _ = k.srcValidMark(index[dev])
-	}
-	k.o.ownMarks(&w)
 	// Without nftables the routes must still be applied: the failure is
 	// reported and putting the table is retried (and fails, reported) on
 	// every Apply.
@@ -260,16 +207,6 @@ func (k *kernel) observe(ctx context.Context) (observed, error) {
 
 func (k *kernel) do(ctx context.Context, o op) error {
 	switch o.kind {
-	case opSysctl:
-		return k.inNS(func() error { return os.WriteFile(srcValidMarkPath, []byte("1"), 0o644) })
-	case opDevConf:
-		k.mu.Lock()
-		idx, ok := k.ifindex[o.iface]
-		k.mu.Unlock()
-		if !ok {
-			return fmt.Errorf("interface %s: %w", o.iface, unix.ENODEV)
-		}
-		return k.setSrcValidMark(idx)
 	case opSetMTU:
 		l, err := k.nl.LinkByName(o.iface)
 		if err != nil {
@@ -317,84 +254,6 @@ func (k *kernel) do(ctx context.Context, o op) error {
 	return fmt.Errorf("unknown op %d", o.kind)
 }
 
-// setSrcValidMark sets net.ipv4.conf.<interface>.src_valid_mark=1 on the
-// interface with index idx over rtnetlink, which needs CAP_NET_ADMIN but
-// not a writable /proc/sys: RTM_SETLINK carrying IFLA_AF_SPEC, AF_INET,
-// IFLA_INET_CONF, IPV4_DEVCONF_SRC_VMARK = 1.
-func (k *kernel) setSrcValidMark(idx int) error {
-	req := nl.NewNetlinkRequest(unix.RTM_SETLINK, unix.NLM_F_ACK)
-	req.Sockets = k.rt
-	msg := nl.NewIfInfomsg(unix.AF_UNSPEC)
-	msg.Index = int32(idx)
-	req.AddData(msg)
-	spec := nl.NewRtAttr(unix.IFLA_AF_SPEC, nil)
-	conf := spec.AddRtAttr(unix.AF_INET, nil).AddRtAttr(unix.IFLA_INET_CONF, nil)
-	conf.AddRtAttr(ipv4DevconfSrcVmark, nl.Uint32Attr(1))
-	req.AddData(spec)
-	_, err := req.Execute(unix.NETLINK_ROUTE, 0)
-	return err
-}
-
-// srcValidMark reads the src_valid_mark of the interface with index idx
-// from its RTM_GETLINK answer: IFLA_AF_SPEC, AF_INET, IFLA_INET_CONF.
-func (k *kernel) srcValidMark(idx int) (bool, error) {
-	req := nl.NewNetlinkRequest(unix.RTM_GETLINK, unix.NLM_F_ACK)
-	req.Sockets = k.rt
-	msg := nl.NewIfInfomsg(unix.AF_UNSPEC)
-	msg.Index = int32(idx)
-	req.AddData(msg)
-	msgs, err := req.Execute(unix.NETLINK_ROUTE, unix.RTM_NEWLINK)
-	if err != nil {
-		return false, err
-	}
-	if len(msgs) != 1 {
-		return false, fmt.Errorf("interface index %d: %d answers to RTM_GETLINK, want 1", idx, len(msgs))
-	}
-	v, ok := inetConf(msgs[0], ipv4DevconfSrcVmark)
-	return ok && v == 1, nil
-}
-
-// inetConf extracts IPv4 devconf value id from an RTM_NEWLINK message
-// (ifinfomsg and attributes); ok is false when the message has none, as for
-// an interface without IPv4.
-func inetConf(msg []byte, id int) (v uint32, ok bool) {
-	if len(msg) < unix.SizeofIfInfomsg {
-		return 0, false
-	}
-	// find walks the attributes in b for type typ. nl.ParseRouteAttr
-	// panics on some malformed lengths (found by FuzzInetConf), so the
-	// walk is checked here.
-	find := func(b []byte, typ uint16) ([]byte, bool) {
-		for len(b) >= unix.SizeofRtAttr {
-			n := int(nl.NativeEndian().Uint16(b))
-			t := nl.NativeEndian().Uint16(b[2:]) &^ (unix.NLA_F_NESTED | unix.NLA_F_NET_BYTEORDER)
-			if n < unix.SizeofRtAttr || n > len(b) {
-				return nil, false
-			}
-			if t == typ {
-				return b[unix.SizeofRtAttr:n], true
-			}
-			n = (n + unix.RTA_ALIGNTO - 1) &^ (unix.RTA_ALIGNTO - 1)
-			if n > len(b) {
-				return nil, false
-			}
-			b = b[n:]
-		}
-		return nil, false
-	}
-	b, ok := find(msg[unix.SizeofIfInfomsg:], unix.IFLA_AF_SPEC)
-	if ok {
-		b, ok = find(b, unix.AF_INET)
-	}
-	if ok {
-		b, ok = find(b, unix.IFLA_INET_CONF)
-	}
-	if !ok || id < 1 || len(b) < 4*id {
-		return 0, false
-	}
-	return nl.NativeEndian().Uint32(b[4*(id-1):]), true
-}
-
 // ignore treats the given errnos as success: adding what exists, deleting
 // what is gone.
 func ignore(err error, errnos ...unix.Errno) error {
@@ -404,34 +263,6 @@ func ignore(err error, errnos ...unix.Errno) error {
 		}
 	}
 	return err
-}
-
-// inNS runs f on a thread inside the router's namespace (for procfs, whose
-// net entries follow the opening thread's namespace).
-func (k *kernel) inNS(f func() error) error {
-	if k.ns == nsCurrent {
-		return f()
-	}
-	runtime.LockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		runtime.UnlockOSThread()
-		return fmt.Errorf("get network namespace: %w", err)
-	}
-	defer orig.Close()
-	if err := netns.Set(k.ns); err != nil {
-		runtime.UnlockOSThread()
-		return fmt.Errorf("enter network namespace: %w", err)
-	}
-	ferr := f()
-	if err := netns.Set(orig); err != nil {
-		// Leave the thread locked: the runtime discards it when this
-		// goroutine ends, instead of reusing a thread in the wrong
-		// namespace.
-		return errors.Join(ferr, fmt.Errorf("leave network namespace: %w", err))
-	}
-	runtime.UnlockOSThread()
-	return ferr
 }
 
 func prefixOf(n *net.IPNet) (netip.Prefix, bool) {

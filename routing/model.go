@@ -51,9 +51,9 @@ type link struct {
 	Name  string
 	MTU   int
 	Addrs []netip.Prefix
-	// SrcValidMark is the interface's own net.ipv4.conf.<name>.src_valid_mark.
-	// The kernel system reads it only for the interfaces markDevs names.
-	SrcValidMark bool
+	// Master is the bridge (or other master device) the interface is
+	// enslaved to, "" for none: a pod's veth names its CNI bridge.
+	Master string
 }
 
 // rule is a policy routing rule.
@@ -368,15 +368,9 @@ type ours struct {
 	// (observed) or when the MTU is to be left alone (wanted).
 	LinkMTU int
 	// Addrs on the tunnel interface (link-local addresses excluded).
-	Addrs []netip.Prefix
-	// SrcValidMark is net.ipv4.conf.all.src_valid_mark.
-	SrcValidMark bool
-	// SrcValidMarkDevs, observed, are the interfaces among markDevs whose
-	// own src_valid_mark is 1; wanted, they are the interfaces to set it on
-	// when the `all` value cannot be written (see target).
-	SrcValidMarkDevs []string
-	Rules            []rule
-	Routes           []route
+	Addrs  []netip.Prefix
+	Rules  []rule
+	Routes []route
 	// Filter is wgmesh's nftables table; nil when absent (or unwanted).
 	Filter *filter
 }
@@ -389,7 +383,12 @@ type observed struct {
 	Links []link
 	// Defaults are the default routes of the main table (underlay).
 	Defaults []route
-	Ours     ours
+	// Connected are the main table's other routes straight out of an
+	// interface (unicast, a device, no gateway), such as a CNI's per-pod
+	// routes: with the links' addresses and masters they tell which
+	// interfaces face the local pods (podInterfaces).
+	Connected []route
+	Ours      ours
 	// Notes are partial read failures (nftables) that must not keep the
 	// routes from being applied; Apply reports them.
 	Notes []error
@@ -412,7 +411,7 @@ func (w observed) link(name string) (link, bool) {
 }
 
 // render writes the state as sorted command lines, section by section:
-// links, addresses, sysctl, rules, routes, nftables.
+// links, addresses, rules, routes, nftables.
 func (s ours) render(iface string) string {
 	var out []string
 	if s.LinkMTU > 0 {
@@ -420,12 +419,6 @@ func (s ours) render(iface string) string {
 	}
 	for _, a := range sortedPrefixes(s.Addrs) {
 		out = append(out, fmt.Sprintf("ip%s address add %s dev %s", familyOf(a.Addr()).ipFlag(), a, iface))
-	}
-	if s.SrcValidMark {
-		out = append(out, srcValidMarkLine("all", 1))
-	}
-	for _, dev := range slices.Sorted(slices.Values(s.SrcValidMarkDevs)) {
-		out = append(out, srcValidMarkLine(dev, 1))
 	}
 	for _, r := range sortedRules(s.Rules) {
 		out = append(out, r.String())
@@ -437,13 +430,6 @@ func (s ours) render(iface string) string {
 		out = append(out, s.Filter.lines()...)
 	}
 	return strings.Join(out, "\n") + "\n"
-}
-
-// srcValidMarkLine is the sysctl command setting src_valid_mark of dev
-// ("all" for the global value). sysctl's dotted notation writes dots in
-// interface names (VLANs: eth0.100) as slashes.
-func srcValidMarkLine(dev string, v int) string {
-	return fmt.Sprintf("sysctl -w net.ipv4.conf.%s.src_valid_mark=%d", strings.ReplaceAll(dev, ".", "/"), v)
 }
 
 func sortedPrefixes(ps []netip.Prefix) []netip.Prefix {

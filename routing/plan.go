@@ -45,34 +45,24 @@ func (o Options) target(d mesh.Desired, w observed) (want ours, notes []error) {
 	if !haveLink {
 		notes = append(notes, fmt.Errorf("interface %s does not exist: tunnel routes are unreachable until the device creates it", o.Interface))
 	}
-	// src_valid_mark. wg-quick sets net.ipv4.conf.all.src_valid_mark=1
-	// when it installs its fwmark rule: reverse-path validation of a
-	// received packet (rp_filter) then looks its source up with the
-	// packet's mark, so a "not fwmark" rule cannot divert the lookup of a
-	// peer's endpoint into the tunnel table and get the peer's reply to
-	// the marked WireGuard socket dropped as a martian. The kernel ORs the
-	// `all` value with that of the receiving interface (IN_DEV_ORCONF), so
-	// setting it on the interfaces such packets arrive on is equivalent:
-	// the underlay (encrypted packets) and the tunnel (decrypted ones).
-	//
-	// The `all` value comes first, as with wg-quick. Where it cannot be
-	// written (Kubernetes mounts /proc/sys read-only in unprivileged
-	// containers, even with CAP_NET_ADMIN and the host network) the router
-	// sets the per-interface values over rtnetlink instead, for which
-	// CAP_NET_ADMIN suffices (router.srcValidMark). Per-interface values
-	// already in place satisfy the want, so a read-only host is not
-	// rewritten on every Apply. If neither can be set, Apply still succeeds
-	// and Status carries a warning: for wgmesh the flag is belt and braces,
-	// because its table holds only pod (and host-encryption) destinations
-	// and the peers' endpoints are thrown back to the main table, so the
-	// unmarked reverse-path lookup of an endpoint never ends in the tunnel.
-	// The knob exists for IPv4 only and is harmless otherwise; setting it
-	// whatever the families keeps the end state independent of history.
-	want.SrcValidMark = true
-	want.SrcValidMarkDevs = o.markDevs(w)
+	// No sysctl is wanted, src_valid_mark included. With the flag set,
+	// reverse-path validation (fib_validate_source) looks a received
+	// packet's source up with the packet's mark instead of 0. wg-quick
+	// needs that: it restores the fwmark onto received encrypted packets
+	// (CONNMARK) and routes 0.0.0.0/0 into the tunnel, so only the marked
+	// lookup of a peer's endpoint skips its table. wgmesh restores no mark:
+	// received encrypted packets carry mark 0 and decrypted ones too (the
+	// device scrubs them), so the flag would change no lookup of wgmesh's
+	// own traffic; and its table never routes a peer's endpoint into the
+	// tunnel anyway (endpoints are absent or thrown back to main). It only
+	// harms others: `all` is ORed into every interface's value, and the
+	// reverse lookup of a packet someone else marked then follows that
+	// mark, into a TPROXY table holding `local 0.0.0.0/0`, which
+	// fib_validate_source rejects whatever rp_filter says: the neighbour's
+	// proxied connections die.
 
 	if haveLink {
-		mtu, err := o.linkMTU(w)
+		mtu, _, err := o.tunnelMTU(w)
 		if err != nil {
 			notes = append(notes, err)
 		}
@@ -273,17 +263,29 @@ func strictlySortedDsts(rs []mesh.Route) bool {
 	return true
 }
 
-// linkMTU is the MTU the tunnel interface should have: Options.MTU, else
-// AutoMTU of the underlay. 0 (with an error) means the underlay could not be
-// found and the MTU is left as it is.
-func (o Options) linkMTU(w observed) (int, error) {
+// tunnelMTU is the MTU the tunnel interface should have: Options.MTU,
+// else AutoMTU of the underlay raised to the floor of CheckMTU, in which
+// case warn says so (how much, why, and what to do about it). 0 (with an
+// error) means the underlay could not be found and the MTU is left as it
+// is.
+func (o Options) tunnelMTU(w observed) (mtu int, warn string, err error) {
 	if o.MTU > 0 {
-		return o.MTU, nil
+		return o.MTU, "", nil
 	}
-	if l, v6, ok := o.underlay(w); ok {
-		return AutoMTU(l.MTU, v6), nil
+	l, v6, ok := o.underlay(w)
+	if !ok {
+		return 0, "", fmt.Errorf("interface %s: cannot find the underlay (no interface holds %v and there is no default route): MTU left unchanged; set --mtu", o.Interface, o.UnderlayAddr)
 	}
-	return 0, fmt.Errorf("interface %s: cannot find the underlay (no interface holds %v and there is no default route): MTU left unchanged; set --mtu", o.Interface, o.UnderlayAddr)
+	auto, floor := AutoMTU(l.MTU, v6), minMTU(o.IPv6)
+	if auto >= floor {
+		return auto, "", nil
+	}
+	why, fix := "needed for IPv6", "raise the underlay MTU or run with --ipv6=false"
+	if !o.IPv6 {
+		why, fix = "the IPv4 minimum", "raise the underlay MTU"
+	}
+	return floor, fmt.Sprintf("tunnel MTU %d (underlay %s MTU %d − %d) < %d %s: using %d, outer packets fragment; %s",
+		auto, l.Name, l.MTU, l.MTU-auto, floor, why, floor, fix), nil
 }
 
 // underlay is the interface peers' packets arrive on: the one holding
@@ -320,48 +322,13 @@ func (o Options) underlay(w observed) (l link, ipv6 bool, ok bool) {
 	return link{}, false, false
 }
 
-// markDevs are the interfaces src_valid_mark matters on, sorted: the
-// underlay, where the peers' encrypted packets arrive, and the tunnel
-// interface, where the decrypted ones do, as far as they exist. A host
-// receiving peers' packets on several interfaces is covered only by the
-// `all` value.
-func (o Options) markDevs(w observed) []string {
-	var devs []string
-	if l, _, ok := o.underlay(w); ok {
-		devs = append(devs, l.Name)
-	}
-	if _, ok := w.link(o.Interface); ok {
-		devs = append(devs, o.Interface)
-	}
-	slices.Sort(devs)
-	return devs
-}
-
-// ownMarks fills w.Ours.SrcValidMarkDevs from the links' own values. Both
-// systems call it at the end of observe, so they agree on which
-// per-interface values are the router's concern.
-func (o Options) ownMarks(w *observed) {
-	w.Ours.SrcValidMarkDevs = nil
-	for _, dev := range o.markDevs(*w) {
-		if l, ok := w.link(dev); ok && l.SrcValidMark {
-			w.Ours.SrcValidMarkDevs = append(w.Ours.SrcValidMarkDevs, dev)
-		}
-	}
-}
-
 // opKind says what an op does. The order of the constants is the order in
 // which plan emits them: everything that adds or replaces first, then
 // everything that deletes.
 type opKind int
 
 const (
-	// opSysctl writes net.ipv4.conf.all.src_valid_mark; if that fails, the
-	// router falls back to an opDevConf for each of op.devs.
-	opSysctl opKind = iota
-	// opDevConf sets src_valid_mark of interface op.iface over rtnetlink.
-	// plan never emits it; it is the fallback of a failed opSysctl.
-	opDevConf
-	opSetMTU
+	opSetMTU opKind = iota
 	opAddAddr
 	opReplaceRoute
 	opAddRule
@@ -388,18 +355,12 @@ type op struct {
 	// set, add and del are the element changes for opUpdateSet.
 	set      nftSet
 	add, del []ipRange
-	// devs are the interfaces a failed opSysctl falls back to.
-	devs []string
 }
 
 // String names the op as the command that would carry it out; errors and
 // logs use it.
 func (o op) String() string {
 	switch o.kind {
-	case opSysctl:
-		return srcValidMarkLine("all", 1)
-	case opDevConf:
-		return srcValidMarkLine(o.iface, 1) + " (rtnetlink)"
 	case opSetMTU:
 		return fmt.Sprintf("ip link set dev %s mtu %d", o.iface, o.mtu)
 	case opAddAddr, opDelAddr:
@@ -436,19 +397,6 @@ func (o op) LogValue() slog.Value { return slog.StringValue(o.String()) }
 // that want lacks never touches anyone else's.
 func plan(iface string, have, want ours) []op {
 	var ops []op
-	if want.SrcValidMark && !have.SrcValidMark {
-		// Per-interface values (from an earlier fallback) on every
-		// interface that matters are as good as the `all` value.
-		var missing []string
-		for _, dev := range want.SrcValidMarkDevs {
-			if !slices.Contains(have.SrcValidMarkDevs, dev) {
-				missing = append(missing, dev)
-			}
-		}
-		if len(missing) > 0 || len(want.SrcValidMarkDevs) == 0 {
-			ops = append(ops, op{kind: opSysctl, devs: missing})
-		}
-	}
 	// have.LinkMTU is 0 when the interface is absent; nothing to set then.
 	if want.LinkMTU > 0 && have.LinkMTU > 0 && want.LinkMTU != have.LinkMTU {
 		ops = append(ops, op{kind: opSetMTU, iface: iface, mtu: want.LinkMTU})

@@ -45,8 +45,8 @@ func newLab(t testing.TB) *lab {
 		t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", ns).Run() })
 	}
 	// New namespaces inherit the host's net.ipv4.conf.{all,default}: make
-	// src_valid_mark start at 0, as the fake's host does, whatever the host
-	// has.
+	// src_valid_mark start at 0 whatever the host has, so the tests can
+	// tell that the router leaves it alone.
 	l.run("ip", "netns", "exec", l.ns, "sysctl", "-q", "-w",
 		"net.ipv4.conf.all.src_valid_mark=0", "net.ipv4.conf.default.src_valid_mark=0")
 	l.ip("link", "set", "lo", "up")
@@ -197,9 +197,12 @@ func TestPrivilegedApply(t *testing.T) {
 			t.Errorf("nft list table inet wgmesh lacks %q:\n%s", want, nft)
 		}
 	}
-	svm := l.run("ip", "netns", "exec", l.ns, "sysctl", "-n", "net.ipv4.conf.all.src_valid_mark")
-	if strings.TrimSpace(svm) != "1" {
-		t.Errorf("src_valid_mark = %q, want 1", svm)
+	// No sysctl is written: src_valid_mark stays 0 everywhere.
+	for _, dev := range []string{"all", "default", "ul0", DefaultInterface} {
+		svm := l.run("ip", "netns", "exec", l.ns, "cat", "/proc/sys/net/ipv4/conf/"+dev+"/src_valid_mark")
+		if strings.TrimSpace(svm) != "0" {
+			t.Errorf("net.ipv4.conf.%s.src_valid_mark = %q, want 0 (untouched)", dev, svm)
+		}
 	}
 	// A second Apply of the same input changes nothing.
 	again, _ := k.observe(ctx)
@@ -377,7 +380,7 @@ func TestPrivilegedCleanup(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	w.Ours.LinkMTU, w.Ours.SrcValidMark = 0, false
+	w.Ours.LinkMTU = 0
 	if got := w.Ours.render(o.Interface); got != "\n" {
 		t.Errorf("after Cleanup, wgmesh entries remain:\n%s", got)
 	}

@@ -71,14 +71,15 @@ func (r *router) Apply(ctx context.Context, d mesh.Desired) error {
 		return fmt.Errorf("routing: read current state: %w", err)
 	}
 	want, notes := r.o.target(d, have)
-	errs, warns := r.run(ctx, plan(r.o.Interface, have.Ours, want))
+	errs := r.run(ctx, plan(r.o.Interface, have.Ours, want))
 	mtu := have.Ours.LinkMTU
 	if want.LinkMTU > 0 && !errors.Is(errors.Join(errs...), errMTU) {
 		mtu = want.LinkMTU
 	}
 	r.status.LinkMTU, r.status.PodMTU = mtu, mtu
-	// plan retries src_valid_mark on every Apply until it is in place, so
-	// the warnings are always current.
+	// Recomputed from what this Apply observed, so the warnings are
+	// always current and vanish with their cause.
+	warns := r.o.warnings(d, have, mtu)
 	warns = append(warns, r.o.markWarnings(have.MarkRules, have.MarkNFT)...)
 	if have.MarkScanErr != nil {
 		warns = append(warns, have.MarkScanErr.Error())
@@ -118,6 +119,22 @@ func (r *router) logEgress(have observed) {
 	r.egressLogged, r.egressAt = d.Egress, time.Now()
 }
 
+// warnings are the Status warnings of an Apply that observed w and left
+// the tunnel at podMTU: an automatic MTU raised to the floor, and local pod
+// interfaces above podMTU.
+func (o Options) warnings(d mesh.Desired, w observed, podMTU int) []string {
+	var warns []string
+	if _, ok := w.link(o.Interface); ok {
+		if _, warn, _ := o.tunnelMTU(w); warn != "" {
+			warns = append(warns, warn)
+		}
+	}
+	if warn := o.podMTUWarning(d.PodSources, w, podMTU); warn != "" {
+		warns = append(warns, warn)
+	}
+	return warns
+}
+
 // logWarnings logs warnings when they change, and unchanged ones at most
 // every warnEvery: they repeat on every Apply (resyncs included) until the
 // cause is fixed.
@@ -137,20 +154,13 @@ func (r *router) logWarnings(warns []string) {
 // errMTU marks a failed MTU change so Status keeps reporting the old MTU.
 var errMTU = errors.New("link MTU not changed")
 
-// run executes ops in order and keeps going after failures. Failures that
-// must not fail Apply (src_valid_mark) come back as warnings.
-func (r *router) run(ctx context.Context, ops []op) (errs []error, warns []string) {
+// run executes ops in order and keeps going after failures.
+func (r *router) run(ctx context.Context, ops []op) (errs []error) {
 	for _, o := range ops {
 		if err := ctx.Err(); err != nil {
-			return append(errs, fmt.Errorf("routing: %d changes not made: %w", len(ops), err)), warns
+			return append(errs, fmt.Errorf("routing: %d changes not made: %w", len(ops), err))
 		}
 		err := r.sys.do(ctx, o)
-		if o.kind == opSysctl {
-			if w := r.srcValidMark(ctx, o, err); w != "" {
-				warns = append(warns, w)
-			}
-			continue
-		}
 		if err == nil {
 			r.log.Debug("applied", "op", o)
 			continue
@@ -167,43 +177,7 @@ func (r *router) run(ctx context.Context, ops []op) (errs []error, warns []strin
 	if len(ops) > 0 {
 		r.log.Info("routing state changed", "changes", len(ops), "failed", len(errs))
 	}
-	return errs, warns
-}
-
-// srcValidMark completes an opSysctl whose write returned err: when the
-// `all` value cannot be written (read-only /proc/sys in a container, a
-// user namespace without rights over the network namespace, no procfs),
-// it sets the value on each of o.devs over rtnetlink instead (see target
-// for why that is equivalent). It returns a warning when src_valid_mark is
-// still missing somewhere it matters, "" otherwise.
-func (r *router) srcValidMark(ctx context.Context, o op, err error) string {
-	if err == nil {
-		r.log.Debug("applied", "op", o)
-		return ""
-	}
-	var done, failed []string
-	for _, dev := range o.devs {
-		d := op{kind: opDevConf, iface: dev}
-		if derr := r.sys.do(ctx, d); derr != nil {
-			failed = append(failed, fmt.Sprintf("%s: %v", d, derr))
-		} else {
-			done = append(done, dev)
-		}
-	}
-	if len(done) > 0 {
-		r.log.Info("net.ipv4.conf.all.src_valid_mark is not writable: set per interface instead",
-			"err", err, "interfaces", done)
-	}
-	if len(o.devs) > 0 && len(failed) == 0 {
-		return ""
-	}
-	per := "no underlay or tunnel interface to set it on instead"
-	if len(failed) > 0 {
-		per = strings.Join(failed, "; ")
-	}
-	return fmt.Sprintf("src_valid_mark not set: %s: %v; %s. Reverse-path filtering of received packets ignores "+
-		"the fwmark; wgmesh works without it (its table holds no peer endpoint). Set "+
-		"net.ipv4.conf.all.src_valid_mark=1 on the host to clear this warning", o, err, per)
+	return errs
 }
 
 // fallback installs something in place of a tunnel route that could not be
@@ -228,11 +202,9 @@ func (r *router) fallback(ctx context.Context, rt route) []error {
 }
 
 // Cleanup implements Router: it plans towards an empty state, which deletes
-// every entry of ours and nothing else. The MTU and src_valid_mark, the
-// `all` value and the per-interface ones alike, are left as they are:
-// wg-quick does not reset src_valid_mark either, the router cannot tell
-// whether a 1 predates it (another VPN or CNI may rely on it), and 1 is
-// harmless; the tunnel's own value goes with the interface.
+// every entry of ours and nothing else. The tunnel's MTU goes with the
+// interface (the device's business); Apply sets no sysctl, so none needs
+// restoring.
 func (r *router) Cleanup(ctx context.Context) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -240,7 +212,7 @@ func (r *router) Cleanup(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("routing cleanup: read current state: %w", err)
 	}
-	errs, _ := r.run(ctx, plan(r.o.Interface, have.Ours, ours{}))
+	errs := r.run(ctx, plan(r.o.Interface, have.Ours, ours{}))
 	return errors.Join(slices.Concat(have.Notes, errs)...)
 }
 

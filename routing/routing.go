@@ -123,6 +123,13 @@ type Options struct {
 	// sources of a disabled family are ignored.
 	IPv4, IPv6 bool
 	// MTU fixes the link MTU; 0 derives it from the underlay (AutoMTU).
+	// One rule holds for both (CheckMTU): with IPv6 on, the tunnel MTU is
+	// never below 1280, IPv6's minimum link MTU, below which the kernel
+	// removes IPv6 from the interface. A fixed MTU below it is refused; an
+	// automatic one below it is raised to 1280 with a Status warning, and
+	// full-sized outer packets are then fragmented on the underlay (both
+	// backends' sockets allow that, see AutoMTU). With IPv6 off the floor
+	// is 576.
 	MTU int
 	// UnderlayAddr is the node's own endpoint address; the interface holding
 	// it is the underlay for AutoMTU. Zero (or an address no interface
@@ -166,10 +173,40 @@ func (o Options) validate() error {
 		return fmt.Errorf("routing options: fwmark 0: must have at least one bit set, or encrypted packets loop into the tunnel")
 	case !o.IPv4 && !o.IPv6:
 		return fmt.Errorf("routing options: both IPv4 and IPv6 are disabled: enable at least one family")
-	case o.MTU < 0 || (o.MTU > 0 && o.MTU < minMTU) || o.MTU > 65535:
-		return fmt.Errorf("routing options: MTU %d: must be 0 (auto) or between %d and 65535", o.MTU, minMTU)
+	}
+	if err := CheckMTU(o.MTU, o.IPv6); err != nil {
+		return fmt.Errorf("routing options: %w", err)
 	}
 	return nil
+}
+
+// CheckMTU is the rule for a fixed tunnel MTU (--mtu): 0 (automatic), or
+// between the family floor and 65535, where the floor is 1280 with IPv6 on
+// (MinMTUIPv6) and 576 without (MinMTUIPv4). The error names the value, the
+// floor and the remedies. The automatic MTU obeys the same floor by being
+// raised to it (see Options.MTU).
+func CheckMTU(mtu int, ipv6 bool) error {
+	switch {
+	case mtu == 0:
+		return nil
+	case mtu < 0 || mtu > 65535:
+		return fmt.Errorf("tunnel MTU %d: want 0 (automatic) or %d-65535", mtu, minMTU(ipv6))
+	case ipv6 && mtu < MinMTUIPv6:
+		return fmt.Errorf("tunnel MTU %d < %d needed for IPv6; set it to %d or more (outer packets then fragment on a small underlay), "+
+			"leave it automatic, or run with --ipv6=false", mtu, MinMTUIPv6, MinMTUIPv6)
+	case mtu < MinMTUIPv4:
+		return fmt.Errorf("tunnel MTU %d < %d, the smallest datagram every IPv4 host must accept; set it to %d or more, or leave it automatic",
+			mtu, MinMTUIPv4, MinMTUIPv4)
+	}
+	return nil
+}
+
+// minMTU is the smallest tunnel MTU allowed with IPv6 on or off.
+func minMTU(ipv6 bool) int {
+	if ipv6 {
+		return MinMTUIPv6
+	}
+	return MinMTUIPv4
 }
 
 // nftTableName is the name of the instance's nftables table (family inet).
@@ -189,10 +226,11 @@ func (o Options) logger() *slog.Logger {
 // Contract:
 //   - Apply makes the OS state equal the Desired: one policy rule per enabled
 //     family, exactly Desired.Routes in the wgmesh table, exactly
-//     Desired.Addresses on the interface, the link MTU, src_valid_mark
-//     (net.ipv4.conf.all, or per interface on the underlay and the tunnel
-//     where /proc/sys is read-only), and the strict ingress filter. It reads the current state every time, so a
-//     periodic Apply repairs entries deleted by hand.
+//     Desired.Addresses on the interface, the link MTU (see Options.MTU) and
+//     the strict ingress filter. It reads the current state every time, so a
+//     periodic Apply repairs entries deleted by hand. It writes no sysctl:
+//     no host-wide knob and no other interface's (see target for why
+//     src_valid_mark is not needed).
 //   - Apply adds and replaces before it deletes: a route that changes kind is
 //     replaced atomically, a new rule exists before an old one goes, a new
 //     address before the old one is removed.
@@ -204,11 +242,12 @@ func (o Options) logger() *slog.Logger {
 //     and naming the rule, route, address or table. A tunnel route that
 //     cannot be installed falls back to an unreachable route: traffic is
 //     dropped rather than sent in plaintext. While the interface is absent,
-//     tunnel routes are unreachable routes. src_valid_mark is the exception:
-//     failing to set it is a Status warning, not an error (see target).
+//     tunnel routes are unreachable routes.
 //   - Cleanup removes everything Apply installed (rules, routes, addresses,
-//     the nftables table); the interface itself belongs to the device. The
-//     MTU and src_valid_mark stay.
+//     the nftables table); the interface itself belongs to the device, and
+//     its MTU stays until the device removes it. Apply changes nothing
+//     outside those entries and the tunnel interface, so there is nothing
+//     else to restore.
 //   - Status is cheap and safe to call concurrently with Apply.
 type Router interface {
 	mesh.Router
@@ -232,11 +271,12 @@ type Status struct {
 	// interface other than the tunnel, since the table was created.
 	EgressDropped uint64
 	// Warnings are problems of the last Apply that did not fail it but
-	// leave the host short of the intended state: src_valid_mark that could
-	// be set neither globally nor on the underlay and tunnel interfaces;
-	// other software's policy rules or nft rules that use the mark bit
-	// (each naming the rule, for nft its table, chain and handle). They
-	// are also logged, rate-limited.
+	// leave the host short of the intended state: an automatic tunnel MTU
+	// raised to IPv6's minimum (outer packets fragment), local pod
+	// interfaces whose MTU exceeds PodMTU, other software's policy rules
+	// or nft rules that use the mark bit (each naming the rule, for nft
+	// its table, chain and handle). One line each, naming the values and
+	// the remedy. They are also logged, rate-limited.
 	Warnings []string
 }
 
@@ -246,15 +286,30 @@ type Status struct {
 const (
 	overheadIPv4 = 20 + 8 + 16 + 16
 	overheadIPv6 = 40 + 8 + 16 + 16
-	// minMTU is the smallest MTU an IPv4 host must accept (RFC 791); a
-	// fixed MTU below it is certainly a typo. IPv6 needs 1280.
-	minMTU = 576
+)
+
+// The smallest tunnel MTUs (CheckMTU).
+const (
+	// MinMTUIPv6 is IPv6's minimum link MTU (RFC 8200): the kernel removes
+	// IPv6 from an interface with a smaller MTU, addresses and routes
+	// included.
+	MinMTUIPv6 = 1280
+	// MinMTUIPv4 is the smallest datagram every IPv4 host must accept (RFC
+	// 791); a smaller tunnel MTU is certainly a mistake.
+	MinMTUIPv4 = 576
 )
 
 // AutoMTU is the tunnel MTU for an underlay of the given MTU: minus 60 bytes
 // of encapsulation over IPv4, 80 over IPv6 (the same values wg-quick uses).
-// It does not clamp: a tunnel MTU below 1280 disables IPv6 on the interface,
-// but a larger one would fragment every full-sized packet on the underlay.
+// It does not apply the floor of CheckMTU; the router does, and raises a
+// result below it to the floor: full-sized outer packets are then larger
+// than the underlay MTU and are fragmented by the sender. Both backends
+// allow that: the kernel module sends with DF clear and skb->ignore_df set
+// for both families (drivers/net/wireguard/socket.c), and wireguard-go's
+// UDP sockets keep the kernel default IP_PMTUDISC_WANT, under which a
+// datagram larger than the route MTU leaves in fragments. (The kernel
+// refuses such datagrams in a UDP GSO batch; the device package then sends
+// the batch one datagram at a time.)
 func AutoMTU(underlayMTU int, ipv6Underlay bool) int {
 	overhead := overheadIPv4
 	if ipv6Underlay {

@@ -110,7 +110,7 @@ func (f *agentFlags) register(fs *pflag.FlagSet, getenv func(string) string) {
 	fs.IntVar(&f.listenPort, "listen-port", defaultListenPort, "UDP port the interface listens on")
 	fs.StringVar(&f.endpoint, "endpoint", "", "endpoint to publish, IP or IP:port (default: the Node's InternalIP and --listen-port)")
 	fs.StringVar(&f.keyFile, "key-file", mesh.DefaultKeyFile, "private key file, created (0600) if absent")
-	fs.IntVar(&f.mtu, "mtu", 0, "interface MTU; 0 = underlay MTU minus WireGuard overhead")
+	fs.IntVar(&f.mtu, "mtu", 0, "interface MTU; 0 = underlay MTU minus WireGuard overhead, at least 1280 with IPv6 (576 without)")
 	fs.BoolVar(&f.hostEncryption, "host-encryption", false, "also encrypt traffic between the nodes' own addresses (InternalIP)")
 	fs.BoolVar(&f.allowUnencrypted, "allow-unencrypted", false, "send pod traffic to nodes without a key in plaintext instead of dropping it (reported loudly)")
 	fs.BoolVar(&f.ipv4, "ipv4", true, "mesh IPv4 pod CIDRs")
@@ -197,13 +197,15 @@ func (f *agentFlags) validate(inCluster bool) (agentConfig, error) {
 		return c, usagef("--key-file must not be empty")
 	}
 
-	// 1280 is the smallest MTU IPv6 allows on a link.
-	if c.MTU != 0 && (c.MTU < 1280 || c.MTU > 65535) {
-		return c, usagef("--mtu %d: want 0 (auto) or 1280-65535", c.MTU)
-	}
-
 	if !f.ipv4 && !f.ipv6 {
 		return c, usagef("--ipv4=false and --ipv6=false: enable at least one family")
+	}
+
+	// The router owns the MTU rule (the same floor for a fixed and an
+	// automatic MTU); checking it here only reports it before anything
+	// is touched.
+	if err := routing.CheckMTU(c.MTU, f.ipv6); err != nil {
+		return c, usagef("--mtu %d: %v", c.MTU, err)
 	}
 
 	keepalive, err := parseKeepalive(f.keepalive)

@@ -22,6 +22,7 @@ func FuzzAgentFlags(f *testing.F) {
 		{"", "", "", "", "", "", "--listen-port=0\n--backend=\x00\n--interface=", false},
 		{"0x20000", "first", "", "0", "", ":9587", "--peers-file=p\n--route-table=252\n--host-route-table=0\n--rule-priority=1", false},
 		{"0x20000", "first", "", "0", "", ":9587", "--peers-file=p\n--route-table=7\n--host-route-table=7", false},
+		{"0x20000", "first", "", "0", "", ":9587", "--peers-file=p\n--mtu=1240\n--ipv6=false", false},
 	} {
 		f.Add(s.fwmark, s.tunnel, s.unmanaged, s.keepalive, s.endpoint, s.metricsAddr, s.extra, s.inCluster)
 	}
@@ -62,6 +63,8 @@ func FuzzAgentFlags(f *testing.F) {
 			t.Error("valid configuration without a source")
 		case c.ListenPort < 1 || c.ListenPort > 65535:
 			t.Errorf("valid configuration with listen port %d", c.ListenPort)
+		case c.MTU != 0 && (c.MTU > 65535 || c.MTU < 576 || (c.Derive.IPv6 && c.MTU < 1280)):
+			t.Errorf("valid configuration with MTU %d (IPv6 %v)", c.MTU, c.Derive.IPv6)
 		}
 		if c.Derive.Unmanaged != nil {
 			c.Derive.Unmanaged(map[string]string{"kubernetes.io/os": "windows", "a": "b"})

@@ -72,6 +72,9 @@ func TestAgentFlagErrors(t *testing.T) {
 		{"route table negative", append(peers, "--route-table=-1"), nil, "--route-table"},
 		{"listen port", append(peers, "--listen-port=70000"), nil, "--listen-port"},
 		{"mtu", append(peers, "--mtu=1000"), nil, "--mtu"},
+		{"mtu below IPv6 minimum", append(peers, "--mtu=1240"), nil, "--mtu 1240: tunnel MTU 1240 < 1280 needed for IPv6; "},
+		{"mtu below IPv4 minimum", append(peers, "--ipv6=false", "--mtu=500"), nil, "tunnel MTU 500 < 576"},
+		{"mtu too large", append(peers, "--mtu=65536"), nil, "--mtu 65536"},
 		{"no family", append(peers, "--ipv4=false", "--ipv6=false"), nil, "enable at least one family"},
 		{"keepalive negative", append(peers, "--keepalive=-5s"), nil, "--keepalive"},
 		{"keepalive fraction", append(peers, "--keepalive=1.5s"), nil, "whole seconds"},
@@ -110,6 +113,11 @@ func TestAgentFlagsValidate(t *testing.T) {
 			t.Fatalf("parse %v: %v", args, err)
 		}
 		return f.validate(inCluster)
+	}
+
+	// Without IPv6 the MTU floor is IPv4's.
+	if c, err := parse(t, map[string]string{"NODE_NAME": "node-1"}, true, "--ipv6=false", "--mtu=1240"); err != nil || c.MTU != 1240 {
+		t.Errorf("--ipv6=false --mtu=1240: MTU %d, err %v; want 1240 accepted", c.MTU, err)
 	}
 
 	c, err := parse(t, map[string]string{"NODE_NAME": "node-1"}, true)
@@ -297,7 +305,7 @@ func agentServer(t *testing.T) (addr string, m *metrics.Metrics) {
 			}}, nil
 		},
 		Router: func() metrics.RouterStatus {
-			return metrics.RouterStatus{LinkMTU: 1440, PodMTU: 1440, Warnings: []string{"cannot set src_valid_mark: read-only file system"}}
+			return metrics.RouterStatus{LinkMTU: 1440, PodMTU: 1440, Warnings: []string{"tunnel MTU 1240 (underlay eth0 MTU 1300 − 60) < 1280 needed for IPv6: using 1280"}}
 		},
 		Ready: func() bool { return true },
 	})
@@ -342,7 +350,7 @@ func TestStatusFromAgent(t *testing.T) {
 		"NODE", "ENDPOINT", "ALLOWED IPS", "HANDSHAKE", "RX", "TX",
 		"node-b", "198.18.0.2:51820", "10.244.2.0/24", "42s ago", "2.0 KiB", "5.0 MiB",
 		"Backend:", "userspace", "Pod MTU:", "1440", "Strict mode:", "on", "UNENCRYPTED nodes:", "win-1", "Unmanaged",
-		"Routing warnings:", "cannot set src_valid_mark: read-only file system",
+		"Routing warnings:", "tunnel MTU 1240 (underlay eth0 MTU 1300 − 60) < 1280 needed for IPv6: using 1280",
 		"Problems:\n  win-1: Unmanaged", "Warnings (nothing left out):\n  node-c: DuplicateEndpoint: endpoint shared",
 	} {
 		if !strings.Contains(r.stdout, want) {

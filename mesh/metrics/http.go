@@ -39,6 +39,14 @@ func (m *Metrics) Handler() http.Handler {
 		fmt.Fprintln(w, "ok")
 	})
 	mux.HandleFunc("GET "+PathReadyz, func(w http.ResponseWriter, _ *http.Request) {
+		// The routing warnings follow the verdict, one "warning: " line
+		// each: they do not make the agent unready (probes read only the
+		// status code), but whoever reads the body learns why the data
+		// plane is short of ideal (an MTU raised for IPv6, for example).
+		var warns []string
+		if m.o.Router != nil {
+			warns = m.o.Router().Warnings
+		}
 		if m.o.Ready != nil && !m.o.Ready() {
 			w.WriteHeader(http.StatusServiceUnavailable)
 			msg := "not ready: waiting for the device, the first complete view of the nodes or a successful apply"
@@ -46,9 +54,12 @@ func (m *Metrics) Handler() http.Handler {
 				msg = "not ready: last apply failed: " + last.Err.Error()
 			}
 			fmt.Fprintln(w, msg)
-			return
+		} else {
+			fmt.Fprintln(w, "ok")
 		}
-		fmt.Fprintln(w, "ok")
+		for _, warn := range warns {
+			fmt.Fprintln(w, "warning: "+warn)
+		}
 	})
 	mux.HandleFunc("GET "+PathStatus, func(w http.ResponseWriter, r *http.Request) {
 		st, err := m.Status(r.Context())

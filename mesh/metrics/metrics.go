@@ -52,8 +52,9 @@ type RouterStatus struct {
 	// than the tunnel (other software's marks, rules or routes).
 	EgressDropped uint64
 	// Warnings are problems of the last routing apply that did not fail it
-	// but leave the host short of the intended state (for example
-	// src_valid_mark that could not be set).
+	// but leave the host short of the intended state (for example a tunnel
+	// MTU raised to IPv6's 1280 over a small underlay). /status, /readyz
+	// and wgmesh_routing_warnings report them.
 	Warnings []string
 }
 

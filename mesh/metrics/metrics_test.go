@@ -262,6 +262,29 @@ func TestHealthAndReadiness(t *testing.T) {
 	}
 }
 
+// TestReadinessWarnings: /readyz's body carries the routing warnings after
+// its verdict, ready or not, without changing the status code.
+func TestReadinessWarnings(t *testing.T) {
+	var ready bool
+	warn := "tunnel MTU 1240 (underlay eth0 MTU 1300 − 60) < 1280 needed for IPv6: using 1280, outer packets fragment"
+	m := New(Options{
+		Ready:  func() bool { return ready },
+		Router: func() RouterStatus { return RouterStatus{LinkMTU: 1280, PodMTU: 1280, Warnings: []string{warn}} },
+	})
+	for _, r := range []bool{false, true} {
+		ready = r
+		rec := httptest.NewRecorder()
+		m.Handler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, PathReadyz, nil))
+		want, verdict := http.StatusOK, "ok\n"
+		if !r {
+			want, verdict = http.StatusServiceUnavailable, "not ready: "
+		}
+		if body := rec.Body.String(); rec.Code != want || !strings.HasPrefix(body, verdict) || !strings.HasSuffix(body, "\nwarning: "+warn+"\n") {
+			t.Errorf("ready %v: %s = %d %q, want %d starting %q and ending with the warning", r, PathReadyz, rec.Code, body, want, verdict)
+		}
+	}
+}
+
 // TestStatusSchema pins the /status JSON field names: `wgmesh status` and
 // scripts depend on them, so a rename must fail here.
 func TestStatusSchema(t *testing.T) {
