@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -202,6 +204,79 @@ func TestPrivilegedCoexistDuplicateKey(t *testing.T) {
 	}
 	if !slices.ContainsFunc(routes, func(r string) bool { return strings.HasPrefix(r, "unreachable "+n3.PodCIDR4.String()) }) {
 		t.Errorf("strict mode: no unreachable route for the newcomer's %s on node1: %q", n3.PodCIDR4, routes)
+	}
+	requireNoPlaintext(t, m.stopCapture(t))
+}
+
+// TestPrivilegedCoexistDuplicateKeyClonedNewcomer is scenario 7A with the
+// private key copied too, as from a cloned disk image: node3 gets node2's key
+// file and its entry node2's public key. node3's own agent finds itself the
+// newcomer: it reports that on itself, naming node2, and programs no peer,
+// so node3's pods, trying to reach node1, cannot make node1 roam node2's
+// endpoint to node3 and take over node2's traffic.
+func TestPrivilegedCoexistDuplicateKeyClonedNewcomer(t *testing.T) {
+	labRequireRoot(t)
+	m, ctx := dupesSetup(t)
+	n1, n2, n3 := m.Nodes[0], m.Nodes[1], m.Nodes[2]
+
+	pings := dupesStartPings(ctx, n1, n2)
+	time.Sleep(time.Second)
+	entries := m.Entries()
+	entries[2].PublicKey = entries[1].PublicKey
+	if err := m.WritePeersFiles(entries); err != nil {
+		t.Fatal(err)
+	}
+	key, err := os.ReadFile(n2.KeyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmp := filepath.Join(filepath.Dir(n3.KeyFile), ".cloned.key")
+	if err := os.WriteFile(tmp, key, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, n3.KeyFile); err != nil {
+		t.Fatal(err)
+	}
+	// node3's agent takes the cloned key by itself and sees that node2,
+	// the earlier entry, keeps it.
+	ps, err := dupesWaitProblem(withTimeout(ctx, 30*time.Second), n3, n3.Name, "DuplicateKey")
+	if err != nil {
+		t.Errorf("node3 does not report that its own key is taken: %v\n%s", err, m.agents[n3.Name].LogTail(20))
+	}
+	for _, p := range ps {
+		t.Logf("problem seen by %s: %s %s: %s", n3.Name, p.Node, p.Reason, p.Detail)
+		if p.Node == n3.Name && p.Reason == "DuplicateKey" && !strings.Contains(p.Detail, fmt.Sprintf("%q", n2.Name)) {
+			t.Errorf("node3's own DuplicateKey does not name the keeper node2: %s", p.Detail)
+		}
+	}
+	if err == nil && !pings.running() {
+		t.Errorf("the pings ended before node3 had taken the cloned key: they prove nothing; raise dupesPingCount")
+	}
+	if err := n3.WaitPeers(withTimeout(ctx, 30*time.Second)); err != nil {
+		t.Errorf("node3, the newcomer with a cloned key, keeps peers: %v", err)
+	}
+	// node3's pods try to reach node1 while node1 and node2 talk.
+	r, err := n3.Pods[0].Ping(ctx, n1.Pods[0].Addr4, 20, 100*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("measured: node3 (cloned key) -> node1: %s", r)
+	if r.Received != 0 {
+		t.Errorf("node3, the newcomer with node2's cloned key, reaches node1: %s", r)
+	}
+	pings.wait(t, "cloned key")
+
+	peers, err := n1.WGPeers(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range peers {
+		if p.PublicKey == n2.PublicKey {
+			t.Logf("measured: node1's peer for node2's key has endpoint %s (node2 %s, node3 %s)", p.Endpoint, entries[1].Endpoint, n3.Endpoint())
+			if p.Endpoint != entries[1].Endpoint.String() {
+				t.Errorf("node1 roamed node2's key to %s, not node2's %s: the clone took over", p.Endpoint, entries[1].Endpoint)
+			}
+		}
 	}
 	requireNoPlaintext(t, m.stopCapture(t))
 }

@@ -65,8 +65,9 @@ const maxNamesInDetail = 3
 //     and reported (DuplicateKey, naming the keeper); the keeper is not
 //     reported. If the keeper is another node, the local node is the
 //     newcomer: every other agent leaves it out, and it reports that on
-//     itself (DuplicateKey on self.Name); the keeper cannot be a peer of a
-//     node with its own key, so it is left out here too.
+//     itself (DuplicateKey on self.Name) and has no peers at all, so that a
+//     copied private key cannot take over the keeper's sessions (its
+//     handshakes would make every peer roam the keeper's endpoint here).
 //   - nodes sharing an endpoint, with each other or with the local node,
 //     stay programmed and are reported (DuplicateEndpoint, a Warning):
 //     WireGuard tells peers apart by key and roams each peer to the address
@@ -437,12 +438,14 @@ const (
 // for which hasSelfKey is true) as every other agent settles them, with the
 // local node as one more claimant. If the local node is the senior one, the
 // others are blocked and reported. Otherwise every other agent gives the key
-// to the senior node and leaves the local node out: the local agent cannot
-// make a node with its own key a peer either (WireGuard has no peer with the
-// interface's key), so all claimants are blocked here, the newcomers are
-// reported as everywhere, and the local node is reported (DuplicateKey on
-// the local node) naming the senior one. The local agent keeps serving; a
-// new key ('wgmesh rotate-key') is the way back into the mesh.
+// to the senior node and leaves the local node out, and the local node is
+// reported (DuplicateKey on the local node) naming the senior one. The local
+// interface then holds the senior node's identity: were it to handshake with
+// any peer, that peer would roam the senior node's endpoint to this host and
+// send it the senior node's traffic. So every managed node is blocked here
+// (no peers; strict mode makes their pod CIDRs unreachable), the newcomers
+// among the claimants are reported as everywhere, and the agent keeps
+// serving its status; a new key ('wgmesh rotate-key') brings it back.
 func (d *deriver) settleSelfKey(managed []int, hasSelfKey func(int) bool) {
 	var group []int
 	for _, i := range managed {
@@ -468,9 +471,12 @@ func (d *deriver) settleSelfKey(managed []int, hasSelfKey func(int) bool) {
 		}
 	}
 	if !selfKeeps {
+		for _, i := range managed {
+			d.cands[i].blocked = true
+		}
 		d.problem(d.selfName, ReasonDuplicateKey,
 			"the local node's public key is also published by node %q, which keeps it (%s): every other agent leaves this node out, "+
-				"so its pods are unreachable from the mesh, and %q cannot be a peer here; this agent keeps running; "+
+				"and this one programs no peers so that its copy of the key cannot take over %q's sessions; "+
 				"run 'wgmesh rotate-key' on this node",
 			d.cands[keeper].node.Name, keeperWhy, d.cands[keeper].node.Name)
 	}
