@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -71,6 +72,26 @@ nft add rule inet neighbour pre ip6 saddr %s meta mark set meta mark or %s`,
 	}
 	if !named {
 		t.Errorf("node1 status: no routing warning names the foreign rule (table inet neighbour, chain pre, its handle, bit %s): %v", egressForeignMark, warnings)
+	}
+	// The next reconcile (SIGHUP re-reads the peers file and applies)
+	// logs the drops once, with the likely cause.
+	a := m.agents[n1.Name]
+	if err := a.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	var line string
+	err := lab.Poll(withTimeout(ctx, 30*time.Second), 300*time.Millisecond, func(context.Context) (bool, error) {
+		for _, l := range strings.Split(a.Log(), "\n") {
+			if strings.Contains(l, "egress guard dropped") {
+				line = l
+				return true, nil
+			}
+		}
+		return false, nil
+	})
+	t.Logf("measured: node1 log: %s", line)
+	if err != nil || !strings.Contains(line, "inet neighbour") {
+		t.Errorf("node1 logged no egress-guard line naming the foreign rule (%v):\n%s", err, a.LogTail(10))
 	}
 	requireNoPlaintext(t, m.stopCapture(t))
 }

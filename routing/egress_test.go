@@ -443,9 +443,17 @@ func TestPrivilegedMarkScan(t *testing.T) {
 func TestPrivilegedEgressGuard(t *testing.T) {
 	l := newLab(t)
 	ctx := context.Background()
-	r, _ := l.router(DefaultOptions())
+	r, k := l.router(DefaultOptions())
 	if err := r.Apply(ctx, labDesired()); err != nil {
 		t.Fatal(err)
+	}
+	// The feature probe (run when a put fails) finds everything here and
+	// leaves nothing behind.
+	if missing := k.probeFeatures(); missing != "" {
+		t.Errorf("probeFeatures = %q on a kernel that took the table", missing)
+	}
+	if out := l.run("ip", "netns", "exec", l.ns, "nft", "list", "tables"); strings.Contains(out, "_probe") {
+		t.Errorf("probe table left behind:\n%s", out)
 	}
 	// A plaintext route to node-2's pods in main, as a host-gw CNI has.
 	l.ip("route", "add", "10.244.2.0/24", "via", "198.18.0.2")

@@ -325,10 +325,69 @@ func (k *kernel) putFilter(f *filter) error {
 		c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: exprs, UserData: []byte(r.Sig)})
 	}
 	if err := c.Flush(); err != nil {
-		return fmt.Errorf("%w (the table needs nf_tables base chains at prerouting, forward, output and postrouting, "+
-			"named counters, interval sets, rt tcpmss and tcp option writes: Linux 4.14 or later with nf_tables)", err)
+		if missing := k.probeFeatures(); missing != "" {
+			return fmt.Errorf("%w: the kernel lacks %s (the table needs nf_tables base chains at prerouting, forward, "+
+				"output and postrouting, named counters, interval sets, rt tcpmss and tcp option writes: Linux 4.14 or later)", err, missing)
+		}
+		return err
 	}
 	return nil
+}
+
+// probeFeatures finds which nf_tables feature the table needs is missing,
+// after a put failed: it tries each in a scratch table of its own, deleted
+// again, and names the first that fails ("" if all work).
+func (k *kernel) probeFeatures() string {
+	t := &nftables.Table{Name: k.o.nftTableName() + "_probe", Family: nftables.TableFamilyINet}
+	chain := func(name string, hook *nftables.ChainHook, prio *nftables.ChainPriority) *nftables.Chain {
+		return &nftables.Chain{Name: name, Table: t, Type: nftables.ChainTypeFilter, Hooknum: hook, Priority: prio}
+	}
+	set := &nftables.Set{Table: t, Name: nftEncrypt4, KeyType: nftables.TypeIPAddr, Interval: true}
+	steps := []struct {
+		what string
+		add  func(c *nftables.Conn) error
+	}{
+		{"filter chains at prerouting and postrouting (nf_tables, inet family)", func(c *nftables.Conn) error {
+			c.AddChain(chain("pre", nftables.ChainHookPrerouting, nftables.ChainPriorityRaw))
+			c.AddChain(chain("post", nftables.ChainHookPostrouting, nftables.ChainPriorityRaw))
+			return nil
+		}},
+		{"named counters and interval sets", func(c *nftables.Conn) error {
+			ch := c.AddChain(chain("post", nftables.ChainHookPostrouting, nftables.ChainPriorityRaw))
+			c.AddObj(&nftables.CounterObj{Table: t, Name: nftCounterEgress})
+			if err := c.AddSet(set, nil); err != nil {
+				return err
+			}
+			c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: guardExprs(v4, expr.MetaKeyOIFNAME, k.o.Interface, nftDaddr[v4], set, nftCounterEgress)})
+			return nil
+		}},
+		{"MSS clamping (rt tcpmss, tcp option write: nft_rt and nft_exthdr)", func(c *nftables.Conn) error {
+			ch := c.AddChain(chain("fwd", nftables.ChainHookForward, nftables.ChainPriorityMangle))
+			c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: mssExprs(expr.MetaKeyOIFNAME, k.o.Interface)})
+			return nil
+		}},
+	}
+	for _, st := range steps {
+		c, err := k.nft()
+		if err != nil {
+			return "an nftables socket"
+		}
+		c.AddTable(t)
+		c.DelTable(t)
+		c.AddTable(t)
+		err = st.add(c)
+		if err == nil {
+			err = c.Flush()
+		}
+		if c, derr := k.nft(); derr == nil {
+			c.DelTable(t)
+			_ = c.Flush()
+		}
+		if err != nil {
+			return fmt.Sprintf("%s (%v)", st.what, err)
+		}
+	}
+	return ""
 }
 
 func errIf(cond bool, msg string) error {

@@ -1,7 +1,10 @@
 // Package routing programs the host side of the mesh: the policy rule that
 // sends unmarked traffic into the wgmesh routing table, the table's routes,
 // the tunnel addresses and MTU of the WireGuard interface, and the nftables
-// table that drops plaintext packets from remote pod CIDRs (strict ingress).
+// table that drops plaintext packets from remote pod CIDRs (strict ingress),
+// drops packets to remote pod CIDRs leaving outside the tunnel (egress
+// guard) and clamps the TCP MSS through the tunnel. It also reports other
+// software that uses its mark bit (see marks.go).
 //
 // The package has one diff engine and two places to carry it out. plan
 // compares a model of the OS state (rules, routes, addresses, link MTU, the
@@ -135,8 +138,10 @@ type Options struct {
 	// it is the underlay for AutoMTU. Zero (or an address no interface
 	// holds, e.g. a NAT address) means the default route's interface.
 	UnderlayAddr netip.Addr
-	// DisableIngressFilter skips (and removes) the strict ingress nftables
-	// table.
+	// DisableIngressFilter skips (and removes) the whole nftables table:
+	// the strict ingress filter, the egress guard and the MSS clamp. The
+	// agent never sets it (strict mode needs both filters); it is for tests
+	// and hosts without nftables.
 	DisableIngressFilter bool
 	Logger               *slog.Logger
 }
@@ -227,10 +232,10 @@ func (o Options) logger() *slog.Logger {
 //   - Apply makes the OS state equal the Desired: one policy rule per enabled
 //     family, exactly Desired.Routes in the wgmesh table, exactly
 //     Desired.Addresses on the interface, the link MTU (see Options.MTU) and
-//     the strict ingress filter. It reads the current state every time, so a
-//     periodic Apply repairs entries deleted by hand. It writes no sysctl:
-//     no host-wide knob and no other interface's (see target for why
-//     src_valid_mark is not needed).
+//     the nftables table (strict ingress filter, egress guard, MSS clamp).
+//     It reads the current state every time, so a periodic Apply repairs
+//     entries deleted by hand. It writes no sysctl: no host-wide knob and no
+//     other interface's (see target for why src_valid_mark is not needed).
 //   - Apply adds and replaces before it deletes: a route that changes kind is
 //     replaced atomically, a new rule exists before an old one goes, a new
 //     address before the old one is removed.
