@@ -7,7 +7,6 @@ import (
 	"maps"
 	"net/netip"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 
@@ -101,26 +100,38 @@ func (f *Fake) Delete(line string) bool {
 			}
 		}
 	}
-	if s.filter == nil {
-		return false
+	for name, flt := range s.filters {
+		if deleteFilterLine(flt, line) {
+			if flt.Table == "" {
+				delete(s.filters, name)
+			}
+			return true
+		}
 	}
-	lines := s.filter.lines()
+	return false
+}
+
+// deleteFilterLine removes what line shows from flt and reports whether it
+// matched; deleting the table line clears flt.Table, and the caller drops
+// the table.
+func deleteFilterLine(flt *filter, line string) bool {
+	lines := flt.lines()
 	switch i := slices.Index(lines, line); {
 	case i < 0:
 		return false
 	case i == 0:
-		s.filter = nil
+		flt.Table = ""
 	case strings.HasPrefix(line, "nft add chain"):
 		// Deleting a chain takes its rules with it.
-		s.filter.Chain, s.filter.Rules = false, nil
+		flt.Chain, flt.Rules = false, nil
 	case strings.HasPrefix(line, "nft add counter"):
-		s.filter.Counter = false
+		flt.Counter = false
 	case strings.HasPrefix(line, "nft add rule"):
-		s.filter.Rules = slices.DeleteFunc(s.filter.Rules, func(r string) bool { return strings.HasSuffix(line, r) })
+		flt.Rules = slices.DeleteFunc(flt.Rules, func(r string) bool { return strings.HasSuffix(line, r) })
 	case strings.HasPrefix(line, "nft add element"):
-		for j := range s.filter.Sets {
-			if strings.HasPrefix(line, fmt.Sprintf("nft add element inet %s %s ", NFTTable, s.filter.Sets[j].Name)) {
-				s.filter.Sets[j].Ranges = nil
+		for j := range flt.Sets {
+			if strings.HasPrefix(line, fmt.Sprintf("nft add element inet %s %s ", flt.Table, flt.Sets[j].Name)) {
+				flt.Sets[j].Ranges = nil
 			}
 		}
 	default:
@@ -180,25 +191,36 @@ func (f *Fake) Lookup(dst netip.Addr, mark uint32) string {
 func (f *Fake) Inject(src netip.Addr, iif string) bool {
 	f.sys.mu.Lock()
 	defer f.sys.mu.Unlock()
-	flt := f.sys.filter
+	src = src.Unmap()
+	// Every instance's table sees the packet; the first drop ends it.
+	for _, name := range slices.Sorted(maps.Keys(f.sys.filters)) {
+		if f.sys.inject(name, src, iif) {
+			return true
+		}
+	}
+	return false
+}
+
+// inject offers the packet to the table name; the caller holds s.mu.
+func (s *fakeHost) inject(name string, src netip.Addr, iif string) bool {
+	flt := s.filters[name]
 	if flt == nil || !flt.Chain {
 		return false
 	}
-	src = src.Unmap()
 	fam := familyOf(src)
 	for _, r := range flt.Rules {
 		iface, ok := ruleIface(r, fam)
 		if !ok || iface == iif {
 			continue
 		}
-		for _, s := range flt.Sets {
-			if s.Name != nftSetName(fam) {
+		for _, set := range flt.Sets {
+			if set.Name != nftSetName(fam) {
 				continue
 			}
-			for _, rg := range s.Ranges {
+			for _, rg := range set.Ranges {
 				if rg.From.Compare(src) <= 0 && src.Compare(rg.To) <= 0 {
 					if flt.Counter {
-						f.sys.drops++
+						s.drops[name]++
 					}
 					return true
 				}
@@ -206,21 +228,6 @@ func (f *Fake) Inject(src netip.Addr, iif string) bool {
 		}
 	}
 	return false
-}
-
-// ruleIface extracts the tunnel interface from a rule signature of family f.
-func ruleIface(sig string, f family) (string, bool) {
-	prefix := nftRuleSig(f, "")
-	prefix = prefix[:strings.Index(prefix, `""`)]
-	if !strings.HasPrefix(sig, prefix) {
-		return "", false
-	}
-	q, err := strconv.QuotedPrefix(sig[len(prefix):])
-	if err != nil {
-		return "", false
-	}
-	name, err := strconv.Unquote(q)
-	return name, err == nil && sig == nftRuleSig(f, name)
 }
 
 // fakeHost is the in-memory host behind a Fake. Several routers (with
@@ -238,10 +245,12 @@ type fakeHost struct {
 	sorted       []route
 	patched      int
 	srcValidMark bool
-	filter       *filter
+	// filters are the nftables tables of wgmesh instances by name
+	// (including a legacy shared one), each with its drop count.
+	filters map[string]*filter
+	drops   map[string]uint64
 	// foreignNFT are other software's nftables lines, rendered untouched.
 	foreignNFT []string
-	drops      uint64
 	fail       map[string]error
 }
 
@@ -250,7 +259,7 @@ type fakeHost struct {
 func newFakeHost(iface string) *fakeHost {
 	mp := netip.MustParsePrefix
 	ma := netip.MustParseAddr
-	s := &fakeHost{fail: map[string]error{}, routes: map[routeKey]route{}}
+	s := &fakeHost{fail: map[string]error{}, routes: map[routeKey]route{}, filters: map[string]*filter{}, drops: map[string]uint64{}}
 	s.links = []link{
 		{Name: "lo", MTU: 65536, Addrs: []netip.Prefix{mp("127.0.0.1/8"), mp("::1/128")}},
 		{Name: "eth0", MTU: 1500, Addrs: []netip.Prefix{mp("198.18.0.1/15"), mp("2001:db8::1/64")}},
@@ -284,7 +293,7 @@ var _ system = fakeView{}
 
 func (v fakeView) observe(ctx context.Context) (observed, error) { return v.h.observe(v.o), nil }
 func (v fakeView) do(ctx context.Context, o op) error            { return v.h.do(o) }
-func (v fakeView) dropped() (uint64, error)                      { return v.h.dropped(), nil }
+func (v fakeView) dropped() (uint64, error)                      { return v.h.dropped(v.o.nftTableName()), nil }
 
 // observe applies the same ownership predicates as the kernel system.
 func (s *fakeHost) observe(o Options) observed {
@@ -309,7 +318,7 @@ func (s *fakeHost) observe(o Options) observed {
 		if r.Table == unix.RT_TABLE_MAIN && r.Dst.Bits() == 0 {
 			w.Defaults = append(w.Defaults, r)
 		}
-		if ownsRoute(r) {
+		if o.ownsRoute(r) {
 			w.Ours.Routes = append(w.Ours.Routes, r)
 		}
 	}
@@ -322,7 +331,10 @@ func (s *fakeHost) observe(o Options) observed {
 		}
 	}
 	w.Ours.SrcValidMark = s.srcValidMark
-	w.Ours.Filter = s.filter.clone()
+	w.Ours.Filter = s.filters[o.nftTableName()].clone()
+	if l := s.filters[LegacyNFTTable]; l != nil && legacyOwner(l.Rules, o.Interface) {
+		w.Ours.LegacyFilter = LegacyNFTTable
+	}
 	o.ownMarks(&w)
 	return w
 }
@@ -418,22 +430,24 @@ func (s *fakeHost) do(o op) error {
 			s.rules = slices.Delete(s.rules, i, i+1)
 		}
 	case opPutFilter:
-		s.filter = o.filter.clone()
-		s.drops = 0
+		s.filters[o.table] = o.filter.clone()
+		s.drops[o.table] = 0
 	case opUpdateSet:
-		if s.filter == nil {
+		flt := s.filters[o.table]
+		if flt == nil {
 			return errFakeNoSet
 		}
-		i := slices.IndexFunc(s.filter.Sets, func(x nftSet) bool { return x.Name == o.set.Name })
+		i := slices.IndexFunc(flt.Sets, func(x nftSet) bool { return x.Name == o.set.Name })
 		if i < 0 {
 			return errFakeNoSet
 		}
-		set := &s.filter.Sets[i]
+		set := &flt.Sets[i]
 		set.Ranges = slices.DeleteFunc(set.Ranges, func(r ipRange) bool { return slices.Contains(o.del, r) })
 		set.Ranges = append(set.Ranges, o.add...)
 		slices.SortFunc(set.Ranges, func(a, b ipRange) int { return a.From.Compare(b.From) })
-	case opDelFilter:
-		s.filter = nil
+	case opDelFilter, opDelLegacyFilter:
+		delete(s.filters, o.table)
+		delete(s.drops, o.table)
 	default:
 		return fmt.Errorf("unknown op %d", o.kind)
 	}
@@ -458,10 +472,10 @@ func (s *fakeHost) addrRemoved(l *link, a netip.Prefix) {
 	}
 }
 
-func (s *fakeHost) dropped() uint64 {
+func (s *fakeHost) dropped(table string) uint64 {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.drops
+	return s.drops[table]
 }
 
 func (s *fakeHost) addRoutes(rs ...route) {
@@ -579,8 +593,8 @@ func (s *fakeHost) render() string {
 		out = append(out, r.String())
 	}
 	nft := slices.Clone(s.foreignNFT)
-	if s.filter != nil {
-		nft = append(nft, s.filter.lines()...)
+	for _, name := range slices.Sorted(maps.Keys(s.filters)) {
+		nft = append(nft, s.filters[name].lines()...)
 	}
 	out = append(out, nft...)
 	return strings.Join(out, "\n") + "\n"

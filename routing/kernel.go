@@ -145,8 +145,7 @@ func (k *kernel) observe(ctx context.Context) (observed, error) {
 	k.mu.Unlock()
 
 	// One dump serves both the main table's default routes (the underlay)
-	// and our routes in any table (table 0 with RT_FILTER_TABLE lists every
-	// table; the library deserialises each route of every table either
+	// and our routes (table 0 with RT_FILTER_TABLE lists every table; the library deserialises each route of every table either
 	// way). Routes are converted as they arrive, without a list of
 	// netlink.Route in between: at 5,000 nodes there are 15,000 of ours.
 	type routeDump struct{ defaults, ours []route }
@@ -160,7 +159,7 @@ func (k *kernel) observe(ctx context.Context) (observed, error) {
 		}
 		err := k.nl.RouteListFilteredIter(netlink.FAMILY_ALL, &netlink.Route{Table: unix.RT_TABLE_UNSPEC}, netlink.RT_FILTER_TABLE,
 			func(r netlink.Route) bool {
-				if r.Table != unix.RT_TABLE_MAIN && r.Protocol != netlink.RouteProtocol(RouteProtocol) {
+				if r.Table != unix.RT_TABLE_MAIN && (r.Protocol != netlink.RouteProtocol(RouteProtocol) || r.Table != k.o.Table) {
 					return true
 				}
 				rt, ok := fromNLRoute(r, byIndex)
@@ -170,7 +169,7 @@ func (k *kernel) observe(ctx context.Context) (observed, error) {
 				if rt.Table == unix.RT_TABLE_MAIN && rt.Dst.Bits() == 0 {
 					d.defaults = append(d.defaults, rt)
 				}
-				if ownsRoute(rt) {
+				if k.o.ownsRoute(rt) {
 					d.ours = append(d.ours, rt)
 				}
 				return true
@@ -199,8 +198,8 @@ func (k *kernel) observe(ctx context.Context) (observed, error) {
 		}
 		// Kernels before 4.17 do not report rule protocols (their own rules
 		// then show protocol 0 instead of "kernel"). Rules on our table are
-		// ours anyway; give them our protocol so they compare equal to the
-		// wanted ones instead of being deleted as stale.
+		// ours there; give them our protocol so that ownsRule recognises
+		// them and they compare equal to the wanted ones.
 		protocols := slices.ContainsFunc(rules, func(r netlink.Rule) bool { return r.Protocol != 0 })
 		for _, r := range rules {
 			ru, ok := fromNLRule(r)
@@ -234,11 +233,11 @@ func (k *kernel) observe(ctx context.Context) (observed, error) {
 	// every Apply.
 	// With the filter disabled, a host without nftables cannot hold a
 	// table of ours either: nothing to report.
-	if w.Ours.Filter, err = k.observeFilter(); err != nil {
+	if w.Ours.Filter, w.Ours.LegacyFilter, err = k.observeFilter(); err != nil {
 		if !k.o.DisableIngressFilter {
 			w.Notes = append(w.Notes, fmt.Errorf("read nftables table inet %s: %w", k.o.nftTableName(), err))
 		}
-		w.Ours.Filter = nil
+		w.Ours.Filter, w.Ours.LegacyFilter = nil, ""
 	}
 	return w, nil
 }
@@ -295,9 +294,9 @@ func (k *kernel) do(ctx context.Context, o op) error {
 	case opPutFilter:
 		return k.putFilter(o.filter)
 	case opUpdateSet:
-		return k.updateSet(o.set, o.add, o.del)
-	case opDelFilter:
-		return k.deleteFilter()
+		return k.updateSet(o.table, o.set, o.add, o.del)
+	case opDelFilter, opDelLegacyFilter:
+		return k.deleteTable(o.table)
 	}
 	return fmt.Errorf("unknown op %d", o.kind)
 }

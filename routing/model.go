@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -184,10 +185,13 @@ func protoName(p uint8) string {
 	return fmt.Sprintf("%#x", p)
 }
 
-// filter is wgmesh's nftables table "inet wgmesh" as far as the router can
-// observe it. A filter whose structure (everything but the set elements)
-// differs from the wanted one is replaced as a whole.
+// filter is the instance's nftables table (family inet, named by
+// Options.nftTableName) as far as the router can observe it. A filter whose
+// structure (everything but the set elements) differs from the wanted one
+// is replaced as a whole.
 type filter struct {
+	// Table is the table's name.
+	Table string
 	// Chain reports that the base chain exists with the expected type, hook
 	// and priority.
 	Chain bool
@@ -205,7 +209,7 @@ type nftSet struct {
 	Ranges []ipRange
 }
 
-// Names inside table inet wgmesh.
+// Names inside the instance's table.
 const (
 	nftChain   = "prerouting"
 	nftCounter = "strict_drops"
@@ -232,9 +236,40 @@ func nftRuleSig(f family, iface string) string {
 		proto, iface, match, nftSetName(f), nftCounter)
 }
 
+// ruleIface extracts the tunnel interface from a rule signature of family f.
+func ruleIface(sig string, f family) (string, bool) {
+	prefix := nftRuleSig(f, "")
+	prefix = prefix[:strings.Index(prefix, `""`)]
+	if !strings.HasPrefix(sig, prefix) {
+		return "", false
+	}
+	q, err := strconv.QuotedPrefix(sig[len(prefix):])
+	if err != nil {
+		return "", false
+	}
+	name, err := strconv.Unquote(q)
+	return name, err == nil && sig == nftRuleSig(f, name)
+}
+
+// legacyOwner reports whether the legacy shared table, whose drop rules
+// carry the signatures sigs as user data, belongs to the instance of iface:
+// a signature names iface. The table was written whole by one instance, so
+// all its rules name the same interface; a table without a readable
+// signature is no one's in particular and is left alone.
+func legacyOwner(sigs []string, iface string) bool {
+	for _, sig := range sigs {
+		for _, f := range []family{v4, v6} {
+			if name, ok := ruleIface(sig, f); ok && name == iface {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // sameShape reports whether two filters differ at most in set elements.
 func (f *filter) sameShape(g *filter) bool {
-	if f.Chain != g.Chain || f.Counter != g.Counter || !slices.Equal(f.Rules, g.Rules) || len(f.Sets) != len(g.Sets) {
+	if f.Table != g.Table || f.Chain != g.Chain || f.Counter != g.Counter || !slices.Equal(f.Rules, g.Rules) || len(f.Sets) != len(g.Sets) {
 		return false
 	}
 	for i := range f.Sets {
@@ -246,7 +281,7 @@ func (f *filter) sameShape(g *filter) bool {
 }
 
 func (f *filter) lines() []string {
-	t := "inet " + NFTTable
+	t := "inet " + f.Table
 	out := []string{"nft add table " + t}
 	if f.Chain {
 		out = append(out, fmt.Sprintf("nft add chain %s %s { type filter hook prerouting priority raw; }", t, nftChain))
@@ -290,8 +325,13 @@ type ours struct {
 	SrcValidMarkDevs []string
 	Rules            []rule
 	Routes           []route
-	// Filter is table inet wgmesh; nil when absent (or unwanted).
+	// Filter is the instance's nftables table; nil when absent (or
+	// unwanted).
 	Filter *filter
+	// LegacyFilter, observed, is the name of the table an older version
+	// shared by all instances ("wgmesh", LegacyNFTTable) when it exists and
+	// its rules name our interface; "" otherwise. It is never wanted.
+	LegacyFilter string
 }
 
 // observed is everything a system reports: the router's own entries plus

@@ -11,17 +11,23 @@ import (
 )
 
 // Ownership predicates, shared by the kernel and the fake so both filter the
-// observed state identically.
+// observed state identically. Everything is scoped to one instance (one
+// interface, one table): another wgmesh instance's rules and routes carry
+// the same protocol but look up another table, and are never touched.
+// Entries a previous run left with other options (another --route-table)
+// are not guessed at: `wgmesh cleanup` with those options removes them.
 
-// ownsRule: a rule looking up our table is ours by definition; one carrying
-// our protocol is ours even if it points elsewhere (a previous run with
-// another --route-table).
+// ownsRule: our rules look up our table and carry our protocol. Kernels
+// before 4.17 report no rule protocols; the kernel system gives the rules on
+// our table our protocol then (see kernel.observe).
 func (o Options) ownsRule(r rule) bool {
-	return r.Table == o.Table || r.Protocol == RouteProtocol
+	return r.Table == o.Table && r.Protocol == RouteProtocol
 }
 
-// ownsRoute: our routes carry our protocol, in whatever table.
-func ownsRoute(r route) bool { return r.Protocol == RouteProtocol }
+// ownsRoute: our routes carry our protocol and live in our table.
+func (o Options) ownsRoute(r route) bool {
+	return r.Protocol == RouteProtocol && r.Table == o.Table
+}
 
 // ownsAddr: every address on our interface is ours except the link-local
 // ones the kernel generates.
@@ -142,7 +148,7 @@ func (o Options) target(d mesh.Desired, w observed) (want ours, notes []error) {
 	}
 
 	if !o.DisableIngressFilter {
-		f := &filter{Chain: true, Counter: true}
+		f := &filter{Table: o.nftTableName(), Chain: true, Counter: true}
 		for _, fam := range []family{v4, v6} {
 			if o.enabled(fam) {
 				f.Sets = append(f.Sets, nftSet{Name: nftSetName(fam), Family: fam, Ranges: rangesOf(d.StrictSources, fam)})
@@ -269,6 +275,10 @@ const (
 	opDelRoute
 	opDelAddr
 	opDelFilter
+	// opDelLegacyFilter deletes the table "inet wgmesh" an older version
+	// shared by all instances, once it is known to be this instance's (its
+	// rules name our interface) and the instance's own table exists.
+	opDelLegacyFilter
 )
 
 // op is one change to the OS state.
@@ -286,6 +296,8 @@ type op struct {
 	add, del []ipRange
 	// devs are the interfaces a failed opSysctl falls back to.
 	devs []string
+	// table is the nftables table (family inet) of the filter ops.
+	table string
 }
 
 // String names the op as the command that would carry it out; errors and
@@ -313,11 +325,13 @@ func (o op) String() string {
 	case opDelRule:
 		return "ip" + o.rule.Family.ipFlag() + " rule del " + o.rule.spec()
 	case opPutFilter:
-		return "nft create table inet " + NFTTable + " (replacing it whole)"
+		return "nft create table inet " + o.table + " (replacing it whole)"
 	case opUpdateSet:
-		return fmt.Sprintf("nft update set inet %s %s (+%d -%d ranges)", NFTTable, o.set.Name, len(o.add), len(o.del))
+		return fmt.Sprintf("nft update set inet %s %s (+%d -%d ranges)", o.table, o.set.Name, len(o.add), len(o.del))
 	case opDelFilter:
-		return "nft delete table inet " + NFTTable
+		return "nft delete table inet " + o.table
+	case opDelLegacyFilter:
+		return "nft delete table inet " + o.table + " (left by an older version for " + o.iface + ")"
 	}
 	return fmt.Sprintf("op %d", o.kind)
 }
@@ -401,12 +415,12 @@ func plan(iface string, have, want ours) []op {
 	switch {
 	case want.Filter == nil:
 	case have.Filter == nil || !have.Filter.sameShape(want.Filter):
-		ops = append(ops, op{kind: opPutFilter, filter: want.Filter})
+		ops = append(ops, op{kind: opPutFilter, filter: want.Filter, table: want.Filter.Table})
 	default:
 		for i, s := range want.Filter.Sets {
 			add, del := diffRanges(have.Filter.Sets[i].Ranges, s.Ranges)
 			if len(add)+len(del) > 0 {
-				ops = append(ops, op{kind: opUpdateSet, set: s, add: add, del: del})
+				ops = append(ops, op{kind: opUpdateSet, set: s, add: add, del: del, table: want.Filter.Table})
 			}
 		}
 	}
@@ -438,7 +452,11 @@ func plan(iface string, have, want ours) []op {
 		ops = append(ops, op{kind: opReplaceRoute, route: r})
 	}
 	if want.Filter == nil && have.Filter != nil {
-		ops = append(ops, op{kind: opDelFilter})
+		ops = append(ops, op{kind: opDelFilter, table: have.Filter.Table})
+	}
+	// Last: by now the instance's own table exists (or is not wanted).
+	if have.LegacyFilter != "" {
+		ops = append(ops, op{kind: opDelLegacyFilter, table: have.LegacyFilter, iface: iface})
 	}
 	return ops
 }

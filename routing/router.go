@@ -99,11 +99,19 @@ var errMTU = errors.New("link MTU not changed")
 // run executes ops in order and keeps going after failures. Failures that
 // must not fail Apply (src_valid_mark) come back as warnings.
 func (r *router) run(ctx context.Context, ops []op) (errs []error, warns []string) {
+	putFailed := false
 	for _, o := range ops {
 		if err := ctx.Err(); err != nil {
 			return append(errs, fmt.Errorf("routing: %d changes not made: %w", len(ops), err)), warns
 		}
+		if o.kind == opDelLegacyFilter && putFailed {
+			// The legacy table still drops what the new one would: keep
+			// it until the instance's own table exists.
+			errs = append(errs, fmt.Errorf("%s: kept, because the instance's own table could not be created", o))
+			continue
+		}
 		err := r.sys.do(ctx, o)
+		putFailed = putFailed || (o.kind == opPutFilter && err != nil)
 		if o.kind == opSysctl {
 			if w := r.srcValidMark(ctx, o, err); w != "" {
 				warns = append(warns, w)

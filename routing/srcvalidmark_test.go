@@ -60,7 +60,7 @@ func TestSrcValidMarkReadOnly(t *testing.T) {
 	for _, line := range []string{allMarkOff, eth0Mark, tunnelMark,
 		"ip route add 10.244.2.0/24 dev wgmesh0 table 51820 proto 0x57 src 10.244.1.0\n",
 		"ip rule add pref 99 not fwmark 0x20000/0x20000 lookup 51820 proto 0x57\n",
-		"nft add element inet wgmesh strict4 { 10.244.2.0/24, 10.244.4.0/24 }\n",
+		"nft add element inet wgmesh_wgmesh0 strict4 { 10.244.2.0/24, 10.244.4.0/24 }\n",
 	} {
 		if !strings.Contains(got, line) {
 			t.Errorf("rendered state lacks %q:\n%s", line, got)

@@ -76,7 +76,7 @@ agent ran with.`,
 			if err := errors.Join(errs...); err != nil {
 				return err
 			}
-			fmt.Fprintf(a.out, "removed wgmesh interface %s, rules, routes (table %d) and nftables table %s\n", iface, ro.Table, routing.NFTTable)
+			fmt.Fprintf(a.out, "removed wgmesh interface %s, rules, routes (table %d) and nftables table inet %s\n", iface, ro.Table, routing.NFTTableName(iface))
 			if removeAnnotations {
 				fmt.Fprintf(a.out, "removed wgmesh.io/ annotations from node %s\n", nodeName)
 			}
