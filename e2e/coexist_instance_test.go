@@ -270,8 +270,8 @@ func TestPrivilegedCoexistTwoInstances(t *testing.T) {
 	if err := ib.agents[0].Stop(ctx); err != nil {
 		t.Fatal(err)
 	}
-	out, err := n1.Wgmesh(ctx, "cleanup", "--interface", b1.Interface, "--route-table", fmt.Sprint(instBTable),
-		"--rule-priority", fmt.Sprint(instBPref), "--fwmark", instBMark)
+	// Without the routing flags: the interface records them.
+	out, err := n1.Wgmesh(ctx, "cleanup", "--interface", b1.Interface)
 	if err != nil {
 		t.Fatalf("wgmesh cleanup of instance B on node1: %v\n%s", err, out)
 	}
@@ -401,6 +401,18 @@ func TestPrivilegedCoexistInstanceClash(t *testing.T) {
 		t.Errorf("wgmesh cleanup --interface %s succeeded while agent pid %d runs", n1.Interface, aPid)
 	} else if !strings.Contains(out, fmt.Sprintf("pid %d", aPid)) {
 		t.Errorf("cleanup refusal does not name the running agent (pid %d):\n%s", aPid, out)
+	}
+	// cleanup of a non-wgmesh interface, or of an absent one with the
+	// running instance's (default) table, is refused naming the reason.
+	for _, c := range []struct{ iface, want string }{
+		{foreign, "not created by wgmesh"},
+		{"wc" + m.ID() + "z", "route table 51820 is used by wgmesh instance " + n1.Interface},
+	} {
+		out, err := n1.Wgmesh(ctx, "cleanup", "--interface", c.iface)
+		t.Logf("cleanup --interface %s: %v: %s", c.iface, err, lastN(out, 1))
+		if err == nil || !strings.Contains(out, c.want) {
+			t.Errorf("wgmesh cleanup --interface %s = %v, want a refusal naming %q:\n%s", c.iface, err, c.want, out)
+		}
 	}
 	if after := hostState(t, ctx, n1.NS); after != before {
 		t.Errorf("refused cleanup changed the host:\nbefore:\n%s\nafter:\n%s", before, after)

@@ -12,7 +12,7 @@ import (
 )
 
 // ErrClash is wrapped by every error Check returns for a clash.
-var ErrClash = errors.New("clashes with another instance")
+var ErrClash = errors.New("clash")
 
 // startWait bounds the wait for another agent's start (Begin).
 const startWait = 30 * time.Second
@@ -152,14 +152,14 @@ func (h host) check(p Params) error {
 			who = fmt.Sprintf("wgmesh instance %s (%s)", l.Name, h.state(l.Name))
 		}
 		if ours && p.Table > 0 && q.Table == p.Table {
-			errs = append(errs, fmt.Errorf("route table %d is used by %s: pick another --route-table: %w", p.Table, who, ErrClash))
+			errs = append(errs, fmt.Errorf("%w: route table %d is used by %s: pick another --route-table", ErrClash, p.Table, who))
 		}
 		port := q.ListenPort
 		if live, ok := h.wgPort(l.Name); ok {
 			port = live
 		}
 		if p.ListenPort > 0 && port == p.ListenPort {
-			errs = append(errs, fmt.Errorf("listen port %d is used by %s: pick another --listen-port: %w", p.ListenPort, who, ErrClash))
+			errs = append(errs, fmt.Errorf("%w: listen port %d is used by %s: pick another --listen-port", ErrClash, p.ListenPort, who))
 		}
 	}
 	return errors.Join(errs...)

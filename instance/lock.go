@@ -36,7 +36,7 @@ type Lock struct {
 
 // ErrHeld is wrapped by Acquire's error when another process holds the
 // lock; the error names its pid.
-var ErrHeld = errors.New("held by another process")
+var ErrHeld = errors.New("instance in use")
 
 // Acquire takes the lock of the instance named iface in the calling
 // process's network namespace. When a running agent (or `wgmesh cleanup`)
@@ -45,9 +45,9 @@ func Acquire(iface string) (*Lock, error) {
 	l, err := listen(lockName(iface))
 	if errors.Is(err, syscall.EADDRINUSE) {
 		if pid, ok := Holder(iface); ok {
-			return nil, fmt.Errorf("interface %s is owned by a running wgmesh agent (pid %d): %w", iface, pid, ErrHeld)
+			return nil, fmt.Errorf("%w: interface %s is owned by a running wgmesh agent (pid %d)", ErrHeld, iface, pid)
 		}
-		return nil, fmt.Errorf("interface %s is owned by a running wgmesh agent: %w", iface, ErrHeld)
+		return nil, fmt.Errorf("%w: interface %s is owned by a running wgmesh agent", ErrHeld, iface)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("instance lock of interface %s (%s): %w", iface, lockName(iface), err)
