@@ -423,3 +423,9 @@ func TestPrivilegedCoexistInstanceClash(t *testing.T) {
 	}
 	requireNoPlaintext(t, m.stopCapture(t))
 }
+
+// instanceNFTTable is the nftables table (family inet) of the wgmesh
+// instance on interface iface, as routing.NFTTableName names it; lab
+// interface names are letters and digits, which need no escaping. (The e2e
+// module does not import package routing.)
+func instanceNFTTable(iface string) string { return "wgmesh_" + iface }
