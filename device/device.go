@@ -30,6 +30,7 @@ import (
 	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/tun"
 
+	"github.com/wgmesh/wgmesh/instance"
 	"github.com/wgmesh/wgmesh/mesh"
 )
 
@@ -54,10 +55,12 @@ const DefaultName = "wgmesh0"
 // routing layer sets the real MTU (derived from the underlay) afterwards.
 const DefaultMTU = 1420
 
-// linkAlias marks interfaces created by wgmesh (IFLA_IFALIAS), so a TUN
-// device of the same name that belongs to someone else is never adopted or
-// deleted.
-const linkAlias = "wgmesh"
+// linkAlias marks interfaces created by wgmesh (IFLA_IFALIAS) when
+// Options.Alias is empty, so an interface of the same name that belongs to
+// someone else is never adopted or deleted. Any alias whose first word is
+// "wgmesh" is wgmesh's (instance.ParseAlias); the agent records its
+// instance's parameters after it.
+const linkAlias = instance.AliasTag
 
 // Options configure Open.
 type Options struct {
@@ -75,6 +78,12 @@ type Options struct {
 	// wireguard-go has no switch for UDP GRO on its receive socket, which
 	// stays on. Meant for benchmarks; userspace backend only.
 	DisableOffloads bool
+	// Alias is the link alias the interface carries: the instance's
+	// parameters as instance.Params.Alias renders them; "" means the bare
+	// "wgmesh". It must mark the interface as wgmesh's (first word
+	// "wgmesh"). A created interface gets it, an adopted one of ours is
+	// updated to it.
+	Alias string
 	// Logger receives structured logs; nil discards them. Key material is
 	// never logged.
 	Logger *slog.Logger
@@ -158,9 +167,11 @@ func Inspect(name string) (Info, error) {
 	return inspect(name, systemEnv())
 }
 
-// Remove deletes the interface of either backend created by wgmesh; an absent
-// interface is not an error (for `wgmesh cleanup`). An agent still attached
-// to a userspace interface loses it, so stop the agent first.
+// Remove deletes the interface of either backend created by wgmesh (its
+// alias starts with "wgmesh"); an absent interface is not an error (for
+// `wgmesh cleanup`), anyone else's interface of that name is refused. An
+// agent still attached to a userspace interface loses it, so stop the agent
+// first.
 func Remove(name string) error {
 	return remove(name, systemEnv())
 }
@@ -189,6 +200,12 @@ func (o Options) withDefaults() (Options, error) {
 	// routing.CheckMTU's rule, applied before the device is opened.
 	if o.MTU < 68 || o.MTU > 65535 {
 		return o, fmt.Errorf("device %s: MTU %d: want 68..65535", o.Name, o.MTU)
+	}
+	if o.Alias == "" {
+		o.Alias = linkAlias
+	}
+	if _, ours := instance.ParseAlias(o.Alias); !ours || len(o.Alias) > 255 {
+		return o, fmt.Errorf("device %s: alias %q: must start with the word %q and fit 255 bytes", o.Name, o.Alias, instance.AliasTag)
 	}
 	if (o.TUN == nil) != (o.Bind == nil) {
 		return o, fmt.Errorf("device %s: options: TUN and Bind must be set together", o.Name)

@@ -91,7 +91,14 @@ func tunLink(name, alias string) netlink.Link {
 	return &netlink.Tuntap{LinkAttrs: netlink.LinkAttrs{Name: name, Alias: alias, MTU: 1380}, Mode: netlink.TUNTAP_MODE_TUN}
 }
 
+// wgLink is a kernel wireguard link wgmesh created (bare alias, as older
+// versions wrote it).
 func wgLink(name string) netlink.Link {
+	return &netlink.Wireguard{LinkAttrs: netlink.LinkAttrs{Name: name, MTU: 1420, Alias: linkAlias}}
+}
+
+// foreignWGLink is a kernel wireguard link of someone else (wg-quick, a CNI).
+func foreignWGLink(name string) netlink.Link {
 	return &netlink.Wireguard{LinkAttrs: netlink.LinkAttrs{Name: name, MTU: 1420}}
 }
 

@@ -49,7 +49,7 @@ func openKernel(o Options, e *env, link netlink.Link) (Device, error) {
 			return nil, opError(o.Name, "look up created wireguard link", err)
 		}
 		link = l
-		if err := e.nl.LinkSetAlias(link, linkAlias); err != nil {
+		if err := e.nl.LinkSetAlias(link, o.Alias); err != nil {
 			o.Logger.Warn("cannot mark interface as wgmesh's (alias)", "error", err)
 		}
 	}

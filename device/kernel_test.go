@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -126,6 +127,11 @@ func TestOpenSelectsBackend(t *testing.T) {
 			want: "exists as a kernel wireguard link, userspace backend requested"},
 		{name: "foreign TUN is not adopted", choice: ChoiceAuto, existing: func() []netlink.Link { return []netlink.Link{tunLink("wgs0", "")} },
 			want: "exists as a tuntap interface not created by wgmesh"},
+		{name: "foreign wireguard link is not adopted", choice: ChoiceAuto, existing: func() []netlink.Link { return []netlink.Link{foreignWGLink("wgs0")} },
+			want: `exists as a wireguard interface not created by wgmesh (alias "")`},
+		{name: "instance alias is wgmesh's", choice: ChoiceAuto, existing: func() []netlink.Link {
+			return []netlink.Link{tunLink("wgs0", "wgmesh table=51821 pref=98 mark=0x40000 port=51821")}
+		}, want: "userspace-reattach"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -192,6 +198,7 @@ func TestRemove(t *testing.T) {
 	nl.addExisting(wgLink("wgk1"))
 	nl.addExisting(tunLink("wgu1", linkAlias))
 	nl.addExisting(tunLink("tun9", ""))
+	nl.addExisting(foreignWGLink("wg0"))
 	e := fakeEnv(nl, wg)
 	for _, name := range []string{"wgk1", "wgu1", "absent0"} {
 		if err := remove(name, e); err != nil {
@@ -206,6 +213,39 @@ func TestRemove(t *testing.T) {
 	}
 	if !nl.has("tun9") {
 		t.Error("remove deleted a foreign TUN")
+	}
+	if err := remove("wg0", e); err == nil || !strings.Contains(err.Error(), "not created by wgmesh") {
+		t.Errorf("remove of a foreign wireguard link = %v, want refusal", err)
+	}
+	if !nl.has("wg0") {
+		t.Error("remove deleted a foreign wireguard link")
+	}
+}
+
+// TestAlias: a created interface carries Options.Alias; an adopted one of
+// ours is updated to it; an alias that does not mark wgmesh's is refused.
+func TestAlias(t *testing.T) {
+	const alias = "wgmesh table=51821 pref=98 mark=0x40000 port=51821"
+	nl, wg := newFakeNetlink(), newFakeWG()
+	d, err := open(context.Background(), Options{Name: "wga0", Backend: ChoiceKernel, Alias: alias}, fakeEnv(nl, wg))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.Close()
+	if !slices.Contains(nl.ops, "alias wga0 "+alias) {
+		t.Errorf("created interface: ops %q lack the alias", nl.ops)
+	}
+	nl.addExisting(tunLink("wga1", linkAlias))
+	d, err = open(context.Background(), Options{Name: "wga1", Alias: alias}, fakeEnv(nl, wg))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.Close()
+	if !slices.Contains(nl.ops, "alias wga1 "+alias) {
+		t.Errorf("adopted interface: ops %q lack the alias update", nl.ops)
+	}
+	if _, err := open(context.Background(), Options{Name: "wga2", Alias: "flannel"}, fakeEnv(nl, wg)); err == nil || !strings.Contains(err.Error(), `alias "flannel"`) {
+		t.Errorf("open with a foreign alias = %v, want refusal", err)
 	}
 }
 

@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 
 	"github.com/vishvananda/netlink"
+
+	"github.com/wgmesh/wgmesh/instance"
 )
 
 // uapiDir is where wireguard-go, wg(8) and wgctrl meet: the UAPI sockets of
@@ -61,33 +63,58 @@ func open(ctx context.Context, o Options, e *env) (Device, error) {
 	return e.openUserspace(ctx, o, e, nil)
 }
 
-// openExisting re-attaches to an interface left by a previous agent.
+// openExisting re-attaches to an interface left by a previous agent. Only
+// interfaces wgmesh created (alias, see isOurs) are adopted, of either
+// kind: a wireguard link of another owner (wg-quick, a CNI) is refused, not
+// reconfigured.
 func openExisting(ctx context.Context, o Options, e *env, link netlink.Link) (Device, error) {
+	var (
+		d   Device
+		err error
+	)
 	switch kind := link.Type(); {
-	case kind == kindWireguard:
+	case kind == kindWireguard && isOurs(link):
 		if o.Backend == ChoiceUserspace {
 			return nil, &Error{Interface: o.Name, Op: "open", Err: errors.New("exists as a kernel wireguard link, userspace backend requested"),
 				Hint: "run `wgmesh cleanup --interface " + o.Name + "` first or use --backend kernel or auto"}
 		}
 		o.Logger.Info("re-using existing kernel WireGuard interface")
-		return openKernel(o, e, link)
+		d, err = openKernel(o, e, link)
 	case kind == kindTUN && isOurTUN(link):
 		if o.Backend == ChoiceKernel {
 			return nil, &Error{Interface: o.Name, Op: "open", Err: errors.New("exists as a userspace (TUN) interface, kernel backend requested"),
 				Hint: "run `wgmesh cleanup --interface " + o.Name + "` first or use --backend userspace or auto"}
 		}
 		o.Logger.Info("re-attaching to existing userspace interface")
-		return e.openUserspace(ctx, o, e, link)
+		d, err = e.openUserspace(ctx, o, e, link)
 	default:
-		return nil, &Error{Interface: o.Name, Op: "open", Err: fmt.Errorf("exists as a %s interface not created by wgmesh", kind),
+		return nil, &Error{Interface: o.Name, Op: "open", Err: fmt.Errorf("exists as a %s interface not created by wgmesh (alias %q)", kind, link.Attrs().Alias),
 			Hint: "choose another --interface or remove that interface"}
 	}
+	if err != nil {
+		return nil, err
+	}
+	// Record this run's parameters; the previous run's are in the log.
+	if old := link.Attrs().Alias; old != o.Alias {
+		if aerr := e.nl.LinkSetAlias(link, o.Alias); aerr != nil {
+			o.Logger.Warn("cannot record the instance's parameters in the interface alias", "alias", o.Alias, "error", aerr)
+		} else {
+			o.Logger.Info("interface alias updated", "from", old, "to", o.Alias)
+		}
+	}
+	return d, nil
+}
+
+// isOurs reports whether link carries a wgmesh alias.
+func isOurs(link netlink.Link) bool {
+	_, ours := instance.ParseAlias(link.Attrs().Alias)
+	return ours
 }
 
 // isOurTUN reports whether link is a TUN (not TAP) device wgmesh created.
 func isOurTUN(link netlink.Link) bool {
 	t, ok := link.(*netlink.Tuntap)
-	if !ok || t.Attrs().Alias != linkAlias {
+	if !ok || !isOurs(link) {
 		return false
 	}
 	// netlink leaves Mode zero when the kernel does not report tun info.
@@ -104,12 +131,12 @@ func remove(name string, e *env) error {
 	case isLinkNotFound(err):
 	case err != nil:
 		return opError(name, "remove: look up interface", err)
-	case link.Type() == kindWireguard || (link.Type() == kindTUN && isOurTUN(link)):
+	case (link.Type() == kindWireguard && isOurs(link)) || (link.Type() == kindTUN && isOurTUN(link)):
 		if err := e.nl.LinkDel(link); err != nil && !isLinkNotFound(err) {
 			return opError(name, "remove: delete interface", err)
 		}
 	default:
-		return &Error{Interface: name, Op: "remove", Err: fmt.Errorf("is a %s interface not created by wgmesh; refusing to delete it", link.Type())}
+		return &Error{Interface: name, Op: "remove", Err: fmt.Errorf("is a %s interface not created by wgmesh (alias %q); refusing to delete it", link.Type(), link.Attrs().Alias)}
 	}
 	return removeStaleSocket(name)
 }

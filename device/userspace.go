@@ -210,7 +210,7 @@ func openTUN(o Options, nl netlinkOps, link netlink.Link) (dev tun.Device, creat
 		return cleanup(opError(o.Name, "look up TUN interface", err))
 	}
 	if created {
-		if err := nl.LinkSetAlias(l, linkAlias); err != nil {
+		if err := nl.LinkSetAlias(l, o.Alias); err != nil {
 			return cleanup(opError(o.Name, "mark interface as wgmesh's (alias)", err))
 		}
 	}

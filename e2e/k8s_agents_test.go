@@ -244,7 +244,7 @@ func TestPrivilegedK8sNodeLeave(t *testing.T) {
 		if ok, err := k8sProgrammed(ctx, n, n3); !ok {
 			t.Fatalf("before the leave: %v", err)
 		}
-		nft, err := n.Exec(ctx, "nft", "list", "table", "inet", "wgmesh")
+		nft, err := n.Exec(ctx, "nft", "list", "table", "inet", instanceNFTTable(n.Interface))
 		if err != nil {
 			t.Fatalf("nft on %s: %v", n.Name, err)
 		}
@@ -324,13 +324,13 @@ func k8sForgotten(ctx context.Context, n, m *lab.Node) (bool, error) {
 	if len(routes) > 0 {
 		return false, fmt.Errorf("node %s: table %d still routes %s's pod CIDRs: %q", n.Name, k8sRouteTable, m.Name, routes)
 	}
-	nft, err := n.Exec(ctx, "nft", "list", "table", "inet", "wgmesh")
+	nft, err := n.Exec(ctx, "nft", "list", "table", "inet", instanceNFTTable(n.Interface))
 	if err != nil {
 		return false, err
 	}
 	for _, p := range []netip.Prefix{m.PodCIDR4, m.PodCIDR6} {
 		if k8sNftCovers(nft, p.Addr()) {
-			return false, fmt.Errorf("node %s: table inet wgmesh still filters %s's pod CIDR %s", n.Name, m.Name, p)
+			return false, fmt.Errorf("node %s: table inet %s still filters %s's pod CIDR %s", n.Name, instanceNFTTable(n.Interface), m.Name, p)
 		}
 	}
 	return true, nil

@@ -80,10 +80,10 @@ func TestEgressGuardRepair(t *testing.T) {
 	}
 	want := f.Render()
 	for _, line := range []string{
-		"nft add chain inet wgmesh postrouting { type filter hook postrouting priority raw; }",
-		`nft add rule inet wgmesh forward iifname "wgmesh0" tcp flags syn / syn,rst tcp option maxseg size set rt mtu`,
-		"nft add counter inet wgmesh egress_drops",
-		"nft add element inet wgmesh encrypt4 { 10.244.2.0/24, 10.244.4.0/24 }",
+		"nft add chain inet wgmesh_wgmesh0 postrouting { type filter hook postrouting priority raw; }",
+		`nft add rule inet wgmesh_wgmesh0 forward iifname "wgmesh0" tcp flags syn / syn,rst tcp option maxseg size set rt mtu`,
+		"nft add counter inet wgmesh_wgmesh0 egress_drops",
+		"nft add element inet wgmesh_wgmesh0 encrypt4 { 10.244.2.0/24, 10.244.4.0/24 }",
 	} {
 		if !f.Delete(line) {
 			t.Fatalf("Delete(%q) matched nothing in:\n%s", line, want)

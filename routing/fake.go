@@ -99,35 +99,47 @@ func (f *Fake) Delete(line string) bool {
 			}
 		}
 	}
-	if s.filter == nil {
-		return false
+	for name, flt := range s.filters {
+		if deleteFilterLine(flt, line) {
+			if flt.Table == "" {
+				delete(s.filters, name)
+			}
+			return true
+		}
 	}
-	lines := s.filter.lines()
-	t := "inet " + s.filter.Table
+	return false
+}
+
+// deleteFilterLine removes what line shows from flt and reports whether it
+// matched; deleting the table line clears flt.Table, and the caller drops
+// the table.
+func deleteFilterLine(flt *filter, line string) bool {
+	lines := flt.lines()
+	t := "inet " + flt.Table
 	switch i := slices.Index(lines, line); {
 	case i < 0:
 		return false
 	case i == 0:
-		s.filter = nil
+		flt.Table = ""
 	case strings.HasPrefix(line, "nft add chain"):
 		// Deleting a chain takes its rules with it.
-		for _, c := range s.filter.Chains {
+		for _, c := range flt.Chains {
 			if strings.HasPrefix(line, fmt.Sprintf("nft add chain %s %s ", t, c.Name)) {
-				s.filter.Chains = slices.DeleteFunc(s.filter.Chains, func(x nftChain) bool { return x == c })
-				s.filter.Rules = slices.DeleteFunc(s.filter.Rules, func(r nftRule) bool { return r.Chain == c.Name })
+				flt.Chains = slices.DeleteFunc(flt.Chains, func(x nftChain) bool { return x == c })
+				flt.Rules = slices.DeleteFunc(flt.Rules, func(r nftRule) bool { return r.Chain == c.Name })
 				break
 			}
 		}
 	case strings.HasPrefix(line, "nft add counter"):
-		s.filter.Counters = slices.DeleteFunc(s.filter.Counters, func(c string) bool { return line == fmt.Sprintf("nft add counter %s %s", t, c) })
+		flt.Counters = slices.DeleteFunc(flt.Counters, func(c string) bool { return line == fmt.Sprintf("nft add counter %s %s", t, c) })
 	case strings.HasPrefix(line, "nft add rule"):
-		s.filter.Rules = slices.DeleteFunc(s.filter.Rules, func(r nftRule) bool {
+		flt.Rules = slices.DeleteFunc(flt.Rules, func(r nftRule) bool {
 			return line == fmt.Sprintf("nft add rule %s %s %s", t, r.Chain, r.Sig)
 		})
 	case strings.HasPrefix(line, "nft add element"):
-		for j := range s.filter.Sets {
-			if strings.HasPrefix(line, fmt.Sprintf("nft add element %s %s ", t, s.filter.Sets[j].Name)) {
-				s.filter.Sets[j].Ranges = nil
+		for j := range flt.Sets {
+			if strings.HasPrefix(line, fmt.Sprintf("nft add element %s %s ", t, flt.Sets[j].Name)) {
+				flt.Sets[j].Ranges = nil
 			}
 		}
 	default:
@@ -199,7 +211,16 @@ func (f *Fake) LookupFrom(src, dst netip.Addr, mark uint32) string {
 func (f *Fake) Inject(src netip.Addr, iif string) bool {
 	f.sys.mu.Lock()
 	defer f.sys.mu.Unlock()
-	return f.sys.guard(nftChainIngress, src, iif, nftRuleSig, nftSetName, nftCounter, &f.sys.drops)
+	// Every instance's table sees the packet; the first drop ends it.
+	for _, name := range slices.Sorted(maps.Keys(f.sys.filters)) {
+		n := f.sys.drops[name]
+		dropped := f.sys.guard(name, nftChainIngress, src, iif, nftRuleSig, nftSetName, nftCounter, &n.Ingress)
+		f.sys.drops[name] = n
+		if dropped {
+			return true
+		}
+	}
+	return false
 }
 
 // InjectEgress offers the egress guard a packet to dst leaving on interface
@@ -208,17 +229,25 @@ func (f *Fake) Inject(src netip.Addr, iif string) bool {
 func (f *Fake) InjectEgress(dst netip.Addr, oif string) bool {
 	f.sys.mu.Lock()
 	defer f.sys.mu.Unlock()
-	return f.sys.guard(nftChainEgress, dst, oif, nftEgressSig, nftEncryptSetName, nftCounterEgress, &f.sys.egressDrops)
+	for _, name := range slices.Sorted(maps.Keys(f.sys.filters)) {
+		n := f.sys.drops[name]
+		dropped := f.sys.guard(name, nftChainEgress, dst, oif, nftEgressSig, nftEncryptSetName, nftCounterEgress, &n.Egress)
+		f.sys.drops[name] = n
+		if dropped {
+			return true
+		}
+	}
+	return false
 }
 
-// guard evaluates the drop rules of chain for a packet whose matched
+// guard evaluates the drop rules of chain in table for a packet whose matched
 // address is a and whose interface is dev, as the kernel would: a rule
 // whose signature is sig(family, iface) drops it when dev is not iface and
 // a is in the family's set; the named counter, if it exists, counts it.
 // The caller holds s.mu.
-func (s *fakeHost) guard(chain string, a netip.Addr, dev string, sig func(family, string) string,
+func (s *fakeHost) guard(table, chain string, a netip.Addr, dev string, sig func(family, string) string,
 	setName func(family) string, counter string, n *uint64) bool {
-	flt := s.filter
+	flt := s.filters[table]
 	if flt == nil || !slices.ContainsFunc(flt.Chains, func(c nftChain) bool { return c.Name == chain }) {
 		return false
 	}
@@ -279,14 +308,15 @@ type fakeHost struct {
 	// observes update it in place; more, or any bulk change, drop it.
 	sorted  []route
 	patched int
-	filter  *filter
+	// filters are the nftables tables of wgmesh instances by name
+	// (including a legacy shared one), drops their drop counts.
+	filters map[string]*filter
+	drops   map[string]dropCounts
 	// foreignNFT are other software's nftables lines, rendered untouched;
 	// foreignNFTRules are other software's rules as the mark scan reads
 	// them (not rendered).
 	foreignNFT      []string
 	foreignNFTRules []foreignNFTRule
-	drops           uint64
-	egressDrops     uint64
 	fail            map[string]error
 }
 
@@ -295,7 +325,7 @@ type fakeHost struct {
 func newFakeHost(iface string) *fakeHost {
 	mp := netip.MustParsePrefix
 	ma := netip.MustParseAddr
-	s := &fakeHost{fail: map[string]error{}, routes: map[routeKey]route{}}
+	s := &fakeHost{fail: map[string]error{}, routes: map[routeKey]route{}, filters: map[string]*filter{}, drops: map[string]dropCounts{}}
 	s.links = []link{
 		{Name: "lo", MTU: 65536, Addrs: []netip.Prefix{mp("127.0.0.1/8"), mp("::1/128")}},
 		{Name: "eth0", MTU: 1500, Addrs: []netip.Prefix{mp("198.18.0.1/15"), mp("2001:db8::1/64")}},
@@ -329,7 +359,7 @@ var _ system = fakeView{}
 
 func (v fakeView) observe(ctx context.Context) (observed, error) { return v.h.observe(v.o), nil }
 func (v fakeView) do(ctx context.Context, o op) error            { return v.h.do(o) }
-func (v fakeView) counters() (dropCounts, error)                 { return v.h.counters(), nil }
+func (v fakeView) counters() (dropCounts, error)                 { return v.h.counters(v.o.nftTableName()), nil }
 
 // observe applies the same ownership predicates as the kernel system.
 func (s *fakeHost) observe(o Options) observed {
@@ -358,7 +388,7 @@ func (s *fakeHost) observe(o Options) observed {
 		case r.Type == typeUnicast && r.Dev != "" && !r.Gw.IsValid():
 			w.Connected = append(w.Connected, r)
 		}
-		if ownsRoute(r) {
+		if o.ownsRoute(r) {
 			w.Ours.Routes = append(w.Ours.Routes, r)
 		}
 	}
@@ -374,7 +404,10 @@ func (s *fakeHost) observe(o Options) observed {
 		}
 	}
 	w.MarkNFT = decodeMarking(s.foreignNFTRules, o.FwMark)
-	w.Ours.Filter = s.filter.clone()
+	w.Ours.Filter = s.filters[o.nftTableName()].clone()
+	if l := s.filters[LegacyNFTTable]; l != nil && legacyOwner(l.sigs(), o.Interface) {
+		w.Ours.LegacyFilter = LegacyNFTTable
+	}
 	return w
 }
 
@@ -463,22 +496,24 @@ func (s *fakeHost) do(o op) error {
 			s.rules = slices.Delete(s.rules, i, i+1)
 		}
 	case opPutFilter:
-		s.filter = o.filter.clone()
-		s.drops, s.egressDrops = 0, 0
+		s.filters[o.filter.Table] = o.filter.clone()
+		s.drops[o.filter.Table] = dropCounts{}
 	case opUpdateSet:
-		if s.filter == nil {
+		flt := s.filters[o.table]
+		if flt == nil {
 			return errFakeNoSet
 		}
-		i := slices.IndexFunc(s.filter.Sets, func(x nftSet) bool { return x.Name == o.set.Name })
+		i := slices.IndexFunc(flt.Sets, func(x nftSet) bool { return x.Name == o.set.Name })
 		if i < 0 {
 			return errFakeNoSet
 		}
-		set := &s.filter.Sets[i]
+		set := &flt.Sets[i]
 		set.Ranges = slices.DeleteFunc(set.Ranges, func(r ipRange) bool { return slices.Contains(o.del, r) })
 		set.Ranges = append(set.Ranges, o.add...)
 		slices.SortFunc(set.Ranges, func(a, b ipRange) int { return a.From.Compare(b.From) })
-	case opDelFilter:
-		s.filter = nil
+	case opDelFilter, opDelLegacyFilter:
+		delete(s.filters, o.table)
+		delete(s.drops, o.table)
 	default:
 		return fmt.Errorf("unknown op %d", o.kind)
 	}
@@ -503,10 +538,10 @@ func (s *fakeHost) addrRemoved(l *link, a netip.Prefix) {
 	}
 }
 
-func (s *fakeHost) counters() dropCounts {
+func (s *fakeHost) counters(table string) dropCounts {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return dropCounts{Ingress: s.drops, Egress: s.egressDrops}
+	return s.drops[table]
 }
 
 func (s *fakeHost) addRoutes(rs ...route) {
@@ -617,8 +652,8 @@ func (s *fakeHost) render() string {
 		out = append(out, r.String())
 	}
 	nft := slices.Clone(s.foreignNFT)
-	if s.filter != nil {
-		nft = append(nft, s.filter.lines()...)
+	for _, name := range slices.Sorted(maps.Keys(s.filters)) {
+		nft = append(nft, s.filters[name].lines()...)
 	}
 	out = append(out, nft...)
 	return strings.Join(out, "\n") + "\n"

@@ -41,22 +41,54 @@ var (
 		"nft add table inet filter",
 		"nft add chain inet filter input { type filter hook input priority filter; }",
 	}
+	// Another wgmesh instance on the same host (interface wgmesh1, tables
+	// 51830 and 51831): same route protocol, its own tables, rules and nft
+	// table.
+	otherInstance = Options{Interface: "wgmesh1", Table: 51830, HostTable: 51831, Priority: 97, FwMark: 0x40000, IPv4: true, IPv6: true}
+	otherRules    = []rule{
+		{Family: v4, Priority: 97, Invert: true, Mark: 0x40000, Mask: 0x40000, Table: 51830, Protocol: RouteProtocol},
+		{Family: v6, Priority: 97, Invert: true, Mark: 0x40000, Mask: 0x40000, Table: 51830, Protocol: RouteProtocol},
+	}
+	otherRoutes = []route{
+		{Table: 51830, Dst: pfx("10.245.1.0/24"), Type: typeThrow, Protocol: RouteProtocol},
+		{Table: 51830, Dst: pfx("10.245.2.0/24"), Type: typeUnreachable, Protocol: RouteProtocol},
+		{Table: 51830, Dst: pfx("fd00:10:245:2::/64"), Type: typeUnreachable, Protocol: RouteProtocol, Metric: 1024},
+	}
 )
+
+// otherFilter is the other instance's nftables table.
+func otherFilter() *filter {
+	remote := []netip.Prefix{pfx("10.245.2.0/24")}
+	return otherInstance.wantFilter(mesh.Desired{StrictSources: remote, EncryptOnly: remote})
+}
+
+// addForeign puts the foreign entries, including another wgmesh
+// instance's, on h.
+func addForeign(h *fakeHost) {
+	h.rules = append(h.rules, foreignRule)
+	h.rules = append(h.rules, otherRules...)
+	h.addRoutes(foreignRoute...)
+	h.addRoutes(otherRoutes...)
+	h.foreignNFT = slices.Clone(foreignNFT)
+	h.filters[otherInstance.nftTableName()] = otherFilter()
+}
 
 // testHost is a fresh fake host with foreign entries.
 func testHost(iface string) *fakeHost {
 	h := newFakeHost(iface)
-	h.rules = append(h.rules, foreignRule)
-	h.addRoutes(foreignRoute...)
-	h.foreignNFT = slices.Clone(foreignNFT)
+	addForeign(h)
 	return h
 }
 
 func foreignLines() []string {
 	out := []string{foreignRule.String()}
-	for _, r := range foreignRoute {
+	for _, r := range otherRules {
 		out = append(out, r.String())
 	}
+	for _, r := range slices.Concat(foreignRoute, otherRoutes) {
+		out = append(out, r.String())
+	}
+	out = append(out, otherFilter().lines()...)
 	return append(out, foreignNFT...)
 }
 
@@ -234,6 +266,13 @@ func TestReplay(t *testing.T) {
 		}
 		rng.Shuffle(len(order), func(i, j int) { order[i], order[j] = order[j], order[i] })
 		for i, c := range order {
+			if i > 0 && order[i-1].o.Table != c.o.Table {
+				// Another table is another instance's: the operator
+				// removes the previous run's entries with its options.
+				if err := newRouter(order[i-1].o, fakeView{h, order[i-1].o}).Cleanup(context.Background()); err != nil {
+					t.Fatal(err)
+				}
+			}
 			applyOn(t, h, c)
 			want, err := os.ReadFile(filepath.Join("testdata", c.name+".golden"))
 			if err != nil {
@@ -292,8 +331,8 @@ func TestRepair(t *testing.T) {
 		"ip route add 10.244.2.0/24 dev wgmesh0 table 51820 proto 0x57 src 10.244.1.0",
 		"ip -6 rule add pref 99 not fwmark 0x2000/0x2000 lookup 51820 proto 0x57",
 		"ip address add 10.244.1.0/32 dev wgmesh0",
-		"nft add element inet wgmesh strict4 { 10.244.2.0/24, 10.244.4.0/24 }",
-		`nft add rule inet wgmesh prerouting meta nfproto ipv6 iifname != "wgmesh0" ip6 saddr @strict6 counter name "strict_drops" drop`,
+		"nft add element inet wgmesh_wgmesh0 strict4 { 10.244.2.0/24, 10.244.4.0/24 }",
+		`nft add rule inet wgmesh_wgmesh0 prerouting meta nfproto ipv6 iifname != "wgmesh0" ip6 saddr @strict6 counter name "strict_drops" drop`,
 	} {
 		if !f.Delete(line) {
 			t.Fatalf("Delete(%q) matched nothing in:\n%s", line, want)
@@ -305,7 +344,7 @@ func TestRepair(t *testing.T) {
 	if diff := cmp.Diff(want, f.Render()); diff != "" {
 		t.Errorf("Apply did not repair (-want +got):\n%s", diff)
 	}
-	if !f.Delete("nft add table inet wgmesh") {
+	if !f.Delete("nft add table inet wgmesh_wgmesh0") {
 		t.Fatal("cannot delete the nft table")
 	}
 	if err := f.Apply(ctx, dual()); err != nil {
@@ -318,8 +357,7 @@ func TestRepair(t *testing.T) {
 
 func newTestFake(o Options) *Fake {
 	f := NewFake(o)
-	f.sys.rules = append(f.sys.rules, foreignRule)
-	f.sys.addRoutes(foreignRoute...)
+	addForeign(f.sys)
 	return f
 }
 
@@ -498,8 +536,11 @@ func TestAutoMTU(t *testing.T) {
 func TestPlanOrder(t *testing.T) {
 	h := testHost(DefaultInterface)
 	applyOn(t, h, configs()[0])
-	o := opts(func(o *Options) { o.Priority = 98; o.Table = 77 })
+	// Same table (another table would be another instance's), another
+	// priority, one node less, another address.
+	o := opts(func(o *Options) { o.Priority = 98 })
 	d := dual()
+	d.Routes = slices.DeleteFunc(slices.Clone(d.Routes), func(r mesh.Route) bool { return r.Node == "node-4" })
 	d.Addresses = []netip.Prefix{pfx("10.250.0.1/32")}
 	w := h.observe(o)
 	want, _ := o.target(d, w)
@@ -612,7 +653,7 @@ func TestFakeSortedView(t *testing.T) {
 		got := f.sys.observe(f.r.o).Ours.Routes
 		var wantOurs []route
 		for _, r := range want {
-			if ownsRoute(r) {
+			if f.r.o.ownsRoute(r) {
 				wantOurs = append(wantOurs, r)
 			}
 		}

@@ -40,10 +40,19 @@ func (r *recorder) do(ctx context.Context, o op) error {
 func TestNoHostWideKnobs(t *testing.T) {
 	ctx := context.Background()
 	h := testHost(DefaultInterface)
+	var prev Options
 	for _, c := range configs() {
 		if c.o.Interface != DefaultInterface {
 			continue
 		}
+		if prev.Table != 0 && (prev.Table != c.o.Table || prev.HostTable != c.o.HostTable) {
+			// Other tables are another instance's: the operator removes
+			// the previous run's entries with its options.
+			if err := newRouter(prev, fakeView{h, prev}).Cleanup(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
+		prev = c.o
 		rec := &recorder{system: fakeView{h, c.o}}
 		r := newRouter(c.o, rec)
 		if err := r.Apply(ctx, c.d); err != nil {

@@ -70,7 +70,7 @@ func TestHostRoutesRepairAndCleanup(t *testing.T) {
 		t.Fatal(err)
 	}
 	got := f.Render()
-	if strings.Contains(got, "51821") || strings.Contains(got, "proto 0x57") {
+	if strings.Contains(got, "51821") || strings.Contains(got, "table 51820 proto 0x57") || strings.Contains(got, "lookup 51820") {
 		t.Errorf("Cleanup left host-table entries:\n%s", got)
 	}
 	for _, l := range foreignLines() {

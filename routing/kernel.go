@@ -111,8 +111,7 @@ func (k *kernel) observe(ctx context.Context) (observed, error) {
 	k.mu.Unlock()
 
 	// One dump serves both the main table's default routes (the underlay)
-	// and our routes in any table (table 0 with RT_FILTER_TABLE lists every
-	// table; the library deserialises each route of every table either
+	// and our routes (table 0 with RT_FILTER_TABLE lists every table; the library deserialises each route of every table either
 	// way). Routes are converted as they arrive, without a list of
 	// netlink.Route in between: at 5,000 nodes there are 15,000 of ours.
 	type routeDump struct{ defaults, connected, ours []route }
@@ -126,7 +125,7 @@ func (k *kernel) observe(ctx context.Context) (observed, error) {
 		}
 		err := k.nl.RouteListFilteredIter(netlink.FAMILY_ALL, &netlink.Route{Table: unix.RT_TABLE_UNSPEC}, netlink.RT_FILTER_TABLE,
 			func(r netlink.Route) bool {
-				if r.Table != unix.RT_TABLE_MAIN && r.Protocol != netlink.RouteProtocol(RouteProtocol) {
+				if r.Table != unix.RT_TABLE_MAIN && (r.Protocol != netlink.RouteProtocol(RouteProtocol) || !k.o.ownsTable(r.Table)) {
 					return true
 				}
 				rt, ok := fromNLRoute(r, byIndex)
@@ -140,7 +139,7 @@ func (k *kernel) observe(ctx context.Context) (observed, error) {
 				case rt.Type == typeUnicast && rt.Dev != "" && !rt.Gw.IsValid():
 					d.connected = append(d.connected, rt)
 				}
-				if ownsRoute(rt) {
+				if k.o.ownsRoute(rt) {
 					d.ours = append(d.ours, rt)
 				}
 				return true
@@ -169,12 +168,12 @@ func (k *kernel) observe(ctx context.Context) (observed, error) {
 		}
 		// Kernels before 4.17 do not report rule protocols (their own rules
 		// then show protocol 0 instead of "kernel"). Rules on our table are
-		// ours anyway; give them our protocol so they compare equal to the
-		// wanted ones instead of being deleted as stale.
+		// ours there; give them our protocol so that ownsRule recognises
+		// them and they compare equal to the wanted ones.
 		protocols := slices.ContainsFunc(rules, func(r netlink.Rule) bool { return r.Protocol != 0 })
 		for _, r := range rules {
 			ru, ok := fromNLRule(r)
-			if !protocols && ru.Table == k.o.Table {
+			if !protocols && k.o.ownsTable(ru.Table) {
 				ru.Protocol = RouteProtocol
 			}
 			if ok && k.o.ownsRule(ru) {
@@ -196,11 +195,11 @@ func (k *kernel) observe(ctx context.Context) (observed, error) {
 	if w.MarkNFT, err = k.foreignNFT(); err != nil && !k.o.DisableIngressFilter {
 		w.MarkScanErr = fmt.Errorf("list nftables rules of other tables to check for mark bit %#x: %w", k.o.FwMark, err)
 	}
-	if w.Ours.Filter, err = k.observeFilter(); err != nil {
+	if w.Ours.Filter, w.Ours.LegacyFilter, err = k.observeFilter(); err != nil {
 		if !k.o.DisableIngressFilter {
 			w.Notes = append(w.Notes, fmt.Errorf("read nftables table inet %s: %w", k.o.nftTableName(), err))
 		}
-		w.Ours.Filter = nil
+		w.Ours.Filter, w.Ours.LegacyFilter = nil, ""
 	}
 	return w, nil
 }
@@ -247,9 +246,9 @@ func (k *kernel) do(ctx context.Context, o op) error {
 	case opPutFilter:
 		return k.putFilter(o.filter)
 	case opUpdateSet:
-		return k.updateSet(o.set, o.add, o.del)
-	case opDelFilter:
-		return k.deleteFilter()
+		return k.updateSet(o.table, o.set, o.add, o.del)
+	case opDelFilter, opDelLegacyFilter:
+		return k.deleteTable(o.table)
 	}
 	return fmt.Errorf("unknown op %d", o.kind)
 }

@@ -184,7 +184,8 @@ func protoName(p uint8) string {
 	return fmt.Sprintf("%#x", p)
 }
 
-// filter is wgmesh's nftables table as far as the router can observe it:
+// filter is the instance's nftables table (family inet, named by
+// Options.nftTableName) as far as the router can observe it:
 // the strict ingress filter, the egress guard and the MSS clamp. A filter
 // whose structure (everything but the set elements) differs from the wanted
 // one is replaced as a whole.
@@ -228,7 +229,7 @@ type nftSet struct {
 	Ranges []ipRange
 }
 
-// Names inside wgmesh's table.
+// Names inside the instance's table.
 const (
 	// nftChainIngress is the ingress filter's chain, nftChainEgress the egress
 	// guard's, nftChainForward and nftChainOutput the MSS clamp's.
@@ -305,6 +306,31 @@ func (f *filter) normalize() {
 	slices.SortStableFunc(f.Rules, func(a, b nftRule) int { return strings.Compare(a.Chain, b.Chain) })
 }
 
+// sigs are the signatures of f's rules, in order.
+func (f *filter) sigs() []string {
+	out := make([]string, len(f.Rules))
+	for i, r := range f.Rules {
+		out[i] = r.Sig
+	}
+	return out
+}
+
+// legacyOwner reports whether the legacy shared table, whose drop rules
+// carry the signatures sigs as user data, belongs to the instance of iface:
+// a signature names iface. The table was written whole by one instance, so
+// all its rules name the same interface; a table without a readable
+// signature is no one's in particular and is left alone.
+func legacyOwner(sigs []string, iface string) bool {
+	for _, sig := range sigs {
+		for _, f := range []family{v4, v6} {
+			if name, ok := ruleIface(sig, f, nftRuleSig); ok && name == iface {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // sameShape reports whether two filters differ at most in set elements.
 func (f *filter) sameShape(g *filter) bool {
 	if f.Table != g.Table || !slices.Equal(f.Chains, g.Chains) || !slices.Equal(f.Counters, g.Counters) ||
@@ -371,8 +397,13 @@ type ours struct {
 	Addrs  []netip.Prefix
 	Rules  []rule
 	Routes []route
-	// Filter is wgmesh's nftables table; nil when absent (or unwanted).
+	// Filter is the instance's nftables table; nil when absent (or
+	// unwanted).
 	Filter *filter
+	// LegacyFilter, observed, is the name of the table an older version
+	// shared by all instances ("wgmesh", LegacyNFTTable) when it exists and
+	// its rules name our interface; "" otherwise. It is never wanted.
+	LegacyFilter string
 }
 
 // observed is everything a system reports: the router's own entries plus

@@ -12,9 +12,10 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// wgmesh's nftables table, in nft syntax (interface wgmesh0):
+// The instance's nftables table, in nft syntax (interface wgmesh0; the table
+// is named after the instance's interface, see NFTTableName):
 //
-//	table inet wgmesh {
+//	table inet wgmesh_wgmesh0 {
 //		counter strict_drops {}
 //		counter egress_drops {}
 //		set strict4  { type ipv4_addr; flags interval; elements = { 10.244.2.0/24, ... } }
@@ -147,21 +148,58 @@ func (k *kernel) nftTable() *nftables.Table {
 	return &nftables.Table{Name: k.o.nftTableName(), Family: nftables.TableFamilyINet}
 }
 
-// observeFilter reads wgmesh's table into the model; nil when absent.
-func (k *kernel) observeFilter() (*filter, error) {
+// observeFilter reads the instance's table into the model (nil when
+// absent) and reports the legacy shared table when it is this instance's.
+func (k *kernel) observeFilter() (*filter, string, error) {
 	c, err := k.nft()
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	name := k.o.nftTableName()
 	tables, err := c.ListTablesOfFamily(nftables.TableFamilyINet)
 	if err != nil {
-		return nil, fmt.Errorf("list nftables tables: %w", err)
+		return nil, "", fmt.Errorf("list nftables tables: %w", err)
+	}
+	var legacy string
+	if slices.ContainsFunc(tables, func(t *nftables.Table) bool { return t.Name == LegacyNFTTable }) {
+		ours, err := k.legacyOurs(c)
+		if err != nil {
+			return nil, "", err
+		}
+		if ours {
+			legacy = LegacyNFTTable
+		}
 	}
 	if !slices.ContainsFunc(tables, func(t *nftables.Table) bool { return t.Name == name }) {
-		return nil, nil
+		return nil, legacy, nil
 	}
+	f, err := k.readFilter(c)
+	return f, legacy, err
+}
+
+// legacyOurs reports whether the legacy shared table belongs to this
+// instance: a rule of its prerouting chain carries, as user data, a rule
+// signature naming our interface (see legacyOwner).
+func (k *kernel) legacyOurs(c *nftables.Conn) (bool, error) {
+	t := &nftables.Table{Name: LegacyNFTTable, Family: nftables.TableFamilyINet}
+	rules, err := c.GetRules(t, &nftables.Chain{Name: nftChainIngress, Table: t})
+	if errors.Is(err, unix.ENOENT) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("list rules of chain inet %s %s: %w", LegacyNFTTable, nftChainIngress, err)
+	}
+	sigs := make([]string, 0, len(rules))
+	for _, r := range rules {
+		sigs = append(sigs, string(r.UserData))
+	}
+	return legacyOwner(sigs, k.o.Interface), nil
+}
+
+// readFilter reads the instance's table, which exists.
+func (k *kernel) readFilter(c *nftables.Conn) (*filter, error) {
 	t := k.nftTable()
+	name := t.Name
 	f := &filter{Table: name}
 	chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyINet)
 	if err != nil {
@@ -478,12 +516,12 @@ func mssExprs(key expr.MetaKey, iface string) []expr.Any {
 // updateSet changes a set's elements in one transaction; deletions go first
 // in the batch so a new range may overlap an old one, and the batch commits
 // atomically, so no packet sees a set in between.
-func (k *kernel) updateSet(s nftSet, add, del []ipRange) error {
+func (k *kernel) updateSet(table string, s nftSet, add, del []ipRange) error {
 	c, err := k.nft()
 	if err != nil {
 		return err
 	}
-	set := nftSetOf(k.nftTable(), s)
+	set := nftSetOf(&nftables.Table{Name: table, Family: nftables.TableFamilyINet}, s)
 	if err := addElements(c, set, elementsOf(del), true); err != nil {
 		return err
 	}
@@ -493,12 +531,13 @@ func (k *kernel) updateSet(s nftSet, add, del []ipRange) error {
 	return c.Flush()
 }
 
-func (k *kernel) deleteFilter() error {
+// deleteTable deletes the table name (family inet) with everything in it.
+func (k *kernel) deleteTable(name string) error {
 	c, err := k.nft()
 	if err != nil {
 		return err
 	}
-	c.DelTable(k.nftTable())
+	c.DelTable(&nftables.Table{Name: name, Family: nftables.TableFamilyINet})
 	return ignore(c.Flush(), unix.ENOENT)
 }
 

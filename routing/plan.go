@@ -11,22 +11,28 @@ import (
 )
 
 // Ownership predicates, shared by the kernel and the fake so both filter the
-// observed state identically.
+// observed state identically. Everything is scoped to one instance (one
+// interface, one table): another wgmesh instance's rules and routes carry
+// the same protocol but look up another table, and are never touched.
+// Entries a previous run left with other options (another --route-table)
+// are not guessed at: `wgmesh cleanup` with those options removes them.
 
 // ownsTable reports whether t is one of the instance's routing tables: the
 // route table or the host-route table. Every predicate that asks "is this
 // table ours" goes through it.
 func (o Options) ownsTable(t int) bool { return t == o.Table || t == o.HostTable }
 
-// ownsRule: a rule looking up one of our tables is ours by definition; one
-// carrying our protocol is ours even if it points elsewhere (a previous run
-// with another --route-table).
+// ownsRule: our rules look up one of our tables and carry our protocol.
+// Kernels before 4.17 report no rule protocols; the kernel system gives the
+// rules on our tables our protocol then (see kernel.observe).
 func (o Options) ownsRule(r rule) bool {
-	return o.ownsTable(r.Table) || r.Protocol == RouteProtocol
+	return o.ownsTable(r.Table) && r.Protocol == RouteProtocol
 }
 
-// ownsRoute: our routes carry our protocol, in whatever table.
-func ownsRoute(r route) bool { return r.Protocol == RouteProtocol }
+// ownsRoute: our routes carry our protocol and live in one of our tables.
+func (o Options) ownsRoute(r route) bool {
+	return r.Protocol == RouteProtocol && o.ownsTable(r.Table)
+}
 
 // ownsAddr: every address on our interface is ours except the link-local
 // ones the kernel generates.
@@ -338,6 +344,10 @@ const (
 	opDelRoute
 	opDelAddr
 	opDelFilter
+	// opDelLegacyFilter deletes the table "inet wgmesh" an older version
+	// shared by all instances, once it is known to be this instance's (its
+	// rules name our interface) and the instance's own table exists.
+	opDelLegacyFilter
 )
 
 // op is one change to the OS state.
@@ -383,6 +393,8 @@ func (o op) String() string {
 		return fmt.Sprintf("nft update set inet %s %s (+%d -%d ranges)", o.table, o.set.Name, len(o.add), len(o.del))
 	case opDelFilter:
 		return "nft delete table inet " + o.table
+	case opDelLegacyFilter:
+		return "nft delete table inet " + o.table + " (left by an older version for " + o.iface + ")"
 	}
 	return fmt.Sprintf("op %d", o.kind)
 }
@@ -453,7 +465,7 @@ func plan(iface string, have, want ours) []op {
 	switch {
 	case want.Filter == nil:
 	case have.Filter == nil || !have.Filter.sameShape(want.Filter):
-		ops = append(ops, op{kind: opPutFilter, filter: want.Filter})
+		ops = append(ops, op{kind: opPutFilter, filter: want.Filter, table: want.Filter.Table})
 	default:
 		for i, s := range want.Filter.Sets {
 			add, del := diffRanges(have.Filter.Sets[i].Ranges, s.Ranges)
@@ -491,6 +503,10 @@ func plan(iface string, have, want ours) []op {
 	}
 	if want.Filter == nil && have.Filter != nil {
 		ops = append(ops, op{kind: opDelFilter, table: have.Filter.Table})
+	}
+	// Last: by now the instance's own table exists (or is not wanted).
+	if have.LegacyFilter != "" {
+		ops = append(ops, op{kind: opDelLegacyFilter, table: have.LegacyFilter, iface: iface})
 	}
 	return ops
 }

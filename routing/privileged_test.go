@@ -191,10 +191,10 @@ func TestPrivilegedApply(t *testing.T) {
 	if out := l.ip("-6", "route", "show", "table", "51820"); !strings.Contains(out, "fd00:10:244:2::/64 dev wgmesh0 proto 87 src fd00:10:244:1::") {
 		t.Errorf("ip -6 route show table 51820:\n%s", out)
 	}
-	nft := l.run("ip", "netns", "exec", l.ns, "nft", "list", "table", "inet", "wgmesh")
+	nft := l.run("ip", "netns", "exec", l.ns, "nft", "list", "table", "inet", "wgmesh_wgmesh0")
 	for _, want := range []string{"10.244.2.0/24", "fd00:10:244:2::/64", `iifname != "wgmesh0"`, "priority raw"} {
 		if !strings.Contains(nft, want) {
-			t.Errorf("nft list table inet wgmesh lacks %q:\n%s", want, nft)
+			t.Errorf("nft list table inet wgmesh_wgmesh0 lacks %q:\n%s", want, nft)
 		}
 	}
 	// No sysctl is written: src_valid_mark stays 0 everywhere.
@@ -229,7 +229,7 @@ func TestPrivilegedIngressDrop(t *testing.T) {
 	if err := r.Apply(context.Background(), labDesired()); err != nil {
 		t.Fatalf("Apply: %v", err)
 	}
-	t.Logf("nft list table inet wgmesh:\n%s", l.run("ip", "netns", "exec", l.ns, "nft", "list", "table", "inet", "wgmesh"))
+	t.Logf("nft list table inet wgmesh_wgmesh0:\n%s", l.run("ip", "netns", "exec", l.ns, "nft", "list", "table", "inet", "wgmesh_wgmesh0"))
 	ping := func(src string) error {
 		return exec.Command("ip", "netns", "exec", l.peer, "ping", "-n", "-q", "-c", "3", "-i", "0.2", "-W", "1", "-I", src, "198.18.0.1").Run()
 	}
@@ -253,8 +253,8 @@ func TestPrivilegedIngressDrop(t *testing.T) {
 	if err := r2.Apply(context.Background(), labDesired()); err != nil {
 		t.Fatalf("Apply without ingress filter: %v", err)
 	}
-	if out, err := exec.Command("ip", "netns", "exec", l.ns, "nft", "list", "table", "inet", "wgmesh").CombinedOutput(); err == nil {
-		t.Errorf("table inet wgmesh still present with DisableIngressFilter:\n%s", out)
+	if out, err := exec.Command("ip", "netns", "exec", l.ns, "nft", "list", "table", "inet", "wgmesh_wgmesh0").CombinedOutput(); err == nil {
+		t.Errorf("table inet wgmesh_wgmesh0 still present with DisableIngressFilter:\n%s", out)
 	}
 	l.peerIP("route", "add", "10.244.1.0/24", "via", "198.18.0.1")
 	l.ip("route", "add", "10.244.2.0/24", "via", "198.18.0.2")
@@ -314,7 +314,7 @@ func TestPrivilegedRepair(t *testing.T) {
 	l.ip("-6", "route", "del", "fd00:10:244:3::/64", "table", "51820")
 	l.ip("rule", "del", "pref", "99")
 	l.ip("addr", "del", "10.244.1.0/32", "dev", DefaultInterface)
-	l.run("ip", "netns", "exec", l.ns, "nft", "delete", "element", "inet", "wgmesh", "strict6", "{ fd00:10:244:2::/64 }")
+	l.run("ip", "netns", "exec", l.ns, "nft", "delete", "element", "inet", "wgmesh_wgmesh0", "strict6", "{ fd00:10:244:2::/64 }")
 	mid, _ := k.observe(ctx)
 	if mid.Ours.render(o.Interface) == before.Ours.render(o.Interface) {
 		t.Fatal("deleting by hand changed nothing; the test is broken")
@@ -326,7 +326,7 @@ func TestPrivilegedRepair(t *testing.T) {
 	if diff := cmp.Diff(before.Ours.render(o.Interface), after.Ours.render(o.Interface)); diff != "" {
 		t.Errorf("re-Apply did not repair (-before +after):\n%s", diff)
 	}
-	l.run("ip", "netns", "exec", l.ns, "nft", "delete", "table", "inet", "wgmesh")
+	l.run("ip", "netns", "exec", l.ns, "nft", "delete", "table", "inet", "wgmesh_wgmesh0")
 	if err := r.Apply(ctx, labDesired()); err != nil {
 		t.Fatalf("re-Apply: %v", err)
 	}
@@ -359,19 +359,26 @@ func TestPrivilegedCleanup(t *testing.T) {
 	if err := r.Apply(ctx, labDesired()); err != nil {
 		t.Fatalf("Apply: %v", err)
 	}
-	// A second run with other table, priority and mark must garbage-collect
-	// the first run's entries, recognised by their protocol.
+	// A second run with other table, priority and mark is another
+	// instance as far as rules and routes go: it leaves the first run's
+	// alone (they are removed by a cleanup with the first run's options).
 	o := DefaultOptions()
 	o.Table, o.Priority, o.FwMark = 1234, 98, 0x40000
 	r2, k2 := l.router(o)
 	if err := r2.Apply(ctx, labDesired()); err != nil {
 		t.Fatalf("Apply with other options: %v", err)
 	}
-	if rules := l.ip("rule"); strings.Contains(rules, "lookup 51820") || !strings.Contains(rules, "lookup 1234") {
-		t.Errorf("after switching to table 1234, ip rule shows:\n%s", rules)
+	if rules := l.ip("rule"); !strings.Contains(rules, "lookup 51820") || !strings.Contains(rules, "lookup 1234") {
+		t.Errorf("after a run with table 1234, ip rule shows:\n%s", rules)
 	}
-	if routes := l.ip("route", "show", "table", "51820"); strings.Contains(routes, "10.244.") || !strings.Contains(routes, "10.99.0.0/16") {
-		t.Errorf("after switching to table 1234, table 51820 holds:\n%s", routes)
+	if routes := l.ip("route", "show", "table", "51820"); !strings.Contains(routes, "10.244.2.0/24") || !strings.Contains(routes, "10.99.0.0/16") {
+		t.Errorf("after a run with table 1234, table 51820 holds:\n%s", routes)
+	}
+	if err := cleanupTwice(ctx, r); err != nil {
+		t.Fatalf("Cleanup with the first run's options: %v", err)
+	}
+	if rules := l.ip("rule"); strings.Contains(rules, "lookup 51820") || !strings.Contains(rules, "lookup 1234") {
+		t.Errorf("after the first run's cleanup, ip rule shows:\n%s", rules)
 	}
 	if err := cleanupTwice(ctx, r2); err != nil {
 		t.Fatalf("Cleanup: %v", err)

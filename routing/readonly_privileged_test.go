@@ -64,8 +64,8 @@ func TestPrivilegedReadOnlyProcSys(t *testing.T) {
 	if out, ok := l.routeGet("10.244.3.5"); ok {
 		t.Errorf("ip route get 10.244.3.5 (keyless node, strict) = %q, want unreachable", out)
 	}
-	if nft := l.run("ip", "netns", "exec", l.ns, "nft", "list", "table", "inet", "wgmesh"); !strings.Contains(nft, "10.244.2.0/24") {
-		t.Errorf("nft list table inet wgmesh lacks the strict source:\n%s", nft)
+	if nft := l.run("ip", "netns", "exec", l.ns, "nft", "list", "table", "inet", "wgmesh_wgmesh0"); !strings.Contains(nft, "10.244.2.0/24") {
+		t.Errorf("nft list table inet wgmesh_wgmesh0 lacks the strict source:\n%s", nft)
 	}
 
 	// A run with a writable /proc/sys finds nothing to do.

@@ -156,11 +156,19 @@ var errMTU = errors.New("link MTU not changed")
 
 // run executes ops in order and keeps going after failures.
 func (r *router) run(ctx context.Context, ops []op) (errs []error) {
+	putFailed := false
 	for _, o := range ops {
 		if err := ctx.Err(); err != nil {
 			return append(errs, fmt.Errorf("routing: %d changes not made: %w", len(ops), err))
 		}
+		if o.kind == opDelLegacyFilter && putFailed {
+			// The legacy table still drops what the new one would: keep
+			// it until the instance's own table exists.
+			errs = append(errs, fmt.Errorf("%s: kept, because the instance's own table could not be created", o))
+			continue
+		}
 		err := r.sys.do(ctx, o)
+		putFailed = putFailed || (o.kind == opPutFilter && err != nil)
 		if err == nil {
 			r.log.Debug("applied", "op", o)
 			continue

@@ -16,20 +16,24 @@
 // same predicates and go through the same plan, so the fake cannot drift
 // from production.
 //
-// Everything the router installs is recognisable as its own: routes carry
-// the route protocol RouteProtocol, rules point at one of its tables
-// (Options.Table, Options.HostTable; or carry RouteProtocol), addresses are
-// those on the tunnel interface and the nftables table is "inet wgmesh".
-// Nothing else is ever modified.
+// Everything the router installs belongs to one instance, named by its
+// interface, and is recognisable as its own: routes carry the route
+// protocol RouteProtocol and live in one of its tables (Options.Table,
+// Options.HostTable), rules look up one of those tables and carry
+// RouteProtocol, addresses are those on the tunnel interface and the
+// nftables table is "inet " + NFTTableName(interface). Nothing else is ever
+// modified, including another instance's entries of the same protocol in
+// another table.
 //
 // Two tables: Options.Table holds mesh.Desired.Routes and is looked up by
 // every unmarked packet (rule `not fwmark M/M`, Options.Priority);
 // Options.HostTable holds mesh.Desired.HostRoutes, the peers' host IPs,
 // and is looked up only by unmarked packets from the local pod CIDRs
 // (rules `from <pod CIDR> fwmark 0/M`, i.e. the mark bit clear, at
-// Options.Priority-1). Pods' traffic to other nodes' addresses is thereby encrypted, while the host's
-// own traffic to them (the agent's to the API server and to the peers'
-// endpoints, whose source is a node address) never enters the tunnel.
+// Options.Priority-1). Pods' traffic to other nodes' addresses is thereby
+// encrypted, while the host's own traffic to them (the agent's to the API
+// server and to the peers' endpoints, whose source is a node address) never
+// enters the tunnel.
 package routing
 
 import (
@@ -105,8 +109,11 @@ const (
 	// it as "proto 87".
 	RouteProtocol uint8 = 0x57
 
-	// NFTTable is the name of wgmesh's nftables table (family inet).
-	NFTTable = "wgmesh"
+	// LegacyNFTTable is the nftables table (family inet) versions before
+	// per-instance tables shared among all instances. The router deletes it
+	// once its own table exists, if the table's rules name its interface,
+	// and leaves it alone otherwise (it is another instance's).
+	LegacyNFTTable = "wgmesh"
 )
 
 // Options configure a Router. Start from DefaultOptions.
@@ -215,9 +222,29 @@ func minMTU(ipv6 bool) int {
 }
 
 // nftTableName is the name of the instance's nftables table (family inet).
-// Everything that names the table goes through it, so that the table can be
-// scoped to one instance.
-func (o Options) nftTableName() string { return NFTTable }
+// Everything that names the table goes through it.
+func (o Options) nftTableName() string { return NFTTableName(o.Interface) }
+
+// NFTTableName is the nftables table (family inet) of the instance whose
+// interface is iface: "wgmesh_" followed by the interface name, in which
+// every byte other than an ASCII letter, digit, '-' or '.' is written as
+// '_' and two lower-case hex digits ("wg_0" gives "wgmesh_wg_5f0"). The
+// result is a bare nft identifier (no quoting needed in `nft list table
+// inet wgmesh_wgmesh0`), distinct for distinct interfaces, and never the
+// legacy shared table's name.
+func NFTTableName(iface string) string {
+	const hex = "0123456789abcdef"
+	b := []byte("wgmesh_")
+	for i := 0; i < len(iface); i++ {
+		switch c := iface[i]; {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '-', c == '.':
+			b = append(b, c)
+		default:
+			b = append(b, '_', hex[c>>4], hex[c&0xf])
+		}
+	}
+	return string(b)
+}
 
 func (o Options) logger() *slog.Logger {
 	if o.Logger != nil {
@@ -240,8 +267,10 @@ func (o Options) logger() *slog.Logger {
 //     replaced atomically, a new rule exists before an old one goes, a new
 //     address before the old one is removed.
 //   - Apply only ever touches entries that are its own (see the package
-//     comment) and garbage-collects its own stale ones, including those left
-//     by a previous run with other options.
+//     comment) and garbage-collects its own stale ones. Entries a previous
+//     run left with another table are another table's: Cleanup with those
+//     options removes them. The legacy shared nftables table is deleted
+//     once the instance's own exists, if its rules name the interface.
 //   - Apply converges as far as it can: one failure does not stop the rest.
 //     It returns every failure joined with errors.Join, each wrapped with %w
 //     and naming the rule, route, address or table. A tunnel route that

@@ -5,14 +5,17 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
 	"os"
 	"os/signal"
 	"syscall"
 
 	"github.com/spf13/cobra"
+	"github.com/vishvananda/netlink"
 
 	"github.com/wgmesh/wgmesh/device"
+	"github.com/wgmesh/wgmesh/instance"
 	"github.com/wgmesh/wgmesh/mesh"
 	"github.com/wgmesh/wgmesh/mesh/file"
 	"github.com/wgmesh/wgmesh/mesh/metrics"
@@ -69,6 +72,26 @@ func (a *app) runAgent(ctx context.Context, cfg agentConfig) (err error) {
 		log.Info("nodes outside the mesh (plaintext, reported)", "unmanagedNodes", cfg.Unmanaged.String())
 	}
 
+	// Claim the instance before anything is changed (key file included):
+	// a running agent for the interface, another wgmesh instance with the
+	// same table or port, or another WireGuard on the port is refused here.
+	inst := instance.Params{Interface: cfg.Interface, Table: cfg.Table, Priority: cfg.Priority, FwMark: cfg.FwMark, ListenPort: cfg.ListenPort}
+	claim, err := instance.Begin(ctx, inst)
+	if err != nil {
+		return fmt.Errorf("refusing to start wgmesh instance %s: %w", cfg.Interface, err)
+	}
+	defer claim.Close()
+	if cfg.MetricsAddr != "" {
+		// Checked now, not when the server starts, so that a clash leaves
+		// the host as it was. Another agent's address is the usual cause.
+		ln, err := net.Listen("tcp", cfg.MetricsAddr)
+		if err != nil {
+			return fmt.Errorf("refusing to start wgmesh instance %s: metrics address %s is in use (another wgmesh agent?): pick another --metrics-addr: %w", cfg.Interface, cfg.MetricsAddr, err)
+		}
+		ln.Close()
+	}
+	warnPreviousRun(log, inst)
+
 	// The key is needed before anything else can be published; failing
 	// here leaves the host untouched.
 	keys := mesh.NewKeyStore(cfg.KeyFile)
@@ -81,10 +104,14 @@ func (a *app) runAgent(ctx context.Context, cfg agentConfig) (err error) {
 		return err
 	}
 
-	dev, err := device.Open(ctx, device.Options{Name: cfg.Interface, Backend: cfg.Backend, MTU: cfg.MTU, DisableOffloads: cfg.DisableOffloads, Logger: log})
+	dev, err := device.Open(ctx, device.Options{Name: cfg.Interface, Backend: cfg.Backend, MTU: cfg.MTU, DisableOffloads: cfg.DisableOffloads,
+		Alias: inst.Alias(), Logger: log})
 	if err != nil {
 		return fmt.Errorf("open WireGuard interface %s (--interface, --backend): %w", cfg.Interface, err)
 	}
+	// The interface now carries this instance's alias: the next agent's
+	// check sees it.
+	claim.Started()
 	// Close, never Destroy: the interface, its peers and routes stay so
 	// that traffic stays encrypted (or dropped) until the next agent.
 	defer func() {
@@ -241,4 +268,25 @@ func peersFileUnderlay(path, node string) netip.Addr {
 		}
 	}
 	return netip.Addr{}
+}
+
+// warnPreviousRun warns when the instance's interface records (in its alias)
+// another route table from a previous run: that run's rules and routes are
+// in a table this run does not touch (it could be another instance's by
+// now). The warning says how to remove them.
+func warnPreviousRun(log *slog.Logger, p instance.Params) {
+	l, err := netlink.LinkByName(p.Interface)
+	if err != nil {
+		return
+	}
+	old, ours := instance.ParseAlias(l.Attrs().Alias)
+	// Rules on the same table with another priority or mark are still
+	// this instance's: the router replaces them.
+	if !ours || old.Table == 0 || old.Table == p.Table {
+		return
+	}
+	log.Warn("the interface was last used with other routing options; the previous run's rules and routes stay until removed",
+		"interface", p.Interface, "previous", old.Alias(), "now", p.Alias(),
+		"remove", fmt.Sprintf("ip rule del pref %d lookup %d; ip -6 rule del pref %d lookup %d; ip route flush table %d proto 87; ip -6 route flush table %d proto 87",
+			old.Priority, old.Table, old.Priority, old.Table, old.Table, old.Table))
 }

@@ -7,8 +7,10 @@ import (
 	"strings"
 
 	"github.com/spf13/cobra"
+	"github.com/vishvananda/netlink"
 
 	"github.com/wgmesh/wgmesh/device"
+	"github.com/wgmesh/wgmesh/instance"
 	"github.com/wgmesh/wgmesh/routing"
 )
 
@@ -35,8 +37,12 @@ other nodes then leaves in plaintext through the main routing table.
 
 With --remove-annotations it also removes the wgmesh.io/ annotations from the
 Node (--node-name, default $NODE_NAME) using --kubeconfig or the in-cluster
-configuration. Use the same --route-table, --host-route-table, --rule-priority
-and --fwmark the agent ran with.`,
+configuration. The --route-table, --host-route-table, --rule-priority and
+--fwmark the agent ran with are read from the interface (its alias records
+them); flags given explicitly win. Only the instance of --interface is
+touched: other wgmesh instances' rules, routes and tables stay. cleanup
+refuses while an agent runs for the interface, and refuses an interface
+wgmesh did not create.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ro := routing.DefaultOptions()
@@ -65,6 +71,21 @@ and --fwmark the agent ran with.`,
 			}
 
 			ctx := cmd.Context()
+			// A running agent would lose its data plane and rebuild it:
+			// refuse. Holding the lock keeps an agent from starting
+			// meanwhile.
+			lock, err := instance.Acquire(iface)
+			if err != nil {
+				return fmt.Errorf("refusing to clean up wgmesh instance %s, nothing changed: %w: stop the agent first", iface, err)
+			}
+			defer lock.Close()
+			if err := a.cleanupOptions(cmd, &ro); err != nil {
+				return err
+			}
+			// The table's rules and routes would be another instance's.
+			if err := instance.Check(instance.Params{Interface: iface, Table: ro.Table}); err != nil {
+				return fmt.Errorf("refusing to clean up wgmesh instance %s with --route-table %d, nothing changed: %w", iface, ro.Table, err)
+			}
 			var errs []error
 			// Routes first: once they are gone nothing points at the
 			// interface any more.
@@ -82,7 +103,7 @@ and --fwmark the agent ran with.`,
 			if err := errors.Join(errs...); err != nil {
 				return err
 			}
-			fmt.Fprintf(a.out, "removed wgmesh interface %s, rules, routes (tables %d and %d) and nftables table %s\n", iface, ro.Table, ro.HostTable, routing.NFTTable)
+			fmt.Fprintf(a.out, "removed wgmesh interface %s, rules, routes (tables %d and %d) and nftables table inet %s\n", iface, ro.Table, ro.HostTable, routing.NFTTableName(iface))
 			if removeAnnotations {
 				fmt.Fprintf(a.out, "removed wgmesh.io/ annotations from node %s\n", nodeName)
 			}
@@ -99,4 +120,39 @@ and --fwmark the agent ran with.`,
 	f.StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig for --remove-annotations (default: in-cluster)")
 	f.StringVar(&nodeName, "node-name", a.getenv("NODE_NAME"), "Node whose annotations --remove-annotations removes (default $NODE_NAME)")
 	return cmd
+}
+
+// cleanupOptions completes ro from the instance's interface: an interface
+// that is not wgmesh's is refused before anything is changed (routing's
+// cleanup would delete its addresses); the table, priority and mark its
+// alias records replace the defaults of the flags not given.
+func (a *app) cleanupOptions(cmd *cobra.Command, ro *routing.Options) error {
+	l, err := netlink.LinkByName(ro.Interface)
+	if err != nil {
+		// No interface (already removed, or never created): the flags
+		// say what to remove.
+		return nil
+	}
+	alias := l.Attrs().Alias
+	rec, ours := instance.ParseAlias(alias)
+	if !ours {
+		return fmt.Errorf("refusing to clean up (nothing changed): interface %s is a %s interface not created by wgmesh (alias %q); give the --interface of the wgmesh instance", ro.Interface, l.Type(), alias)
+	}
+	f := cmd.Flags()
+	if rec.Table > 0 && !f.Changed("route-table") {
+		ro.Table = rec.Table
+	}
+	if rec.Priority > 0 && !f.Changed("rule-priority") {
+		ro.Priority = rec.Priority
+	}
+	if rec.FwMark != 0 && !f.Changed("fwmark") {
+		ro.FwMark = rec.FwMark
+	}
+	a.log.Info("cleaning up wgmesh instance", "interface", ro.Interface, "alias", alias,
+		"routeTable", ro.Table, "rulePriority", ro.Priority, "fwmark", fmt.Sprintf("%#x", ro.FwMark))
+	if rec.Table > 0 && rec.Table != ro.Table {
+		a.log.Warn("the interface records another route table than --route-table; that table's entries stay",
+			"interface", ro.Interface, "recorded", rec.Table, "routeTable", ro.Table)
+	}
+	return nil
 }
