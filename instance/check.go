@@ -151,8 +151,15 @@ func (h host) check(p Params) error {
 		if ours {
 			who = fmt.Sprintf("wgmesh instance %s (%s)", l.Name, h.state(l.Name))
 		}
-		if ours && p.Table > 0 && q.Table == p.Table {
-			errs = append(errs, fmt.Errorf("%w: route table %d is used by %s: pick another --route-table", ErrClash, p.Table, who))
+		if ours {
+			for _, t := range []struct {
+				n    int
+				flag string
+			}{{p.Table, "--route-table"}, {p.HostTable, "--host-route-table"}} {
+				if t.n > 0 && (q.Table == t.n || q.HostTable == t.n) {
+					errs = append(errs, fmt.Errorf("%w: route table %d is used by %s: pick another %s", ErrClash, t.n, who, t.flag))
+				}
+			}
 		}
 		port := q.ListenPort
 		if live, ok := h.wgPort(l.Name); ok {

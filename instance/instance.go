@@ -10,8 +10,8 @@
 // interface, route table and listen port.
 //
 // The instance's parameters are recorded in the link alias (IFLA_IFALIAS)
-// of its interface, e.g. "wgmesh table=51820 pref=99 mark=0x20000
-// port=51820", so that another instance and `wgmesh cleanup` can read them
+// of its interface, e.g. "wgmesh table=51820 hosttable=51821 pref=99
+// mark=0x2000 port=51820", so that another instance and `wgmesh cleanup` can read them
 // without a running agent. Versions before this one wrote the bare alias
 // "wgmesh": such an interface is wgmesh's, with unknown parameters.
 package instance
@@ -38,19 +38,25 @@ type Params struct {
 	Table    int
 	Priority int
 	FwMark   uint32
+	// HostTable is the routing table of the instance's host routes (pod
+	// traffic to peers' node addresses).
+	HostTable int
 	// ListenPort is the UDP port of the WireGuard device.
 	ListenPort int
 }
 
 // Alias renders p as the link alias of its interface: AliasTag followed by
 // the known (non-zero) parameters as key=value words, for example
-// "wgmesh table=51820 pref=99 mark=0x20000 port=51820". The interface name
+// "wgmesh table=51820 hosttable=51821 pref=99 mark=0x2000 port=51820". The interface name
 // is not part of it (the alias belongs to the interface).
 func (p Params) Alias() string {
 	var b strings.Builder
 	b.WriteString(AliasTag)
 	if p.Table > 0 {
 		fmt.Fprintf(&b, " table=%d", p.Table)
+	}
+	if p.HostTable > 0 {
+		fmt.Fprintf(&b, " hosttable=%d", p.HostTable)
 	}
 	if p.Priority > 0 {
 		fmt.Fprintf(&b, " pref=%d", p.Priority)
@@ -82,13 +88,18 @@ func ParseAlias(alias string) (p Params, ours bool) {
 			continue
 		}
 		switch k {
-		case "table":
+		case "table", "hosttable":
 			// Table IDs are 32-bit; 0 is "unspecified", 253-255 are the
 			// kernel's and never wgmesh's.
 			n, err := strconv.ParseUint(v, 10, 32)
-			p.Table = 0
+			t := 0
 			if err == nil && n > 0 && (n < 253 || n > 255) {
-				p.Table = int(n)
+				t = int(n)
+			}
+			if k == "table" {
+				p.Table = t
+			} else {
+				p.HostTable = t
 			}
 		case "pref":
 			n, err := strconv.ParseUint(v, 10, 32)

@@ -10,9 +10,9 @@ import (
 )
 
 func TestAliasRoundTrip(t *testing.T) {
-	p := Params{Table: 51820, Priority: 99, FwMark: 0x20000, ListenPort: 51820}
+	p := Params{Table: 51820, HostTable: 51821, Priority: 99, FwMark: 0x2000, ListenPort: 51820}
 	a := p.Alias()
-	if a != "wgmesh table=51820 pref=99 mark=0x20000 port=51820" {
+	if a != "wgmesh table=51820 hosttable=51821 pref=99 mark=0x2000 port=51820" {
 		t.Fatalf("Alias() = %q", a)
 	}
 	q, ours := ParseAlias(a)
@@ -37,6 +37,8 @@ func TestParseAlias(t *testing.T) {
 		{"wgmesh table=254 pref=0 port=70000 mark=zz", Params{}, true},
 		{"wgmesh table=5 table=x", Params{}, true}, // the last occurrence wins, even when invalid
 		{"wgmesh mark=131072", Params{FwMark: 0x20000}, true},
+		{"wgmesh hosttable=51831 hosttable=255", Params{}, true},
+		{"wgmesh table=51830 hosttable=51831", Params{Table: 51830, HostTable: 51831}, true},
 	} {
 		got, ours := ParseAlias(c.alias)
 		if got != c.want || ours != c.ours {
@@ -86,6 +88,7 @@ func fakeHost(links []linkInfo, ports map[string]int, running map[string]int) ho
 func TestCheck(t *testing.T) {
 	me := Params{Interface: "wgmesh1", Table: 51821, Priority: 98, FwMark: 0x40000, ListenPort: 51821}
 	other := Params{Table: 51820, Priority: 99, FwMark: 0x20000, ListenPort: 51820}
+	otherHost := Params{Table: 51830, HostTable: 51831, ListenPort: 51830}
 	links := []linkInfo{
 		{Name: "lo", Kind: "device"},
 		{Name: "eth0", Kind: "veth"},
@@ -121,6 +124,12 @@ func TestCheck(t *testing.T) {
 		{name: "old alias, port read live", p: Params{Interface: "wgmesh1", Table: 51820, ListenPort: 51820},
 			links: []linkInfo{{Name: "wgmesh0", Kind: "tuntap", Alias: "wgmesh"}}, ports: map[string]int{"wgmesh0": 51820},
 			want: []string{"listen port 51820 is used by wgmesh instance wgmesh0"}},
+		{name: "our route table is another's host table", p: Params{Interface: "wgmesh1", Table: 51831, HostTable: 51840, ListenPort: 51821},
+			links: []linkInfo{{Name: "wgmesh2", Kind: "tuntap", Alias: otherHost.Alias()}},
+			want:  []string{"route table 51831 is used by wgmesh instance wgmesh2", "pick another --route-table"}},
+		{name: "our host table is another's route table", p: Params{Interface: "wgmesh1", Table: 51829, HostTable: 51830, ListenPort: 51821},
+			links: []linkInfo{{Name: "wgmesh2", Kind: "tuntap", Alias: otherHost.Alias()}},
+			want:  []string{"route table 51830 is used by wgmesh instance wgmesh2", "pick another --host-route-table"}},
 		{name: "both", p: Params{Interface: "wgmesh1", Table: 51820, ListenPort: 51820}, links: links,
 			want: []string{"route table 51820", "listen port 51820"}},
 	} {

@@ -75,7 +75,7 @@ func (a *app) runAgent(ctx context.Context, cfg agentConfig) (err error) {
 	// Claim the instance before anything is changed (key file included):
 	// a running agent for the interface, another wgmesh instance with the
 	// same table or port, or another WireGuard on the port is refused here.
-	inst := instance.Params{Interface: cfg.Interface, Table: cfg.Table, Priority: cfg.Priority, FwMark: cfg.FwMark, ListenPort: cfg.ListenPort}
+	inst := instance.Params{Interface: cfg.Interface, Table: cfg.Table, HostTable: cfg.HostTable, Priority: cfg.Priority, FwMark: cfg.FwMark, ListenPort: cfg.ListenPort}
 	claim, err := instance.Begin(ctx, inst)
 	if err != nil {
 		return fmt.Errorf("refusing to start wgmesh instance %s: %w", cfg.Interface, err)

@@ -83,7 +83,7 @@ wgmesh did not create.`,
 				return err
 			}
 			// The table's rules and routes would be another instance's.
-			if err := instance.Check(instance.Params{Interface: iface, Table: ro.Table}); err != nil {
+			if err := instance.Check(instance.Params{Interface: iface, Table: ro.Table, HostTable: ro.HostTable}); err != nil {
 				return fmt.Errorf("refusing to clean up wgmesh instance %s with --route-table %d, nothing changed: %w", iface, ro.Table, err)
 			}
 			var errs []error
@@ -141,6 +141,13 @@ func (a *app) cleanupOptions(cmd *cobra.Command, ro *routing.Options) error {
 	f := cmd.Flags()
 	if rec.Table > 0 && !f.Changed("route-table") {
 		ro.Table = rec.Table
+		if !f.Changed("host-route-table") {
+			// The host table's default follows the route table.
+			ro.HostTable = rec.Table + 1
+		}
+	}
+	if rec.HostTable > 0 && !f.Changed("host-route-table") {
+		ro.HostTable = rec.HostTable
 	}
 	if rec.Priority > 0 && !f.Changed("rule-priority") {
 		ro.Priority = rec.Priority
@@ -149,7 +156,7 @@ func (a *app) cleanupOptions(cmd *cobra.Command, ro *routing.Options) error {
 		ro.FwMark = rec.FwMark
 	}
 	a.log.Info("cleaning up wgmesh instance", "interface", ro.Interface, "alias", alias,
-		"routeTable", ro.Table, "rulePriority", ro.Priority, "fwmark", fmt.Sprintf("%#x", ro.FwMark))
+		"routeTable", ro.Table, "hostRouteTable", ro.HostTable, "rulePriority", ro.Priority, "fwmark", fmt.Sprintf("%#x", ro.FwMark))
 	if rec.Table > 0 && rec.Table != ro.Table {
 		a.log.Warn("the interface records another route table than --route-table; that table's entries stay",
 			"interface", ro.Interface, "recorded", rec.Table, "routeTable", ro.Table)
