@@ -73,9 +73,12 @@ import (
 // the route allows, like KubeSpan does, makes both ends send segments that
 // fit: `rt mtu` is the smaller MTU of the routes towards the destination and
 // back to the source, and the kernel only ever lowers an MSS. Forward clamps
-// in both directions through the tunnel (a DNATed NodePort connection from
-// outside enters through one interface and its answer through the other);
-// output clamps the host's own connections into it. Priority mangle (-150):
+// SYNs into the tunnel (a pod's, or a NodePort client's after DNAT), output
+// the host's own. Between two current agents that covers both directions:
+// the answering SYN-ACK is clamped on its way into the far end's tunnel.
+// Forward also clamps SYNs coming out of the tunnel, for peers that do not
+// clamp (an older agent during a rolling upgrade), so a client behind this
+// node still learns an MSS that fits. Priority mangle (-150):
 // after DNAT, so the route is the final one.
 //
 // Everything needs nf_tables with rt tcpmss and tcp option writes (Linux
