@@ -197,8 +197,9 @@ func (o Options) logger() *slog.Logger {
 //     tunnel routes are unreachable routes. src_valid_mark is the exception:
 //     failing to set it is a Status warning, not an error (see target).
 //   - Cleanup removes everything Apply installed (rules, routes, addresses,
-//     the nftables table); the interface itself belongs to the device. The
-//     MTU and src_valid_mark stay.
+//     the nftables table, and the legacy shared table if it is this
+//     instance's); the interface itself belongs to the device. The MTU and
+//     src_valid_mark stay.
 //   - Status is cheap and safe to call concurrently with Apply.
 type Router interface {
 	mesh.Router
