@@ -44,7 +44,9 @@ var ErrHeld = errors.New("instance in use")
 func Acquire(iface string) (*Lock, error) {
 	l, err := listen(lockName(iface))
 	if errors.Is(err, syscall.EADDRINUSE) {
-		if pid, ok := Holder(iface); ok {
+		// The pid is 0 when the holder's pid namespace is not visible
+		// from ours (an agent in a pod, cleanup in another).
+		if pid, ok := Holder(iface); ok && pid > 0 {
 			return nil, fmt.Errorf("%w: interface %s is owned by a running wgmesh agent (pid %d)", ErrHeld, iface, pid)
 		}
 		return nil, fmt.Errorf("%w: interface %s is owned by a running wgmesh agent", ErrHeld, iface)

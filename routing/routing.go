@@ -278,10 +278,11 @@ func (o Options) logger() *slog.Logger {
 //     dropped rather than sent in plaintext. While the interface is absent,
 //     tunnel routes are unreachable routes.
 //   - Cleanup removes everything Apply installed (rules, routes, addresses,
-//     the nftables table); the interface itself belongs to the device, and
-//     its MTU stays until the device removes it. Apply changes nothing
-//     outside those entries and the tunnel interface, so there is nothing
-//     else to restore.
+//     the nftables table, and the legacy shared table if it is this
+//     instance's); the interface itself belongs to the device, and its MTU
+//     stays until the device removes it. Apply changes nothing outside
+//     those entries and the tunnel interface, so there is nothing else to
+//     restore.
 //   - Status is cheap and safe to call concurrently with Apply.
 type Router interface {
 	mesh.Router

@@ -183,6 +183,15 @@ func TestPrivilegedAgentPeersFile(t *testing.T) {
 		time.Sleep(300 * time.Millisecond)
 	}
 
+	// cleanup refuses while the agent runs, naming it, and changes nothing.
+	refused, rerr := nsCmd(b.ns, "cleanup", "--interface", b.iface).CombinedOutput()
+	if want := fmt.Sprintf("owned by a running wgmesh agent (pid %d)", b.agent.Process.Pid); rerr == nil || !strings.Contains(string(refused), want) {
+		t.Errorf("cleanup while the agent runs: %v, want a refusal with %q:\n%s", rerr, want, refused)
+	}
+	if rules, _ := exec.Command("ip", "-n", b.ns, "rule").Output(); !strings.Contains(string(rules), "lookup 51820") {
+		t.Errorf("refused cleanup removed the policy rule:\n%s", rules)
+	}
+
 	// SIGTERM: the agent exits 0 and the interface stays.
 	if err := a.agent.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
