@@ -27,7 +27,7 @@ import (
 // B's shows up on the wire.
 
 const (
-	instBTable   = 51821
+	instBTable   = 51830 // host-route table 51831; A has 51820 and 51821
 	instBPref    = 98
 	instBMark    = "0x40000"
 	instBPort    = 51821
@@ -281,7 +281,7 @@ func TestPrivilegedCoexistTwoInstances(t *testing.T) {
 			t.Errorf("after cleanup of instance B, node1 lacks instance A's %q:\n%s", want, state)
 		}
 	}
-	for _, gone := range []string{"lookup 51821", b1.Interface} {
+	for _, gone := range []string{fmt.Sprint("lookup ", instBTable), b1.Interface} {
 		if strings.Contains(state, gone) {
 			t.Errorf("after cleanup of instance B, node1 still has %q:\n%s", gone, state)
 		}
