@@ -18,8 +18,10 @@ import (
 // Scenario 7 of the coexistence issue: a duplicate never takes down an
 // established node. Three nodes in peers-file mode; while pods of node1 and
 // node2 ping each other, every peers file is rewritten so that node3's entry
-// carries node2's public key (A) or node2's endpoint (B). Not one ping
-// between node1 and node2 may be lost, and nothing may cross in plaintext.
+// carries node2's public key (A; in a second test node3 gets node2's private
+// key file as well, as from a cloned disk image) or node2's endpoint (B).
+// Not one ping between node1 and node2 may be lost, and nothing may cross in
+// plaintext.
 
 // dupesPingCount pings at dupesPingInterval cover the rewrite of the peers
 // files and the agents' reaction with seconds to spare.
