@@ -681,9 +681,9 @@ func (d *deriver) checkOwnAndKeepOutside() {
 		if ok && o.host && !inside && !c.host {
 			// A pod CIDR holding a local host IP: the keep-outside check
 			// below reports it, unless it holds an own pod CIDR as well.
-			i := slices.IndexFunc(d.own, func(x claim) bool { return !x.host && c.prefix.Overlaps(x.prefix) })
-			if ok = i >= 0; ok {
-				o = d.own[i]
+			j := slices.IndexFunc(d.own, func(x claim) bool { return !x.host && c.prefix.Overlaps(x.prefix) })
+			if ok = j >= 0; ok {
+				o = d.own[j]
 			}
 		}
 		if ok {
