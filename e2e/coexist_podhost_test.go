@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wgmesh/wgmesh/e2e/apiserver"
 	"github.com/wgmesh/wgmesh/e2e/lab"
 )
 
@@ -187,4 +188,109 @@ func podHostFamily(a netip.Addr) int {
 		return 6
 	}
 	return 4
+}
+
+// TestPrivilegedCoexistPodToHostAPIServerOnNode is scenario 3 in Kubernetes
+// mode with the API server on node1's node address, as on a cluster whose
+// control plane is a node. Pods on node2 reach the API server (the
+// `kubernetes` Service's endpoint) through the tunnel, and the agents never
+// route their own way to it through the tunnel: node2's key is rotated, so
+// node1 drops node2's tunnel packets until it learns the new key — which
+// node2's agent can only publish through the API server on node1. If that
+// path went through the tunnel, the mesh would deadlock.
+func TestPrivilegedCoexistPodToHostAPIServerOnNode(t *testing.T) {
+	labRequireRoot(t)
+	coexistRemoveStaleOnce(t)
+	bin := labWgmeshBinary(t)
+	bctx, bcancel := context.WithTimeout(context.Background(), k8sBuildTimeout)
+	binDir, err := apiserver.Build(bctx)
+	bcancel()
+	if err != nil {
+		t.Fatalf("build kube-apiserver: %v", err)
+	}
+	l := newTestLab(t, lab.Options{Prefix: "wgmcx", Nodes: 2, Wgmesh: bin})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	n1, n2 := l.Nodes[0], l.Nodes[1]
+	p1, p2 := n1.Pods[0], n2.Pods[0]
+	k := &k8sLab{Lab: l, wgmesh: bin, agents: map[string]*lab.Agent{}, kubeconfigs: map[string]string{}}
+	k.server, err = apiserver.Start(ctx, apiserver.Options{Dir: t.TempDir(), BinDir: binDir, NetNS: n1.NS, BindAddress: n1.Underlay})
+	if err != nil {
+		t.Fatalf("start kube-apiserver in %s on %s: %v", n1.NS, n1.Underlay, err)
+	}
+	// After the API server, as startK8sLab explains.
+	if k.capture, err = l.StartCapture(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := k.server.Stop(); err != nil {
+			t.Errorf("stop kube-apiserver: %v", err)
+		}
+	})
+	t.Cleanup(k.stopAgents)
+	k.admin = k8sClient(t, k.server, apiserver.Admin)
+	k8sApplyDeploy(t, ctx, k.server)
+	for _, n := range l.Nodes {
+		k.register(t, ctx, n)
+	}
+	k8sWaitPolicyActive(t, ctx, k8sAgentClient(t, k.server, n1.Name), n2.Name)
+	for _, n := range l.Nodes {
+		if _, err := n.Keygen(ctx); err != nil {
+			t.Fatal(err)
+		}
+		k.startAgent(t, n)
+	}
+	k.waitMesh(t, ctx, l.Nodes)
+	apiURL := k.server.URL()
+	t.Logf("measured: API server on %s's node address at %s; agents ready", n1.Name, apiURL)
+
+	// podToAPI connects from pod2 to the API server and reports the HTTP
+	// status (any status means the connection worked).
+	podToAPI := func(ctx context.Context) (string, error) {
+		return sh(ctx, p2.NS, fmt.Sprintf("curl -sk -o /dev/null -w '%%{http_code}' --connect-timeout 3 --max-time 5 %s/version", apiURL))
+	}
+	for _, fam := range families {
+		if err := waitPing(withTimeout(ctx, 30*time.Second), p2, p1.Addr(fam)); err != nil {
+			t.Fatalf("pod to pod IPv%d %s -> %s: %v", fam, p2.Name, p1.Name, err)
+		}
+	}
+	if code, err := podToAPI(ctx); err != nil {
+		t.Errorf("%s -> API server on %s's node address: %v", p2.Name, n1.Name, err)
+	} else {
+		t.Logf("measured: %s -> API server on %s's node address: HTTP %s", p2.Name, n1.Name, code)
+	}
+
+	// The agents' own way to the API server stays outside the tunnel.
+	for _, args := range []string{n1.Underlay.String(), n1.Underlay.String() + " from " + n2.Underlay.String()} {
+		if out := mustSh(t, ctx, n2.NS, "ip route get "+args); !strings.Contains(out, " dev eth0 ") {
+			t.Errorf("%s: ip route get %s = %q, want the underlay eth0: the agent's way to the API server must stay outside the tunnel", n2.Name, args, strings.TrimSpace(out))
+		}
+	}
+
+	// Rotate node2's key: node1 drops node2's tunnel packets until node2's
+	// agent has published the key through the API server on node1.
+	rotated := time.Now()
+	if _, err := n2.RotateKey(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := n1.WaitPeers(withTimeout(ctx, 60*time.Second), n2); err != nil {
+		t.Fatalf("%s did not learn %s's rotated key through the API server on %s's address (bootstrap deadlock?): %v\n%s",
+			n1.Name, n2.Name, n1.Name, err, k.agent(n2.Name).LogTail(30))
+	}
+	for _, fam := range families {
+		if err := waitPing(withTimeout(ctx, 30*time.Second), p2, p1.Addr(fam)); err != nil {
+			t.Errorf("after the rotation, pod to pod IPv%d %s -> %s: %v", fam, p2.Name, p1.Name, err)
+		}
+	}
+	t.Logf("measured: %s's rotated key published through the API server on %s and the tunnel back after %s",
+		n2.Name, n1.Name, time.Since(rotated).Round(time.Millisecond))
+	err = lab.Poll(withTimeout(ctx, 30*time.Second), 300*time.Millisecond, func(ctx context.Context) (bool, error) {
+		_, err := podToAPI(ctx)
+		return err == nil, err
+	})
+	if err != nil {
+		t.Errorf("after the rotation, %s -> API server on %s's node address: %v", p2.Name, n1.Name, err)
+	}
+	r := k.stopCapture(t)
+	requireNoPlaintext(t, r)
 }

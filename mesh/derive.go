@@ -173,9 +173,9 @@ type claim struct {
 	owner  int // index into deriver.cands; -1 for the local node
 	host   bool
 	// outside: a host IP that is also an endpoint or a KeepOutside
-	// address. It is an AllowedIP and a host-table route like any host IP,
-	// but never a main-table route: host-sourced traffic to it (the
-	// agent's) must not enter the tunnel.
+	// address (set with HostEncryption only). It is an AllowedIP and a
+	// host-table route like any host IP, but never a main-table route:
+	// host-sourced traffic to it (the agent's) must not enter the tunnel.
 	outside bool
 	// contested: overlaps another node's claim.
 	contested bool
@@ -745,8 +745,10 @@ func (d *deriver) appendClaims(dst []claim, owner int, name string, pods []netip
 		}
 		// A peer's endpoint (usually its host IP) and the API server stay
 		// outside the tunnel for host traffic, so the agent can always
-		// reach them: such a claim gets no main-table route.
-		outside := owner >= 0 && d.isEndpointOrOption(a)
+		// reach them: such a claim gets no main-table route. Only host
+		// encryption gives host IPs main-table routes, so only then does
+		// the lookup matter.
+		outside := owner >= 0 && d.o.HostEncryption && d.isEndpointOrOption(a)
 		cs = append(cs, claim{prefix: netip.PrefixFrom(a, a.BitLen()), owner: owner, host: true, outside: outside})
 	}
 	mine := cs[start:]
@@ -801,9 +803,9 @@ func (d *deriver) checkOwnAndKeepOutside() {
 		if ok && o.host && !inside && !c.host {
 			// A pod CIDR holding a local host IP: the keep-outside check
 			// below reports it, unless it holds an own pod CIDR as well.
-			i := slices.IndexFunc(d.own, func(x claim) bool { return !x.host && c.prefix.Overlaps(x.prefix) })
-			if ok = i >= 0; ok {
-				o = d.own[i]
+			j := slices.IndexFunc(d.own, func(x claim) bool { return !x.host && c.prefix.Overlaps(x.prefix) })
+			if ok = j >= 0; ok {
+				o = d.own[j]
 			}
 		}
 		if ok {
@@ -978,9 +980,18 @@ func describe(c claim) string {
 // visited in the sweep's order, sorted by prefix, so routes and strict
 // sources come out sorted without another sort of thousands of entries.
 func (d *deriver) build() Desired {
+	nHost := 0
+	for i := range d.claims {
+		if d.claims[i].host {
+			nHost++
+		}
+	}
 	out := Desired{
 		Peers:         make([]Peer, 0, len(d.cands)),
-		StrictSources: make([]netip.Prefix, 0, len(d.claims)),
+		StrictSources: make([]netip.Prefix, 0, len(d.claims)-nHost),
+	}
+	if nHost > 0 {
+		out.HostRoutes = make([]Route, 0, nHost)
 	}
 	// fallback is the route for pod CIDRs that cannot be encrypted.
 	fallback := Unreachable

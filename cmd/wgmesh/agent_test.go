@@ -223,7 +223,7 @@ func TestPrivilegedAgentPeersFile(t *testing.T) {
 		t.Errorf("interface %s still there after cleanup", a.iface)
 	}
 	rules, _ := exec.Command("ip", "-n", a.ns, "rule").Output()
-	if strings.Contains(string(rules), "lookup 51820") {
+	if strings.Contains(string(rules), "lookup 51820") || strings.Contains(string(rules), "lookup 51821") {
 		t.Errorf("policy rule still there after cleanup:\n%s", rules)
 	}
 }

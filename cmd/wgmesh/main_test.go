@@ -91,6 +91,8 @@ func TestAgentFlagErrors(t *testing.T) {
 		{"unknown command", []string{"frobnicate"}, nil, "frobnicate"},
 		{"status output", []string{"status", "-o", "yaml"}, nil, "-o"},
 		{"cleanup annotations without node", []string{"cleanup", "--remove-annotations"}, nil, "--node-name"},
+		{"cleanup host route table", []string{"cleanup", "--route-table=9", "--host-route-table=9"}, nil, "--host-route-table"},
+		{"cleanup rule priority one", []string{"cleanup", "--rule-priority=1"}, nil, "--rule-priority"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := wgmesh(t, tc.env, tc.args...)
