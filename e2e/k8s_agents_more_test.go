@@ -177,7 +177,12 @@ func k8sPeerHasKey(ctx context.Context, n, m *lab.Node, oldKey, newKey string) (
 	if err != nil {
 		return false, err
 	}
+	// A peer's AllowedIPs are its pod CIDRs and its node addresses (so
+	// replies from them through the tunnel are accepted).
 	want := []string{m.PodCIDR4.String(), m.PodCIDR6.String()}
+	for _, a := range m.HostIPs() {
+		want = append(want, netip.PrefixFrom(a, a.BitLen()).String())
+	}
 	sort.Strings(want)
 	var found bool
 	for _, p := range peers {
