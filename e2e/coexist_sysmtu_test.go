@@ -6,9 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os"
 	"path/filepath"
-	"runtime"
 	"sort"
 	"strings"
 	"sync"
@@ -16,9 +14,8 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/wgmesh/wgmesh/e2e/lab"
+	"golang.org/x/sys/unix"
 )
 
 // The coexistence scenarios of the host-wide sysctls (issue #11, scenario 2)
@@ -132,7 +129,7 @@ EOF
 		return nil, fmt.Errorf("route to the service on %s: %w\n%s", client.Name, err, out)
 	}
 	var ln net.Listener
-	err := sysmtuInNS(on.NS, func() error {
+	err := lab.InNetNS(on.NS, func() error {
 		lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
 			var serr error
 			if err := c.Control(func(fd uintptr) {
@@ -182,7 +179,7 @@ func (s *tproxyService) probe(ctx context.Context, n int) (ok int, fails []strin
 	dst := fmt.Sprintf("%s:%d", tproxyVIP, tproxyPort)
 	for range n {
 		var c net.Conn
-		err := sysmtuInNS(s.client.NS, func() error {
+		err := lab.InNetNS(s.client.NS, func() error {
 			var err error
 			d := net.Dialer{Timeout: 2 * time.Second}
 			c, err = d.DialContext(ctx, "tcp4", dst)
@@ -246,41 +243,6 @@ func compareSrcValidMarks(t *testing.T, ctx context.Context, n *lab.Node, when s
 	if len(changed) > 0 {
 		t.Errorf("%s: net.ipv4.conf.*.src_valid_mark changed on %s: %s", when, n.Name, strings.Join(changed, ", "))
 	}
-}
-
-// sysmtuInNS runs fn on an OS thread inside namespace ns; sockets it opens
-// stay in that namespace (as the lab's own traffic helpers do).
-func sysmtuInNS(ns string, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := os.Open("/proc/thread-self/ns/net")
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer orig.Close()
-		target, err := os.Open(filepath.Join("/var/run/netns", ns))
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- err
-			return
-		}
-		defer target.Close()
-		if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("enter namespace %s: %w", ns, err)
-			return
-		}
-		ferr := fn()
-		// Back in the original namespace the thread may be reused;
-		// otherwise it ends with this goroutine.
-		if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err == nil {
-			runtime.UnlockOSThread()
-		}
-		errc <- ferr
-	}()
-	return <-errc
 }
 
 // underlayMTU is the underlay MTU of the MTU scenario: small enough that the

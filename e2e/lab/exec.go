@@ -67,6 +67,10 @@ func processAlive(pid int) bool {
 	return err == nil || errors.Is(err, syscall.EPERM)
 }
 
+// InNetNS is inNetNS for tests that open their own sockets inside a lab
+// namespace (a transparent listener, a raw probe).
+func InNetNS(ns string, fn func() error) error { return inNetNS(ns, fn) }
+
 // inNetNS runs fn on an OS thread switched into the named namespace. Sockets
 // created by fn stay in that namespace for their whole life, so the caller
 // can use them from any goroutine afterwards; that is how the traffic helpers
