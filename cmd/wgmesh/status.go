@@ -143,6 +143,13 @@ func printStatus(w io.Writer, st metrics.Status, now time.Time) error {
 			kv("Strict mode", "OFF (--allow-unencrypted: nodes without a key get plaintext)")
 		}
 		kv("Ready", st.Ready)
+		for _, c := range st.Conditions {
+			v := c.Reason + ": " + c.Message
+			if c.Since != nil {
+				v += " (for " + age(now.Sub(*c.Since)) + ")"
+			}
+			kv("STALE", v)
+		}
 		if st.LastReconcile != nil {
 			r := fmt.Sprintf("%s ago, took %s", age(now.Sub(st.LastReconcile.Time)), time.Duration(st.LastReconcile.DurationSeconds*float64(time.Second)).Round(time.Millisecond))
 			if st.LastReconcile.Error != "" {

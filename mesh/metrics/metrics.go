@@ -83,6 +83,14 @@ type Options struct {
 	// Ready reports whether the agent is ready: device up, source synced and
 	// last apply successful (mesh.Reconciler.Ready).
 	Ready func() bool
+	// Conditions returns why the configuration in force is stale
+	// (mesh.Reconciler.Conditions). Any condition makes the agent not
+	// ready; /readyz, /status and wgmesh_stale report them.
+	Conditions func() []mesh.Condition
+	// SourceState reads the source's state, for
+	// wgmesh_source_last_success_timestamp_seconds; ok is false for sources
+	// that do not report one (Kubernetes).
+	SourceState func() (st mesh.SourceState, ok bool)
 	// Logger receives scrape-time errors; nil discards them.
 	Logger *slog.Logger
 }
@@ -215,6 +223,24 @@ func (m *Metrics) Last() (mesh.Result, bool) {
 	return *m.last, true
 }
 
+// conditions returns the current stale conditions (none without
+// Options.Conditions).
+func (m *Metrics) conditions() []mesh.Condition {
+	if m.o.Conditions == nil {
+		return nil
+	}
+	return m.o.Conditions()
+}
+
+// ready is Options.Ready and no stale condition: an agent whose input is
+// not in force is not ready (README, "Metrics", says why).
+func (m *Metrics) ready(conds []mesh.Condition) bool {
+	if m.o.Ready != nil && !m.o.Ready() {
+		return false
+	}
+	return len(conds) == 0
+}
+
 // nodeName returns the node a peer key was programmed for, "" if unknown.
 func (m *Metrics) nodeName(k mesh.Key) string {
 	m.mu.Lock()
@@ -238,6 +264,13 @@ var (
 		"Plaintext packets from remote pod CIDRs dropped by strict mode because they did not arrive through the tunnel.", nil, nil)
 	descEgressDropped = prometheus.NewDesc(Namespace+"_egress_dropped_packets_total",
 		"Packets to remote pod CIDRs dropped by the egress guard because they were about to leave outside the tunnel (another component's mark, rule or route).", nil, nil)
+	descStale = prometheus.NewDesc(Namespace+"_stale",
+		"1 while the configuration in force is stale for the reason (SourceInvalid: the peers file on disk is unreadable or invalid and the last good one stays; SelfMismatch: the file gives this node another public key; PublishFailed: this node's identity could not be published), else 0. The agent is not ready meanwhile.", []string{"reason"}, nil)
+	descSourceSuccess = prometheus.NewDesc(Namespace+"_source_last_success_timestamp_seconds",
+		"Unix time the peers file was last read validly (0: never).", nil, nil)
+	// staleReasons are always exported, 0 or 1, so that an alert on
+	// wgmesh_stale > 0 has a series from the first scrape.
+	staleReasons        = []mesh.ConditionReason{mesh.ConditionSourceInvalid, mesh.ConditionSelfMismatch, mesh.ConditionPublishFailed}
 	descRoutingWarnings = prometheus.NewDesc(Namespace+"_routing_warnings",
 		"Problems of the last routing apply that did not fail it but leave the host short of the intended state (see wgmesh status).", nil, nil)
 )
@@ -253,6 +286,8 @@ func (c *scrapeCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descIngressDropped
 	ch <- descEgressDropped
 	ch <- descRoutingWarnings
+	ch <- descStale
+	ch <- descSourceSuccess
 }
 
 func (c *scrapeCollector) Collect(ch chan<- prometheus.Metric) {
@@ -265,6 +300,28 @@ func (c *scrapeCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descIngressDropped, prometheus.CounterValue, float64(rs.IngressDropped))
 		ch <- prometheus.MustNewConstMetric(descEgressDropped, prometheus.CounterValue, float64(rs.EgressDropped))
 		ch <- prometheus.MustNewConstMetric(descRoutingWarnings, prometheus.GaugeValue, float64(len(rs.Warnings)))
+	}
+	if m.o.Conditions != nil {
+		active := map[mesh.ConditionReason]bool{}
+		for _, c := range m.o.Conditions() {
+			active[c.Reason] = true
+		}
+		for _, r := range staleReasons {
+			v := 0.0
+			if active[r] {
+				v = 1
+			}
+			ch <- prometheus.MustNewConstMetric(descStale, prometheus.GaugeValue, v, string(r))
+		}
+	}
+	if m.o.SourceState != nil {
+		if st, ok := m.o.SourceState(); ok {
+			var ts float64
+			if !st.LastSuccess.IsZero() {
+				ts = float64(st.LastSuccess.UnixNano()) / 1e9
+			}
+			ch <- prometheus.MustNewConstMetric(descSourceSuccess, prometheus.GaugeValue, ts)
+		}
 	}
 	if m.o.Stats == nil {
 		return

@@ -339,6 +339,7 @@ func TestStatusSchema(t *testing.T) {
 		"node": "node-self", "interface": "wgmesh0", "backend": "kernel",
 		"publicKey": kSelf.String(), "listenPort": 51820.0,
 		"linkMTU": 1440.0, "podMTU": 1440.0, "strict": true, "ready": true, "agentRunning": true,
+		"conditions":            []any{},
 		"lastReconcile":         map[string]any{"time": "2026-01-02T03:04:00Z", "durationSeconds": 1.5},
 		"ingressDroppedPackets": 3.0,
 		"egressDroppedPackets":  2.0,
