@@ -120,7 +120,7 @@ func (f *agentFlags) register(fs *pflag.FlagSet, getenv func(string) string) {
 	fs.Int64Var(&f.hostRouteTable, "host-route-table", 0, "routing table for pod traffic to other nodes' addresses; 0 = --route-table + 1")
 	fs.IntVar(&f.rulePriority, "rule-priority", d.Priority, "priority of the policy rule that selects the wgmesh table (2-32765; the host-route rules take one less)")
 	fs.StringVar(&f.fwmark, "fwmark", fmt.Sprintf("%#x", d.FwMark), "firewall mark bit of encrypted packets, so they skip the wgmesh table (exactly one bit)")
-	fs.StringVar(&f.tunnelAddress, "tunnel-address", string(mesh.TunnelAddressFirst), "interface address: first (first address of the own pod CIDRs), none, or IPs (comma-separated, one per family)")
+	fs.StringVar(&f.tunnelAddress, "tunnel-address", string(mesh.TunnelAddressAuto), "interface address: auto (IPv4: the own pod CIDR's first address; IPv6: its first address + 1, not the subnet-router anycast address), first (the first address of both; the old default), none, or IPs (comma-separated, one per family)")
 	fs.StringVar(&f.unmanagedNodes, "unmanaged-nodes", "", "label selector of nodes outside the mesh (plaintext, reported), e.g. kubernetes.io/os=windows")
 	fs.StringVar(&f.metricsAddr, "metrics-addr", fmt.Sprintf(":%d", metrics.DefaultPort), "address of /metrics, /healthz, /readyz and /status; empty disables")
 }
@@ -340,11 +340,13 @@ func parseKeepalive(s string) (time.Duration, error) {
 	return d, nil
 }
 
-// parseTunnelAddress parses first, none, or a comma-separated list of at
+// parseTunnelAddress parses auto, first, none, or a comma-separated list of at
 // most one address per enabled family.
 func parseTunnelAddress(s string, ipv4, ipv6 bool) (mesh.TunnelAddressMode, []netip.Addr, error) {
 	switch strings.TrimSpace(s) {
-	case "", string(mesh.TunnelAddressFirst):
+	case "", string(mesh.TunnelAddressAuto):
+		return mesh.TunnelAddressAuto, nil, nil
+	case string(mesh.TunnelAddressFirst):
 		return mesh.TunnelAddressFirst, nil, nil
 	case string(mesh.TunnelAddressNone):
 		return mesh.TunnelAddressNone, nil, nil
@@ -354,7 +356,7 @@ func parseTunnelAddress(s string, ipv4, ipv6 bool) (mesh.TunnelAddressMode, []ne
 	for _, part := range strings.Split(s, ",") {
 		a, err := netip.ParseAddr(strings.TrimSpace(part))
 		if err != nil {
-			return "", nil, fmt.Errorf("want first, none or IP addresses separated by commas; %q is not an IP address", part)
+			return "", nil, fmt.Errorf("want auto, first, none or IP addresses separated by commas; %q is not an IP address", part)
 		}
 		a = a.Unmap()
 		switch {
