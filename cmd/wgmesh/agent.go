@@ -180,6 +180,8 @@ func (a *app) runAgent(ctx context.Context, cfg agentConfig) (err error) {
 		Backend:    dev.Backend(),
 		ListenPort: cfg.ListenPort,
 		Strict:     !cfg.Derive.AllowUnencrypted,
+		Version:    ver,
+		Commit:     rev,
 		// What /status reports as encrypted.
 		HostEncryption: cfg.Derive.HostEncryption,
 		Stats: func(ctx context.Context) ([]metrics.PeerStats, error) {

@@ -12,6 +12,7 @@ import (
 	"context"
 	"log/slog"
 	"net/netip"
+	"runtime"
 	"sync"
 	"time"
 
@@ -91,6 +92,8 @@ type Options struct {
 	// wgmesh_source_last_success_timestamp_seconds; ok is false for sources
 	// that do not report one (Kubernetes).
 	SourceState func() (st mesh.SourceState, ok bool)
+	// Version and Commit label wgmesh_build_info.
+	Version, Commit string
 	// Logger receives scrape-time errors; nil discards them.
 	Logger *slog.Logger
 }
@@ -157,22 +160,57 @@ func New(o Options) *Metrics {
 		reconcileTime: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Namespace: Namespace, Name: "reconcile_duration_seconds",
 			Help: "Time one reconcile took to apply device and routing state.",
-			// 1 ms to ~20 s: a no-op reconcile takes about a millisecond, a
-			// cold start with thousands of peers and routes several seconds.
-			Buckets: prometheus.ExponentialBuckets(0.001, 3, 10),
+			// 1 ms to 20 s in round 1-2.5-5 steps: a no-op reconcile takes
+			// about a millisecond, a cold start with thousands of peers and
+			// routes several seconds.
+			Buckets: []float64{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20},
 		}),
 		nodeOf: map[mesh.Key]string{},
 	}
 	// Pre-create both result series so rate() works from the first scrape.
 	m.reconciles.WithLabelValues(ResultSuccess)
 	m.reconciles.WithLabelValues(ResultError)
+	m.zeroProblems()
+	ver, rev := o.Version, o.Commit
+	buildInfo := prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: Namespace, Name: "build_info",
+		Help:        "Always 1; the agent's version and commit and the Go version that built it.",
+		ConstLabels: prometheus.Labels{"version": ver, "commit": rev, "goversion": runtime.Version()},
+	})
+	buildInfo.Set(1)
 	m.reg.MustRegister(
+		buildInfo,
 		m.peers, m.unencrypted, m.problems, m.warnings, m.reconciles, m.reconcileTime,
 		&scrapeCollector{m: m},
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
 	return m
+}
+
+// knownReasons are exported at 0 when absent, so that wgmesh_problems and
+// wgmesh_warnings have series (and HELP/TYPE) from the first scrape. A
+// reason missing here still shows once it occurs.
+var knownReasons = []mesh.Reason{
+	mesh.ReasonInvalidName, mesh.ReasonDuplicateName,
+	mesh.ReasonInvalidKey, mesh.ReasonNoKey, mesh.ReasonDuplicateKey,
+	mesh.ReasonInvalidEndpoint, mesh.ReasonNoEndpoint, mesh.ReasonDuplicateEndpoint,
+	mesh.ReasonInvalidCIDR, mesh.ReasonCIDROverlap, mesh.ReasonOwnCIDROverlap,
+	mesh.ReasonUnmanaged, mesh.ReasonSelfMissing, mesh.ReasonSelfKeyMismatch,
+}
+
+// zeroProblems resets both problem gauges to 0 for every known reason, so
+// that a reason that no longer occurs goes to 0 instead of lingering.
+func (m *Metrics) zeroProblems() {
+	m.problems.Reset()
+	m.warnings.Reset()
+	for _, r := range knownReasons {
+		if r.Warning() {
+			m.warnings.WithLabelValues(string(r)).Set(0)
+		} else {
+			m.problems.WithLabelValues(string(r)).Set(0)
+		}
+	}
 }
 
 // Registry returns the registry holding every wgmesh metric.
@@ -193,8 +231,7 @@ func (m *Metrics) Observe(r mesh.Result) {
 	// lingering at its last count.
 	// Warnings have their own gauge, so the alert wgmesh_problems > 0 keeps
 	// meaning "something is left out of the mesh".
-	m.problems.Reset()
-	m.warnings.Reset()
+	m.zeroProblems()
 	for _, p := range r.Desired.Problems {
 		if p.Reason.Warning() {
 			m.warnings.WithLabelValues(string(p.Reason)).Inc()
@@ -256,7 +293,7 @@ var (
 		"Bytes received from the node's WireGuard peer.", []string{"node"}, nil)
 	descPeerTx = prometheus.NewDesc(Namespace+"_peer_transmit_bytes_total",
 		"Bytes sent to the node's WireGuard peer.", []string{"node"}, nil)
-	descPeerHandshake = prometheus.NewDesc(Namespace+"_peer_last_handshake_seconds",
+	descPeerHandshake = prometheus.NewDesc(Namespace+"_peer_last_handshake_timestamp_seconds",
 		"Unix time of the last completed handshake with the node's peer (0: never).", []string{"node"}, nil)
 	descDeviceInfo = prometheus.NewDesc(Namespace+"_device_info",
 		"The WireGuard interface and its backend; always 1.", []string{"backend", "interface"}, nil)
