@@ -246,3 +246,60 @@ func TestPrivilegedFirstHourTunnelAddress(t *testing.T) {
 	}
 	requireNoPlaintext(t, m.stopCapture(t))
 }
+
+// TestPrivilegedFirstHourCLI: the CLI behaves like kubectl and tells the
+// truth: bare wgmesh is a usage error, --version exists, status -o json
+// always prints a document, status names the interface the agent serves,
+// status describes a userspace interface whose agent stopped, and cleanup
+// validates its flags as the agent does and says what it removed and what
+// it did not find.
+func TestPrivilegedFirstHourCLI(t *testing.T) {
+	labRequireRoot(t)
+	m := startLabMesh(t, labMeshOptions{Options: lab.Options{Nodes: 2, Prefix: "wgmfc"}, AgentArgs: []string{"--backend", "userspace"}})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	n1, n2 := m.Nodes[0], m.Nodes[1]
+
+	if out, err := n1.Wgmesh(ctx); err == nil || !strings.Contains(out, "Available Commands") {
+		t.Errorf("bare wgmesh: %v, want the help and a non-zero exit:\n%s", err, out)
+	}
+	if out, err := n1.Wgmesh(ctx, "--version"); err != nil || !strings.HasPrefix(out, "wgmesh ") {
+		t.Errorf("wgmesh --version: %v\n%s", err, out)
+	}
+	out, err := n2.Wgmesh(ctx, "status", "--interface", "wgnone0")
+	if err == nil || !strings.Contains(out, "--interface "+n2.Interface) {
+		t.Errorf("status for an interface the agent does not serve: %v, want a hint to pass --interface %s:\n%s", err, n2.Interface, out)
+	}
+	out, err = n2.Wgmesh(ctx, "status", "-o", "json", "--interface", "wgnone0")
+	if err == nil || !strings.Contains(out, `"kind": "Error"`) {
+		t.Errorf("status -o json on failure: %v, want a kind Error document:\n%s", err, out)
+	}
+
+	if err := m.agents[n1.Name].Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	out, err = n1.Wgmesh(ctx, "status", "--interface", n1.Interface)
+	if err != nil || !strings.Contains(out, "AgentNotRunning") {
+		t.Errorf("status of a userspace interface without its agent: %v, want it described:\n%s", err, out)
+	}
+	out, err = n1.Wgmesh(ctx, "cleanup", "--interface", n1.Interface, "--fwmark", "0x3000")
+	if err == nil || !strings.Contains(out, "single nonzero bit") {
+		t.Errorf("cleanup --fwmark 0x3000 (two bits, refused by the agent): %v, want the agent's refusal:\n%s", err, out)
+	}
+	if o, _ := n1.Exec(ctx, "ip", "link", "show", n1.Interface); !strings.Contains(o, n1.Interface) {
+		t.Fatalf("a refused cleanup removed the interface")
+	}
+	out, err = n1.Wgmesh(ctx, "cleanup", "--interface", n1.Interface)
+	if err != nil {
+		t.Fatalf("cleanup: %v\n%s", err, out)
+	}
+	for _, want := range []string{"removed: interface " + n1.Interface, "removed: 4 policy rules", "removed: nftables table", "wgmesh routes"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("cleanup output lacks %q:\n%s", want, out)
+		}
+	}
+	out, err = n1.Wgmesh(ctx, "cleanup", "--interface", n1.Interface)
+	if err != nil || !strings.Contains(out, "not found: interface "+n1.Interface) || strings.Contains(out, "removed:") {
+		t.Errorf("second cleanup: %v, want every item not found:\n%s", err, out)
+	}
+}
