@@ -110,7 +110,7 @@ func (f *agentFlags) register(fs *pflag.FlagSet, getenv func(string) string) {
 	fs.IntVar(&f.listenPort, "listen-port", defaultListenPort, "UDP port the interface listens on (1-65535)")
 	fs.StringVar(&f.endpoint, "endpoint", "", "endpoint to publish, IP or IP:port (default: the Node's InternalIP and --listen-port; with --peers-file, the file's entry)")
 	fs.StringVar(&f.keyFile, "key-file", mesh.DefaultKeyFile, "private key file, created (0600) if absent; a file readable by group or others is refused")
-	fs.IntVar(&f.mtu, "mtu", 0, "interface MTU; 0 = underlay MTU minus WireGuard overhead (the underlay is the peers file entry's endpoint address, else the default route); a fixed MTU must be 1280-65535 with IPv6 (576- without)")
+	fs.IntVar(&f.mtu, "mtu", 0, "interface MTU; 0 = underlay MTU minus WireGuard overhead (the underlay is the peers file entry's endpoint address, else the default route); a fixed MTU must be 1280-65535 with IPv6, 576-65535 without")
 	fs.BoolVar(&f.hostEncryption, "host-encryption", false, "also encrypt traffic between the nodes' own addresses (InternalIP)")
 	fs.BoolVar(&f.allowUnencrypted, "allow-unencrypted", false, "send pod traffic to nodes without a key in plaintext instead of dropping it (reported loudly)")
 	fs.BoolVar(&f.ipv4, "ipv4", true, "mesh IPv4 pod CIDRs")
