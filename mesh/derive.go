@@ -1212,10 +1212,12 @@ func (d *deriver) addresses() []netip.Prefix {
 			}
 		}
 	default:
-		// TunnelAddressFirst, "" and anything unknown (the flag parser
-		// rejects those): one address per family, from the lowest own pod
-		// CIDR of that family; tunnel routes use it as their preferred
-		// source. A /32 or /128 pod CIDR is its own first address.
+		// TunnelAddressAuto, TunnelAddressFirst, "" and anything unknown
+		// (the flag parser rejects those): one address per family, from
+		// the lowest own pod CIDR of that family; tunnel routes use it as
+		// their preferred source. A /32 or /128 pod CIDR is its own first
+		// address.
+		first := d.o.TunnelAddress == TunnelAddressFirst
 		var have4, have6 bool
 		for _, c := range d.own {
 			a := c.prefix.Addr()
@@ -1224,6 +1226,10 @@ func (d *deriver) addresses() []netip.Prefix {
 			}
 			have4 = have4 || a.Is4()
 			have6 = have6 || a.Is6()
+			if a.Is6() && !first && c.prefix.Bits() < 127 {
+				// Not the subnet-router anycast address (see TunnelAddressAuto).
+				a = a.Next()
+			}
 			addrs = append(addrs, netip.PrefixFrom(a, a.BitLen()))
 		}
 	}

@@ -39,7 +39,7 @@ func (f *fuzzInput) options() Options {
 	if b&16 != 0 {
 		o.Unmanaged = windowsUnmanaged
 	}
-	o.TunnelAddress = []TunnelAddressMode{TunnelAddressFirst, TunnelAddressNone, TunnelAddressFixed, ""}[b>>5&3]
+	o.TunnelAddress = []TunnelAddressMode{TunnelAddressFirst, TunnelAddressNone, TunnelAddressFixed, "", TunnelAddressAuto}[int(b>>5&7)%5]
 	if o.TunnelAddress == TunnelAddressFixed {
 		o.TunnelAddrs = []netip.Addr{f.addr(), f.addr()}
 	}

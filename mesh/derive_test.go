@@ -728,6 +728,28 @@ func deriveCases() []deriveCase {
 			},
 		},
 		{
+			// The default: IPv6 takes the first address + 1, never the
+			// subnet-router anycast address; IPv4 the first address; a
+			// /127 its first address (no anycast address, RFC 6164).
+			name:  "tunnel-address-auto-from-host-sized-and-several-cidrs",
+			self:  node("self", 1, "198.18.0.1:51820", "10.244.9.0/24", "10.244.0.5/32", "fd00:10:244::/64", "fd00:10:243::/64"),
+			nodes: []Node{nodeA},
+			opts:  func(o *Options) { o.TunnelAddress = TunnelAddressAuto },
+			peers: []string{"a"},
+			problems: []string{
+				"self SelfMissing",
+			},
+		},
+		{
+			name:  "tunnel-address-auto-ipv6-127",
+			self:  node("self", 1, "198.18.0.1:51820", "fd00:10:244::/127"),
+			nodes: []Node{nodeA},
+			peers: []string{"a"},
+			problems: []string{
+				"self SelfMissing",
+			},
+		},
+		{
 			name:  "unknown-tunnel-mode-and-negative-keepalive",
 			self:  self,
 			nodes: []Node{self, nodeA},

@@ -187,7 +187,19 @@ type Desired struct {
 type TunnelAddressMode string
 
 const (
-	// TunnelAddressFirst takes the first address of each own pod CIDR.
+	// TunnelAddressAuto, the default, takes one unicast address per family
+	// from the lowest own pod CIDR of that family: for IPv4 its first
+	// address (as flannel does; never given to a pod, and a valid source as
+	// a /32), for IPv6 its first address + 1 (the first address of an IPv6
+	// subnet is the subnet-router anycast address, RFC 4291 2.6.1, not a
+	// unicast source). The IPv6 one is the address bridge/host-local IPAM
+	// keep for the gateway (on cni0): being on both interfaces of the same
+	// host is harmless, it is local either way. A /127 or /128 CIDR gives
+	// its first address.
+	TunnelAddressAuto TunnelAddressMode = "auto"
+	// TunnelAddressFirst takes the first address of each own pod CIDR
+	// (the default before "auto"; for IPv6 the subnet-router anycast
+	// address).
 	TunnelAddressFirst TunnelAddressMode = "first"
 	// TunnelAddressNone puts no address on the interface.
 	TunnelAddressNone TunnelAddressMode = "none"
@@ -204,7 +216,7 @@ type Options struct {
 	// Unmanaged reports whether a node is outside the mesh (e.g. matches the
 	// --unmanaged-nodes label selector). nil means no node is unmanaged.
 	Unmanaged func(labels map[string]string) bool
-	// TunnelAddress picks the interface address; "" means TunnelAddressFirst.
+	// TunnelAddress picks the interface address; "" means TunnelAddressAuto.
 	TunnelAddress TunnelAddressMode
 	TunnelAddrs   []netip.Addr
 	// KeepOutside are addresses that must never be routed into the tunnel

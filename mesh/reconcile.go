@@ -99,6 +99,10 @@ type Reconciler struct {
 
 	mu   sync.Mutex
 	last Result
+	// pubErr is the last publish failure, nil after a success; pubSince
+	// is when the failures began.
+	pubErr   error
+	pubSince time.Time
 }
 
 // NewReconciler checks o and fills its defaults.
@@ -157,6 +161,31 @@ func (r *Reconciler) Reload() {
 
 // Ready reports whether the source has synced and the last apply succeeded.
 func (r *Reconciler) Ready() bool { return r.ready.Load() }
+
+// Conditions returns why the configuration in force is stale, oldest
+// first: the source's current input is not in force or disagrees with this
+// agent (sources implementing StateReporter), or publishing this node's
+// identity fails. Empty when the agent runs what its input asks for. The
+// agent is not ready while any condition holds (see cmd/wgmesh).
+func (r *Reconciler) Conditions() []Condition {
+	var cs []Condition
+	if sr, ok := r.o.Source.(StateReporter); ok {
+		st := sr.State()
+		if st.Err != nil {
+			cs = append(cs, Condition{Reason: ConditionSourceInvalid, Message: st.Err.Error(), Since: st.FailingSince})
+		}
+		if st.SelfErr != nil {
+			cs = append(cs, Condition{Reason: ConditionSelfMismatch, Message: st.SelfErr.Error()})
+		}
+	}
+	r.mu.Lock()
+	if r.pubErr != nil {
+		cs = append(cs, Condition{Reason: ConditionPublishFailed, Message: r.pubErr.Error(), Since: r.pubSince})
+	}
+	r.mu.Unlock()
+	slices.SortStableFunc(cs, func(a, b Condition) int { return a.Since.Compare(b.Since) })
+	return cs
+}
 
 // Last returns the result of the last reconcile (the zero Result before the
 // first one).
@@ -258,6 +287,13 @@ func (l *loop) run(ctx context.Context, srcDone <-chan error) error {
 			}
 			return fmt.Errorf("reconciler: the node source stopped: %w", err)
 		case <-r.o.Source.Changes():
+			// A publish waiting for its backoff may succeed now (the peers
+			// file got this node's new key): try at once, so that the
+			// PublishFailed condition clears with the fix.
+			if l.needPublish && l.pubFailures > 0 {
+				l.publish.Stop()
+				l.doPublish(ctx)
+			}
 			l.changed()
 		case <-l.debounce.C:
 			l.debounceArmed = false
@@ -376,6 +412,19 @@ func (l *loop) doPublish(ctx context.Context) {
 	}
 	self := Self{Name: r.o.NodeName, PublicKey: l.key.PublicKey(), Endpoint: r.o.Endpoint, Backend: r.o.Backend}
 	if err := r.o.Source.Publish(ctx, self); err != nil {
+		if ctx.Err() != nil {
+			return
+		}
+		// Before the first sync a failure is expected and the agent is
+		// not ready anyway; it is not a stale configuration.
+		if l.synced {
+			r.mu.Lock()
+			if r.pubErr == nil {
+				r.pubSince = time.Now()
+			}
+			r.pubErr = err
+			r.mu.Unlock()
+		}
 		l.pubFailures++
 		delay := r.backoff(l.pubFailures)
 		// Before the first sync a source may not be able to publish yet (the
@@ -389,6 +438,9 @@ func (l *loop) doPublish(ctx context.Context) {
 		return
 	}
 	l.needPublish, l.pubFailures = false, 0
+	r.mu.Lock()
+	r.pubErr = nil
+	r.mu.Unlock()
 	r.log.Info("published this node's identity", "publicKey", self.PublicKey.String(), "endpoint", endpointText(self.Endpoint), "backend", string(self.Backend))
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -81,14 +82,33 @@ func (a *app) runAgent(ctx context.Context, cfg agentConfig) (err error) {
 		return fmt.Errorf("refusing to start wgmesh instance %s: %w", cfg.Interface, err)
 	}
 	defer claim.Close()
+	// The metrics address is bound now and held until the server uses it,
+	// so that a clash (another agent's address, usually) is refused before
+	// the host changes, and nothing can take the port in between.
+	var metricsLn net.Listener
 	if cfg.MetricsAddr != "" {
-		// Checked now, not when the server starts, so that a clash leaves
-		// the host as it was. Another agent's address is the usual cause.
 		ln, err := net.Listen("tcp", cfg.MetricsAddr)
 		if err != nil {
 			return fmt.Errorf("refusing to start wgmesh instance %s: metrics address %s is in use (another wgmesh agent?): pick another --metrics-addr: %w", cfg.Interface, cfg.MetricsAddr, err)
 		}
-		ln.Close()
+		metricsLn = ln
+		defer func() {
+			if metricsLn != nil {
+				metricsLn.Close()
+			}
+		}()
+	}
+	// A peers file that is not there at all is a wrong path far more
+	// often than a file about to appear: say so instead of waiting forever
+	// (a file that exists but is invalid is waited for, and reported).
+	if cfg.Source == sourcePeersFile {
+		if _, err := os.Stat(cfg.PeersFile); err != nil {
+			why := err
+			if errors.Is(err, fs.ErrNotExist) {
+				why = errors.New("no such file")
+			}
+			return fmt.Errorf("refusing to start wgmesh instance %s: peers file %s (--peers-file): %v; create it (README, \"Bare hosts with a peers file\") or correct the path", cfg.Interface, cfg.PeersFile, why)
+		}
 	}
 	warnPreviousRun(log, inst)
 
@@ -104,6 +124,12 @@ func (a *app) runAgent(ctx context.Context, cfg agentConfig) (err error) {
 		return err
 	}
 
+	// An interface this run creates is removed again if the start fails
+	// before the reconciler runs: a failed start leaves nothing behind. An
+	// interface a previous agent left stays (it keeps traffic encrypted or
+	// dropped).
+	_, lerr := netlink.LinkByName(cfg.Interface)
+	created := lerr != nil
 	dev, err := device.Open(ctx, device.Options{Name: cfg.Interface, Backend: cfg.Backend, MTU: cfg.MTU, DisableOffloads: cfg.DisableOffloads,
 		Alias: inst.Alias(), Logger: log})
 	if err != nil {
@@ -112,9 +138,19 @@ func (a *app) runAgent(ctx context.Context, cfg agentConfig) (err error) {
 	// The interface now carries this instance's alias: the next agent's
 	// check sees it.
 	claim.Started()
-	// Close, never Destroy: the interface, its peers and routes stay so
-	// that traffic stays encrypted (or dropped) until the next agent.
+	running := false
+	// Close, never Destroy once running: the interface, its peers and
+	// routes stay so that traffic stays encrypted (or dropped) until the
+	// next agent.
 	defer func() {
+		if !running && created {
+			if derr := dev.Destroy(); derr != nil {
+				err = errors.Join(err, fmt.Errorf("remove interface %s after the failed start: %w", cfg.Interface, derr))
+			} else {
+				log.Info("start failed; removed the interface this run created", "interface", cfg.Interface)
+			}
+			return
+		}
 		if cerr := dev.Close(); cerr != nil {
 			err = errors.Join(err, fmt.Errorf("release interface %s: %w", cfg.Interface, cerr))
 		}
@@ -144,6 +180,8 @@ func (a *app) runAgent(ctx context.Context, cfg agentConfig) (err error) {
 		Backend:    dev.Backend(),
 		ListenPort: cfg.ListenPort,
 		Strict:     !cfg.Derive.AllowUnencrypted,
+		Version:    ver,
+		Commit:     rev,
 		// What /status reports as encrypted.
 		HostEncryption: cfg.Derive.HostEncryption,
 		Stats: func(ctx context.Context) ([]metrics.PeerStats, error) {
@@ -163,7 +201,19 @@ func (a *app) runAgent(ctx context.Context, cfg agentConfig) (err error) {
 			k, err := keys.Load()
 			return k.PublicKey(), err
 		},
-		Ready:  func() bool { return rec != nil && rec.Ready() },
+		Ready: func() bool { return rec != nil && rec.Ready() },
+		Conditions: func() []mesh.Condition {
+			if rec == nil {
+				return nil
+			}
+			return rec.Conditions()
+		},
+		SourceState: func() (mesh.SourceState, bool) {
+			if sr, ok := src.(mesh.StateReporter); ok {
+				return sr.State(), true
+			}
+			return mesh.SourceState{}, false
+		},
 		Logger: log.With("component", "metrics"),
 	})
 
@@ -188,17 +238,16 @@ func (a *app) runAgent(ctx context.Context, cfg agentConfig) (err error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	errc := make(chan error, 2)
-	running := 0
-	if cfg.MetricsAddr != "" {
-		srv, err := m.Listen(cfg.MetricsAddr)
-		if err != nil {
-			return err
-		}
+	parts := 0
+	if metricsLn != nil {
+		srv := m.Serve(metricsLn)
+		metricsLn = nil // the server closes it
 		log.Info("serving metrics, health and status", "addr", srv.Addr().String())
-		running++
+		parts++
 		go func() { errc <- srv.Run(ctx) }()
 	}
-	running++
+	parts++
+	running = true
 	go func() { errc <- rec.Run(ctx) }()
 
 	hup := make(chan os.Signal, 1)
@@ -206,13 +255,13 @@ func (a *app) runAgent(ctx context.Context, cfg agentConfig) (err error) {
 	defer signal.Stop(hup)
 
 	var errs []error
-	for running > 0 {
+	for parts > 0 {
 		select {
 		case <-hup:
 			log.Info("SIGHUP: re-reading the key file and the source")
 			rec.Reload()
 		case err := <-errc:
-			running--
+			parts--
 			if err != nil {
 				errs = append(errs, err)
 			}

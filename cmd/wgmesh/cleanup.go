@@ -1,16 +1,19 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
-	"strconv"
 	"strings"
 
 	"github.com/spf13/cobra"
 	"github.com/vishvananda/netlink"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
 
 	"github.com/wgmesh/wgmesh/device"
 	"github.com/wgmesh/wgmesh/instance"
+	"github.com/wgmesh/wgmesh/mesh/kube"
 	"github.com/wgmesh/wgmesh/routing"
 )
 
@@ -45,29 +48,34 @@ refuses while an agent runs for the interface, and refuses an interface
 wgmesh did not create.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			ro := routing.DefaultOptions()
-			ro.Interface = iface
-			if table <= 0 || table > 0xffffffff || (table >= 253 && table <= 255) {
-				return usagef("--route-table %d: want 1-4294967295 except 253, 254 and 255", table)
-			}
-			ro.Table = int(table)
-			ht, err := hostRouteTable(table, hostTable)
-			if err != nil {
+			// The agent's own rules for these flags: a value the agent
+			// would refuse cannot name one of its instances.
+			if err := validateInterface(iface); err != nil {
 				return err
 			}
-			ro.HostTable = ht
-			if priority < 2 || priority > 32765 {
-				return usagef("--rule-priority %d: want 2-32765", priority)
+			ro := routing.DefaultOptions()
+			ro.Interface = iface
+			var err error
+			if ro.Table, ro.HostTable, ro.Priority, ro.FwMark, err = validateRouting(table, hostTable, priority, fwmark); err != nil {
+				return err
 			}
-			ro.Priority = priority
-			mark, err := strconv.ParseUint(strings.TrimSpace(fwmark), 0, 32)
-			if err != nil || mark == 0 {
-				return usagef("--fwmark %q: want a nonzero number such as 0x2000", fwmark)
-			}
-			ro.FwMark = uint32(mark)
 			ro.Logger = a.log
-			if removeAnnotations && nodeName == "" {
+			if removeAnnotations && strings.TrimSpace(nodeName) == "" {
 				return usagef("--remove-annotations needs --node-name (or NODE_NAME)")
+			}
+			if !removeAnnotations && cmd.Flags().Changed("kubeconfig") {
+				return usagef("--kubeconfig is used only with --remove-annotations")
+			}
+			// The API client is built before anything changes (a wrong
+			// kubeconfig must not stop a cleanup halfway); no API call is
+			// made before every local step is done.
+			var client kubernetes.Interface
+			if removeAnnotations {
+				cs, _, err := cliKubeClient(kubeconfig)
+				if err != nil {
+					return fmt.Errorf("refusing to clean up, nothing changed: --remove-annotations: %w", err)
+				}
+				client = cs
 			}
 
 			ctx := cmd.Context()
@@ -86,6 +94,7 @@ wgmesh did not create.`,
 			if err := instance.Check(instance.Params{Interface: iface, Table: ro.Table, HostTable: ro.HostTable}); err != nil {
 				return fmt.Errorf("refusing to clean up wgmesh instance %s with --route-table %d, nothing changed: %w", iface, ro.Table, err)
 			}
+			before := takeInventory(ro)
 			var errs []error
 			// Routes first: once they are gone nothing points at the
 			// interface any more.
@@ -95,29 +104,39 @@ wgmesh did not create.`,
 			if err := device.Remove(iface); err != nil {
 				errs = append(errs, fmt.Errorf("remove interface %s: %w", iface, err))
 			}
+			lines, left := cleanupReport(ro, before, takeInventory(ro))
+			for _, l := range lines {
+				fmt.Fprintln(a.out, l)
+			}
+			if len(left) > 0 && len(errs) == 0 {
+				errs = append(errs, fmt.Errorf("cleanup of %s left %s", iface, strings.Join(left, "; ")))
+			}
+			if before.nothingFound() {
+				a.log.Warn("nothing of this wgmesh instance was found: already cleaned up, or another --interface or --route-table?",
+					"interface", iface, "routeTable", ro.Table)
+			}
 			if removeAnnotations {
-				if err := a.removeAnnotations(ctx, kubeconfig, nodeName); err != nil {
+				removed, err := removeNodeAnnotations(ctx, client, nodeName)
+				switch {
+				case err != nil:
 					errs = append(errs, err)
+				case len(removed) == 0:
+					fmt.Fprintf(a.out, "not found: wgmesh.io/ annotations on node %s\n", nodeName)
+				default:
+					fmt.Fprintf(a.out, "removed: annotations %s from node %s\n", strings.Join(removed, ", "), nodeName)
 				}
 			}
-			if err := errors.Join(errs...); err != nil {
-				return err
-			}
-			fmt.Fprintf(a.out, "removed wgmesh interface %s, rules, routes (tables %d and %d) and nftables table inet %s\n", iface, ro.Table, ro.HostTable, routing.NFTTableName(iface))
-			if removeAnnotations {
-				fmt.Fprintf(a.out, "removed wgmesh.io/ annotations from node %s\n", nodeName)
-			}
-			return nil
+			return errors.Join(errs...)
 		},
 	}
 	f := cmd.Flags()
 	f.StringVar(&iface, "interface", device.DefaultName, "WireGuard interface")
-	f.Int64Var(&table, "route-table", int64(d.Table), "the agent's --route-table")
+	f.Int64Var(&table, "route-table", int64(d.Table), "the agent's --route-table (read from the interface when not given; 1-4294967295, not 253-255)")
 	f.Int64Var(&hostTable, "host-route-table", 0, "the agent's --host-route-table (0 = --route-table + 1)")
-	f.IntVar(&priority, "rule-priority", d.Priority, "the agent's --rule-priority")
-	f.StringVar(&fwmark, "fwmark", fmt.Sprintf("%#x", d.FwMark), "the agent's --fwmark")
+	f.IntVar(&priority, "rule-priority", d.Priority, "the agent's --rule-priority (2-32765)")
+	f.StringVar(&fwmark, "fwmark", fmt.Sprintf("%#x", d.FwMark), "the agent's --fwmark (a single bit)")
 	f.BoolVar(&removeAnnotations, "remove-annotations", false, "also remove the wgmesh.io/ annotations of the Node")
-	f.StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig for --remove-annotations (default: in-cluster)")
+	f.StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig for --remove-annotations (default: $KUBECONFIG, then ~/.kube/config, then in-cluster, as kubectl)")
 	f.StringVar(&nodeName, "node-name", a.getenv("NODE_NAME"), "Node whose annotations --remove-annotations removes (default $NODE_NAME)")
 	return cmd
 }
@@ -162,4 +181,27 @@ func (a *app) cleanupOptions(cmd *cobra.Command, ro *routing.Options) error {
 			"interface", ro.Interface, "recorded", rec.Table, "routeTable", ro.Table)
 	}
 	return nil
+}
+
+// removeNodeAnnotations removes wgmesh's annotations from the Node and
+// returns the ones it had (none: nothing to remove). A Node that does not
+// exist is an error: the name is probably wrong.
+func removeNodeAnnotations(ctx context.Context, client kubernetes.Interface, node string) ([]string, error) {
+	n, err := client.CoreV1().Nodes().Get(ctx, node, metav1.GetOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("--remove-annotations: read node %q (--node-name): %w", node, err)
+	}
+	var had []string
+	for _, k := range []string{kube.AnnotationPublicKey, kube.AnnotationEndpoint, kube.AnnotationBackend} {
+		if _, ok := n.Annotations[k]; ok {
+			had = append(had, k)
+		}
+	}
+	if len(had) == 0 {
+		return nil, nil
+	}
+	if err := kube.RemoveAnnotations(ctx, client, node); err != nil {
+		return nil, err
+	}
+	return had, nil
 }

@@ -102,25 +102,25 @@ type agentConfig struct {
 func (f *agentFlags) register(fs *pflag.FlagSet, getenv func(string) string) {
 	d := routing.DefaultOptions()
 	fs.StringVar(&f.nodeName, "node-name", getenv("NODE_NAME"), "this node's name (Kubernetes Node or peers-file entry); default $NODE_NAME")
-	fs.StringVar(&f.kubeconfig, "kubeconfig", "", "kubeconfig file; without it and without --peers-file the in-cluster configuration is used")
-	fs.StringVar(&f.peersFile, "peers-file", "", "peers file listing every host of the mesh (bare hosts, no Kubernetes)")
+	fs.StringVar(&f.kubeconfig, "kubeconfig", "", "kubeconfig file; excludes --peers-file; with neither, the in-cluster configuration is used (the agent does not read $KUBECONFIG or ~/.kube/config)")
+	fs.StringVar(&f.peersFile, "peers-file", "", "peers file listing every host of the mesh (bare hosts, no Kubernetes); excludes --kubeconfig; must exist at start")
 	fs.StringVar(&f.iface, "interface", device.DefaultName, "WireGuard interface name")
 	fs.StringVar(&f.backend, "backend", string(device.ChoiceAuto), "WireGuard backend: auto (kernel if available), userspace or kernel")
 	fs.BoolVar(&f.offloads, "offloads", true, "userspace backend: TUN segmentation offloads (TSO/GRO); turn off only to work around a kernel's TUN offload bugs")
-	fs.IntVar(&f.listenPort, "listen-port", defaultListenPort, "UDP port the interface listens on")
-	fs.StringVar(&f.endpoint, "endpoint", "", "endpoint to publish, IP or IP:port (default: the Node's InternalIP and --listen-port)")
-	fs.StringVar(&f.keyFile, "key-file", mesh.DefaultKeyFile, "private key file, created (0600) if absent")
-	fs.IntVar(&f.mtu, "mtu", 0, "interface MTU; 0 = underlay MTU minus WireGuard overhead, at least 1280 with IPv6 (576 without)")
+	fs.IntVar(&f.listenPort, "listen-port", defaultListenPort, "UDP port the interface listens on (1-65535)")
+	fs.StringVar(&f.endpoint, "endpoint", "", "endpoint to publish, IP or IP:port (default: the Node's InternalIP and --listen-port; with --peers-file, the file's entry)")
+	fs.StringVar(&f.keyFile, "key-file", mesh.DefaultKeyFile, "private key file, created (0600) if absent; a file readable by group or others is refused")
+	fs.IntVar(&f.mtu, "mtu", 0, "interface MTU; 0 = underlay MTU minus WireGuard overhead (the underlay is the peers file entry's endpoint address, else the default route); a fixed MTU must be 1280-65535 with IPv6, 576-65535 without")
 	fs.BoolVar(&f.hostEncryption, "host-encryption", false, "also encrypt traffic between the nodes' own addresses (InternalIP)")
 	fs.BoolVar(&f.allowUnencrypted, "allow-unencrypted", false, "send pod traffic to nodes without a key in plaintext instead of dropping it (reported loudly)")
 	fs.BoolVar(&f.ipv4, "ipv4", true, "mesh IPv4 pod CIDRs")
-	fs.BoolVar(&f.ipv6, "ipv6", true, "mesh IPv6 pod CIDRs")
+	fs.BoolVar(&f.ipv6, "ipv6", true, "mesh IPv6 pod CIDRs (at least one of --ipv4 and --ipv6)")
 	fs.StringVar(&f.keepalive, "keepalive", "0", "persistent keepalive, seconds or a duration such as 25s; 0 disables")
-	fs.Int64Var(&f.routeTable, "route-table", int64(d.Table), "routing table for wgmesh routes")
-	fs.Int64Var(&f.hostRouteTable, "host-route-table", 0, "routing table for pod traffic to other nodes' addresses; 0 = --route-table + 1")
+	fs.Int64Var(&f.routeTable, "route-table", int64(d.Table), "routing table for wgmesh routes (1-4294967295, not 253-255)")
+	fs.Int64Var(&f.hostRouteTable, "host-route-table", 0, "routing table for pod traffic to other nodes' addresses; 0 = --route-table + 1; not 253-255, not --route-table")
 	fs.IntVar(&f.rulePriority, "rule-priority", d.Priority, "priority of the policy rule that selects the wgmesh table (2-32765; the host-route rules take one less)")
 	fs.StringVar(&f.fwmark, "fwmark", fmt.Sprintf("%#x", d.FwMark), "firewall mark bit of encrypted packets, so they skip the wgmesh table (exactly one bit)")
-	fs.StringVar(&f.tunnelAddress, "tunnel-address", string(mesh.TunnelAddressFirst), "interface address: first (first address of the own pod CIDRs), none, or IPs (comma-separated, one per family)")
+	fs.StringVar(&f.tunnelAddress, "tunnel-address", string(mesh.TunnelAddressAuto), "interface address: auto (IPv4: the own pod CIDR's first address; IPv6: its first address + 1, not the subnet-router anycast address), first (the first address of both; the old default), none, or IPs (comma-separated, one per family)")
 	fs.StringVar(&f.unmanagedNodes, "unmanaged-nodes", "", "label selector of nodes outside the mesh (plaintext, reported), e.g. kubernetes.io/os=windows")
 	fs.StringVar(&f.metricsAddr, "metrics-addr", fmt.Sprintf(":%d", metrics.DefaultPort), "address of /metrics, /healthz, /readyz and /status; empty disables")
 }
@@ -169,8 +169,8 @@ func (f *agentFlags) validate(inCluster bool) (agentConfig, error) {
 		return c, usagef("no source of nodes: give --kubeconfig or --peers-file (in-cluster configuration needs KUBERNETES_SERVICE_HOST, which is not set)")
 	}
 
-	if c.Interface == "" || len(c.Interface) > 15 || strings.ContainsAny(c.Interface, " /\t\n:") || c.Interface == "." || c.Interface == ".." {
-		return c, usagef("--interface %q: want a Linux interface name of 1-15 characters without spaces, '/' or ':'", c.Interface)
+	if err := validateInterface(c.Interface); err != nil {
+		return c, err
 	}
 
 	switch b := device.Choice(f.backend); b {
@@ -213,31 +213,9 @@ func (f *agentFlags) validate(inCluster bool) (agentConfig, error) {
 		return c, usagef("--keepalive %q: %v", f.keepalive, err)
 	}
 
-	// Tables 253-255 are the kernel's default, main and local; 0 is
-	// "unspecified". Table IDs are 32-bit.
-	if f.routeTable <= 0 || f.routeTable > 0xffffffff || (f.routeTable >= 253 && f.routeTable <= 255) {
-		return c, usagef("--route-table %d: want 1-4294967295 except 253, 254 and 255 (the kernel's default, main and local tables)", f.routeTable)
-	}
-	c.Table = int(f.routeTable)
-
-	if c.HostTable, err = hostRouteTable(f.routeTable, f.hostRouteTable); err != nil {
+	if c.Table, c.HostTable, c.Priority, c.FwMark, err = validateRouting(f.routeTable, f.hostRouteTable, f.rulePriority, f.fwmark); err != nil {
 		return c, err
 	}
-
-	// The rules must come after the local table (priority 0) and before
-	// main (32766); the host-route rules take the priority before.
-	if c.Priority < 2 || c.Priority > 32765 {
-		return c, usagef("--rule-priority %d: want 2-32765 (after the local table at 0, before main at 32766; the host-route rules take --rule-priority - 1)", c.Priority)
-	}
-
-	mark, err := strconv.ParseUint(strings.TrimSpace(f.fwmark), 0, 32)
-	if err != nil {
-		return c, usagef("--fwmark %q: want a number such as 0x2000", f.fwmark)
-	}
-	if bits.OnesCount64(mark) != 1 {
-		return c, usagef("--fwmark %#x: must be a single nonzero bit such as 0x2000 (the rule tests exactly that bit)", mark)
-	}
-	c.FwMark = uint32(mark)
 
 	c.Derive = mesh.Options{
 		IPv4:             f.ipv4,
@@ -340,11 +318,49 @@ func parseKeepalive(s string) (time.Duration, error) {
 	return d, nil
 }
 
-// parseTunnelAddress parses first, none, or a comma-separated list of at
+// validateInterface checks --interface the same way for the agent and
+// cleanup.
+func validateInterface(name string) error {
+	if name == "" || len(name) > 15 || strings.ContainsAny(name, " /\t\n:") || name == "." || name == ".." {
+		return usagef("--interface %q: want a Linux interface name of 1-15 characters without spaces, '/' or ':'", name)
+	}
+	return nil
+}
+
+// validateRouting checks --route-table, --host-route-table, --rule-priority
+// and --fwmark, the same way for the agent and cleanup, and returns them
+// (the host table's 0 resolved to --route-table + 1).
+func validateRouting(routeTable, hostTable int64, priority int, fwmark string) (table, host, prio int, mark uint32, err error) {
+	// Tables 253-255 are the kernel's default, main and local; 0 is
+	// "unspecified". Table IDs are 32-bit.
+	if routeTable <= 0 || routeTable > 0xffffffff || (routeTable >= 253 && routeTable <= 255) {
+		return 0, 0, 0, 0, usagef("--route-table %d: want 1-4294967295 except 253, 254 and 255 (the kernel's default, main and local tables)", routeTable)
+	}
+	if host, err = hostRouteTable(routeTable, hostTable); err != nil {
+		return 0, 0, 0, 0, err
+	}
+	// The rules must come after the local table (priority 0) and before
+	// main (32766); the host-route rules take the priority before.
+	if priority < 2 || priority > 32765 {
+		return 0, 0, 0, 0, usagef("--rule-priority %d: want 2-32765 (after the local table at 0, before main at 32766; the host-route rules take --rule-priority - 1)", priority)
+	}
+	m, perr := strconv.ParseUint(strings.TrimSpace(fwmark), 0, 32)
+	if perr != nil {
+		return 0, 0, 0, 0, usagef("--fwmark %q: want a number such as 0x2000", fwmark)
+	}
+	if bits.OnesCount64(m) != 1 {
+		return 0, 0, 0, 0, usagef("--fwmark %#x: must be a single nonzero bit such as 0x2000 (the rule tests exactly that bit)", m)
+	}
+	return int(routeTable), host, priority, uint32(m), nil
+}
+
+// parseTunnelAddress parses auto, first, none, or a comma-separated list of at
 // most one address per enabled family.
 func parseTunnelAddress(s string, ipv4, ipv6 bool) (mesh.TunnelAddressMode, []netip.Addr, error) {
 	switch strings.TrimSpace(s) {
-	case "", string(mesh.TunnelAddressFirst):
+	case "", string(mesh.TunnelAddressAuto):
+		return mesh.TunnelAddressAuto, nil, nil
+	case string(mesh.TunnelAddressFirst):
 		return mesh.TunnelAddressFirst, nil, nil
 	case string(mesh.TunnelAddressNone):
 		return mesh.TunnelAddressNone, nil, nil
@@ -354,7 +370,7 @@ func parseTunnelAddress(s string, ipv4, ipv6 bool) (mesh.TunnelAddressMode, []ne
 	for _, part := range strings.Split(s, ",") {
 		a, err := netip.ParseAddr(strings.TrimSpace(part))
 		if err != nil {
-			return "", nil, fmt.Errorf("want first, none or IP addresses separated by commas; %q is not an IP address", part)
+			return "", nil, fmt.Errorf("want auto, first, none or IP addresses separated by commas; %q is not an IP address", part)
 		}
 		a = a.Unmap()
 		switch {

@@ -15,6 +15,7 @@ func FuzzAgentFlags(f *testing.F) {
 	}
 	for _, s := range []seed{
 		{"0x20000", "first", "", "0", "", ":9587", "", true},
+		{"0x2000", "auto", "", "0", "", ":9587", "--peers-file=p", false},
 		{"131072", "none", "kubernetes.io/os=windows", "25", "198.18.0.1", "127.0.0.1:9587", "--peers-file=p", false},
 		{"0x30000", "10.244.1.1,fd00:10:244:1::1", "a in (b,c),!d", "25s", "[fd00::1]:51820", "[::]:1", "--kubeconfig=k", false},
 		{"-1", "10.244.1.1,10.244.1.2", "a in (b", "-1s", "0.0.0.0:0", "9587", "--mtu=-1\n--route-table=254", true},

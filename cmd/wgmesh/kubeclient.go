@@ -39,12 +39,49 @@ func restConfig(kubeconfig string) (*rest.Config, error) {
 	return cfg, nil
 }
 
-// kubeClient returns a clientset for kubeconfig (empty: in-cluster).
+// standardRestConfig loads the configuration the way kubectl does: the
+// --kubeconfig file if given, else $KUBECONFIG (a list of files, merged),
+// else ~/.kube/config, else the in-cluster configuration. The CLI commands
+// (verify, cleanup --remove-annotations) use it; the agent keeps
+// restConfig's explicit choice, so that a host's admin kubeconfig is never
+// picked up by a daemon by accident.
+func standardRestConfig(kubeconfig string) (*rest.Config, error) {
+	rules := clientcmd.NewDefaultClientConfigLoadingRules()
+	rules.ExplicitPath = kubeconfig
+	cc := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{})
+	cfg, err := cc.ClientConfig()
+	if err != nil {
+		where := "--kubeconfig " + kubeconfig
+		if kubeconfig == "" {
+			where = "no --kubeconfig, $KUBECONFIG, ~/.kube/config or in-cluster configuration"
+		}
+		return nil, fmt.Errorf("Kubernetes configuration (%s): %w", where, err)
+	}
+	cfg.UserAgent = userAgent
+	return cfg, nil
+}
+
+// kubeClient returns a clientset for kubeconfig (empty: in-cluster), the
+// agent's rule.
 func kubeClient(kubeconfig string) (*kubernetes.Clientset, *rest.Config, error) {
 	cfg, err := restConfig(kubeconfig)
 	if err != nil {
 		return nil, nil, err
 	}
+	return clientFor(cfg)
+}
+
+// cliKubeClient returns a clientset with kubectl's loading rules
+// (standardRestConfig), for the commands an operator runs.
+func cliKubeClient(kubeconfig string) (*kubernetes.Clientset, *rest.Config, error) {
+	cfg, err := standardRestConfig(kubeconfig)
+	if err != nil {
+		return nil, nil, err
+	}
+	return clientFor(cfg)
+}
+
+func clientFor(cfg *rest.Config) (*kubernetes.Clientset, *rest.Config, error) {
 	cs, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		return nil, nil, fmt.Errorf("Kubernetes client for %s: %w", cfg.Host, err)

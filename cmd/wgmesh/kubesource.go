@@ -39,12 +39,3 @@ func kubeUnderlay(ctx context.Context, client kubernetes.Interface, node string)
 	}
 	return netip.Addr{}
 }
-
-// removeAnnotations removes the agent's annotations from node, for cleanup.
-func (a *app) removeAnnotations(ctx context.Context, kubeconfig, node string) error {
-	client, _, err := kubeClient(kubeconfig)
-	if err != nil {
-		return err
-	}
-	return kube.RemoveAnnotations(ctx, client, node)
-}

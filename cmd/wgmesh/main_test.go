@@ -132,7 +132,7 @@ func TestAgentFlagsValidate(t *testing.T) {
 		t.Errorf("defaults: %+v", c)
 	}
 	if !c.Derive.IPv4 || !c.Derive.IPv6 || c.Derive.HostEncryption || c.Derive.AllowUnencrypted ||
-		c.Derive.Keepalive != 0 || c.Derive.TunnelAddress != mesh.TunnelAddressFirst || c.Derive.Unmanaged != nil {
+		c.Derive.Keepalive != 0 || c.Derive.TunnelAddress != mesh.TunnelAddressAuto || c.Derive.Unmanaged != nil {
 		t.Errorf("default derive options: %+v", c.Derive)
 	}
 

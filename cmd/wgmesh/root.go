@@ -126,7 +126,13 @@ show the local interface, verify the whole cluster and uninstall.`,
 			if len(args) > 0 {
 				return usagef("unknown command %q", args[0])
 			}
-			return cmd.Help()
+			// No command is a usage error, as for kubectl: the help goes
+			// to standard error and the exit status is 2.
+			cmd.SetOut(a.err)
+			if err := cmd.Help(); err != nil {
+				return err
+			}
+			return exitCodeError{exitUsage, errors.New("no command given")}
 		},
 		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
 			log, err := newLogger(a.err, a.global.logFormat, a.global.logLevel)
@@ -138,6 +144,9 @@ show the local interface, verify the whole cluster and uninstall.`,
 			return nil
 		},
 	}
+	ver, rev := buildVersion()
+	root.Version = ver
+	root.SetVersionTemplate(fmt.Sprintf("wgmesh {{.Version}} (commit %s)\n", rev))
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return flagError{err} })
 	root.CompletionOptions.DisableDefaultCmd = true
 	pf := root.PersistentFlags()

@@ -12,8 +12,11 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/vishvananda/netlink"
 
 	"github.com/wgmesh/wgmesh/device"
+	"github.com/wgmesh/wgmesh/instance"
+	"github.com/wgmesh/wgmesh/mesh"
 	"github.com/wgmesh/wgmesh/mesh/metrics"
 )
 
@@ -36,7 +39,9 @@ func (a *app) statusCommand() *cobra.Command {
 		Long: `status asks the local agent (at --metrics-addr) for its status: peers by node
 name with endpoint, allowed IPs, last handshake and bytes, the backend, MTU and
 the MTU pods should use, strict mode, unencrypted nodes and problems. When no
-agent answers it reads the interface directly (peers by public key).`,
+agent answers it reads the interface directly (peers by public key; a
+userspace interface without its agent has no WireGuard state and says so).
+With -o json, a failure prints {"kind": "Error", "error": ...} and exits 1.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if output != "table" && output != "json" {
@@ -48,6 +53,13 @@ agent answers it reads the interface directly (peers by public key).`,
 			}
 			st, err := a.readStatus(cmd.Context(), base, iface, device.Inspect)
 			if err != nil {
+				if output == "json" {
+					// Scripts parse standard output: give them a
+					// document in every case.
+					writeStatusError(a.out, err)
+					fmt.Fprintf(a.err, "wgmesh: %v\n", err)
+					return exitCodeError{exitFailure, err}
+				}
 				return err
 			}
 			if output == "json" {
@@ -75,12 +87,15 @@ func (a *app) readStatus(ctx context.Context, base, iface string, inspect inspec
 		return st, nil
 	}
 	if agentErr == nil {
-		agentErr = fmt.Errorf("the agent at %s serves interface %s, not %s", base, st.Interface, iface)
+		agentErr = fmt.Errorf("the agent at %s serves interface %s, not %s (for it, pass --interface %s)", base, st.Interface, iface, st.Interface)
 	}
 	a.log.Debug("agent status unavailable, reading the interface", "err", agentErr)
 	info, err := inspect(iface)
 	if err != nil {
 		if errors.Is(err, device.ErrNotFound) {
+			if st, ok := userspaceWithoutAgent(iface); ok {
+				return st, nil
+			}
 			return metrics.Status{}, fmt.Errorf("interface %s: %w; and no agent answered: %v (is 'wgmesh agent' running?)", iface, err, agentErr)
 		}
 		return metrics.Status{}, fmt.Errorf("read interface %s: %w (agent: %v)", iface, err, agentErr)
@@ -103,6 +118,48 @@ func (a *app) readStatus(ctx context.Context, base, iface string, inspect inspec
 	}
 	metrics.SortPeers(st.Peers)
 	return st, nil
+}
+
+// lookupLink finds an interface (netlink.LinkByName; tests replace it).
+var lookupLink = netlink.LinkByName
+
+// userspaceWithoutAgent describes a wgmesh userspace (TUN) interface whose
+// agent is not running: wireguard-go ran inside the agent, so there is no
+// WireGuard state to read, and the interface drops what is routed into it.
+func userspaceWithoutAgent(iface string) (metrics.Status, bool) {
+	l, err := lookupLink(iface)
+	if err != nil || l.Type() != "tuntap" {
+		return metrics.Status{}, false
+	}
+	if _, ours := instance.ParseAlias(l.Attrs().Alias); !ours {
+		return metrics.Status{}, false
+	}
+	return metrics.Status{
+		APIVersion:  metrics.APIVersion,
+		Kind:        metrics.KindStatus,
+		Interface:   iface,
+		Backend:     mesh.BackendUserspace,
+		LinkMTU:     l.Attrs().MTU,
+		Peers:       []metrics.PeerStatus{},
+		Unencrypted: []string{},
+		Problems:    []metrics.ProblemStatus{},
+		Conditions: []metrics.ConditionStatus{{Reason: "AgentNotRunning",
+			Message: "userspace interface " + iface + " without its agent: no WireGuard runs on it, so traffic routed into it is dropped (never sent in plaintext) until 'wgmesh agent' re-attaches"}},
+	}, true
+}
+
+// statusError is what `status -o json` prints when it fails.
+type statusError struct {
+	APIVersion string `json:"apiVersion"`
+	Kind       string `json:"kind"`
+	Error      string `json:"error"`
+}
+
+// writeStatusError prints err as a JSON document of kind Error.
+func writeStatusError(w io.Writer, err error) {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(statusError{APIVersion: metrics.APIVersion, Kind: "Error", Error: err.Error()})
 }
 
 func toMetricsStats(p device.PeerStats) metrics.PeerStats {
@@ -131,6 +188,9 @@ func printStatus(w io.Writer, st metrics.Status, now time.Time) error {
 	}
 	if !st.AgentRunning {
 		kv("Agent", "not running (read from the interface; node names unknown)")
+		for _, c := range st.Conditions {
+			kv(c.Reason, c.Message)
+		}
 		if err := tw.Flush(); err != nil {
 			return err
 		}
@@ -143,6 +203,13 @@ func printStatus(w io.Writer, st metrics.Status, now time.Time) error {
 			kv("Strict mode", "OFF (--allow-unencrypted: nodes without a key get plaintext)")
 		}
 		kv("Ready", st.Ready)
+		for _, c := range st.Conditions {
+			v := c.Reason + ": " + c.Message
+			if c.Since != nil {
+				v += " (for " + age(now.Sub(*c.Since)) + ")"
+			}
+			kv("STALE", v)
+		}
 		if st.LastReconcile != nil {
 			r := fmt.Sprintf("%s ago, took %s", age(now.Sub(st.LastReconcile.Time)), time.Duration(st.LastReconcile.DurationSeconds*float64(time.Second)).Round(time.Millisecond))
 			if st.LastReconcile.Error != "" {

@@ -73,7 +73,7 @@ such; they still count as unencrypted.`,
 			if err != nil {
 				return usagef("--metrics-addr %q: %v", metricsAddr, err)
 			}
-			client, rc, err := kubeClient(kubeconfig)
+			client, rc, err := cliKubeClient(kubeconfig)
 			if err != nil {
 				return err
 			}
@@ -99,7 +99,7 @@ such; they still count as unencrypted.`,
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig file (default: in-cluster configuration)")
+	f.StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig file (default: $KUBECONFIG, then ~/.kube/config, then the in-cluster configuration, as kubectl)")
 	f.StringVar(&unmanaged, "unmanaged-nodes", "", "the agents' --unmanaged-nodes selector")
 	f.BoolVar(&allowUnenc, "allow-unencrypted", false, "the agents' --allow-unencrypted")
 	f.StringVar(&iface, "interface", device.DefaultName, "local WireGuard interface whose handshakes to check")

@@ -85,6 +85,8 @@ type Source struct {
 	loadedAt time.Time
 	lastData []byte     // last content read, valid or not: unchanged content is not parsed or logged again
 	lastErr  error      // why the last read failed; nil when the file in force is the current one
+	errSince time.Time  // when lastErr began
+	entryErr error      // why the file in force disagrees with what the agent published; nil when it agrees
 	self     *mesh.Self // what the agent last published, to check later versions of the file
 
 	reportMu   sync.Mutex
@@ -92,7 +94,10 @@ type Source struct {
 	reportedAt time.Time
 }
 
-var _ mesh.Source = (*Source)(nil)
+var (
+	_ mesh.Source        = (*Source)(nil)
+	_ mesh.StateReporter = (*Source)(nil)
+)
 
 // New returns a Source for o.Path. It does not read the file; Run does.
 func New(o Options) (*Source, error) {
@@ -238,7 +243,8 @@ func (s *Source) load(force bool) {
 		if force || s.lastErr == nil || s.lastErr.Error() != err.Error() {
 			s.log.Error("cannot read the peers file; "+s.keeping(), "error", err)
 		}
-		s.lastErr, s.lastData = err, nil
+		s.setErr(err)
+		s.lastData = nil
 		return
 	}
 	if !force && s.lastData != nil && bytes.Equal(data, s.lastData) {
@@ -247,7 +253,7 @@ func (s *Source) load(force bool) {
 	s.lastData = data
 	nodes, err := Parse(s.o.Path, data)
 	if err != nil {
-		s.lastErr = err
+		s.setErr(err)
 		msg := "invalid peers file; fix it and save again; " + s.keeping()
 		var multi interface{ Unwrap() []error }
 		if errors.As(err, &multi) {
@@ -259,7 +265,7 @@ func (s *Source) load(force bool) {
 		}
 		return
 	}
-	s.nodes, s.synced, s.lastErr, s.loadedAt = nodes, true, nil, time.Now()
+	s.nodes, s.synced, s.lastErr, s.errSince, s.loadedAt = nodes, true, nil, time.Time{}, time.Now()
 	self := slices.IndexFunc(nodes, func(n mesh.Node) bool { return n.Name == s.o.NodeName })
 	s.log.Info("peers file loaded", "nodes", len(nodes))
 	if self < 0 {
@@ -267,14 +273,37 @@ func (s *Source) load(force bool) {
 	} else if s.self != nil && s.self.Name == nodes[self].Name {
 		// Publish ran against an earlier version; an edit that puts another
 		// key into this node's entry cuts it off just the same.
-		if err := s.checkEntry(nodes[self], *s.self); err != nil {
-			s.log.Error("the peers file no longer matches this agent", "error", err)
+		s.entryErr = s.checkEntry(nodes[self], *s.self)
+		if s.entryErr != nil {
+			s.log.Error("the peers file no longer matches this agent", "error", s.entryErr)
 		}
 	}
 	select {
 	case s.changes <- struct{}{}:
 	default:
 	}
+}
+
+// setErr records why the file on disk is not in force; s.mu must be held.
+func (s *Source) setErr(err error) {
+	if s.lastErr == nil {
+		s.errSince = time.Now()
+	}
+	s.lastErr = err
+}
+
+// State reports whether the file in force is the file on disk, when it was
+// last read validly, and whether it agrees with this agent's identity. It
+// implements mesh.StateReporter.
+func (s *Source) State() mesh.SourceState {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := mesh.SourceState{LastSuccess: s.loadedAt, SelfErr: s.entryErr}
+	if s.lastErr != nil {
+		st.Err = fmt.Errorf("%w; %s", s.lastErr, s.keeping())
+		st.FailingSince = s.errSince
+	}
+	return st
 }
 
 // keeping says which configuration stays in force; s.mu must be held.
@@ -357,7 +386,11 @@ func (s *Source) Publish(ctx context.Context, self mesh.Self) error {
 		s.log.Warn("this node has no entry in the peers file; add one with this public key on every host", attrs...)
 		return nil
 	}
-	return s.checkEntry(s.nodes[i], self)
+	err := s.checkEntry(s.nodes[i], self)
+	if err == nil {
+		s.entryErr = nil
+	}
+	return err
 }
 
 // checkEntry compares the file's entry for the local node with what the

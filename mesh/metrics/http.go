@@ -47,15 +47,25 @@ func (m *Metrics) Handler() http.Handler {
 		if m.o.Router != nil {
 			warns = m.o.Router().Warnings
 		}
-		if m.o.Ready != nil && !m.o.Ready() {
+		conds := m.conditions()
+		switch {
+		case m.o.Ready != nil && !m.o.Ready():
 			w.WriteHeader(http.StatusServiceUnavailable)
 			msg := "not ready: waiting for the device, the first complete view of the nodes or a successful apply"
 			if last, ok := m.Last(); ok && last.Err != nil {
 				msg = "not ready: last apply failed: " + last.Err.Error()
 			}
 			fmt.Fprintln(w, msg)
-		} else {
+		case len(conds) > 0:
+			// The data plane runs the last good configuration, but not
+			// what the input asks for: alertable, and a rollout stops.
+			w.WriteHeader(http.StatusServiceUnavailable)
+			fmt.Fprintln(w, "not ready: the configuration in force is stale")
+		default:
 			fmt.Fprintln(w, "ok")
+		}
+		for _, c := range conds {
+			fmt.Fprintf(w, "stale: %s: %s\n", c.Reason, c.Message)
 		}
 		for _, warn := range warns {
 			fmt.Fprintln(w, "warning: "+warn)
@@ -90,10 +100,16 @@ func (m *Metrics) Listen(addr string) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listen on metrics address %s (--metrics-addr): %w", addr, err)
 	}
+	return m.Serve(ln), nil
+}
+
+// Serve returns a Server on a listener the caller bound (the agent binds
+// its address before it changes the host); Run closes ln.
+func (m *Metrics) Serve(ln net.Listener) *Server {
 	return &Server{ln: ln, srv: &http.Server{
 		Handler:           m.Handler(),
 		ReadHeaderTimeout: 10 * time.Second,
-	}}, nil
+	}}
 }
 
 // Addr is the bound address (useful with port 0).

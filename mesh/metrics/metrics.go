@@ -12,6 +12,7 @@ import (
 	"context"
 	"log/slog"
 	"net/netip"
+	"runtime"
 	"sync"
 	"time"
 
@@ -83,6 +84,16 @@ type Options struct {
 	// Ready reports whether the agent is ready: device up, source synced and
 	// last apply successful (mesh.Reconciler.Ready).
 	Ready func() bool
+	// Conditions returns why the configuration in force is stale
+	// (mesh.Reconciler.Conditions). Any condition makes the agent not
+	// ready; /readyz, /status and wgmesh_stale report them.
+	Conditions func() []mesh.Condition
+	// SourceState reads the source's state, for
+	// wgmesh_source_last_success_timestamp_seconds; ok is false for sources
+	// that do not report one (Kubernetes).
+	SourceState func() (st mesh.SourceState, ok bool)
+	// Version and Commit label wgmesh_build_info.
+	Version, Commit string
 	// Logger receives scrape-time errors; nil discards them.
 	Logger *slog.Logger
 }
@@ -149,22 +160,57 @@ func New(o Options) *Metrics {
 		reconcileTime: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Namespace: Namespace, Name: "reconcile_duration_seconds",
 			Help: "Time one reconcile took to apply device and routing state.",
-			// 1 ms to ~20 s: a no-op reconcile takes about a millisecond, a
-			// cold start with thousands of peers and routes several seconds.
-			Buckets: prometheus.ExponentialBuckets(0.001, 3, 10),
+			// 1 ms to 20 s in round 1-2.5-5 steps: a no-op reconcile takes
+			// about a millisecond, a cold start with thousands of peers and
+			// routes several seconds.
+			Buckets: []float64{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20},
 		}),
 		nodeOf: map[mesh.Key]string{},
 	}
 	// Pre-create both result series so rate() works from the first scrape.
 	m.reconciles.WithLabelValues(ResultSuccess)
 	m.reconciles.WithLabelValues(ResultError)
+	m.zeroProblems()
+	ver, rev := o.Version, o.Commit
+	buildInfo := prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: Namespace, Name: "build_info",
+		Help:        "Always 1; the agent's version and commit and the Go version that built it.",
+		ConstLabels: prometheus.Labels{"version": ver, "commit": rev, "goversion": runtime.Version()},
+	})
+	buildInfo.Set(1)
 	m.reg.MustRegister(
+		buildInfo,
 		m.peers, m.unencrypted, m.problems, m.warnings, m.reconciles, m.reconcileTime,
 		&scrapeCollector{m: m},
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
 	return m
+}
+
+// knownReasons are exported at 0 when absent, so that wgmesh_problems and
+// wgmesh_warnings have series (and HELP/TYPE) from the first scrape. A
+// reason missing here still shows once it occurs.
+var knownReasons = []mesh.Reason{
+	mesh.ReasonInvalidName, mesh.ReasonDuplicateName,
+	mesh.ReasonInvalidKey, mesh.ReasonNoKey, mesh.ReasonDuplicateKey,
+	mesh.ReasonInvalidEndpoint, mesh.ReasonNoEndpoint, mesh.ReasonDuplicateEndpoint,
+	mesh.ReasonInvalidCIDR, mesh.ReasonCIDROverlap, mesh.ReasonOwnCIDROverlap,
+	mesh.ReasonUnmanaged, mesh.ReasonSelfMissing, mesh.ReasonSelfKeyMismatch,
+}
+
+// zeroProblems resets both problem gauges to 0 for every known reason, so
+// that a reason that no longer occurs goes to 0 instead of lingering.
+func (m *Metrics) zeroProblems() {
+	m.problems.Reset()
+	m.warnings.Reset()
+	for _, r := range knownReasons {
+		if r.Warning() {
+			m.warnings.WithLabelValues(string(r)).Set(0)
+		} else {
+			m.problems.WithLabelValues(string(r)).Set(0)
+		}
+	}
 }
 
 // Registry returns the registry holding every wgmesh metric.
@@ -185,8 +231,7 @@ func (m *Metrics) Observe(r mesh.Result) {
 	// lingering at its last count.
 	// Warnings have their own gauge, so the alert wgmesh_problems > 0 keeps
 	// meaning "something is left out of the mesh".
-	m.problems.Reset()
-	m.warnings.Reset()
+	m.zeroProblems()
 	for _, p := range r.Desired.Problems {
 		if p.Reason.Warning() {
 			m.warnings.WithLabelValues(string(p.Reason)).Inc()
@@ -215,6 +260,24 @@ func (m *Metrics) Last() (mesh.Result, bool) {
 	return *m.last, true
 }
 
+// conditions returns the current stale conditions (none without
+// Options.Conditions).
+func (m *Metrics) conditions() []mesh.Condition {
+	if m.o.Conditions == nil {
+		return nil
+	}
+	return m.o.Conditions()
+}
+
+// ready is Options.Ready and no stale condition: an agent whose input is
+// not in force is not ready (README, "Metrics", says why).
+func (m *Metrics) ready(conds []mesh.Condition) bool {
+	if m.o.Ready != nil && !m.o.Ready() {
+		return false
+	}
+	return len(conds) == 0
+}
+
 // nodeName returns the node a peer key was programmed for, "" if unknown.
 func (m *Metrics) nodeName(k mesh.Key) string {
 	m.mu.Lock()
@@ -230,7 +293,7 @@ var (
 		"Bytes received from the node's WireGuard peer.", []string{"node"}, nil)
 	descPeerTx = prometheus.NewDesc(Namespace+"_peer_transmit_bytes_total",
 		"Bytes sent to the node's WireGuard peer.", []string{"node"}, nil)
-	descPeerHandshake = prometheus.NewDesc(Namespace+"_peer_last_handshake_seconds",
+	descPeerHandshake = prometheus.NewDesc(Namespace+"_peer_last_handshake_timestamp_seconds",
 		"Unix time of the last completed handshake with the node's peer (0: never).", []string{"node"}, nil)
 	descDeviceInfo = prometheus.NewDesc(Namespace+"_device_info",
 		"The WireGuard interface and its backend; always 1.", []string{"backend", "interface"}, nil)
@@ -238,6 +301,13 @@ var (
 		"Plaintext packets from remote pod CIDRs dropped by strict mode because they did not arrive through the tunnel.", nil, nil)
 	descEgressDropped = prometheus.NewDesc(Namespace+"_egress_dropped_packets_total",
 		"Packets to remote pod CIDRs dropped by the egress guard because they were about to leave outside the tunnel (another component's mark, rule or route).", nil, nil)
+	descStale = prometheus.NewDesc(Namespace+"_stale",
+		"1 while the configuration in force is stale for the reason (SourceInvalid: the peers file on disk is unreadable or invalid and the last good one stays; SelfMismatch: the file gives this node another public key; PublishFailed: this node's identity could not be published), else 0. The agent is not ready meanwhile.", []string{"reason"}, nil)
+	descSourceSuccess = prometheus.NewDesc(Namespace+"_source_last_success_timestamp_seconds",
+		"Unix time the peers file was last read validly (0: never).", nil, nil)
+	// staleReasons are always exported, 0 or 1, so that an alert on
+	// wgmesh_stale > 0 has a series from the first scrape.
+	staleReasons        = []mesh.ConditionReason{mesh.ConditionSourceInvalid, mesh.ConditionSelfMismatch, mesh.ConditionPublishFailed}
 	descRoutingWarnings = prometheus.NewDesc(Namespace+"_routing_warnings",
 		"Problems of the last routing apply that did not fail it but leave the host short of the intended state (see wgmesh status).", nil, nil)
 )
@@ -253,6 +323,8 @@ func (c *scrapeCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descIngressDropped
 	ch <- descEgressDropped
 	ch <- descRoutingWarnings
+	ch <- descStale
+	ch <- descSourceSuccess
 }
 
 func (c *scrapeCollector) Collect(ch chan<- prometheus.Metric) {
@@ -265,6 +337,28 @@ func (c *scrapeCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descIngressDropped, prometheus.CounterValue, float64(rs.IngressDropped))
 		ch <- prometheus.MustNewConstMetric(descEgressDropped, prometheus.CounterValue, float64(rs.EgressDropped))
 		ch <- prometheus.MustNewConstMetric(descRoutingWarnings, prometheus.GaugeValue, float64(len(rs.Warnings)))
+	}
+	if m.o.Conditions != nil {
+		active := map[mesh.ConditionReason]bool{}
+		for _, c := range m.o.Conditions() {
+			active[c.Reason] = true
+		}
+		for _, r := range staleReasons {
+			v := 0.0
+			if active[r] {
+				v = 1
+			}
+			ch <- prometheus.MustNewConstMetric(descStale, prometheus.GaugeValue, v, string(r))
+		}
+	}
+	if m.o.SourceState != nil {
+		if st, ok := m.o.SourceState(); ok {
+			var ts float64
+			if !st.LastSuccess.IsZero() {
+				ts = float64(st.LastSuccess.UnixNano()) / 1e9
+			}
+			ch <- prometheus.MustNewConstMetric(descSourceSuccess, prometheus.GaugeValue, ts)
+		}
 	}
 	if m.o.Stats == nil {
 		return

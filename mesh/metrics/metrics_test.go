@@ -90,6 +90,17 @@ func series(fams map[string]*dto.MetricFamily, name string) map[string]float64 {
 	return out
 }
 
+// nonzero drops the series at 0 (known reasons are exported at 0).
+func nonzero(m map[string]float64) map[string]float64 {
+	out := map[string]float64{}
+	for k, v := range m {
+		if v != 0 {
+			out[k] = v
+		}
+	}
+	return out
+}
+
 func desired(peers ...mesh.Peer) mesh.Desired { return mesh.Desired{Peers: peers} }
 
 func TestPeerSeriesFollowPeers(t *testing.T) {
@@ -137,7 +148,7 @@ func TestPeerSeriesFollowPeers(t *testing.T) {
 	if diff := cmp.Diff(map[string]float64{"node-a": 200, "node-b": 2}, series(fams, "wgmesh_peer_transmit_bytes_total")); diff != "" {
 		t.Errorf("transmit bytes (-want +got):\n%s", diff)
 	}
-	if diff := cmp.Diff(map[string]float64{"node-a": 1_700_000_000.5, "node-b": 0}, series(fams, "wgmesh_peer_last_handshake_seconds")); diff != "" {
+	if diff := cmp.Diff(map[string]float64{"node-a": 1_700_000_000.5, "node-b": 0}, series(fams, "wgmesh_peer_last_handshake_timestamp_seconds")); diff != "" {
 		t.Errorf("last handshake (-want +got):\n%s", diff)
 	}
 	if got := series(fams, "wgmesh_peers")[""]; got != 2 {
@@ -151,7 +162,7 @@ func TestPeerSeriesFollowPeers(t *testing.T) {
 	if diff := cmp.Diff(map[string]float64{"node-a": 150}, series(fams, "wgmesh_peer_receive_bytes_total")); diff != "" {
 		t.Errorf("receive bytes after node-b left (-want +got):\n%s", diff)
 	}
-	if got := series(fams, "wgmesh_peer_last_handshake_seconds"); len(got) != 1 {
+	if got := series(fams, "wgmesh_peer_last_handshake_timestamp_seconds"); len(got) != 1 {
 		t.Errorf("handshake series after node-b left: %v", got)
 	}
 	if got := series(fams, "wgmesh_peers")[""]; got != 1 {
@@ -196,7 +207,7 @@ func TestReconcileProblemsAndUnencrypted(t *testing.T) {
 	m.Observe(mesh.Result{Duration: 40 * time.Millisecond, Err: errors.New("route 10.244.2.0/24: file exists")})
 	fams := scrape(t, h)
 	// The second result had no problems: reasons from the first must be gone.
-	if got := series(fams, "wgmesh_problems"); len(got) != 0 {
+	if got := nonzero(series(fams, "wgmesh_problems")); len(got) != 0 {
 		t.Errorf("problems after a clean Desired: %v", got)
 	}
 	if diff := cmp.Diff(map[string]float64{ResultSuccess: 1, ResultError: 1}, series(fams, "wgmesh_reconcile_total")); diff != "" {
@@ -216,12 +227,12 @@ func TestReconcileProblemsAndUnencrypted(t *testing.T) {
 			{Node: "c", Reason: mesh.ReasonDuplicateEndpoint}, {Node: "d", Reason: mesh.ReasonDuplicateEndpoint}},
 	}})
 	fams = scrape(t, h)
-	if diff := cmp.Diff(map[string]float64{"NoKey": 2}, series(fams, "wgmesh_problems")); diff != "" {
+	if diff := cmp.Diff(map[string]float64{"NoKey": 2}, nonzero(series(fams, "wgmesh_problems"))); diff != "" {
 		t.Errorf("problems (-want +got):\n%s", diff)
 	}
 	// A shared endpoint leaves both nodes programmed: a warning, not a
 	// problem that wgmesh_problems > 0 would alert on.
-	if diff := cmp.Diff(map[string]float64{"DuplicateEndpoint": 2}, series(fams, "wgmesh_warnings")); diff != "" {
+	if diff := cmp.Diff(map[string]float64{"DuplicateEndpoint": 2}, nonzero(series(fams, "wgmesh_warnings"))); diff != "" {
 		t.Errorf("warnings (-want +got):\n%s", diff)
 	}
 	if got := series(fams, "wgmesh_nodes_unencrypted")[""]; got != 1 {
@@ -339,6 +350,7 @@ func TestStatusSchema(t *testing.T) {
 		"node": "node-self", "interface": "wgmesh0", "backend": "kernel",
 		"publicKey": kSelf.String(), "listenPort": 51820.0,
 		"linkMTU": 1440.0, "podMTU": 1440.0, "strict": true, "ready": true, "agentRunning": true,
+		"conditions":            []any{},
 		"lastReconcile":         map[string]any{"time": "2026-01-02T03:04:00Z", "durationSeconds": 1.5},
 		"ingressDroppedPackets": 3.0,
 		"egressDroppedPackets":  2.0,

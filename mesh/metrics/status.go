@@ -39,6 +39,9 @@ type Status struct {
 	Strict bool `json:"strict"`
 	// Ready mirrors /readyz.
 	Ready bool `json:"ready"`
+	// Conditions say why the configuration in force is stale (each makes
+	// the agent not ready); empty when it is current or without an agent.
+	Conditions []ConditionStatus `json:"conditions"`
 	// AgentRunning is false when the status was read from the interface alone
 	// because no agent answered; node names are then unknown.
 	AgentRunning   bool            `json:"agentRunning"`
@@ -58,6 +61,15 @@ type Status struct {
 	// Coverage says which traffic the tunnel carries (see Coverage);
 	// absent before the first reconcile and without an agent.
 	Coverage []CoverageStatus `json:"coverage,omitempty"`
+}
+
+// ConditionStatus is one mesh.Condition.
+type ConditionStatus struct {
+	// Reason is SourceInvalid, SelfMismatch or PublishFailed.
+	Reason  string `json:"reason"`
+	Message string `json:"message"`
+	// Since is when the condition began; absent when unknown.
+	Since *time.Time `json:"since,omitempty"`
 }
 
 // ReconcileState is the outcome of the last reconcile.
@@ -137,9 +149,17 @@ func (m *Metrics) Status(ctx context.Context) (Status, error) {
 		Peers:        []PeerStatus{},
 		Unencrypted:  []string{},
 		Problems:     []ProblemStatus{},
+		Conditions:   []ConditionStatus{},
 	}
-	if m.o.Ready != nil {
-		st.Ready = m.o.Ready()
+	conds := m.conditions()
+	st.Ready = m.o.Ready != nil && m.ready(conds)
+	for _, c := range conds {
+		cs := ConditionStatus{Reason: string(c.Reason), Message: c.Message}
+		if !c.Since.IsZero() {
+			t := c.Since.UTC()
+			cs.Since = &t
+		}
+		st.Conditions = append(st.Conditions, cs)
 	}
 	if m.o.PublicKey != nil {
 		if k, err := m.o.PublicKey(); err == nil {
