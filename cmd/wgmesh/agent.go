@@ -71,6 +71,9 @@ func (a *app) runAgent(ctx context.Context, cfg agentConfig) (err error) {
 	if cfg.Unmanaged != nil {
 		log.Info("nodes outside the mesh (plaintext, reported)", "unmanagedNodes", cfg.Unmanaged.String())
 	}
+	if len(cfg.Derive.ClusterCIDRs) > 0 {
+		log.Info("cluster pod ranges: pod traffic to nodes this agent does not know is never left to the main table", "clusterCIDRs", cfg.Derive.ClusterCIDRs)
+	}
 
 	// Claim the instance before anything is changed (key file included):
 	// a running agent for the interface, another wgmesh instance with the
