@@ -11,6 +11,9 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
 	"github.com/wgmesh/wgmesh/e2e/lab"
 )
 
@@ -267,4 +270,71 @@ func TestPrivilegedFirstHourRangeFirstStart(t *testing.T) {
 		}
 	}
 	requireNoPlaintext(t, m.stopCapture(t))
+}
+
+// TestPrivilegedFirstHourRangeNodeDeleted: in Kubernetes mode the agents
+// read the pod range from kube-system/kubeadm-config under the deploy
+// base's RBAC; host-b's Node object is deleted while its machine (and
+// agent) still runs, and host-a's pods must not reach host-b's in
+// plaintext.
+func TestPrivilegedFirstHourRangeNodeDeleted(t *testing.T) {
+	k := startK8sLab(t, k8sLabOptions{Nodes: 2})
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	a, b := k.Nodes[0], k.Nodes[1]
+	_, err := k.admin.CoreV1().ConfigMaps("kube-system").Create(ctx, &corev1.ConfigMap{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "kube-system", Name: "kubeadm-config"},
+		Data: map[string]string{"ClusterConfiguration": "apiVersion: kubeadm.k8s.io/v1beta3\nkind: ClusterConfiguration\n" +
+			"networking:\n  podSubnet: 10.244.0.0/16,fd00:10:244::/48\n  serviceSubnet: 10.96.0.0/12\n"},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The agent reads the ConfigMap at start.
+	ag := k.agent(a.Name)
+	if err := ag.Stop(withTimeout(ctx, 30*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if err := ag.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.WaitReady(withTimeout(ctx, time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	for _, dst := range []netip.Addr{b.Pods[0].Addr4, b.Pods[0].Addr6} {
+		if err := waitPing(withTimeout(ctx, time.Minute), a.Pods[0], dst); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := k.admin.CoreV1().Nodes().Delete(ctx, b.Name, metav1.DeleteOptions{}); err != nil {
+		t.Fatalf("delete Node %s: %v", b.Name, err)
+	}
+	if err := a.WaitPeers(withTimeout(ctx, time.Minute)); err != nil {
+		t.Fatalf("%s kept the deleted %s as a peer: %v", a.Name, b.Name, err)
+	}
+	before, err := k.capture.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, dst := range []netip.Addr{b.Pods[0].Addr4, b.Pods[0].Addr6} {
+		r, err := a.Pods[0].Ping(ctx, dst, 10, 100*time.Millisecond)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("measured: %s -> deleted %s's pod %s: %s", a.Pods[0].Name, b.Name, dst, r)
+		if r.Received > 0 {
+			t.Errorf("%s's pod reached the deleted %s's pod at %s: %s", a.Name, b.Name, dst, r)
+		}
+	}
+	after, err := k.capture.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := after.Plaintext - before.Plaintext; d != 0 {
+		t.Errorf("%d plaintext pod packets crossed the wire while %s's pod pinged the deleted %s", d, a.Name, b.Name)
+	}
+	if rangeSupported(t) {
+		rangeRequireCovered(t, ctx, a)
+	}
+	requireNoPlaintext(t, k.stopCapture(t))
 }
