@@ -1195,11 +1195,10 @@ func (d *deriver) collectCluster() {
 	d.cluster = kept
 	for _, p := range d.cluster {
 		for k := d.searchKeep(p.Addr()); k < len(d.keep) && p.Contains(d.keep[k].addr); k++ {
-			// The local node's addresses are local: the local table
-			// answers before the wgmesh table is consulted.
-			if d.keep[k].cand != keepSelf {
-				d.keep[k].inRange = true
-			}
+			// The local node's addresses included: usually local (the
+			// local table answers first), but a published endpoint may be
+			// a NAT's address, which the range must not swallow.
+			d.keep[k].inRange = true
 		}
 	}
 }
@@ -1296,8 +1295,13 @@ func upperHalf(p netip.Prefix) netip.Addr {
 // needsKeepRoute reports whether the keep-outside address k gets a Throw
 // route.
 func (d *deriver) needsKeepRoute(k *keepOut) bool {
-	if !d.familyEnabled(k.addr) || k.cand == keepSelf {
+	if !d.familyEnabled(k.addr) {
 		return false
+	}
+	if k.cand == keepSelf {
+		// Local addresses need no route, unless a cluster range would
+		// hold them (see collectCluster).
+		return k.inRange && !d.o.AllowUnencrypted
 	}
 	hostEnc := d.o.HostEncryption && !k.host && (k.cand == keepOption || d.cands[k.cand].isPeer())
 	// With AllowUnencrypted the wider claim's route is a Throw already,
