@@ -74,7 +74,9 @@ func Parse(path string, data []byte) (nodes []mesh.Node, err error) {
 //
 // ParseFile is strict: unknown fields, duplicate fields, YAML aliases,
 // values of the wrong type, non-canonical prefixes and duplicate names are
-// errors, and so are cluster ranges covering a whole address family.
+// errors, and so are cluster ranges covering a whole address family and a
+// clusterCIDRs field after nodes (a truncated file must not keep nodes but
+// lose the ranges).
 // Duplicate keys and endpoints are not: Derive settles them. Each node's
 // Created is its entry's position, entry i (0-based) at i seconds after the
 // Unix epoch, so an earlier entry is the senior one.
@@ -234,6 +236,13 @@ func (p *parser) file(root *yaml.Node) File {
 			seenNodes = true
 			f.Nodes = p.nodeList(v)
 		case "clusterCIDRs":
+			if seenNodes {
+				// A file read while being written ends early; with the
+				// ranges first, no truncated version keeps nodes but
+				// loses the ranges.
+				p.fail(key.Line, key.Value, "must come before \"nodes\", so that a file read while it is being written never loses it; move it to the top")
+				return
+			}
 			f.ClusterCIDRs = p.clusterCIDRs(v, key.Value)
 		default:
 			p.fail(key.Line, key.Value, "unknown field; the top-level fields are \"clusterCIDRs\" and \"nodes\"")

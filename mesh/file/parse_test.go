@@ -139,6 +139,7 @@ func TestParseErrors(t *testing.T) {
 		{"cluster cidr twice", "clusterCIDRs: [\"10.244.0.0/16\", \"10.244.0.0/16\"]\nnodes: []\n", []string{"p.yaml:1: clusterCIDRs[1]: 10.244.0.0/16 is listed twice (first at line 1)"}},
 		{"cluster cidr not a list", "clusterCIDRs: 10.244.0.0/16\nnodes: []\n", []string{"p.yaml:1: clusterCIDRs: want a list, got the string"}},
 		{"cluster cidr garbage", "clusterCIDRs: [\"\", 7]\nnodes: []\n", []string{"p.yaml:1: clusterCIDRs[0]: \"\" is not a CIDR prefix", "p.yaml:1: clusterCIDRs[1]: want a string"}},
+		{"cluster cidrs after nodes", "nodes: []\nclusterCIDRs: [\"10.244.0.0/16\"]\n", []string{"p.yaml:2: clusterCIDRs: must come before \"nodes\""}},
 		{"cluster cidrs without nodes", "clusterCIDRs: [\"10.244.0.0/16\"]\n", []string{"p.yaml:1: nodes: required field missing"}},
 		{"several errors sorted by line", "nodes:\n  - name: a\n    endpoint: x\n  - name: b\n    podCIDRs: [y]\n",
 			[]string{"p.yaml:3: nodes[0].endpoint", "p.yaml:5: nodes[1].podCIDRs[0]"}},
