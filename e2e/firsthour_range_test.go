@@ -78,9 +78,22 @@ func rangePingUnknown(t *testing.T, ctx context.Context, m *labMesh, from, unkno
 }
 
 // rangeRequireCovered checks the node's table holds the range's unreachable
-// routes and its status names the ranges.
-func rangeRequireCovered(t *testing.T, ctx context.Context, n *lab.Node) {
+// routes, its egress guard holds the unknown node's pod addresses but not
+// its own, and its status names the ranges.
+func rangeRequireCovered(t *testing.T, ctx context.Context, n, unknown *lab.Node) {
 	t.Helper()
+	for fam, set := range map[int]string{4: "encrypt4", 6: "encrypt6"} {
+		nft, err := n.Exec(ctx, "nft", "list", "set", "inet", instanceNFTTable(n.Interface), set)
+		if err != nil {
+			t.Fatalf("nft on %s: %v", n.Name, err)
+		}
+		if !k8sNftCovers(nft, unknown.Pods[0].Addr(fam)) {
+			t.Errorf("%s's egress guard does not hold %s's pod %s:\n%s", n.Name, unknown.Name, unknown.Pods[0].Addr(fam), nft)
+		}
+		if k8sNftCovers(nft, n.Pods[0].Addr(fam)) {
+			t.Errorf("%s's egress guard holds its own pod %s:\n%s", n.Name, n.Pods[0].Addr(fam), nft)
+		}
+	}
 	routes, err := n.Routes(ctx, 51820)
 	if err != nil {
 		t.Fatal(err)
@@ -123,7 +136,7 @@ func TestPrivilegedFirstHourRangeEntryRemoved(t *testing.T) {
 	}
 	rangePingUnknown(t, ctx, m, a, b)
 	if ok {
-		rangeRequireCovered(t, ctx, a)
+		rangeRequireCovered(t, ctx, a, b)
 	}
 	requireNoPlaintext(t, m.stopCapture(t))
 }
@@ -180,7 +193,7 @@ func TestPrivilegedFirstHourRangeHalfWrittenFile(t *testing.T) {
 	}
 	rangePingUnknown(t, ctx, m, a, b)
 	if ok {
-		rangeRequireCovered(t, ctx, a)
+		rangeRequireCovered(t, ctx, a, b)
 	}
 	// The writer finishes: host-b is back.
 	if _, err := f.WriteString(full[cut:]); err != nil {
@@ -255,7 +268,7 @@ func TestPrivilegedFirstHourRangeFirstStart(t *testing.T) {
 	t.Logf("measured: %s -> %s's pod: %s", b.Pods[0].Name, a.Name, probe)
 	rangePingUnknown(t, ctx, m, a, b)
 	if ok {
-		rangeRequireCovered(t, ctx, a)
+		rangeRequireCovered(t, ctx, a, b)
 	}
 	// host-a's file catches up: the mesh forms.
 	if err := a.WritePeersFile(l.Entries()); err != nil {
@@ -334,7 +347,7 @@ func TestPrivilegedFirstHourRangeNodeDeleted(t *testing.T) {
 		t.Errorf("%d plaintext pod packets crossed the wire while %s's pod pinged the deleted %s", d, a.Name, b.Name)
 	}
 	if rangeSupported(t) {
-		rangeRequireCovered(t, ctx, a)
+		rangeRequireCovered(t, ctx, a, b)
 	}
 	requireNoPlaintext(t, k.stopCapture(t))
 }
