@@ -99,6 +99,14 @@ const maxNamesInDetail = 3
 //     encrypted ones. With HostEncryption, peers' endpoints and KeepOutside
 //     addresses get Throw routes.
 //
+// Cluster ranges (Options.ClusterCIDRs) cover what no node claims: each gets
+// an Unreachable route (Throw with AllowUnencrypted) owned by no node, every
+// route above is more specific, every keep-outside address inside it (the
+// local node's included) gets a Throw route unless the tunnel carries it,
+// and in strict mode the range minus all Throw destinations and keep-outside
+// addresses is EncryptOnly. A range inside or equal to a node's pod CIDR,
+// or inside another range, is ignored.
+//
 // Host IPs of nodes that are not peers get no routes: the promise of strict
 // mode covers pod traffic only, and a host without an agent must stay
 // reachable. A contested host IP (two nodes claim it) is left out of both
