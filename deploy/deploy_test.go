@@ -152,10 +152,14 @@ func TestRBACIsMinimal(t *testing.T) {
 	ms := decodeAll(t)
 	role := only[*rbacv1.ClusterRole](t, ms)
 	// Exactly what DESIGN.md grants: nodes get/list/watch/patch, events
-	// create/patch (core/v1 Events, which client-go's record package writes).
+	// create/patch (core/v1 Events, which client-go's record package writes),
+	// and get on the one ConfigMap kubeadm keeps the pod range in. A Role in
+	// kube-system would be narrower, but the kustomization's namespace
+	// would move it into wgmesh's.
 	want := []rbacv1.PolicyRule{
 		{APIGroups: []string{""}, Resources: []string{"nodes"}, Verbs: []string{"get", "list", "watch", "patch"}},
 		{APIGroups: []string{""}, Resources: []string{"events"}, Verbs: []string{"create", "patch"}},
+		{APIGroups: []string{""}, Resources: []string{"configmaps"}, ResourceNames: []string{"kubeadm-config"}, Verbs: []string{"get"}},
 	}
 	if diff := cmp.Diff(want, role.Rules); diff != "" {
 		t.Errorf("ClusterRole rules (-want +got):\n%s", diff)

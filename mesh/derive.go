@@ -99,6 +99,14 @@ const maxNamesInDetail = 3
 //     encrypted ones. With HostEncryption, peers' endpoints and KeepOutside
 //     addresses get Throw routes.
 //
+// Cluster ranges (Options.ClusterCIDRs) cover what no node claims: each gets
+// an Unreachable route (Throw with AllowUnencrypted) owned by no node, every
+// route above is more specific, every keep-outside address inside it (the
+// local node's included) gets a Throw route unless the tunnel carries it,
+// and in strict mode the range minus all Throw destinations and keep-outside
+// addresses is EncryptOnly. A range inside or equal to a node's pod CIDR,
+// or inside another range, is ignored.
+//
 // Host IPs of nodes that are not peers get no routes: the promise of strict
 // mode covers pod traffic only, and a host without an agent must stay
 // reachable. A contested host IP (two nodes claim it) is left out of both
@@ -115,6 +123,7 @@ func Derive(self Node, nodes []Node, o Options) Desired {
 	d.collectClaims()
 	d.checkOwnAndKeepOutside()
 	d.sweepOverlaps()
+	d.collectCluster()
 	return d.build()
 }
 
@@ -144,6 +153,11 @@ type deriver struct {
 	// keepKeys holds keep's addresses in the same order, as pointer-free
 	// keys that searchKeep compares without calls.
 	keepKeys []addrKey
+
+	// cluster are the cluster ranges in force: Options.ClusterCIDRs that
+	// are valid, of an enabled family, not inside a pod CIDR claim and not
+	// inside one another; sorted.
+	cluster []netip.Prefix
 
 	problems []Problem
 }
@@ -203,6 +217,10 @@ type keepOut struct {
 	// route says a wider claim that contains the address got a route, so
 	// the address needs its own Throw route.
 	route bool
+	// inRange says a cluster range contains the address, so it needs its
+	// own Throw route unless the tunnel carries it (a peer's host IP with
+	// HostEncryption).
+	inRange bool
 }
 
 const (
@@ -1028,9 +1046,19 @@ func (d *deriver) build() Desired {
 	// On equal destinations own routes win, then keep-outside ones, then
 	// the claims': own traffic stays local and control traffic outside the
 	// tunnel. The claims' routes are merged in as they are produced.
+	// The cluster ranges cover every destination no node claims: pod
+	// traffic to a node this agent does not know is dropped (or, with
+	// AllowUnencrypted, thrown), never left to the main table unseen. The
+	// nodes' own routes are more specific. A range never equals a claim
+	// (collectCluster drops those), so its place in the merge only matters
+	// against an equal keep-outside address, which wins.
+	clusterRoutes := make([]Route, 0, len(d.cluster))
+	for _, p := range d.cluster {
+		clusterRoutes = append(clusterRoutes, Route{Dst: p, Kind: fallback})
+	}
 	m := routeMerger{
-		out:   make([]Route, 0, len(ownRoutes)+len(keepRoutes)+len(d.claims)),
-		fixed: [2][]Route{ownRoutes, keepRoutes},
+		out:   make([]Route, 0, len(ownRoutes)+len(keepRoutes)+len(clusterRoutes)+len(d.claims)),
+		fixed: [3][]Route{ownRoutes, keepRoutes, clusterRoutes},
 	}
 	for _, i := range d.order {
 		c := &d.claims[i]
@@ -1084,6 +1112,10 @@ func (d *deriver) build() Desired {
 	out.EncryptOnly = slices.Clone(out.StrictSources)
 
 	out.Routes = m.finish()
+	out.ClusterCIDRs = slices.Clone(d.cluster)
+	if fallback == Unreachable && len(d.cluster) > 0 {
+		out.EncryptOnly = d.guardCluster(out.EncryptOnly, out.Routes)
+	}
 
 	// All peers' AllowedIPs share one array, in slices capped so that an
 	// append by the caller copies rather than overwrites a neighbour.
@@ -1140,15 +1172,149 @@ func (d *deriver) build() Desired {
 	return out
 }
 
+// collectCluster picks the cluster ranges in force (see deriver.cluster)
+// and marks the keep-outside addresses inside them. A range inside or equal
+// to a node's pod CIDR adds nothing (that node's route, whatever its kind,
+// covers it) and would cut a hole into a local or a peer's CIDR, so it is
+// ignored.
+func (d *deriver) collectCluster() {
+	var cs []netip.Prefix
+	for _, p := range d.o.ClusterCIDRs {
+		if !p.IsValid() || p.Addr().Is4In6() || p.Bits() == 0 || !d.familyEnabled(p.Addr()) {
+			continue
+		}
+		p = p.Masked()
+		inside := func(c claim) bool { return c.prefix.Bits() <= p.Bits() && c.prefix.Contains(p.Addr()) }
+		if slices.ContainsFunc(d.own, inside) || slices.ContainsFunc(d.claims, inside) {
+			continue
+		}
+		cs = append(cs, p)
+	}
+	slices.SortFunc(cs, comparePrefix)
+	kept := cs[:0]
+	for _, p := range cs {
+		// Sorted by address, shorter first: a range inside another follows
+		// it directly or after ranges inside it too.
+		if n := len(kept); n > 0 && kept[n-1].Contains(p.Addr()) {
+			continue
+		}
+		kept = append(kept, p)
+	}
+	d.cluster = kept
+	for _, p := range d.cluster {
+		for k := d.searchKeep(p.Addr()); k < len(d.keep) && p.Contains(d.keep[k].addr); k++ {
+			// The local node's addresses included: usually local (the
+			// local table answers first), but a published endpoint may be
+			// a NAT's address, which the range must not swallow.
+			d.keep[k].inRange = true
+		}
+	}
+}
+
+// viaTunnel reports whether the keep-outside address k has a ViaTunnel
+// route of its own: a peer's host IP with HostEncryption that is neither an
+// endpoint or keep-outside address nor contested, nor dropped.
+func (d *deriver) viaTunnel(k *keepOut) bool {
+	if !k.host || k.cand < 0 || !d.o.HostEncryption || !d.cands[k.cand].isPeer() {
+		return false
+	}
+	c := &d.cands[k.cand]
+	p := netip.PrefixFrom(k.addr, k.addr.BitLen())
+	for _, cl := range d.claims[c.claimStart:c.claimEnd] {
+		if cl.host && cl.prefix == p {
+			return !cl.outside && !cl.dropped && !cl.contested
+		}
+	}
+	return false
+}
+
+// guardCluster adds the cluster ranges to the egress guard's prefixes
+// encrypt, minus every destination that may leave outside the tunnel: the
+// Throw routes inside them (own pod CIDRs, keep-outside addresses, unmanaged
+// nodes) and every endpoint, host IP and keep-outside address. The
+// result is sorted with no prefix inside another, so the guard never drops
+// the device's UDP to an endpoint, the agent's way to the API server, or
+// the node's own pods.
+func (d *deriver) guardCluster(encrypt []netip.Prefix, routes []Route) []netip.Prefix {
+	var holes []netip.Prefix
+	for _, r := range routes {
+		if r.Kind == Throw {
+			holes = append(holes, r.Dst)
+		}
+	}
+	// Every keep-outside address, the local node's included: its host
+	// traffic (or the local delivery) must never meet the guard. A peer's
+	// host IP that the tunnel carries is routed into it anyway.
+	for _, k := range d.keep {
+		if d.familyEnabled(k.addr) {
+			holes = append(holes, netip.PrefixFrom(k.addr, k.addr.BitLen()))
+		}
+	}
+	for _, c := range d.cluster {
+		encrypt = subtractPrefixes(encrypt, c, holes)
+	}
+	slices.SortFunc(encrypt, comparePrefix)
+	kept := encrypt[:0]
+	for _, p := range encrypt {
+		if n := len(kept); n > 0 && kept[n-1].Contains(p.Addr()) {
+			continue
+		}
+		kept = append(kept, p)
+	}
+	return kept
+}
+
+// subtractPrefixes appends to dst the prefixes that cover r except the
+// holes: r itself if no hole overlaps it, nothing if one contains it, else
+// both halves, each minus the holes. Only holes overlapping r are passed
+// on, so the cost is O(holes × prefix length).
+func subtractPrefixes(dst []netip.Prefix, r netip.Prefix, holes []netip.Prefix) []netip.Prefix {
+	var in []netip.Prefix
+	for _, h := range holes {
+		if h.Overlaps(r) {
+			if h.Bits() <= r.Bits() {
+				return dst
+			}
+			in = append(in, h)
+		}
+	}
+	if len(in) == 0 {
+		return append(dst, r)
+	}
+	lo := netip.PrefixFrom(r.Addr(), r.Bits()+1)
+	dst = subtractPrefixes(dst, lo, in)
+	return subtractPrefixes(dst, netip.PrefixFrom(upperHalf(r), r.Bits()+1), in)
+}
+
+// upperHalf returns the first address of the upper half of the masked
+// prefix p (p.Bits() < its address's length).
+func upperHalf(p netip.Prefix) netip.Addr {
+	bit := p.Bits()
+	if p.Addr().Is4() {
+		b := p.Addr().As4()
+		b[bit/8] |= 0x80 >> (bit % 8)
+		return netip.AddrFrom4(b)
+	}
+	b := p.Addr().As16()
+	b[bit/8] |= 0x80 >> (bit % 8)
+	return netip.AddrFrom16(b)
+}
+
 // needsKeepRoute reports whether the keep-outside address k gets a Throw
 // route.
 func (d *deriver) needsKeepRoute(k *keepOut) bool {
-	if !d.familyEnabled(k.addr) || k.cand == keepSelf {
+	if !d.familyEnabled(k.addr) {
 		return false
 	}
+	if k.cand == keepSelf {
+		// Local addresses need no route, unless a cluster range would
+		// hold them (see collectCluster).
+		return k.inRange && !d.o.AllowUnencrypted
+	}
 	hostEnc := d.o.HostEncryption && !k.host && (k.cand == keepOption || d.cands[k.cand].isPeer())
-	// With AllowUnencrypted the wider claim's route is a Throw already.
-	inBlocked := k.route && !d.o.AllowUnencrypted
+	// With AllowUnencrypted the wider claim's route is a Throw already,
+	// and so are the cluster ranges'.
+	inBlocked := (k.route || (k.inRange && !d.viaTunnel(k))) && !d.o.AllowUnencrypted
 	return hostEnc || inBlocked
 }
 
@@ -1158,7 +1324,7 @@ func (d *deriver) needsKeepRoute(k *keepOut) bool {
 // to both.
 type routeMerger struct {
 	out   []Route
-	fixed [2][]Route
+	fixed [3][]Route
 }
 
 // add emits the fixed routes up to r's destination, then r unless one of

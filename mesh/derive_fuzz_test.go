@@ -91,6 +91,21 @@ func (f *fuzzInput) prefix() netip.Prefix {
 	return netip.PrefixFrom(netip.AddrFrom16([16]byte{0xfd, 0, 0, 0x10, 0x2, 0x44, 0, x, 15: y}), bits)
 }
 
+// clusterRange returns a cluster range: the test cluster's, a wider or
+// foreign one, or any prefix of the pool.
+func (f *fuzzInput) clusterRange() netip.Prefix {
+	switch b := f.next(); b & 3 {
+	case 0:
+		return netip.MustParsePrefix("10.244.0.0/16")
+	case 1:
+		return netip.MustParsePrefix("fd00:10:244::/48")
+	case 2:
+		return []netip.Prefix{netip.MustParsePrefix("198.18.0.0/15"), netip.MustParsePrefix("10.0.0.0/8"),
+			netip.MustParsePrefix("192.0.2.0/24"), netip.MustParsePrefix("fd00::/8")}[b>>2&3]
+	}
+	return f.prefix()
+}
+
 var fuzzNames = []string{"n0", "n1", "n2", "n3", "n4", "n5", "n6", "n7", "n8", "n9", "n10", "n11", "n12", "n13", "n14", ""}
 
 func (f *fuzzInput) node() Node {
@@ -141,6 +156,8 @@ func FuzzDerive(f *testing.F) {
 	f.Add([]byte{0x07, 6, 0, 1, 3, 0x0c, 3, 0x04, 0x04, 0x06, 2, 0x01, 0x02, 1, 2, 3, 0x14, 2, 0x04, 0x05, 1, 0x09, 1})
 	f.Add([]byte{0xff, 0x01, 9, 3, 1, 1, 3, 0x0c, 3, 0x2c, 0x2c, 0x01, 2, 0x01, 0x02, 2, 3, 3, 0x14, 1, 0x2c, 0, 4, 3, 3, 0x1c, 1, 0x05})
 	f.Add([]byte{0x1b, 8, 0, 0, 1, 3, 0x0c, 1, 0x04, 0, 1, 1, 1, 3, 0x0c, 1, 0x04, 0, 1, 2, 0, 0, 2, 0x06, 0, 0})
+	f.Add([]byte{0x07, 3, 0, 1, 3, 0x0c, 2, 0x2e, 1, 0x09, 1, 1, 3, 0x0c, 2, 0x34, 1, 0x11, 1, 2, 4, 0x14, 1, 0x1e, 0, 0x09, 0, 2, 0, 1})
+	f.Add([]byte{0xbf, 4, 0, 1, 3, 0x0c, 2, 0x2e, 1, 0x09, 1, 1, 3, 0x0c, 2, 0x34, 1, 0x11, 1, 2, 4, 0x14, 1, 0x1e, 0, 0x09, 1, 2, 2, 0x06})
 	f.Add([]byte("the fuzzer grows this into many nodes with shared keys, names and prefixes"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		in := &fuzzInput{b: data}
@@ -160,6 +177,11 @@ func FuzzDerive(f *testing.F) {
 		// not, or vice versa.
 		if in.next()&1 == 0 {
 			self.PodCIDRs = nil
+		}
+		// Cluster ranges: usually one or two wide ones, sometimes a pod
+		// CIDR of the pool or one holding endpoints.
+		for range in.next() % 3 {
+			o.ClusterCIDRs = append(o.ClusterCIDRs, in.clusterRange())
 		}
 
 		before := deepCopyNodes(nodes)

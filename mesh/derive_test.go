@@ -50,6 +50,16 @@ func Render(d Desired) string {
 	for _, s := range d.StrictSources {
 		fmt.Fprintf(&b, "strict-source %s\n", s)
 	}
+	// Printed only when they differ from the strict sources (with cluster
+	// ranges), so the goldens of cases without ranges stay as they were.
+	if !slices.Equal(d.EncryptOnly, d.StrictSources) {
+		for _, s := range d.EncryptOnly {
+			fmt.Fprintf(&b, "encrypt-only %s\n", s)
+		}
+	}
+	for _, c := range d.ClusterCIDRs {
+		fmt.Fprintf(&b, "cluster-cidr %s\n", c)
+	}
 	for _, n := range d.Unencrypted {
 		fmt.Fprintf(&b, "unencrypted %s\n", orDash(n))
 	}
@@ -793,8 +803,121 @@ func deriveCases() []deriveCase {
 			peers:   []string{"bare"},
 			allowed: map[string][]string{"bare": nil},
 		},
+		{
+			// The first start: only the local node is known, yet every
+			// other pod CIDR of the cluster is already dropped.
+			name:  "cluster-range-self-only",
+			self:  self,
+			nodes: []Node{self},
+			opts:  func(o *Options) { o.ClusterCIDRs = clusterRanges },
+			routes: map[string]string{
+				"10.244.0.0/16":    "unreachable -",
+				"fd00:10:244::/48": "unreachable -",
+				"10.244.0.0/24":    "throw self",
+				"fd00:10:244::/64": "throw self",
+			},
+			noRoute: []string{"198.18.0.1/32", "fd00:10:244:1::/64"},
+		},
+		{
+			// A node removed from the input: its CIDR falls into the
+			// range's unreachable route, the peers' stay more specific.
+			name:  "cluster-range-strict",
+			self:  self,
+			nodes: []Node{self, nodeA},
+			opts:  func(o *Options) { o.ClusterCIDRs = clusterRanges },
+			peers: []string{"a"},
+			routes: map[string]string{
+				"10.244.0.0/16": "unreachable -",
+				"10.244.1.0/24": "tunnel a",
+			},
+			noRoute: []string{"10.244.2.0/24"},
+		},
+		{
+			name:  "cluster-range-allow-unencrypted",
+			self:  self,
+			nodes: []Node{self, nodeA},
+			opts: func(o *Options) {
+				o.ClusterCIDRs = clusterRanges
+				o.AllowUnencrypted = true
+			},
+			peers:  []string{"a"},
+			routes: map[string]string{"10.244.0.0/16": "throw -", "fd00:10:244::/48": "throw -"},
+		},
+		{
+			// Endpoints, host IPs (of peers and of nodes without an
+			// agent) and the API server inside a range stay reachable
+			// outside the tunnel; a peer's host IP the tunnel carries
+			// (host encryption) keeps its tunnel route.
+			name: "cluster-range-contains-endpoints-and-api-server",
+			self: withHosts(self, "198.18.0.1"),
+			nodes: []Node{withHosts(self, "198.18.0.1"),
+				withHosts(nodeA, "198.18.0.2", "198.19.0.2"),
+				withHosts(node("keyless", 0, "", "10.244.3.0/24"), "198.18.0.3"),
+			},
+			opts: func(o *Options) {
+				o.HostEncryption = true
+				o.KeepOutside = []netip.Addr{netip.MustParseAddr("198.18.0.100")}
+				o.ClusterCIDRs = []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16"), netip.MustParsePrefix("198.18.0.0/15")}
+			},
+			peers:    []string{"a"},
+			problems: []string{"keyless NoKey"},
+			routes: map[string]string{
+				"198.18.0.0/15":   "unreachable -",
+				"198.18.0.2/32":   "throw a",
+				"198.18.0.3/32":   "throw keyless",
+				"198.18.0.100/32": "throw -",
+				"198.18.0.1/32":   "throw -",
+				"198.19.0.2/32":   "tunnel a",
+				"10.244.3.0/24":   "unreachable keyless",
+			},
+		},
+		{
+			// Unmanaged nodes stay plaintext inside the range, and the
+			// guard leaves their CIDR alone.
+			name: "cluster-range-with-unmanaged-node",
+			self: self,
+			nodes: []Node{self, nodeA,
+				withLabels(node("win", 0, "198.18.0.5:51820", "10.244.5.0/24"), "kubernetes.io/os", "windows"),
+			},
+			opts: func(o *Options) {
+				o.Unmanaged = windowsUnmanaged
+				o.ClusterCIDRs = clusterRanges
+			},
+			peers:       []string{"a"},
+			problems:    []string{"win Unmanaged"},
+			unencrypted: []string{"win"},
+			routes:      map[string]string{"10.244.5.0/24": "throw win", "10.244.0.0/16": "unreachable -"},
+		},
+		{
+			// Ranges inside a pod CIDR (which covers them), nested ranges
+			// (the outer one stays), invalid ones, a whole family and a
+			// disabled family are ignored.
+			name:  "cluster-range-ignored-and-nested",
+			self:  self,
+			nodes: []Node{self, nodeA},
+			opts: func(o *Options) {
+				o.IPv6 = false
+				o.ClusterCIDRs = []netip.Prefix{
+					netip.MustParsePrefix("10.244.1.0/25"), netip.MustParsePrefix("10.244.0.0/24"),
+					netip.MustParsePrefix("10.244.0.0/17"), netip.MustParsePrefix("10.244.0.0/16"),
+					netip.MustParsePrefix("10.245.0.0/16"), {}, netip.MustParsePrefix("0.0.0.0/0"),
+					netip.MustParsePrefix("::ffff:10.0.0.0/104"), netip.MustParsePrefix("fd00:10:244::/48"),
+				}
+			},
+			peers: []string{"a"},
+			routes: map[string]string{
+				"10.244.0.0/16": "unreachable -",
+				"10.245.0.0/16": "unreachable -",
+				"10.244.1.0/24": "tunnel a",
+			},
+			noRoute: []string{"10.244.0.0/17", "10.244.1.0/25", "0.0.0.0/0"},
+		},
 	}
 }
+
+// clusterRanges are the test cluster's pod ranges, holding every test
+// node's pod CIDRs.
+var clusterRanges = []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16"), netip.MustParsePrefix("fd00:10:244::/48")}
 
 // byName finds the peer named name.
 func peerByName(d Desired, name string) (Peer, bool) {
@@ -1131,7 +1254,8 @@ func checkInvariants(t *testing.T, self Node, nodes []Node, o Options, d Desired
 		strict[s] = true
 	}
 	for _, r := range d.Routes {
-		if r.Kind == Unreachable && !strict[r.Dst] {
+		isCluster := slices.Contains(d.ClusterCIDRs, r.Dst)
+		if r.Kind == Unreachable && !strict[r.Dst] && !isCluster {
 			// Only a prefix holding own or outside addresses may not be.
 			holds := slices.ContainsFunc(own, r.Dst.Overlaps) ||
 				slices.ContainsFunc(keep, func(k addrOf) bool { return usable(k.a) && r.Dst.Contains(k.a) })
@@ -1144,7 +1268,10 @@ func checkInvariants(t *testing.T, self Node, nodes []Node, o Options, d Desired
 			// blocked prefix stay reachable through their own Throw.
 			for _, k := range keep {
 				if usable(k.a) && k.node != self.Name && r.Dst.Contains(k.a) && famOK(k.a) {
-					if tr, ok := routeOf[netip.PrefixFrom(k.a, k.a.BitLen())]; !ok || tr.Kind != Throw {
+					tr, ok := routeOf[netip.PrefixFrom(k.a, k.a.BitLen())]
+					// In a cluster range a peer's host IP may be a tunnel
+					// route (host encryption): not dropped either.
+					if !ok || (tr.Kind != Throw && !(isCluster && k.host && tr.Kind == ViaTunnel)) {
 						t.Errorf("address %s of %q is inside unreachable %s without a throw route", k.a, k.node, r.Dst)
 					}
 				}
@@ -1169,8 +1296,16 @@ func checkInvariants(t *testing.T, self Node, nodes []Node, o Options, d Desired
 	encryptOnly := map[netip.Prefix]bool{}
 	for _, e := range d.EncryptOnly {
 		encryptOnly[e] = true
-		if r, ok := routeOf[e]; !ok || r.Kind == Throw {
+		// A piece of a cluster range has no route of its own: the range's
+		// route covers it, and no Throw route may lie inside it.
+		inCluster := slices.ContainsFunc(d.ClusterCIDRs, func(c netip.Prefix) bool { return c.Bits() <= e.Bits() && c.Contains(e.Addr()) })
+		if r, ok := routeOf[e]; (!ok && !inCluster) || (ok && r.Kind == Throw) {
 			t.Errorf("encrypt-only %s has route %+v", e, r)
+		}
+		for _, r := range d.Routes {
+			if r.Kind == Throw && r.Dst.Bits() >= e.Bits() && e.Contains(r.Dst.Addr()) {
+				t.Errorf("throw %s is inside encrypt-only %s", r.Dst, e)
+			}
 		}
 		for _, p := range own {
 			if overlaps(p, e) {
@@ -1184,10 +1319,30 @@ func checkInvariants(t *testing.T, self Node, nodes []Node, o Options, d Desired
 		}
 	}
 	for _, a := range allowed {
-		if !a.p.IsSingleIP() && !encryptOnly[a.p] {
+		covered := slices.ContainsFunc(d.EncryptOnly, func(e netip.Prefix) bool { return e.Bits() <= a.p.Bits() && e.Contains(a.p.Addr()) })
+		if !a.p.IsSingleIP() && !covered {
 			t.Errorf("pod CIDR %s of peer %s is not encrypt-only", a.p, a.node)
 		}
 	}
+
+	// Every cluster range in force was asked for and has the fallback
+	// route, owned by no node; none is inside another.
+	for i, c := range d.ClusterCIDRs {
+		if !slices.ContainsFunc(o.ClusterCIDRs, func(p netip.Prefix) bool { return p.IsValid() && p.Masked() == c }) {
+			t.Errorf("cluster range %s was not asked for", c)
+		}
+		want := Unreachable
+		if o.AllowUnencrypted {
+			want = Throw
+		}
+		if r, ok := routeOf[c]; !ok || r.Kind != want || r.Node != "" {
+			t.Errorf("cluster range %s has route %+v, want %s", c, r, want)
+		}
+		if i > 0 && d.ClusterCIDRs[i-1].Overlaps(c) {
+			t.Errorf("cluster ranges %s and %s overlap", d.ClusterCIDRs[i-1], c)
+		}
+	}
+	isSortedPrefixes("cluster ranges", d.ClusterCIDRs)
 
 	// Every other node is a peer, reported, or listed as unencrypted.
 	peerNames := map[string]bool{}

@@ -176,6 +176,12 @@ type Desired struct {
 	// or a KeepOutside address, so the device's own encrypted UDP and the
 	// agent's way to the API server are never dropped.
 	EncryptOnly []netip.Prefix
+	// ClusterCIDRs are the cluster's pod ranges in force (Options.ClusterCIDRs
+	// as Derive used them: valid, of an enabled family, masked, sorted, none
+	// inside another or inside a node's pod CIDR). Empty means pod traffic to
+	// a node this agent does not know (removed from its input, or not yet
+	// seen) is not covered: it leaves through the main table.
+	ClusterCIDRs []netip.Prefix
 	// Unencrypted names the nodes whose pod traffic is not encrypted
 	// (unmanaged, or keyless with AllowUnencrypted), sorted.
 	Unencrypted []string
@@ -223,6 +229,18 @@ type Options struct {
 	// with host encryption on (the Kubernetes API server); they get Throw
 	// routes. Peers' endpoint addresses are always kept outside.
 	KeepOutside []netip.Addr
+	// ClusterCIDRs are the cluster's pod ranges (e.g. 10.244.0.0/16). In
+	// strict mode every destination inside them that is not a local pod
+	// CIDR, a node's pod CIDR or a keep-outside address gets an Unreachable
+	// route and is EncryptOnly, so pod traffic to a node this agent does not
+	// know (a removed entry, a deleted Node, a node not seen yet) is
+	// dropped, never sent in plaintext. With AllowUnencrypted the ranges get
+	// Throw routes. Keep-outside addresses inside a range (endpoints, host
+	// IPs, the API server) get Throw routes, so they stay reachable outside
+	// the tunnel. Invalid prefixes, prefixes covering a whole family, those
+	// of a disabled family and those inside (or equal to) a node's pod CIDR
+	// are ignored: that node's route covers them.
+	ClusterCIDRs []netip.Prefix
 }
 
 // DeviceConfig is the complete WireGuard configuration of the local interface.

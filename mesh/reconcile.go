@@ -479,7 +479,15 @@ func (l *loop) reconcile(ctx context.Context) {
 
 	start := time.Now()
 	self := Node{Name: r.o.NodeName, PublicKey: l.key.PublicKey(), Endpoint: r.o.Endpoint}
-	d := Derive(self, r.o.Source.Nodes(), r.o.Derive)
+	o := r.o.Derive
+	if cr, ok := r.o.Source.(ClusterRanger); ok {
+		// The source's ranges (peers file, cluster configuration) add to
+		// the flag's: the union is what no unknown node may leak into.
+		if cs := cr.ClusterCIDRs(); len(cs) > 0 {
+			o.ClusterCIDRs = append(slices.Clone(o.ClusterCIDRs), cs...)
+		}
+	}
+	d := Derive(self, r.o.Source.Nodes(), o)
 	var errs []error
 	// The device goes first: a route into the tunnel for a peer not yet
 	// configured drops packets; it never leaks them. A device failure does

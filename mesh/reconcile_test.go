@@ -3,6 +3,7 @@ package mesh
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/netip"
@@ -685,5 +686,40 @@ func TestReconcilerRefusesExposedKey(t *testing.T) {
 	}
 	if g.dev.count() != 0 {
 		t.Error("device configured without a key")
+	}
+}
+
+// rangedSource is a fakeSource that knows the cluster's pod ranges.
+type rangedSource struct {
+	*fakeSource
+	ranges []netip.Prefix
+}
+
+func (s rangedSource) ClusterCIDRs() []netip.Prefix { return s.ranges }
+
+// TestReconcilerAddsSourceClusterRanges: the source's ranges (peers file,
+// cluster configuration) add to the flag's, so the first apply with only
+// the local node known already drops the rest of the range.
+func TestReconcilerAddsSourceClusterRanges(t *testing.T) {
+	src := rangedSource{fakeSource: newFakeSource(), ranges: []netip.Prefix{netip.MustParsePrefix("fd00:10:244::/48")}}
+	g := newRig(t, src.fakeSource, func(o *ReconcilerOptions) {
+		o.Source = src
+		o.Derive.ClusterCIDRs = []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}
+	})
+	g.start(t)
+	src.set(recSelf())
+	recUntil(t, "the first apply", func() bool { return g.router.current() != nil })
+	d := g.router.current()
+	if got := fmt.Sprint(d.ClusterCIDRs); got != "[10.244.0.0/16 fd00:10:244::/48]" {
+		t.Errorf("cluster ranges in force %s, want the flag's and the source's", got)
+	}
+	want := map[string]string{"10.244.0.0/16": "unreachable", "fd00:10:244::/48": "unreachable", "10.244.1.0/24": "throw"}
+	for _, r := range d.Routes {
+		if k, ok := want[r.Dst.String()]; ok && k == r.Kind.String() {
+			delete(want, r.Dst.String())
+		}
+	}
+	if len(want) > 0 {
+		t.Errorf("routes %v lack %v", d.Routes, want)
 	}
 }

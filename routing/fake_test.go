@@ -134,6 +134,25 @@ func hostRoutes() mesh.Desired {
 	return d
 }
 
+// clusterRange is node-1's view as Derive makes it with the cluster's pod
+// ranges stated and only node-2 known: the ranges are unreachable around the
+// own and node-2's CIDRs, and the egress guard holds the whole range but the
+// own CIDRs and the endpoints.
+func clusterRange() mesh.Desired {
+	key := func(b byte) (k mesh.Key) {
+		for i := range k {
+			k[i] = b
+		}
+		return k
+	}
+	self := mesh.Node{Name: "node-1", PublicKey: key(1), Endpoint: netip.MustParseAddrPort("198.18.0.1:51820"),
+		PodCIDRs: []netip.Prefix{pfx("10.244.1.0/24"), pfx("fd00:10:244:1::/64")}}
+	peer := mesh.Node{Name: "node-2", PublicKey: key(2), Endpoint: netip.MustParseAddrPort("198.18.0.2:51820"),
+		PodCIDRs: []netip.Prefix{pfx("10.244.2.0/24"), pfx("fd00:10:244:2::/64")}}
+	return mesh.Derive(self, []mesh.Node{self, peer}, mesh.Options{IPv4: true, IPv6: true,
+		ClusterCIDRs: []netip.Prefix{pfx("10.244.0.0/16"), pfx("fd00:10:244::/48")}})
+}
+
 func with(d mesh.Desired, routes ...mesh.Route) mesh.Desired {
 	d.Routes = append(slices.Clone(d.Routes), routes...)
 	return d
@@ -189,6 +208,7 @@ func configs() []config {
 		{"host-routes", opts(nil), hostRoutes()},
 		{"host-routes-ipv4-only", opts(func(o *Options) { o.IPv6 = false }), hostRoutes()},
 		{"host-routes-custom-tables", opts(func(o *Options) { o.Table, o.HostTable, o.Priority = 4243, 4242, 50 }), hostRoutes()},
+		{"cluster-range", opts(nil), clusterRange()},
 	}
 }
 

@@ -1,8 +1,12 @@
 package main
 
 import (
+	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -11,6 +15,11 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes/fake"
+
+	"github.com/wgmesh/wgmesh/mesh"
 	"github.com/wgmesh/wgmesh/mesh/metrics"
 )
 
@@ -226,5 +235,27 @@ func TestPrivilegedAgentPeersFile(t *testing.T) {
 	rules, _ := exec.Command("ip", "-n", a.ns, "rule").Output()
 	if strings.Contains(string(rules), "lookup 51820") || strings.Contains(string(rules), "lookup 51821") {
 		t.Errorf("policy rule still there after cleanup:\n%s", rules)
+	}
+}
+
+// TestClusterRangesFromKubeadm: a kubeadm cluster needs no --cluster-cidrs;
+// the flag's ranges stay and are not repeated.
+func TestClusterRangesFromKubeadm(t *testing.T) {
+	cm := &corev1.ConfigMap{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "kube-system", Name: "kubeadm-config"},
+		Data:       map[string]string{"ClusterConfiguration": "networking:\n  podSubnet: 10.244.0.0/16,fd00:10:244::/48\n"},
+	}
+	var logs bytes.Buffer
+	log := slog.New(slog.NewTextHandler(&logs, nil))
+	cfg := agentConfig{Derive: mesh.Options{ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16"), netip.MustParsePrefix("10.245.0.0/16")}}}
+	clusterRangesFromKubeadm(context.Background(), fake.NewClientset(cm), &cfg, log)
+	if got := fmt.Sprint(cfg.Derive.ClusterCIDRs); got != "[10.244.0.0/16 10.245.0.0/16 fd00:10:244::/48]" {
+		t.Errorf("cluster ranges %s", got)
+	}
+	// Neither ConfigMap nor flag: the window is logged.
+	cfg = agentConfig{}
+	clusterRangesFromKubeadm(context.Background(), fake.NewClientset(), &cfg, log)
+	if cfg.Derive.ClusterCIDRs != nil || !strings.Contains(logs.String(), "no --cluster-cidrs: traffic to pod CIDRs of nodes unknown to this agent is not covered") {
+		t.Errorf("without kubeadm-config: %v, log:\n%s", cfg.Derive.ClusterCIDRs, logs.String())
 	}
 }

@@ -53,6 +53,7 @@ type agentFlags struct {
 	fwmark           string
 	tunnelAddress    string
 	unmanagedNodes   string
+	clusterCIDRs     string
 	metricsAddr      string
 }
 
@@ -122,6 +123,7 @@ func (f *agentFlags) register(fs *pflag.FlagSet, getenv func(string) string) {
 	fs.StringVar(&f.fwmark, "fwmark", fmt.Sprintf("%#x", d.FwMark), "firewall mark bit of encrypted packets, so they skip the wgmesh table (exactly one bit)")
 	fs.StringVar(&f.tunnelAddress, "tunnel-address", string(mesh.TunnelAddressAuto), "interface address: auto (IPv4: the own pod CIDR's first address; IPv6: its first address + 1, not the subnet-router anycast address), first (the first address of both; the old default), none, or IPs (comma-separated, one per family)")
 	fs.StringVar(&f.unmanagedNodes, "unmanaged-nodes", "", "label selector of nodes outside the mesh (plaintext, reported), e.g. kubernetes.io/os=windows")
+	fs.StringVar(&f.clusterCIDRs, "cluster-cidrs", "", "the cluster's pod ranges, comma-separated (e.g. 10.244.0.0/16,fd00:10:244::/48): pod traffic to any part no known node claims is dropped (strict) instead of leaving in plaintext; adds to the peers file's clusterCIDRs and the cluster's kubeadm podSubnet")
 	fs.StringVar(&f.metricsAddr, "metrics-addr", fmt.Sprintf(":%d", metrics.DefaultPort), "address of /metrics, /healthz, /readyz and /status; empty disables")
 }
 
@@ -238,6 +240,17 @@ func (f *agentFlags) validate(inCluster bool) (agentConfig, error) {
 		c.Unmanaged = sel
 		c.Derive.Unmanaged = func(l map[string]string) bool { return sel.Matches(labels.Set(l)) }
 	}
+
+	cidrs, err := mesh.ParseClusterCIDRs(f.clusterCIDRs)
+	if err != nil {
+		return c, usagef("--cluster-cidrs %q: %v", f.clusterCIDRs, err)
+	}
+	for _, p := range cidrs {
+		if (p.Addr().Is4() && !f.ipv4) || (p.Addr().Is6() && !f.ipv6) {
+			return c, usagef("--cluster-cidrs %q: %s is of a family switched off by --ipv4/--ipv6", f.clusterCIDRs, p)
+		}
+	}
+	c.Derive.ClusterCIDRs = cidrs
 
 	if c.MetricsAddr != "" {
 		if _, err := metricsURL(c.MetricsAddr); err != nil {

@@ -24,6 +24,8 @@ func FuzzAgentFlags(f *testing.F) {
 		{"0x20000", "first", "", "0", "", ":9587", "--peers-file=p\n--route-table=252\n--host-route-table=0\n--rule-priority=1", false},
 		{"0x20000", "first", "", "0", "", ":9587", "--peers-file=p\n--route-table=7\n--host-route-table=7", false},
 		{"0x20000", "first", "", "0", "", ":9587", "--peers-file=p\n--mtu=1240\n--ipv6=false", false},
+		{"0x20000", "first", "", "0", "", ":9587", "--peers-file=p\n--cluster-cidrs=10.244.0.0/16, fd00:10:244::/48", false},
+		{"0x20000", "first", "", "0", "", ":9587", "--peers-file=p\n--ipv6=false\n--cluster-cidrs=10.244.0.1/16,::/0,fd00::/8,,", false},
 	} {
 		f.Add(s.fwmark, s.tunnel, s.unmanaged, s.keepalive, s.endpoint, s.metricsAddr, s.extra, s.inCluster)
 	}
@@ -66,6 +68,11 @@ func FuzzAgentFlags(f *testing.F) {
 			t.Errorf("valid configuration with listen port %d", c.ListenPort)
 		case c.MTU != 0 && (c.MTU > 65535 || c.MTU < 576 || (c.Derive.IPv6 && c.MTU < 1280)):
 			t.Errorf("valid configuration with MTU %d (IPv6 %v)", c.MTU, c.Derive.IPv6)
+		}
+		for _, p := range c.Derive.ClusterCIDRs {
+			if !p.IsValid() || p != p.Masked() || p.Bits() == 0 || (p.Addr().Is4() && !c.Derive.IPv4) || (p.Addr().Is6() && !c.Derive.IPv6) {
+				t.Errorf("valid configuration with cluster range %v (IPv4 %v, IPv6 %v)", p, c.Derive.IPv4, c.Derive.IPv6)
+			}
 		}
 		if c.Derive.Unmanaged != nil {
 			c.Derive.Unmanaged(map[string]string{"kubernetes.io/os": "windows", "a": "b"})

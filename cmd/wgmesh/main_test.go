@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"net"
 	"net/http/httptest"
 	"net/netip"
@@ -62,6 +63,10 @@ func TestAgentFlagErrors(t *testing.T) {
 		{"tunnel address two v4", append(peers, "--tunnel-address=10.244.1.1,10.244.1.2"), nil, "more than one"},
 		{"tunnel address disabled family", append(peers, "--ipv6=false", "--tunnel-address=fd00::1"), nil, "--ipv6=false"},
 		{"unmanaged selector", append(peers, "--unmanaged-nodes=a in (b"), nil, "--unmanaged-nodes"},
+		{"cluster cidrs host bits", append(peers, "--cluster-cidrs=10.244.0.1/16"), nil, "--cluster-cidrs \"10.244.0.1/16\": \"10.244.0.1/16\" has host bits set; did you mean 10.244.0.0/16?"},
+		{"cluster cidrs whole family", append(peers, "--cluster-cidrs=10.244.0.0/16,::/0"), nil, "--cluster-cidrs \"10.244.0.0/16,::/0\": \"::/0\" covers a whole address family"},
+		{"cluster cidrs twice", append(peers, "--cluster-cidrs=10.244.0.0/16,10.244.0.0/16"), nil, "listed twice"},
+		{"cluster cidrs disabled family", append(peers, "--ipv6=false", "--cluster-cidrs=fd00:10:244::/48"), nil, "fd00:10:244::/48 is of a family switched off"},
 		{"rule priority zero", append(peers, "--rule-priority=0"), nil, "--rule-priority"},
 		{"rule priority one", append(peers, "--rule-priority=1"), nil, "host-route rules take --rule-priority - 1"},
 		{"host route table main", append(peers, "--host-route-table=254"), nil, "--host-route-table 254"},
@@ -132,7 +137,7 @@ func TestAgentFlagsValidate(t *testing.T) {
 		t.Errorf("defaults: %+v", c)
 	}
 	if !c.Derive.IPv4 || !c.Derive.IPv6 || c.Derive.HostEncryption || c.Derive.AllowUnencrypted ||
-		c.Derive.Keepalive != 0 || c.Derive.TunnelAddress != mesh.TunnelAddressAuto || c.Derive.Unmanaged != nil {
+		c.Derive.Keepalive != 0 || c.Derive.TunnelAddress != mesh.TunnelAddressAuto || c.Derive.Unmanaged != nil || c.Derive.ClusterCIDRs != nil {
 		t.Errorf("default derive options: %+v", c.Derive)
 	}
 
@@ -141,7 +146,7 @@ func TestAgentFlagsValidate(t *testing.T) {
 		"--listen-port=51821", "--endpoint=198.18.0.1", "--key-file=/tmp/k", "--mtu=1400", "--host-encryption",
 		"--allow-unencrypted", "--ipv6=false", "--keepalive=25", "--route-table=1000", "--host-route-table=900", "--rule-priority=150",
 		"--fwmark=0x400000", "--tunnel-address=10.244.1.1", "--unmanaged-nodes=kubernetes.io/os=windows",
-		"--metrics-addr=127.0.0.1:9999", "--offloads=false")
+		"--metrics-addr=127.0.0.1:9999", "--offloads=false", "--cluster-cidrs=10.244.0.0/16, 10.245.0.0/16")
 	if err != nil {
 		t.Fatalf("all flags: %v", err)
 	}
@@ -154,7 +159,8 @@ func TestAgentFlagsValidate(t *testing.T) {
 	}
 	d := c.Derive
 	if !d.IPv4 || d.IPv6 || !d.HostEncryption || !d.AllowUnencrypted || d.Keepalive != 25*time.Second ||
-		d.TunnelAddress != mesh.TunnelAddressFixed || len(d.TunnelAddrs) != 1 || d.TunnelAddrs[0] != netip.MustParseAddr("10.244.1.1") {
+		d.TunnelAddress != mesh.TunnelAddressFixed || len(d.TunnelAddrs) != 1 || d.TunnelAddrs[0] != netip.MustParseAddr("10.244.1.1") ||
+		fmt.Sprint(d.ClusterCIDRs) != "[10.244.0.0/16 10.245.0.0/16]" {
 		t.Errorf("all flags derive options: %+v", d)
 	}
 	if d.Unmanaged == nil || !d.Unmanaged(map[string]string{"kubernetes.io/os": "windows"}) || d.Unmanaged(map[string]string{"kubernetes.io/os": "linux"}) {

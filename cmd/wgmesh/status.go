@@ -202,6 +202,14 @@ func printStatus(w io.Writer, st metrics.Status, now time.Time) error {
 		} else {
 			kv("Strict mode", "OFF (--allow-unencrypted: nodes without a key get plaintext)")
 		}
+		switch {
+		case len(st.ClusterCIDRs) > 0 && st.Strict:
+			kv("Cluster ranges", strings.Join(st.ClusterCIDRs, ", ")+" (pod traffic to nodes unknown here is dropped)")
+		case len(st.ClusterCIDRs) > 0:
+			kv("Cluster ranges", strings.Join(st.ClusterCIDRs, ", ")+" (pod traffic to nodes unknown here is PLAINTEXT: --allow-unencrypted)")
+		case st.LastReconcile != nil:
+			kv("Cluster ranges", "none: "+metrics.NoClusterCIDRs)
+		}
 		kv("Ready", st.Ready)
 		for _, c := range st.Conditions {
 			v := c.Reason + ": " + c.Message

@@ -33,3 +33,38 @@ func TestPrintStatusCoverage(t *testing.T) {
 		}
 	}
 }
+
+// TestPrintClusterRanges: status and verify say whether pod traffic to
+// nodes the agent does not know is covered.
+func TestPrintClusterRanges(t *testing.T) {
+	last := &metrics.ReconcileState{Time: time.Now()}
+	for _, tc := range []struct {
+		st   metrics.Status
+		want string
+	}{
+		{metrics.Status{Interface: "wgmesh0", AgentRunning: true, Strict: true, LastReconcile: last},
+			"none: no --cluster-cidrs: traffic to pod CIDRs of nodes unknown to this agent is not covered"},
+		{metrics.Status{Interface: "wgmesh0", AgentRunning: true, Strict: true, LastReconcile: last, ClusterCIDRs: []string{"10.244.0.0/16", "fd00:10:244::/48"}},
+			"10.244.0.0/16, fd00:10:244::/48 (pod traffic to nodes unknown here is dropped)"},
+		{metrics.Status{Interface: "wgmesh0", AgentRunning: true, LastReconcile: last, ClusterCIDRs: []string{"10.244.0.0/16"}},
+			"10.244.0.0/16 (pod traffic to nodes unknown here is PLAINTEXT: --allow-unencrypted)"},
+	} {
+		var buf bytes.Buffer
+		if err := printStatus(&buf, tc.st, time.Now()); err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(buf.String(), tc.want) {
+			t.Errorf("status table lacks %q:\n%s", tc.want, buf.String())
+		}
+	}
+	var buf bytes.Buffer
+	printClusterRanges(&buf, metrics.Status{AgentRunning: true, LastReconcile: last})
+	if want := "Local agent: no --cluster-cidrs: traffic to pod CIDRs of nodes unknown to this agent is not covered"; !strings.Contains(buf.String(), want) {
+		t.Errorf("verify's local view lacks %q: %s", want, buf.String())
+	}
+	buf.Reset()
+	printClusterRanges(&buf, metrics.Status{AgentRunning: true, LastReconcile: last, ClusterCIDRs: []string{"10.244.0.0/16"}})
+	if want := "Local agent covers the cluster ranges 10.244.0.0/16."; !strings.Contains(buf.String(), want) {
+		t.Errorf("verify's local view lacks %q: %s", want, buf.String())
+	}
+}

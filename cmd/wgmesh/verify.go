@@ -87,6 +87,7 @@ such; they still count as unencrypted.`,
 			// normal on a machine outside the cluster.
 			if st, err := a.readStatus(cmd.Context(), base, iface, device.Inspect); err == nil {
 				printHandshakes(a.out, st, time.Now())
+				printClusterRanges(a.out, st)
 			} else {
 				a.log.Debug("no local interface to check", "interface", iface, "err", err)
 			}
@@ -164,6 +165,18 @@ func printProblems(w io.Writer, title string, ps []mesh.Problem) {
 			hint = "see the Events on the node: kubectl describe node " + p.Node
 		}
 		fmt.Fprintf(w, "  %s: %s\n", p.Reason, hint)
+	}
+}
+
+// printClusterRanges says whether the local agent covers the cluster's pod
+// ranges; Kubernetes cannot tell (it is the agents' configuration).
+func printClusterRanges(w io.Writer, st metrics.Status) {
+	switch {
+	case !st.AgentRunning || st.LastReconcile == nil:
+	case len(st.ClusterCIDRs) > 0:
+		fmt.Fprintf(w, "Local agent covers the cluster ranges %s.\n", strings.Join(st.ClusterCIDRs, ", "))
+	default:
+		fmt.Fprintf(w, "Local agent: %s.\n", metrics.NoClusterCIDRs)
 	}
 }
 

@@ -48,31 +48,53 @@ func (e *Error) Error() string {
 	return fmt.Sprintf("%s:%d: %s: %s", e.Path, e.Line, e.Field, e.Reason)
 }
 
-// Parse decodes and validates a peers file. The path is only used in error
-// messages. Every defect makes the whole file invalid (a half-applied file
-// would silently drop nodes); the returned error joins up to 20 *Error values,
-// sorted by line, so the operator can fix them in one go.
+// File is a parsed peers file.
+type File struct {
+	// Nodes in file order; each node's Created is its position (see Parse).
+	Nodes []mesh.Node
+	// ClusterCIDRs are the cluster's pod ranges (the top-level
+	// clusterCIDRs field), canonical and unique; nil if the field is absent.
+	ClusterCIDRs []netip.Prefix
+}
+
+// Parse decodes and validates a peers file and returns its nodes; see
+// ParseFile.
+func Parse(path string, data []byte) (nodes []mesh.Node, err error) {
+	f, err := ParseFile(path, data)
+	if err != nil {
+		return nil, err
+	}
+	return f.Nodes, nil
+}
+
+// ParseFile decodes and validates a peers file. The path is only used in
+// error messages. Every defect makes the whole file invalid (a half-applied
+// file would silently drop nodes); the returned error joins up to 20 *Error
+// values, sorted by line, so the operator can fix them in one go.
 //
-// Parse is strict: unknown fields, duplicate fields, YAML aliases, values of
-// the wrong type, non-canonical prefixes and duplicate names are errors.
+// ParseFile is strict: unknown fields, duplicate fields, YAML aliases,
+// values of the wrong type, non-canonical prefixes and duplicate names are
+// errors, and so are cluster ranges covering a whole address family and a
+// clusterCIDRs field after nodes (a truncated file must not keep nodes but
+// lose the ranges).
 // Duplicate keys and endpoints are not: Derive settles them. Each node's
 // Created is its entry's position, entry i (0-based) at i seconds after the
 // Unix epoch, so an earlier entry is the senior one.
-func Parse(path string, data []byte) (nodes []mesh.Node, err error) {
+func ParseFile(path string, data []byte) (File, error) {
 	p := &parser{path: path}
 	if len(data) > MaxFileSize {
 		p.fail(0, "file", fmt.Sprintf("%d bytes is larger than the %d byte limit", len(data), MaxFileSize))
-		return nil, p.err()
+		return File{}, p.err()
 	}
 	root, ok := p.decode(data)
 	if !ok {
-		return nil, p.err()
+		return File{}, p.err()
 	}
-	nodes = p.file(root)
+	f := p.file(root)
 	if e := p.err(); e != nil {
-		return nil, e
+		return File{}, e
 	}
-	return nodes, nil
+	return f, nil
 }
 
 type parser struct {
@@ -200,27 +222,61 @@ func parses(data []byte) (ok bool) {
 	}
 }
 
-// file walks the root mapping: the only field is "nodes".
-func (p *parser) file(root *yaml.Node) []mesh.Node {
+// file walks the root mapping: the fields are "nodes" and "clusterCIDRs".
+func (p *parser) file(root *yaml.Node) File {
+	var f File
 	if isNull(root) {
 		p.fail(root.Line, "file", "the file is empty; write \"nodes: []\" to remove every node on purpose")
-		return nil
+		return f
 	}
-	var nodes []mesh.Node
 	seenNodes := false
 	p.fields(root, "file", func(key, v *yaml.Node) {
 		switch key.Value {
 		case "nodes":
 			seenNodes = true
-			nodes = p.nodeList(v)
+			f.Nodes = p.nodeList(v)
+		case "clusterCIDRs":
+			if seenNodes {
+				// A file read while being written ends early; with the
+				// ranges first, no truncated version keeps nodes but
+				// loses the ranges.
+				p.fail(key.Line, key.Value, "must come before \"nodes\", so that a file read while it is being written never loses it; move it to the top")
+				return
+			}
+			f.ClusterCIDRs = p.clusterCIDRs(v, key.Value)
 		default:
-			p.fail(key.Line, key.Value, "unknown field; the only top-level field is \"nodes\"")
+			p.fail(key.Line, key.Value, "unknown field; the top-level fields are \"clusterCIDRs\" and \"nodes\"")
 		}
 	})
 	if !seenNodes && root.Kind == yaml.MappingNode {
 		p.fail(root.Line, "nodes", "required field missing; write \"nodes: []\" for an empty mesh")
 	}
-	return nodes
+	return f
+}
+
+// clusterCIDRs decodes the list of cluster pod ranges.
+func (p *parser) clusterCIDRs(v *yaml.Node, field string) []netip.Prefix {
+	var out []netip.Prefix
+	first := map[netip.Prefix]int{}
+	p.list(v, field, func(i int, item *yaml.Node) {
+		f := fmt.Sprintf("%s[%d]", field, i)
+		s, ok := p.str(item, f)
+		if !ok {
+			return
+		}
+		pfx, err := mesh.ParseClusterCIDR(s)
+		if err != nil {
+			p.fail(item.Line, f, err.Error())
+			return
+		}
+		if l, dup := first[pfx]; dup {
+			p.fail(item.Line, f, fmt.Sprintf("%s is listed twice (first at line %d)", pfx, l))
+			return
+		}
+		first[pfx] = item.Line
+		out = append(out, pfx)
+	})
+	return out
 }
 
 func (p *parser) nodeList(v *yaml.Node) []mesh.Node {

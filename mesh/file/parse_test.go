@@ -3,6 +3,7 @@ package file
 import (
 	"errors"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -133,6 +134,13 @@ func TestParseErrors(t *testing.T) {
 		{"alias", "nodes:\n  - name: &n a\n  - name: *n\n", []string{"p.yaml:3: nodes[1].name: YAML aliases are not supported"}},
 		{"alias list item", "nodes:\n  - &x {name: a}\n  - *x\n", []string{"p.yaml:3: nodes[1]: YAML aliases are not supported"}},
 		{"non-string key", "nodes:\n  - name: a\n    1: b\n", []string{"p.yaml:3: nodes[0]: field names must be plain strings, got the number 1"}},
+		{"cluster cidr host bits", "clusterCIDRs: [\"10.244.0.1/16\"]\nnodes: []\n", []string{"p.yaml:1: clusterCIDRs[0]: \"10.244.0.1/16\" has host bits set; did you mean 10.244.0.0/16?"}},
+		{"cluster cidr whole family", "clusterCIDRs:\n  - \"0.0.0.0/0\"\nnodes: []\n", []string{"p.yaml:2: clusterCIDRs[0]: \"0.0.0.0/0\" covers a whole address family"}},
+		{"cluster cidr twice", "clusterCIDRs: [\"10.244.0.0/16\", \"10.244.0.0/16\"]\nnodes: []\n", []string{"p.yaml:1: clusterCIDRs[1]: 10.244.0.0/16 is listed twice (first at line 1)"}},
+		{"cluster cidr not a list", "clusterCIDRs: 10.244.0.0/16\nnodes: []\n", []string{"p.yaml:1: clusterCIDRs: want a list, got the string"}},
+		{"cluster cidr garbage", "clusterCIDRs: [\"\", 7]\nnodes: []\n", []string{"p.yaml:1: clusterCIDRs[0]: \"\" is not a CIDR prefix", "p.yaml:1: clusterCIDRs[1]: want a string"}},
+		{"cluster cidrs after nodes", "nodes: []\nclusterCIDRs: [\"10.244.0.0/16\"]\n", []string{"p.yaml:2: clusterCIDRs: must come before \"nodes\""}},
+		{"cluster cidrs without nodes", "clusterCIDRs: [\"10.244.0.0/16\"]\n", []string{"p.yaml:1: nodes: required field missing"}},
 		{"several errors sorted by line", "nodes:\n  - name: a\n    endpoint: x\n  - name: b\n    podCIDRs: [y]\n",
 			[]string{"p.yaml:3: nodes[0].endpoint", "p.yaml:5: nodes[1].podCIDRs[0]"}},
 	}
@@ -201,6 +209,23 @@ func TestParseMappedEndpoint(t *testing.T) {
 	}
 }
 
+func TestParseFileClusterCIDRs(t *testing.T) {
+	f, err := ParseFile("p.yaml", []byte("clusterCIDRs:\n  - \"10.244.0.0/16\"\n  - fd00:10:244::/48\nnodes:\n  - name: a\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16"), netip.MustParsePrefix("fd00:10:244::/48")}
+	if !slices.Equal(f.ClusterCIDRs, want) || len(f.Nodes) != 1 {
+		t.Errorf("ParseFile = %+v, want cluster CIDRs %v and one node", f, want)
+	}
+	for _, data := range []string{"nodes: []\n", "clusterCIDRs: []\nnodes: []\n", "clusterCIDRs:\nnodes: []\n"} {
+		f, err := ParseFile("p.yaml", []byte(data))
+		if err != nil || len(f.ClusterCIDRs) != 0 {
+			t.Errorf("ParseFile(%q) = %+v, %v; want no cluster CIDRs", data, f, err)
+		}
+	}
+}
+
 func FuzzParse(f *testing.F) {
 	f.Add([]byte("nodes:\n  - name: host-a\n    publicKey: \"" + keyA + "\"\n    endpoint: \"198.18.0.1:51820\"\n    podCIDRs: [\"10.244.1.0/24\", \"fd00:10:244:1::/64\"]\n    hostIPs: [\"198.18.0.1\"]\n    labels: {a: b}\n"))
 	f.Add([]byte("nodes: []\n"))
@@ -209,8 +234,23 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte("nodes:\n  - name: a\n    name: a\n---\n"))
 	f.Add([]byte("nodes: [{name: a, podCIDRs: [10.244.1.1/24]}, {name: a}]"))
 	f.Add([]byte("{nodes: [[[]]], 1: 2, ? [x] : y}"))
+	f.Add([]byte("clusterCIDRs: [\"10.244.0.0/16\", \"fd00:10:244::/48\"]\nnodes:\n  - name: host-a\n    podCIDRs: [\"10.244.1.0/24\"]\n"))
+	f.Add([]byte("clusterCIDRs: [\"0.0.0.0/0\", \"10.244.0.1/16\", \"::ffff:10.0.0.0/104\", 10.244.0.0/16, 10.244.0.0/16, ~, [x]]\nnodes: []\n"))
+	f.Add([]byte("clusterCIDRs: &c [\"10.244.0.0/16\"]\nclusterCIDRs: *c\nnodes: []\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		nodes, err := Parse("f.yaml", data)
+		file, err := ParseFile("f.yaml", data)
+		nodes := file.Nodes
+		if err == nil {
+			seen := map[netip.Prefix]bool{}
+			for _, p := range file.ClusterCIDRs {
+				if !p.IsValid() || p != p.Masked() || p.Bits() == 0 || p.Addr().Is4In6() || seen[p] {
+					t.Fatalf("cluster CIDR %v accepted", p)
+				}
+				seen[p] = true
+			}
+		} else if file.ClusterCIDRs != nil {
+			t.Fatalf("cluster CIDRs %v returned with error %v", file.ClusterCIDRs, err)
+		}
 		if err != nil {
 			if nodes != nil {
 				t.Fatalf("nodes %v returned with error %v", nodes, err)

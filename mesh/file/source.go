@@ -1,8 +1,10 @@
 // Package file is the peers-file source of wgmesh, for bare hosts and demos
 // where there is no Kubernetes API to learn the other nodes from.
 //
-// The file lists every host of the mesh, the local one included:
+// The file lists every host of the mesh, the local one included, and
+// optionally the cluster's pod ranges:
 //
+//	clusterCIDRs: ["10.244.0.0/16", "fd00:10:244::/48"]   # optional, before nodes: see mesh.Options.ClusterCIDRs
 //	nodes:
 //	  - name: host-a
 //	    publicKey: "<base64>"          # optional for the agent's own entry; must match its key if set
@@ -26,6 +28,7 @@ import (
 	"io"
 	"log/slog"
 	"maps"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -81,6 +84,7 @@ type Source struct {
 
 	mu       sync.Mutex
 	nodes    []mesh.Node
+	cluster  []netip.Prefix // the clusterCIDRs of the file in force
 	synced   bool
 	loadedAt time.Time
 	lastData []byte     // last content read, valid or not: unchanged content is not parsed or logged again
@@ -251,7 +255,8 @@ func (s *Source) load(force bool) {
 		return
 	}
 	s.lastData = data
-	nodes, err := Parse(s.o.Path, data)
+	f, err := ParseFile(s.o.Path, data)
+	nodes := f.Nodes
 	if err != nil {
 		s.setErr(err)
 		msg := "invalid peers file; fix it and save again; " + s.keeping()
@@ -265,7 +270,11 @@ func (s *Source) load(force bool) {
 		}
 		return
 	}
-	s.nodes, s.synced, s.lastErr, s.errSince, s.loadedAt = nodes, true, nil, time.Time{}, time.Now()
+	if !slices.Equal(s.cluster, f.ClusterCIDRs) {
+		// A range that disappears opens the window it closed: say so.
+		s.log.Info("cluster pod ranges from the peers file", "clusterCIDRs", f.ClusterCIDRs, "before", s.cluster)
+	}
+	s.nodes, s.cluster, s.synced, s.lastErr, s.errSince, s.loadedAt = nodes, f.ClusterCIDRs, true, nil, time.Time{}, time.Now()
 	self := slices.IndexFunc(nodes, func(n mesh.Node) bool { return n.Name == s.o.NodeName })
 	s.log.Info("peers file loaded", "nodes", len(nodes))
 	if self < 0 {
@@ -358,6 +367,16 @@ func (s *Source) Nodes() []mesh.Node {
 	}
 	return out
 }
+
+// ClusterCIDRs returns the clusterCIDRs field of the last valid file (nil
+// if it has none): mesh.ClusterRanger.
+func (s *Source) ClusterCIDRs() []netip.Prefix {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.cluster)
+}
+
+var _ mesh.ClusterRanger = (*Source)(nil)
 
 // Changes is signalled after every load of a valid file.
 func (s *Source) Changes() <-chan struct{} { return s.changes }

@@ -3,6 +3,7 @@ package file
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"log/slog"
 	"net/netip"
 	"os"
@@ -192,6 +193,27 @@ func TestSourceInvalidFileKeepsLastGood(t *testing.T) {
 	h.changed(t)
 	if got := h.names(); got != "host-a,host-c" || h.src.Err() != nil {
 		t.Errorf("after fix: nodes %s, err %v", got, h.src.Err())
+	}
+}
+
+func TestSourceClusterCIDRsFollowTheFileInForce(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "peers.yaml")
+	writeAtomic(t, path, "clusterCIDRs: [\"10.244.0.0/16\"]\n"+nodeYAML("host-a"))
+	h := start(t, path, 0)
+	h.changed(t)
+	if got := fmt.Sprint(h.src.ClusterCIDRs()); got != "[10.244.0.0/16]" {
+		t.Fatalf("ClusterCIDRs = %s", got)
+	}
+	// An invalid file keeps the ranges in force with the nodes.
+	writeAtomic(t, path, "clusterCIDRs: [\"10.244.0.1/16\"]\n"+nodeYAML("host-a"))
+	eventually(t, "the invalid file to be noticed", func() bool { return h.src.Err() != nil })
+	if got := fmt.Sprint(h.src.ClusterCIDRs()); got != "[10.244.0.0/16]" {
+		t.Errorf("ClusterCIDRs after an invalid file = %s, want the last good", got)
+	}
+	writeAtomic(t, path, nodeYAML("host-a"))
+	h.changed(t)
+	if got := h.src.ClusterCIDRs(); got != nil {
+		t.Errorf("ClusterCIDRs after the field was removed = %v", got)
 	}
 }
 

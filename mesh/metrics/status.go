@@ -58,6 +58,11 @@ type Status struct {
 	// Unencrypted lists nodes whose pod traffic is not encrypted, sorted.
 	Unencrypted []string        `json:"unencryptedNodes"`
 	Problems    []ProblemStatus `json:"problems"`
+	// ClusterCIDRs are the cluster pod ranges the last reconcile covered
+	// (mesh.Desired.ClusterCIDRs): pod traffic to any part no known node
+	// claims is dropped (strict) or thrown (allow-unencrypted). Empty after
+	// a reconcile means NoClusterCIDRs holds.
+	ClusterCIDRs []string `json:"clusterCIDRs,omitempty"`
 	// Coverage says which traffic the tunnel carries (see Coverage);
 	// absent before the first reconcile and without an agent.
 	Coverage []CoverageStatus `json:"coverage,omitempty"`
@@ -71,6 +76,11 @@ type ConditionStatus struct {
 	// Since is when the condition began; absent when unknown.
 	Since *time.Time `json:"since,omitempty"`
 }
+
+// NoClusterCIDRs says what an agent without cluster ranges leaves open:
+// `wgmesh status` and `wgmesh verify` print it.
+const NoClusterCIDRs = "no --cluster-cidrs: traffic to pod CIDRs of nodes unknown to this agent is not covered " +
+	"(it leaves through the main table, in plaintext); set --cluster-cidrs, the peers file's clusterCIDRs, or let the agent read kubeadm's podSubnet"
 
 // ReconcileState is the outcome of the last reconcile.
 type ReconcileState struct {
@@ -179,6 +189,9 @@ func (m *Metrics) Status(ctx context.Context) (Status, error) {
 		}
 		st.Unencrypted = append(st.Unencrypted, last.Desired.Unencrypted...)
 		st.Coverage = Coverage(last.Desired, m.o.HostEncryption)
+		for _, c := range last.Desired.ClusterCIDRs {
+			st.ClusterCIDRs = append(st.ClusterCIDRs, c.String())
+		}
 		for _, p := range last.Desired.Problems {
 			st.Problems = append(st.Problems, ProblemStatus{Node: p.Node, Reason: string(p.Reason), Detail: p.Detail, Warning: p.Reason.Warning()})
 		}

@@ -1,0 +1,61 @@
+package mesh
+
+import (
+	"fmt"
+	"net/netip"
+	"strings"
+)
+
+// ClusterRanger is implemented by sources that know the cluster's pod
+// ranges themselves: the peers file's clusterCIDRs field, the cluster's
+// kubeadm configuration. The reconciler adds them to
+// Options.ClusterCIDRs on every reconcile.
+type ClusterRanger interface {
+	// ClusterCIDRs returns the ranges of the configuration in force (nil:
+	// none known). The caller must not modify the slice.
+	ClusterCIDRs() []netip.Prefix
+}
+
+// ParseClusterCIDR parses one cluster pod range such as 10.244.0.0/16 or
+// fd00:10:244::/48, in canonical form. Errors say why: not a prefix, host
+// bits set (naming the masked form), an IPv4-mapped IPv6 prefix, or a
+// prefix covering a whole address family (that would make every
+// destination no node claims unreachable, the underlay included).
+func ParseClusterCIDR(s string) (netip.Prefix, error) {
+	p, err := netip.ParsePrefix(s)
+	switch {
+	case err != nil:
+		return netip.Prefix{}, fmt.Errorf("%q is not a CIDR prefix such as 10.244.0.0/16 or fd00:10:244::/48", s)
+	case p.Addr().Is4In6():
+		return netip.Prefix{}, fmt.Errorf("%q is an IPv4-mapped IPv6 prefix; write the IPv4 prefix", s)
+	case p != p.Masked():
+		return netip.Prefix{}, fmt.Errorf("%q has host bits set; did you mean %s?", s, p.Masked())
+	case p.Bits() == 0:
+		return netip.Prefix{}, fmt.Errorf("%q covers a whole address family; give the cluster's pod range", s)
+	}
+	return p, nil
+}
+
+// ParseClusterCIDRs parses a comma-separated list of cluster pod ranges
+// (the --cluster-cidrs flag, kubeadm's networking.podSubnet). Blanks around
+// items are ignored; an empty string is an empty list. Every item must pass
+// ParseClusterCIDR and appear once.
+func ParseClusterCIDRs(s string) ([]netip.Prefix, error) {
+	if strings.TrimSpace(s) == "" {
+		return nil, nil
+	}
+	var out []netip.Prefix
+	for _, item := range strings.Split(s, ",") {
+		p, err := ParseClusterCIDR(strings.TrimSpace(item))
+		if err != nil {
+			return nil, err
+		}
+		for _, q := range out {
+			if q == p {
+				return nil, fmt.Errorf("%s is listed twice", p)
+			}
+		}
+		out = append(out, p)
+	}
+	return out, nil
+}
