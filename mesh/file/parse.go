@@ -256,27 +256,13 @@ func (p *parser) file(root *yaml.Node) File {
 
 // clusterCIDRs decodes the list of cluster pod ranges.
 func (p *parser) clusterCIDRs(v *yaml.Node, field string) []netip.Prefix {
-	var out []netip.Prefix
-	first := map[netip.Prefix]int{}
-	p.list(v, field, func(i int, item *yaml.Node) {
-		f := fmt.Sprintf("%s[%d]", field, i)
-		s, ok := p.str(item, f)
-		if !ok {
-			return
-		}
+	return uniqueList(p, v, field, func(s string) (netip.Prefix, string) {
 		pfx, err := mesh.ParseClusterCIDR(s)
 		if err != nil {
-			p.fail(item.Line, f, err.Error())
-			return
+			return pfx, err.Error()
 		}
-		if l, dup := first[pfx]; dup {
-			p.fail(item.Line, f, fmt.Sprintf("%s is listed twice (first at line %d)", pfx, l))
-			return
-		}
-		first[pfx] = item.Line
-		out = append(out, pfx)
+		return pfx, ""
 	})
-	return out
 }
 
 func (p *parser) nodeList(v *yaml.Node) []mesh.Node {
@@ -367,61 +353,63 @@ func (p *parser) node(v *yaml.Node, field string) (n mesh.Node, nameLine int) {
 }
 
 func (p *parser) prefixes(v *yaml.Node, field string) []netip.Prefix {
-	var out []netip.Prefix
-	first := map[netip.Prefix]int{}
-	p.list(v, field, func(i int, item *yaml.Node) {
-		f := fmt.Sprintf("%s[%d]", field, i)
-		s, ok := p.str(item, f)
-		if !ok {
-			return
-		}
+	return uniqueList(p, v, field, func(s string) (netip.Prefix, string) {
 		pfx, err := netip.ParsePrefix(s)
 		switch {
 		case err != nil:
-			p.fail(item.Line, f, fmt.Sprintf("%q is not a CIDR prefix such as 10.244.1.0/24 or fd00:10:244:1::/64", s))
+			return pfx, fmt.Sprintf("%q is not a CIDR prefix such as 10.244.1.0/24 or fd00:10:244:1::/64", s)
 		case pfx.Addr().Is4In6():
-			p.fail(item.Line, f, fmt.Sprintf("%q is an IPv4-mapped IPv6 prefix; write the IPv4 prefix", s))
+			return pfx, fmt.Sprintf("%q is an IPv4-mapped IPv6 prefix; write the IPv4 prefix", s)
 		case pfx != pfx.Masked():
-			p.fail(item.Line, f, fmt.Sprintf("%q has host bits set; did you mean %s?", s, pfx.Masked()))
-		default:
-			if l, dup := first[pfx]; dup {
-				p.fail(item.Line, f, fmt.Sprintf("%s is listed twice (first at line %d)", pfx, l))
-				return
-			}
-			first[pfx] = item.Line
-			out = append(out, pfx)
+			return pfx, fmt.Sprintf("%q has host bits set; did you mean %s?", s, pfx.Masked())
 		}
+		return pfx, ""
 	})
-	return out
 }
 
 func (p *parser) addrs(v *yaml.Node, field string) []netip.Addr {
-	var out []netip.Addr
-	first := map[netip.Addr]int{}
+	return uniqueList(p, v, field, func(s string) (netip.Addr, string) {
+		a, err := netip.ParseAddr(s)
+		switch {
+		case err != nil:
+			return a, fmt.Sprintf("%q is not an IP address such as 198.18.0.1", s)
+		case a.Zone() != "":
+			return a, fmt.Sprintf("%q has an IPv6 zone; host IPs must be routable addresses", s)
+		case a.Is4In6():
+			return a, fmt.Sprintf("%q is an IPv4-mapped IPv6 address; write the IPv4 address", s)
+		case a.IsUnspecified() || a.IsMulticast():
+			return a, fmt.Sprintf("%q is not a unicast host address", s)
+		}
+		return a, ""
+	})
+}
+
+// uniqueList decodes a list of strings with parse, which returns the value
+// or the reason it is invalid; every invalid item and every repeated value
+// is reported with its line, and the rest is returned in order.
+func uniqueList[T interface {
+	comparable
+	String() string
+}](p *parser, v *yaml.Node, field string, parse func(s string) (T, string)) []T {
+	var out []T
+	first := map[T]int{}
 	p.list(v, field, func(i int, item *yaml.Node) {
 		f := fmt.Sprintf("%s[%d]", field, i)
 		s, ok := p.str(item, f)
 		if !ok {
 			return
 		}
-		a, err := netip.ParseAddr(s)
-		switch {
-		case err != nil:
-			p.fail(item.Line, f, fmt.Sprintf("%q is not an IP address such as 198.18.0.1", s))
-		case a.Zone() != "":
-			p.fail(item.Line, f, fmt.Sprintf("%q has an IPv6 zone; host IPs must be routable addresses", s))
-		case a.Is4In6():
-			p.fail(item.Line, f, fmt.Sprintf("%q is an IPv4-mapped IPv6 address; write the IPv4 address", s))
-		case a.IsUnspecified() || a.IsMulticast():
-			p.fail(item.Line, f, fmt.Sprintf("%q is not a unicast host address", s))
-		default:
-			if l, dup := first[a]; dup {
-				p.fail(item.Line, f, fmt.Sprintf("%s is listed twice (first at line %d)", a, l))
-				return
-			}
-			first[a] = item.Line
-			out = append(out, a)
+		x, reason := parse(s)
+		if reason != "" {
+			p.fail(item.Line, f, reason)
+			return
 		}
+		if l, dup := first[x]; dup {
+			p.fail(item.Line, f, fmt.Sprintf("%s is listed twice (first at line %d)", x, l))
+			return
+		}
+		first[x] = item.Line
+		out = append(out, x)
 	})
 	return out
 }
