@@ -211,16 +211,9 @@ func (f *Fake) LookupFrom(src, dst netip.Addr, mark uint32) string {
 func (f *Fake) Inject(src netip.Addr, iif string) bool {
 	f.sys.mu.Lock()
 	defer f.sys.mu.Unlock()
-	// Every instance's table sees the packet; the first drop ends it.
-	for _, name := range slices.Sorted(maps.Keys(f.sys.filters)) {
-		n := f.sys.drops[name]
-		dropped := f.sys.guard(name, nftChainIngress, src, iif, nftRuleSig, nftSetName, nftCounter, &n.Ingress)
-		f.sys.drops[name] = n
-		if dropped {
-			return true
-		}
-	}
-	return false
+	return f.sys.guardAll(func(name string, n *dropCounts) bool {
+		return f.sys.guard(name, nftChainIngress, src, iif, nftRuleSig, nftSetName, nftCounter, &n.Ingress)
+	})
 }
 
 // InjectEgress offers the egress guard a packet to dst leaving on interface
@@ -229,10 +222,20 @@ func (f *Fake) Inject(src netip.Addr, iif string) bool {
 func (f *Fake) InjectEgress(dst netip.Addr, oif string) bool {
 	f.sys.mu.Lock()
 	defer f.sys.mu.Unlock()
-	for _, name := range slices.Sorted(maps.Keys(f.sys.filters)) {
-		n := f.sys.drops[name]
-		dropped := f.sys.guard(name, nftChainEgress, dst, oif, nftEgressSig, nftEncryptSetName, nftCounterEgress, &n.Egress)
-		f.sys.drops[name] = n
+	return f.sys.guardAll(func(name string, n *dropCounts) bool {
+		return f.sys.guard(name, nftChainEgress, dst, oif, nftEgressSig, nftEncryptSetName, nftCounterEgress, &n.Egress)
+	})
+}
+
+// guardAll offers a packet to every instance's table in name order, as the
+// kernel runs every base chain of a hook; the first drop ends it. check
+// evaluates one table and counts into its drop counts. The caller holds
+// s.mu.
+func (s *fakeHost) guardAll(check func(table string, n *dropCounts) bool) bool {
+	for _, name := range slices.Sorted(maps.Keys(s.filters)) {
+		n := s.drops[name]
+		dropped := check(name, &n)
+		s.drops[name] = n
 		if dropped {
 			return true
 		}
