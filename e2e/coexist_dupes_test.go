@@ -148,6 +148,39 @@ func dupesSetup(t *testing.T) (*labMesh, context.Context) {
 	return m, ctx
 }
 
+// dupesRewrite starts the pings between node1 and node2, lets them run for a
+// second, then rewrites every peers file with the lab's entries as mutate
+// changes them. It returns the pings and the entries written.
+func dupesRewrite(t *testing.T, m *labMesh, ctx context.Context, mutate func([]lab.PeerEntry)) (*dupesPings, []lab.PeerEntry) {
+	t.Helper()
+	pings := dupesStartPings(ctx, m.Nodes[0], m.Nodes[1])
+	time.Sleep(time.Second)
+	entries := m.Entries()
+	mutate(entries)
+	if err := m.WritePeersFiles(entries); err != nil {
+		t.Fatal(err)
+	}
+	return pings, entries
+}
+
+// dupesCheckKeyProblem waits until observer reports newcomer's DuplicateKey
+// and checks every problem it reports: the keeper is never reported, and the
+// newcomer's DuplicateKey names the keeper.
+func dupesCheckKeyProblem(t *testing.T, m *labMesh, ctx context.Context, observer, newcomer, keeper *lab.Node) ([]dupesProblem, error) {
+	t.Helper()
+	ps, err := dupesWaitProblem(withTimeout(ctx, 30*time.Second), observer, newcomer.Name, "DuplicateKey")
+	for _, p := range ps {
+		t.Logf("problem seen by %s: %s %s: %s", observer.Name, p.Node, p.Reason, p.Detail)
+		if p.Node == keeper.Name {
+			t.Errorf("%s reports the established %s, which keeps its key: %s: %s", observer.Name, keeper.Name, p.Reason, p.Detail)
+		}
+		if p.Node == newcomer.Name && p.Reason == "DuplicateKey" && !strings.Contains(p.Detail, fmt.Sprintf("%q", keeper.Name)) {
+			t.Errorf("%s: %s's DuplicateKey does not name the keeper %s: %s", observer.Name, newcomer.Name, keeper.Name, p.Detail)
+		}
+	}
+	return ps, err
+}
+
 // TestPrivilegedCoexistDuplicateKey is scenario 7A: node3's peers-file entry
 // starts publishing node2's public key, as a compromised kubelet can write
 // into its own Node. node2's entry comes first, so node2 keeps the key on
@@ -159,27 +192,10 @@ func TestPrivilegedCoexistDuplicateKey(t *testing.T) {
 	m, ctx := dupesSetup(t)
 	n1, n2, n3 := m.Nodes[0], m.Nodes[1], m.Nodes[2]
 
-	pings := dupesStartPings(ctx, n1, n2)
-	time.Sleep(time.Second)
-	entries := m.Entries()
-	entries[2].PublicKey = entries[1].PublicKey
-	if err := m.WritePeersFiles(entries); err != nil {
-		t.Fatal(err)
-	}
+	pings, _ := dupesRewrite(t, m, ctx, func(e []lab.PeerEntry) { e[2].PublicKey = e[1].PublicKey })
 	for _, n := range []*lab.Node{n1, n2} {
-		ps, err := dupesWaitProblem(withTimeout(ctx, 30*time.Second), n, n3.Name, "DuplicateKey")
-		if err != nil {
+		if _, err := dupesCheckKeyProblem(t, m, ctx, n, n3, n2); err != nil {
 			t.Errorf("the duplicate key was not reported: %v\n%s", err, m.agents[n.Name].LogTail(20))
-			continue
-		}
-		for _, p := range ps {
-			t.Logf("problem seen by %s: %s %s: %s", n.Name, p.Node, p.Reason, p.Detail)
-			if p.Node == n2.Name {
-				t.Errorf("%s reports the established node2, which keeps its key: %s: %s", n.Name, p.Reason, p.Detail)
-			}
-			if p.Node == n3.Name && p.Reason == "DuplicateKey" && !strings.Contains(p.Detail, fmt.Sprintf("%q", n2.Name)) {
-				t.Errorf("%s: node3's DuplicateKey does not name the keeper node2: %s", n.Name, p.Detail)
-			}
 		}
 	}
 	if !pings.running() {
@@ -221,13 +237,7 @@ func TestPrivilegedCoexistDuplicateKeyClonedNewcomer(t *testing.T) {
 	m, ctx := dupesSetup(t)
 	n1, n2, n3 := m.Nodes[0], m.Nodes[1], m.Nodes[2]
 
-	pings := dupesStartPings(ctx, n1, n2)
-	time.Sleep(time.Second)
-	entries := m.Entries()
-	entries[2].PublicKey = entries[1].PublicKey
-	if err := m.WritePeersFiles(entries); err != nil {
-		t.Fatal(err)
-	}
+	pings, entries := dupesRewrite(t, m, ctx, func(e []lab.PeerEntry) { e[2].PublicKey = e[1].PublicKey })
 	key, err := os.ReadFile(n2.KeyFile)
 	if err != nil {
 		t.Fatal(err)
@@ -241,15 +251,9 @@ func TestPrivilegedCoexistDuplicateKeyClonedNewcomer(t *testing.T) {
 	}
 	// node3's agent takes the cloned key by itself and sees that node2,
 	// the earlier entry, keeps it.
-	ps, err := dupesWaitProblem(withTimeout(ctx, 30*time.Second), n3, n3.Name, "DuplicateKey")
+	_, err = dupesCheckKeyProblem(t, m, ctx, n3, n3, n2)
 	if err != nil {
 		t.Errorf("node3 does not report that its own key is taken: %v\n%s", err, m.agents[n3.Name].LogTail(20))
-	}
-	for _, p := range ps {
-		t.Logf("problem seen by %s: %s %s: %s", n3.Name, p.Node, p.Reason, p.Detail)
-		if p.Node == n3.Name && p.Reason == "DuplicateKey" && !strings.Contains(p.Detail, fmt.Sprintf("%q", n2.Name)) {
-			t.Errorf("node3's own DuplicateKey does not name the keeper node2: %s", p.Detail)
-		}
 	}
 	if err == nil && !pings.running() {
 		t.Errorf("the pings ended before node3 had taken the cloned key: they prove nothing; raise dupesPingCount")
@@ -294,13 +298,7 @@ func TestPrivilegedCoexistDuplicateEndpoint(t *testing.T) {
 	m, ctx := dupesSetup(t)
 	n1, n2, n3 := m.Nodes[0], m.Nodes[1], m.Nodes[2]
 
-	pings := dupesStartPings(ctx, n1, n2)
-	time.Sleep(time.Second)
-	entries := m.Entries()
-	entries[2].Endpoint = entries[1].Endpoint
-	if err := m.WritePeersFiles(entries); err != nil {
-		t.Fatal(err)
-	}
+	pings, entries := dupesRewrite(t, m, ctx, func(e []lab.PeerEntry) { e[2].Endpoint = e[1].Endpoint })
 	for _, n := range []*lab.Node{n1, n2} {
 		ps, err := dupesWaitProblem(withTimeout(ctx, 30*time.Second), n, n3.Name, "DuplicateEndpoint")
 		if err != nil {
