@@ -20,6 +20,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	kjson "k8s.io/apimachinery/pkg/runtime/serializer/json"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
@@ -35,14 +36,15 @@ type manifest struct {
 	obj  runtime.Object
 }
 
-// decodeAll decodes every document of every manifest strictly: unknown or
-// duplicate fields are errors, so a typo such as "tolerration" fails here
-// instead of being silently dropped by the API server.
-func decodeAll(t *testing.T) []manifest {
+// decodeAll decodes every document of every manifest of the base in dir
+// strictly: unknown or duplicate fields are errors, so a typo such as
+// "tolerration" fails here instead of being silently dropped by the API
+// server.
+func decodeAll(t *testing.T, dir string) []manifest {
 	t.Helper()
 	codec := kjson.NewSerializerWithOptions(kjson.DefaultMetaFactory, scheme.Scheme, scheme.Scheme,
 		kjson.SerializerOptions{Yaml: true, Strict: true})
-	files, err := fs.Glob(Kubernetes, "kubernetes/*.yaml")
+	files, err := fs.Glob(Kubernetes, dir+"/*.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -106,50 +108,120 @@ func only[T runtime.Object](t *testing.T, ms []manifest) T {
 }
 
 func TestKustomizationListsEveryManifest(t *testing.T) {
-	data, err := Kubernetes.ReadFile("kubernetes/kustomization.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var k struct {
-		APIVersion string   `json:"apiVersion"`
-		Kind       string   `json:"kind"`
-		Namespace  string   `json:"namespace"`
-		Resources  []string `json:"resources"`
-		Labels     []struct {
-			Pairs            map[string]string `json:"pairs"`
-			IncludeSelectors bool              `json:"includeSelectors"`
-		} `json:"labels"`
-		Images []struct {
-			Name    string `json:"name"`
-			NewName string `json:"newName,omitempty"`
-			NewTag  string `json:"newTag,omitempty"`
-		} `json:"images"`
-	}
-	if err := yaml.UnmarshalStrict(data, &k); err != nil {
-		t.Fatalf("kustomization.yaml: %v", err)
-	}
-	if k.Kind != "Kustomization" || k.Namespace != Namespace {
-		t.Errorf("kustomization.yaml: kind %q namespace %q", k.Kind, k.Namespace)
-	}
-	files, _ := fs.Glob(Kubernetes, "kubernetes/*.yaml")
-	var want []string
-	for _, f := range files {
-		if b := path.Base(f); b != "kustomization.yaml" {
-			want = append(want, b)
+	for _, dir := range []string{Base, UninstallBase} {
+		data, err := Kubernetes.ReadFile(dir + "/kustomization.yaml")
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Only these fields: the e2e loader and README's overlay rely on
+		// nothing else, and a top-level namespace would be put on the
+		// admission policy (see TestRenderedScopes).
+		var k struct {
+			APIVersion string   `json:"apiVersion"`
+			Kind       string   `json:"kind"`
+			Resources  []string `json:"resources"`
+			Labels     []struct {
+				Pairs            map[string]string `json:"pairs"`
+				IncludeSelectors bool              `json:"includeSelectors"`
+			} `json:"labels"`
+		}
+		if err := yaml.UnmarshalStrict(data, &k); err != nil {
+			t.Fatalf("%s/kustomization.yaml: %v", dir, err)
+		}
+		if k.Kind != "Kustomization" {
+			t.Errorf("%s/kustomization.yaml: kind %q", dir, k.Kind)
+		}
+		files, _ := fs.Glob(Kubernetes, dir+"/*.yaml")
+		var want []string
+		for _, f := range files {
+			if b := path.Base(f); b != "kustomization.yaml" {
+				want = append(want, b)
+			}
+		}
+		got := slices.Clone(k.Resources)
+		sort.Strings(got)
+		if diff := cmp.Diff(want, got); diff != "" {
+			t.Errorf("%s: kustomization resources vs files (-files +resources):\n%s", dir, diff)
 		}
 	}
-	got := slices.Clone(k.Resources)
-	sort.Strings(got)
-	if diff := cmp.Diff(want, got); diff != "" {
-		t.Errorf("kustomization resources vs files in kubernetes/ (-files +resources):\n%s", diff)
+}
+
+// scopes are the kinds the bases may contain and whether they are
+// namespaced, as the API server serves them (kubectl api-resources).
+var scopes = map[string]bool{
+	"Namespace": false, "ClusterRole": false, "ClusterRoleBinding": false,
+	"ValidatingAdmissionPolicy": false, "ValidatingAdmissionPolicyBinding": false,
+	"ServiceAccount": true, "DaemonSet": true,
+}
+
+// TestRenderedScopes renders both bases the way `kubectl apply -k` does and
+// checks that cluster-scoped objects carry no namespace (kustomize's schema
+// does not know ValidatingAdmissionPolicy, and a kustomization-wide
+// namespace ends up on it) and namespaced ones are in wgmesh's.
+func TestRenderedScopes(t *testing.T) {
+	for _, dir := range []string{Base, UninstallBase} {
+		for _, o := range []Overlay{{}, {NewName: "registry.example/wgmesh", NewTag: "v9"}} {
+			objs, err := Render(dir, o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(objs) == 0 {
+				t.Fatalf("%s: rendered nothing", dir)
+			}
+			for _, u := range objs {
+				namespaced, known := scopes[u.GetKind()]
+				switch {
+				case !known:
+					t.Errorf("%s: %s %s: kind not in this test's scope table; add it", dir, u.GetKind(), u.GetName())
+				case namespaced && u.GetNamespace() != Namespace:
+					t.Errorf("%s: %s %s in namespace %q, want %q", dir, u.GetKind(), u.GetName(), u.GetNamespace(), Namespace)
+				case !namespaced && u.GetNamespace() != "":
+					t.Errorf("%s: cluster-scoped %s %s has namespace %q after kustomize", dir, u.GetKind(), u.GetName(), u.GetNamespace())
+				}
+			}
+		}
 	}
-	if len(k.Images) != 1 || k.Images[0].Name != Image {
-		t.Errorf("kustomization images = %+v, want one entry for %s", k.Images, Image)
+}
+
+// TestRenderedImages: without an overlay every container runs the
+// placeholder (which cannot be pulled); README's overlay replaces it in
+// every container, init containers included.
+func TestRenderedImages(t *testing.T) {
+	for _, dir := range []string{Base, UninstallBase} {
+		for _, c := range []struct {
+			o    Overlay
+			want string
+		}{
+			{Overlay{}, Image},
+			{Overlay{NewName: "registry.example/team/wgmesh", NewTag: "v1.2.3"}, "registry.example/team/wgmesh:v1.2.3"},
+			{Overlay{NewTag: "v2"}, Image + ":v2"},
+		} {
+			objs, err := Render(dir, c.o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			n := 0
+			for _, u := range objs {
+				for _, field := range []string{"containers", "initContainers"} {
+					cs, _, _ := unstructured.NestedSlice(u.Object, "spec", "template", "spec", field)
+					for _, ci := range cs {
+						img, _ := ci.(map[string]any)["image"].(string)
+						n++
+						if img != c.want {
+							t.Errorf("%s with overlay %+v: %s %s: image %q, want %q", dir, c.o, u.GetKind(), u.GetName(), img, c.want)
+						}
+					}
+				}
+			}
+			if n == 0 {
+				t.Errorf("%s: no containers rendered", dir)
+			}
+		}
 	}
 }
 
 func TestRBACIsMinimal(t *testing.T) {
-	ms := decodeAll(t)
+	ms := decodeAll(t, Base)
 	role := only[*rbacv1.ClusterRole](t, ms)
 	// Exactly what DESIGN.md grants: nodes get/list/watch/patch, events
 	// create/patch (core/v1 Events, which client-go's record package writes),
@@ -189,7 +261,7 @@ func TestRBACIsMinimal(t *testing.T) {
 }
 
 func TestDaemonSet(t *testing.T) {
-	ms := decodeAll(t)
+	ms := decodeAll(t, Base)
 	ds := only[*appsv1.DaemonSet](t, ms)
 	spec := ds.Spec.Template.Spec
 	if ds.Namespace != Namespace || spec.ServiceAccountName != ServiceAccount {
@@ -229,8 +301,8 @@ func TestDaemonSet(t *testing.T) {
 		t.Fatalf("want one container, got %d", len(spec.Containers))
 	}
 	c := spec.Containers[0]
-	if !strings.HasPrefix(c.Image, Image) {
-		t.Errorf("image %q, want %s (kustomization sets the tag)", c.Image, Image)
+	if c.Image != Image {
+		t.Errorf("image %q, want the placeholder %s (an overlay sets the real one)", c.Image, Image)
 	}
 	if len(c.Args) == 0 || c.Args[0] != "agent" {
 		t.Errorf("args %v, want the agent command", c.Args)
@@ -301,7 +373,6 @@ func TestDaemonSet(t *testing.T) {
 		"/var/lib/wgmesh":    {"/var/lib/wgmesh", corev1.HostPathDirectoryOrCreate, false},
 		"/var/run/wireguard": {"/var/run/wireguard", corev1.HostPathDirectoryOrCreate, false},
 		"/dev/net/tun":       {"/dev/net/tun", corev1.HostPathCharDev, false},
-		"/lib/modules":       {"/lib/modules", corev1.HostPathDirectory, true},
 	}
 	vols := map[string]corev1.Volume{}
 	for _, v := range spec.Volumes {
@@ -344,7 +415,7 @@ func metricsAddrPort(t *testing.T, args []string) int {
 }
 
 func TestAdmissionPolicy(t *testing.T) {
-	ms := decodeAll(t)
+	ms := decodeAll(t, Base)
 	pol := only[*admissionv1.ValidatingAdmissionPolicy](t, ms)
 	bind := only[*admissionv1.ValidatingAdmissionPolicyBinding](t, ms)
 	if bind.Spec.PolicyName != pol.Name {
@@ -420,5 +491,139 @@ func TestDockerfile(t *testing.T) {
 	}
 	if froms != 2 {
 		t.Errorf("Dockerfile has %d stages, want a build and a final stage", froms)
+	}
+}
+
+// hostPaths maps a pod's mount paths to their hostPath volumes.
+func hostPaths(t *testing.T, spec corev1.PodSpec, c corev1.Container) map[string]string {
+	t.Helper()
+	vols := map[string]corev1.Volume{}
+	for _, v := range spec.Volumes {
+		vols[v.Name] = v
+	}
+	out := map[string]string{}
+	for _, m := range c.VolumeMounts {
+		v := vols[m.Name]
+		if v.HostPath == nil {
+			t.Errorf("mount %s of %s is not a hostPath volume", m.MountPath, c.Name)
+			continue
+		}
+		out[m.MountPath] = v.HostPath.Path
+	}
+	return out
+}
+
+// TestUninstall checks the cleanup DaemonSet against the agent's: the same
+// nodes, network namespace and host directories, the node name from the
+// scheduler, and a service account that may do nothing but remove its own
+// Node's annotations.
+func TestUninstall(t *testing.T) {
+	agent := only[*appsv1.DaemonSet](t, decodeAll(t, Base))
+	ms := decodeAll(t, UninstallBase)
+	ds := only[*appsv1.DaemonSet](t, ms)
+	spec := ds.Spec.Template.Spec
+	as := agent.Spec.Template.Spec
+	if ds.Namespace != Namespace || spec.ServiceAccountName != CleanupServiceAccount {
+		t.Errorf("cleanup DaemonSet in %q with service account %q", ds.Namespace, spec.ServiceAccountName)
+	}
+	if !spec.HostNetwork {
+		t.Error("cleanup DaemonSet: hostNetwork must be true (it cleans the node's network namespace)")
+	}
+	if diff := cmp.Diff(as.Tolerations, spec.Tolerations); diff != "" {
+		t.Errorf("tolerations differ from the agent's (-agent +cleanup):\n%s", diff)
+	}
+	if diff := cmp.Diff(as.NodeSelector, spec.NodeSelector); diff != "" {
+		t.Errorf("nodeSelector differs from the agent's (-agent +cleanup):\n%s", diff)
+	}
+	for k, v := range ds.Spec.Selector.MatchLabels {
+		if ds.Spec.Template.Labels[k] != v {
+			t.Errorf("selector %s=%s does not match the pod template labels", k, v)
+		}
+		if agent.Spec.Selector.MatchLabels[k] == v {
+			t.Errorf("selector %s=%s also selects the agent's pods", k, v)
+		}
+	}
+	if len(spec.InitContainers) != 1 || len(spec.Containers) != 1 {
+		t.Fatalf("want one init container (cleanup) and one container (wait), got %d and %d", len(spec.InitContainers), len(spec.Containers))
+	}
+	ic, mc := spec.InitContainers[0], spec.Containers[0]
+	for _, c := range []corev1.Container{ic, mc} {
+		if c.Image != Image {
+			t.Errorf("%s: image %q, want the placeholder %s", c.Name, c.Image, Image)
+		}
+	}
+	if len(ic.Args) == 0 || ic.Args[0] != "cleanup" {
+		t.Fatalf("init container args %v, want the cleanup command", ic.Args)
+	}
+	for _, a := range []string{"--remove-annotations", "--remove-key"} {
+		if !slices.Contains(ic.Args, a) {
+			t.Errorf("init container args %v lack %s", ic.Args, a)
+		}
+	}
+	for _, a := range ic.Args {
+		if strings.HasPrefix(a, "--kubeconfig") || strings.HasPrefix(a, "--node-name") {
+			t.Errorf("init container arg %s: the in-cluster configuration and NODE_NAME must be used", a)
+		}
+	}
+	var nodeEnv *corev1.EnvVar
+	for i := range ic.Env {
+		if ic.Env[i].Name == "NODE_NAME" {
+			nodeEnv = &ic.Env[i]
+		}
+	}
+	if nodeEnv == nil || nodeEnv.ValueFrom == nil || nodeEnv.ValueFrom.FieldRef == nil ||
+		nodeEnv.ValueFrom.FieldRef.FieldPath != "spec.nodeName" {
+		t.Errorf("cleanup NODE_NAME env = %+v, want fieldRef spec.nodeName", nodeEnv)
+	}
+	if !slices.Equal(mc.Args, []string{"wait"}) {
+		t.Errorf("main container args %v, want [wait]", mc.Args)
+	}
+	if sc := mc.SecurityContext; sc == nil || sc.Capabilities == nil || len(sc.Capabilities.Add) != 0 ||
+		sc.RunAsNonRoot == nil || !*sc.RunAsNonRoot {
+		t.Errorf("main container securityContext %+v, want non-root without capabilities", mc.SecurityContext)
+	}
+	if sc := ic.SecurityContext; sc == nil || sc.Capabilities == nil ||
+		!slices.Equal(sc.Capabilities.Add, []corev1.Capability{"NET_ADMIN"}) || (sc.Privileged != nil && *sc.Privileged) {
+		t.Errorf("cleanup securityContext %+v, want NET_ADMIN only, not privileged", ic.SecurityContext)
+	}
+	// The same host directories as the agent: the key directory (the
+	// default --key-file lies in it) and the UAPI sockets.
+	agentPaths := hostPaths(t, as, as.Containers[0])
+	got := hostPaths(t, spec, ic)
+	for _, p := range []string{"/var/lib/wgmesh", "/var/run/wireguard"} {
+		if got[p] == "" || got[p] != agentPaths[p] {
+			t.Errorf("cleanup mounts %q at %s, the agent %q", got[p], p, agentPaths[p])
+		}
+	}
+	if len(mc.VolumeMounts) != 0 {
+		t.Errorf("main container mounts %v, want none", mc.VolumeMounts)
+	}
+
+	role := only[*rbacv1.ClusterRole](t, ms)
+	want := []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"nodes"}, Verbs: []string{"get", "patch"}}}
+	if diff := cmp.Diff(want, role.Rules); diff != "" {
+		t.Errorf("cleanup ClusterRole rules (-want +got):\n%s", diff)
+	}
+	bind := only[*rbacv1.ClusterRoleBinding](t, ms)
+	wantSubj := []rbacv1.Subject{{Kind: "ServiceAccount", Name: CleanupServiceAccount, Namespace: Namespace}}
+	if diff := cmp.Diff(wantSubj, bind.Subjects); diff != "" || bind.RoleRef.Name != role.Name {
+		t.Errorf("cleanup ClusterRoleBinding %+v -> %s (-want +got subjects):\n%s", bind.RoleRef, role.Name, diff)
+	}
+	pol := only[*admissionv1.ValidatingAdmissionPolicy](t, ms)
+	pbind := only[*admissionv1.ValidatingAdmissionPolicyBinding](t, ms)
+	if pbind.Spec.PolicyName != pol.Name || !slices.Equal(pbind.Spec.ValidationActions, []admissionv1.ValidationAction{admissionv1.Deny}) {
+		t.Errorf("cleanup policy binding %+v for policy %s", pbind.Spec, pol.Name)
+	}
+	if pol.Spec.FailurePolicy == nil || *pol.Spec.FailurePolicy != admissionv1.Fail {
+		t.Error("cleanup policy: failurePolicy must be Fail")
+	}
+	username := fmt.Sprintf("'system:serviceaccount:%s:%s'", Namespace, CleanupServiceAccount)
+	if len(pol.Spec.MatchConditions) != 1 || !strings.Contains(pol.Spec.MatchConditions[0].Expression, username) {
+		t.Errorf("cleanup policy matchConditions %+v, want one on %s", pol.Spec.MatchConditions, username)
+	}
+	// The policy must not be the agent's: the agent may write annotations,
+	// the cleanup only remove them.
+	if agentPol := only[*admissionv1.ValidatingAdmissionPolicy](t, decodeAll(t, Base)); agentPol.Name == pol.Name {
+		t.Errorf("cleanup policy has the agent policy's name %s", pol.Name)
 	}
 }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
+	"os"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -13,6 +15,7 @@ import (
 
 	"github.com/wgmesh/wgmesh/device"
 	"github.com/wgmesh/wgmesh/instance"
+	"github.com/wgmesh/wgmesh/mesh"
 	"github.com/wgmesh/wgmesh/mesh/kube"
 	"github.com/wgmesh/wgmesh/routing"
 )
@@ -27,6 +30,8 @@ func (a *app) cleanupCommand() *cobra.Command {
 		removeAnnotations bool
 		kubeconfig        string
 		nodeName          string
+		removeKey         bool
+		keyFile           string
 	)
 	d := routing.DefaultOptions()
 	cmd := &cobra.Command{
@@ -40,7 +45,12 @@ other nodes then leaves in plaintext through the main routing table.
 
 With --remove-annotations it also removes the wgmesh.io/ annotations from the
 Node (--node-name, default $NODE_NAME) using --kubeconfig or the in-cluster
-configuration. The --route-table, --host-route-table, --rule-priority and
+configuration (kubectl's loading rules). With --remove-key it also removes the
+private key file (--key-file, the agent's default /var/lib/wgmesh/private.key);
+a file that is not a WireGuard private key is refused. Every local step is
+done before the API is called. What was not found is reported and is no
+error: running cleanup again, or on a node the agent never ran on, exits 0.
+The --route-table, --host-route-table, --rule-priority and
 --fwmark the agent ran with are read from the interface (its alias records
 them); flags given explicitly win. Only the instance of --interface is
 touched: other wgmesh instances' rules, routes and tables stay. cleanup
@@ -65,6 +75,12 @@ wgmesh did not create.`,
 			}
 			if !removeAnnotations && cmd.Flags().Changed("kubeconfig") {
 				return usagef("--kubeconfig is used only with --remove-annotations")
+			}
+			if !removeKey && cmd.Flags().Changed("key-file") {
+				return usagef("--key-file is used only with --remove-key")
+			}
+			if removeKey && strings.TrimSpace(keyFile) == "" {
+				return usagef("--key-file must not be empty")
 			}
 			// The API client is built before anything changes (a wrong
 			// kubeconfig must not stop a cleanup halfway); no API call is
@@ -111,6 +127,19 @@ wgmesh did not create.`,
 			if len(left) > 0 && len(errs) == 0 {
 				errs = append(errs, fmt.Errorf("cleanup of %s left %s", iface, strings.Join(left, "; ")))
 			}
+			// The key last among the local steps: it is all a later
+			// agent start would need to keep the node's published
+			// identity, so it goes only with the rest.
+			if removeKey {
+				switch removed, err := removeKeyFile(keyFile); {
+				case err != nil:
+					errs = append(errs, err)
+				case removed:
+					fmt.Fprintf(a.out, "removed: private key %s\n", keyFile)
+				default:
+					fmt.Fprintf(a.out, "not found: private key %s\n", keyFile)
+				}
+			}
 			if before.nothingFound() {
 				a.log.Warn("nothing of this wgmesh instance was found: already cleaned up, or another --interface or --route-table?",
 					"interface", iface, "routeTable", ro.Table)
@@ -138,6 +167,8 @@ wgmesh did not create.`,
 	f.BoolVar(&removeAnnotations, "remove-annotations", false, "also remove the wgmesh.io/ annotations of the Node")
 	f.StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig for --remove-annotations (default: $KUBECONFIG, then ~/.kube/config, then in-cluster, as kubectl)")
 	f.StringVar(&nodeName, "node-name", a.getenv("NODE_NAME"), "Node whose annotations --remove-annotations removes (default $NODE_NAME)")
+	f.BoolVar(&removeKey, "remove-key", false, "also remove the private key file (--key-file); refused if the file is not a WireGuard private key")
+	f.StringVar(&keyFile, "key-file", mesh.DefaultKeyFile, "the agent's --key-file, for --remove-key")
 	return cmd
 }
 
@@ -182,6 +213,42 @@ func (a *app) cleanupOptions(cmd *cobra.Command, ro *routing.Options) error {
 	}
 	return nil
 }
+
+// removeKeyFile removes the private key file at path and reports whether
+// there was one. Only a regular file holding a WireGuard private key (the
+// format of 'wg genkey' and the agent's own files) is removed: a wrong
+// --key-file must not delete someone else's file.
+func removeKeyFile(path string) (bool, error) {
+	st, err := os.Lstat(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("--remove-key: %w", err)
+	}
+	if !st.Mode().IsRegular() {
+		return false, fmt.Errorf("--remove-key: refusing to remove %s (--key-file): not a regular file (%s)", path, st.Mode().Type())
+	}
+	if st.Size() > maxKeyFileBytes {
+		return false, fmt.Errorf("--remove-key: refusing to remove %s (--key-file): %d bytes, too large for a WireGuard private key", path, st.Size())
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return false, fmt.Errorf("--remove-key: %w", err)
+	}
+	// ParseKey's error never contains its input.
+	if _, err := mesh.ParseKey(strings.TrimSpace(string(data))); err != nil {
+		return false, fmt.Errorf("--remove-key: refusing to remove %s (--key-file): not a WireGuard private key: %w", path, err)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return false, fmt.Errorf("--remove-key: %w", err)
+	}
+	return true, nil
+}
+
+// maxKeyFileBytes bounds what --remove-key reads, as the key store's
+// loader does: a key file is 45 bytes.
+const maxKeyFileBytes = 4096
 
 // removeNodeAnnotations removes wgmesh's annotations from the Node and
 // returns the ones it had (none: nothing to remove). A Node that does not

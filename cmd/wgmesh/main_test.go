@@ -98,6 +98,9 @@ func TestAgentFlagErrors(t *testing.T) {
 		{"cleanup annotations without node", []string{"cleanup", "--remove-annotations"}, nil, "--node-name"},
 		{"cleanup host route table", []string{"cleanup", "--route-table=9", "--host-route-table=9"}, nil, "--host-route-table"},
 		{"cleanup rule priority one", []string{"cleanup", "--rule-priority=1"}, nil, "--rule-priority"},
+		{"cleanup key file without remove-key", []string{"cleanup", "--key-file=/tmp/k"}, nil, "--key-file is used only with --remove-key"},
+		{"cleanup empty key file", []string{"cleanup", "--remove-key", "--key-file="}, nil, "--key-file"},
+		{"wait positional", []string{"wait", "x"}, nil, "no arguments"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := wgmesh(t, tc.env, tc.args...)

@@ -161,6 +161,7 @@ show the local interface, verify the whole cluster and uninstall.`,
 		a.statusCommand(),
 		a.verifyCommand(),
 		a.cleanupCommand(),
+		a.waitCommand(),
 		a.versionCommand(),
 	)
 	for _, c := range root.Commands() {
