@@ -1,8 +1,16 @@
 package e2e_test
 
 import (
+	"bufio"
 	"context"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -24,6 +32,8 @@ import (
 	"github.com/wgmesh/wgmesh/deploy"
 	"github.com/wgmesh/wgmesh/e2e/apiserver"
 	"github.com/wgmesh/wgmesh/e2e/lab"
+	"github.com/wgmesh/wgmesh/mesh"
+	"github.com/wgmesh/wgmesh/mesh/metrics"
 )
 
 // k8sTestOverlay is the image an operator's overlay would set; nothing pulls
@@ -398,6 +408,128 @@ func k8sAssertNothingLeft(t *testing.T, ctx context.Context, k *k8sLab, n *lab.N
 	for key := range node.Annotations {
 		if strings.HasPrefix(key, "wgmesh.io/") {
 			t.Errorf("%s: annotation %s still on the Node", n.Name, key)
+		}
+	}
+}
+
+// k8sHTTPGet fetches path from the agent's metrics listener (the default
+// --metrics-addr, :9587) from inside n's network namespace, as a scraper on
+// the node network would, and returns the status line and body.
+func k8sHTTPGet(n *lab.Node, path string) (string, error) {
+	var conn net.Conn
+	if err := lab.InNetNS(n.NS, func() error {
+		var err error
+		conn, err = net.DialTimeout("tcp", netip.AddrPortFrom(n.Underlay, 9587).String(), 10*time.Second)
+		return err
+	}); err != nil {
+		return "", err
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(30 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(writeThen(conn, "GET "+path+" HTTP/1.0\r\nHost: node\r\n\r\n")), nil)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	return resp.Status + "\n" + string(body), err
+}
+
+// writeThen writes req to conn and returns conn for reading the answer.
+func writeThen(conn net.Conn, req string) net.Conn {
+	io.WriteString(conn, req)
+	return conn
+}
+
+// TestPrivilegedK8sEndpointsExposeNoSecrets reads every endpoint of the
+// metrics/status listener (which the DaemonSet serves on the host network)
+// on each node and checks README's promise: no private key of any node in
+// any encoding, and the mesh facts /status gives (keys, endpoints, allowed
+// IPs) are the ones the Node objects already publish.
+func TestPrivilegedK8sEndpointsExposeNoSecrets(t *testing.T) {
+	k := startK8sLab(t, k8sLabOptions{Nodes: 2})
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	if err := waitPing(ctx, k.Nodes[0].Pods[0], k.Nodes[1].Pods[0].Addr4); err != nil {
+		t.Fatal(err)
+	}
+	// Every node's private key in the encodings a leak could take.
+	var secrets []string
+	for _, n := range k.Nodes {
+		data, err := os.ReadFile(n.KeyFile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		key, err := mesh.ParseKey(strings.TrimSpace(string(data)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The search below must find the key where it is.
+		if !strings.Contains(string(data), key.String()) {
+			t.Fatalf("key of %s does not print as its key file holds it", n.Name)
+		}
+		secrets = append(secrets, key.String(), hex.EncodeToString(key[:]), base64.RawStdEncoding.EncodeToString(key[:]),
+			base64.URLEncoding.EncodeToString(key[:]), fmt.Sprint(key[:]))
+	}
+	// What the Node objects publish.
+	published := map[string]bool{}
+	nodes, err := k.admin.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, node := range nodes.Items {
+		for _, k := range []string{"wgmesh.io/public-key", "wgmesh.io/endpoint"} {
+			published[node.Annotations[k]] = true
+		}
+		for _, c := range node.Spec.PodCIDRs {
+			published[c] = true
+		}
+		// Pod traffic to a node's own addresses goes through the tunnel
+		// too: its addresses are allowed IPs, as single hosts.
+		for _, a := range node.Status.Addresses {
+			if ip, err := netip.ParseAddr(a.Address); err == nil {
+				published[netip.PrefixFrom(ip, ip.BitLen()).String()] = true
+			}
+		}
+	}
+	for _, n := range k.Nodes {
+		for _, p := range []string{"/metrics", "/healthz", "/readyz", "/status"} {
+			out, err := k8sHTTPGet(n, p)
+			if err != nil {
+				t.Errorf("%s %s: %v", n.Name, p, err)
+				continue
+			}
+			if !strings.HasPrefix(out, "200") {
+				t.Errorf("%s %s: %s", n.Name, p, strings.SplitN(out, "\n", 2)[0])
+			}
+			for _, s := range secrets {
+				if strings.Contains(out, s) {
+					t.Errorf("%s %s exposes a private key (%d characters of key material)", n.Name, p, len(s))
+				}
+			}
+			if p != "/status" {
+				continue
+			}
+			var st metrics.Status
+			if err := json.Unmarshal([]byte(out[strings.Index(out, "\n")+1:]), &st); err != nil {
+				t.Fatalf("%s /status: %v", n.Name, err)
+			}
+			if !published[st.PublicKey] {
+				t.Errorf("%s /status: own public key %q is not a Node annotation", n.Name, st.PublicKey)
+			}
+			if len(st.Peers) == 0 {
+				t.Errorf("%s /status: no peers", n.Name)
+			}
+			for _, peer := range st.Peers {
+				if !published[peer.PublicKey] || !published[peer.Endpoint] {
+					t.Errorf("%s /status: peer %s key %q endpoint %q not published on a Node", n.Name, peer.Node, peer.PublicKey, peer.Endpoint)
+				}
+				for _, a := range peer.AllowedIPs {
+					if !published[a] {
+						t.Errorf("%s /status: peer %s allowed IP %s is no Node's pod CIDR", n.Name, peer.Node, a)
+					}
+				}
+			}
 		}
 	}
 }
