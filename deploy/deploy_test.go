@@ -319,9 +319,18 @@ func TestDaemonSet(t *testing.T) {
 		nodeEnv.ValueFrom.FieldRef.FieldPath != "spec.nodeName" {
 		t.Errorf("NODE_NAME env = %+v, want fieldRef spec.nodeName", nodeEnv)
 	}
+	// HOST_IP, for README's --metrics-addr=$(HOST_IP):9587.
+	if i := slices.IndexFunc(c.Env, func(e corev1.EnvVar) bool { return e.Name == "HOST_IP" }); i < 0 ||
+		c.Env[i].ValueFrom == nil || c.Env[i].ValueFrom.FieldRef == nil || c.Env[i].ValueFrom.FieldRef.FieldPath != "status.hostIP" {
+		t.Errorf("HOST_IP env missing or not fieldRef status.hostIP: %+v", c.Env)
+	}
 
 	// The probes must hit the paths and port the metrics server serves.
 	metricsPort := metricsAddrPort(t, c.Args)
+	ann := ds.Spec.Template.Annotations
+	if ann["prometheus.io/scrape"] != "true" || ann["prometheus.io/port"] != strconv.Itoa(metricsPort) || ann["prometheus.io/path"] != metrics.PathMetrics {
+		t.Errorf("pod annotations %v, want prometheus.io/ scrape, port %d and path %s", ann, metricsPort, metrics.PathMetrics)
+	}
 	if len(c.Ports) != 1 || int(c.Ports[0].ContainerPort) != metricsPort || c.Ports[0].Name != "metrics" {
 		t.Errorf("ports %+v, want one named metrics on %d (from --metrics-addr)", c.Ports, metricsPort)
 	}
