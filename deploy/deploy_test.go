@@ -401,6 +401,14 @@ func TestDaemonSet(t *testing.T) {
 			t.Errorf("mount %s readOnly = %v, want %v", mountPath, m.ReadOnly, w.readOnly)
 		}
 	}
+	// A hostPath of type Directory or File makes the pod fail to start on
+	// a host without that path (/lib/modules on minimal images, once).
+	for _, v := range spec.Volumes {
+		if v.HostPath != nil && v.HostPath.Type != nil &&
+			(*v.HostPath.Type == corev1.HostPathDirectory || *v.HostPath.Type == corev1.HostPathFile) {
+			t.Errorf("volume %s: hostPath %s of type %s fails on hosts without it", v.Name, v.HostPath.Path, *v.HostPath.Type)
+		}
+	}
 	if len(spec.Volumes) != len(want) {
 		t.Errorf("%d volumes, want %d: %+v", len(spec.Volumes), len(want), spec.Volumes)
 	}
