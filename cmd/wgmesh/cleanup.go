@@ -127,9 +127,9 @@ wgmesh did not create.`,
 			if len(left) > 0 && len(errs) == 0 {
 				errs = append(errs, fmt.Errorf("cleanup of %s left %s", iface, strings.Join(left, "; ")))
 			}
-			// The key last among the local steps: it is all a later
-			// agent start would need to keep the node's published
-			// identity, so it goes only with the rest.
+			// The key last among the local steps, after the interface
+			// that used it; it is removed even if a step above failed
+			// (converge as far as possible, then report).
 			if removeKey {
 				switch removed, err := removeKeyFile(keyFile); {
 				case err != nil:
