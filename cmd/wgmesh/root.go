@@ -160,6 +160,7 @@ show the local interface, verify the whole cluster and uninstall.`,
 		a.rotateKeyCommand(),
 		a.statusCommand(),
 		a.verifyCommand(),
+		a.graphCommand(),
 		a.cleanupCommand(),
 		a.versionCommand(),
 	)
