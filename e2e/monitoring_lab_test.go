@@ -273,7 +273,8 @@ func firing(alerts []promAlert, name string) (who []string, all []string) {
 // WgmeshNodeWithoutKey for reason NoKey; once node3 gets its agent, both
 // resolve. What this proves: the shipped rules, loaded by the real server,
 // turn what the real agents export into the alert an operator gets, and
-// clear it again; the metrics themselves predate the rules.
+// clear it again (the metrics themselves predate the rules); and `wgmesh
+// graph` draws node3 as unencrypted, cluster-wide and from node1's agent.
 func TestPrivilegedMonitoringNodeWithoutAgent(t *testing.T) {
 	k := startK8sLab(t, k8sLabOptions{Without: []string{"node3"}, AgentArgs: []string{"--allow-unencrypted"}})
 	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
@@ -366,6 +367,29 @@ func TestPrivilegedMonitoringNodeWithoutAgent(t *testing.T) {
 			// Nothing else is wrong in this lab: a noisy rule would page
 			// operators for a healthy mesh.
 			t.Errorf("unexpected alert %s while only node3 lacks an agent", a)
+		}
+	}
+
+	// wgmesh graph draws the same picture: node3 in plaintext, from the
+	// cluster (run in the control-plane namespace, as verify is) and from
+	// node1's agent, whose tunnel to node2 is drawn.
+	out, err := exec.CommandContext(ctx, "ip", "netns", "exec", k.CP.NS, k.wgmesh, "graph",
+		"--kubeconfig", k.adminKubeconfig, "--allow-unencrypted").CombinedOutput()
+	if err != nil {
+		t.Fatalf("wgmesh graph --kubeconfig: %v\n%s", err, out)
+	}
+	for _, s := range []string{`"node3" [label="node3\nunencrypted: NoKey"`, `"node1" -- "node2" [color=`, `"node1" -- "node3" [color="#D55E00", style=dashed, label="plaintext"`} {
+		if !strings.Contains(string(out), s) {
+			t.Errorf("wgmesh graph --kubeconfig lacks %s:\n%s", s, out)
+		}
+	}
+	local, err := n1.Wgmesh(ctx, "graph", "--interface", n1.Interface)
+	if err != nil {
+		t.Fatalf("wgmesh graph on %s: %v\n%s", n1.Name, err, local)
+	}
+	for _, s := range []string{`"node1" [label="node1\n(this agent)"`, `"node1" -- "node2"`, `"node1" -- "node3" [color="#D55E00", style=dashed, label="plaintext"`} {
+		if !strings.Contains(local, s) {
+			t.Errorf("wgmesh graph on %s lacks %s:\n%s", n1.Name, s, local)
 		}
 	}
 

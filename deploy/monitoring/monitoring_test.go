@@ -45,21 +45,6 @@ func TestPromtool(t *testing.T) {
 	}
 }
 
-// TestEmbeddedIsShipped: the embedded bytes are the files in this directory
-// (go:embed guarantees it at build time; this guards a stale test cache
-// reading another copy).
-func TestEmbeddedIsShipped(t *testing.T) {
-	for name, got := range map[string][]byte{RulesFile: Rules(), DashboardFile: Dashboard()} {
-		want, err := os.ReadFile(name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if string(got) != string(want) {
-			t.Errorf("embedded %s differs from the file", name)
-		}
-	}
-}
-
 // TestRulesWithFor: every `for` becomes the given duration, the alerts and
 // their expressions stay, and the result still passes promtool.
 func TestRulesWithFor(t *testing.T) {
