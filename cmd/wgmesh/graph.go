@@ -127,7 +127,7 @@ func clusterGraph(rep kube.VerifyReport, title string) meshGraph {
 			g.Edges = append(g.Edges, graphEdge{A: a, B: b, Kind: edgePlaintext})
 		}
 	}
-	sortEdges(g.Edges, "")
+	sortEdges(g.Edges)
 	return g
 }
 
@@ -187,7 +187,7 @@ func localGraph(st metrics.Status) meshGraph {
 	for _, name := range names {
 		g.Nodes = append(g.Nodes, *nodes[name])
 	}
-	sortEdges(g.Edges, self)
+	sortEdges(g.Edges)
 	return g
 }
 
@@ -208,7 +208,7 @@ func shortKey(k string) string {
 }
 
 // sortEdges orders edges by their ends so the output is stable.
-func sortEdges(es []graphEdge, _ string) {
+func sortEdges(es []graphEdge) {
 	sort.SliceStable(es, func(i, j int) bool {
 		if es[i].A != es[j].A {
 			return es[i].A < es[j].A
