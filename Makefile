@@ -9,7 +9,7 @@ LDFLAGS      := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 # tens of MiB through userspace WireGuard on a shared 2-core machine.
 TEST_TIMEOUT ?= 20m
 
-.PHONY: help build test unit e2e demo demo-k8s bench lint fuzz clean
+.PHONY: help build test unit e2e demo demo-k8s bench lint fuzz graph-example clean
 
 help:
 	@echo "make demo      live 3-node encrypted mesh in network namespaces (root)"
@@ -18,6 +18,7 @@ help:
 	@echo "make bench     benchmarks; writes bench/RESULTS.md"
 	@echo "make lint      gofmt + go vet"
 	@echo "make e2e       end-to-end scenarios against a real kube-apiserver"
+	@echo "make graph-example  redraw docs/mesh.svg (the README's picture) from the graph golden test (needs Graphviz)"
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/wgmesh
@@ -50,6 +51,12 @@ fuzz:
 	  for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz'); do \
 	    echo "fuzz $$pkg $$f"; $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime 20s $$pkg || exit 1; \
 	  done; done
+
+# The README's picture is the golden local view of `wgmesh graph`, rendered
+# by Graphviz: the same renderer the command uses, on fixed input.
+graph-example:
+	$(GO) test -count=1 -run '^TestGraphGolden$$' ./cmd/wgmesh -update
+	dot -Tsvg cmd/wgmesh/testdata/graph/local.dot -o docs/mesh.svg
 
 clean:
 	rm -rf bin

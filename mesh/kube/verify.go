@@ -3,6 +3,7 @@ package kube
 import (
 	"context"
 	"fmt"
+	"sort"
 
 	"github.com/wgmesh/wgmesh/mesh"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -18,6 +19,8 @@ const verifyPageSize = 500
 type VerifyReport struct {
 	// Nodes is how many Node objects were examined.
 	Nodes int
+	// NodeNames are their names, sorted (wgmesh graph draws them).
+	NodeNames []string
 	// Problems are the defects that keep a node, or one of its pod CIDRs,
 	// out of the encrypted mesh: nodes without a valid key or endpoint,
 	// newcomers publishing a key an older node has, overlapping pod CIDRs
@@ -71,6 +74,10 @@ func verifyNodes(nodes []mesh.Node, o mesh.Options) VerifyReport {
 	// every node is judged as a remote peer, and nothing is own.
 	d := mesh.Derive(mesh.Node{}, nodes, o)
 	r := VerifyReport{Nodes: len(nodes), Unencrypted: d.Unencrypted}
+	for _, n := range nodes {
+		r.NodeNames = append(r.NodeNames, n.Name)
+	}
+	sort.Strings(r.NodeNames)
 	for _, p := range d.Problems {
 		switch p.Reason {
 		case mesh.ReasonSelfMissing, mesh.ReasonUnmanaged:
