@@ -69,6 +69,10 @@ type Options struct {
 	// 2001:2::/48 (the IPv6 benchmarking range, RFC 5180) and makes the
 	// agents' endpoints IPv6.
 	IPv6Underlay bool
+	// NoPods creates no pod namespaces and no cni0 bridge: a real CNI (the
+	// cluster lab's containerd) creates both once the node has a pod CIDR.
+	// PodsPerNode is then ignored.
+	NoPods bool
 	// NoPlainRoutes leaves the nodes' main tables without routes to the other
 	// nodes' pod CIDRs. By default they are there (host-gw style) so a missing
 	// or broken agent shows up as plaintext on the wire instead of as silence.
@@ -340,6 +344,9 @@ func (l *Lab) buildPods(ctx context.Context, n *Node) error {
 	}
 	if err := sysctl(ctx, n.NS, "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"); err != nil {
 		return err
+	}
+	if l.opts.NoPods {
+		return nil
 	}
 	// cni0 is the node's pod bridge; it owns the pod gateway addresses.
 	if err := ipn(ctx, n.NS, "link", "add", "name", "cni0", "type", "bridge"); err != nil {
