@@ -285,4 +285,3 @@ func podReady(p *corev1.Pod) bool {
 	}
 	return false
 }
-

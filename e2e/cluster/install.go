@@ -77,4 +77,3 @@ func DeployDir() (string, error) {
 	}
 	return filepath.Clean(dir), nil
 }
-

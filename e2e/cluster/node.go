@@ -29,8 +29,8 @@ type Node struct {
 	// Socket is containerd's gRPC socket.
 	Socket string
 
-	c   *Cluster
-	cmd *exec.Cmd
+	c    *Cluster
+	cmd  *exec.Cmd
 	done chan struct{}
 }
 
