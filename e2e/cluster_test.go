@@ -1,11 +1,19 @@
 package e2e_test
 
 import (
+	"bufio"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"net/netip"
 	"os/exec"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -14,6 +22,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
@@ -50,7 +59,13 @@ func TestPrivilegedCluster(t *testing.T) {
 	t.Logf("cluster of %d nodes up after %v (lab %s)", len(c.Nodes), time.Since(begin).Round(time.Second), c.Dir())
 
 	cl := &clusterRun{t: t, c: c}
-	t.Run("Rollout", func(t *testing.T) { cl.rollout(t, ctx) })
+	if !t.Run("Rollout", func(t *testing.T) { cl.rollout(t, ctx) }) {
+		return // the other scenarios need the mesh
+	}
+	t.Run("Services", func(t *testing.T) { cl.services(t, ctx) })
+	t.Run("LogsExec", func(t *testing.T) { cl.logsExec(t, ctx) })
+	t.Run("NodePort", func(t *testing.T) { cl.nodePort(t, ctx) })
+	t.Run("RollingUpdate", func(t *testing.T) { cl.rollingUpdate(t, ctx) })
 }
 
 type clusterRun struct {
@@ -125,6 +140,269 @@ func (r *clusterRun) rollout(t *testing.T, ctx context.Context) {
 		r.startWorkers(t, ctx)
 		r.checkPodMesh(t, ctx)
 	})
+}
+
+// services is scenario 2: pods reach the kubernetes Service (the API server
+// behind kube-proxy's ClusterIP, with the pod's own token) and a
+// hostNetwork server on another node, with nothing in plaintext.
+func (r *clusterRun) services(t *testing.T, ctx context.Context) {
+	c := r.c
+	server := c.Nodes[1]
+	host := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "host-server", Namespace: "default"},
+		Spec: corev1.PodSpec{
+			NodeName:    server.Name,
+			HostNetwork: true,
+			Containers: []corev1.Container{{
+				Name: "server", Image: cluster.WorkloadImage, ImagePullPolicy: corev1.PullNever,
+				Args: []string{"serve", ":18080"},
+			}},
+		},
+	}
+	if _, err := c.Admin.CoreV1().Pods("default").Create(ctx, host, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Kubectl(ctx, "wait", "--for=condition=Ready", "pod/host-server", "--timeout=3m"); err != nil {
+		t.Fatal(err)
+	}
+	r.capture(t, ctx, "services", func() {
+		for i, w := range r.workers {
+			out, err := c.Kubectl(ctx, "exec", w.Name, "--", "/workload", "kube", "/version")
+			if err != nil || !strings.Contains(out, `"gitVersion"`) {
+				t.Errorf("pod %s on %s → kubernetes Service: %v %s", w.Name, w.Spec.NodeName, err, out)
+			}
+			if c.Nodes[i] == server {
+				continue
+			}
+			url := "http://" + net.JoinHostPort(server.Underlay.String(), "18080") + "/"
+			out, err = c.Kubectl(ctx, "exec", w.Name, "--", "/workload", "get", url)
+			if err != nil {
+				t.Errorf("pod %s on %s → hostNetwork server on %s (%s): %v", w.Name, w.Spec.NodeName, server.Name, url, err)
+				continue
+			}
+			// The server sees the pod's own address: no masquerading
+			// hides plaintext from the capture.
+			if !strings.Contains(out, " "+w.Status.PodIP+":") {
+				t.Errorf("hostNetwork server saw %q, want the client pod's address %s", out, w.Status.PodIP)
+			}
+		}
+	})
+}
+
+// logsExec is scenario 8: what an operator does first works against the
+// agent pods — kubectl logs and kubectl exec … wgmesh status.
+func (r *clusterRun) logsExec(t *testing.T, ctx context.Context) {
+	c := r.c
+	for node, p := range r.agentPods(t, ctx) {
+		logs, err := c.Kubectl(ctx, "-n", "wgmesh", "logs", p.Name)
+		if err != nil {
+			t.Errorf("kubectl logs %s: %v", p.Name, err)
+		} else if !strings.Contains(logs, `"msg"`) {
+			t.Errorf("kubectl logs %s: no JSON log lines:\n%s", p.Name, lastN(logs, 10))
+		}
+		status, err := c.Kubectl(ctx, "-n", "wgmesh", "exec", p.Name, "--", "wgmesh", "status")
+		if err != nil {
+			t.Errorf("kubectl exec %s -- wgmesh status: %v", p.Name, err)
+			continue
+		}
+		for _, n := range c.Nodes {
+			if n.Name != node && !strings.Contains(status, n.Name) {
+				t.Errorf("wgmesh status on %s does not mention peer %s:\n%s", node, n.Name, status)
+			}
+		}
+		if node == c.Nodes[0].Name {
+			t.Logf("kubectl exec %s -- wgmesh status:\n%s", p.Name, status)
+		}
+	}
+}
+
+// rollingUpdate is scenario 4: a new image tag rolls through the
+// DaemonSet one node at a time while every worker pod probes the worker on
+// the next node (a new TCP connection every 100 ms); nothing crosses the
+// underlay in plaintext, and the longest outage seen by each probe is the
+// interruption an upgrade costs — logged for the README.
+func (r *clusterRun) rollingUpdate(t *testing.T, ctx context.Context) {
+	c := r.c
+	if _, err := c.BuildAgentImage(ctx, "v2"); err != nil {
+		t.Fatal(err)
+	}
+	before := r.agentPods(t, ctx)
+	type probe struct {
+		from, to string
+		cmd      *exec.Cmd
+		mu       sync.Mutex
+		up       bool
+		gaps     []int64
+		down     bool
+	}
+	var probes []*probe
+	pctx, stopProbes := context.WithCancel(ctx)
+	defer stopProbes()
+	for i, w := range r.workers {
+		to := r.workers[(i+1)%len(r.workers)]
+		url := "http://" + net.JoinHostPort(to.Status.PodIP, "8080") + "/"
+		p := &probe{from: w.Spec.NodeName, to: to.Spec.NodeName}
+		p.cmd = c.KubectlCmd(pctx, "exec", w.Name, "--", "/workload", "probe", url, "10m")
+		out, err := p.cmd.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := p.cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		go func() {
+			sc := bufio.NewScanner(out)
+			for sc.Scan() {
+				f := strings.Fields(sc.Text())
+				p.mu.Lock()
+				switch {
+				case len(f) == 1 && f[0] == "up":
+					p.up = true
+				case len(f) == 2 && f[0] == "down":
+					p.down = true
+				case len(f) == 2 && (f[0] == "gap" || f[0] == "still-down"):
+					ms, _ := strconv.ParseInt(f[1], 10, 64)
+					p.gaps = append(p.gaps, ms)
+					p.down = false
+				}
+				p.mu.Unlock()
+			}
+		}()
+		defer p.cmd.Wait()
+		probes = append(probes, p)
+	}
+	if err := lab.Poll(ctx, 200*time.Millisecond, func(context.Context) (bool, error) {
+		for _, p := range probes {
+			p.mu.Lock()
+			up := p.up
+			p.mu.Unlock()
+			if !up {
+				return false, nil
+			}
+		}
+		return true, nil
+	}); err != nil {
+		t.Fatalf("probes never answered: %v", err)
+	}
+	r.capture(t, ctx, "rolling-update", func() {
+		begin := time.Now()
+		if _, err := c.Install(ctx, "v2"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Kubectl(ctx, "-n", "wgmesh", "rollout", "status", "daemonset/wgmesh", "--timeout=10m"); err != nil {
+			r.dumpAgents(t, ctx)
+			t.Fatalf("rolling update: %v", err)
+		}
+		t.Logf("rolling update v1 → v2 on %d nodes took %v", len(c.Nodes), time.Since(begin).Round(time.Second))
+		// Let a probe that is down at the end come back (or not).
+		time.Sleep(5 * time.Second)
+	})
+	stopProbes()
+	after := r.agentPods(t, ctx)
+	for _, n := range c.Nodes {
+		b, a := before[n.Name], after[n.Name]
+		if a.UID == b.UID || !strings.HasSuffix(a.Spec.Containers[0].Image, ":v2") {
+			t.Errorf("agent on %s not replaced by v2: %s %s", n.Name, a.Name, a.Spec.Containers[0].Image)
+		}
+	}
+	for _, p := range probes {
+		p.mu.Lock()
+		var worst, total int64
+		for _, g := range p.gaps {
+			total += g
+			worst = max(worst, g)
+		}
+		t.Logf("INTERRUPTION pod on %s → pod on %s: %d outages, longest %d ms, total %d ms (gaps %v ms)", p.from, p.to, len(p.gaps), worst, total, p.gaps)
+		if p.down {
+			t.Errorf("pod on %s → pod on %s: still down after the rolling update", p.from, p.to)
+		}
+		p.mu.Unlock()
+	}
+}
+
+// nodePort is scenario 3: a client namespace outside the cluster (on the
+// underlay, not a node) reaches the workers through a NodePort Service on
+// every node, 8 MiB each way with checksums; kube-proxy may send it to a
+// worker on another node, and that hop must be encrypted.
+func (r *clusterRun) nodePort(t *testing.T, ctx context.Context) {
+	c := r.c
+	svc := &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: "worker", Namespace: "default"},
+		Spec: corev1.ServiceSpec{
+			Type:     corev1.ServiceTypeNodePort,
+			Selector: map[string]string{"app": "worker"},
+			Ports:    []corev1.ServicePort{{Port: 8080, TargetPort: intstr.FromInt32(8080), NodePort: 30080}},
+		},
+	}
+	if _, err := c.Admin.CoreV1().Services("default").Create(ctx, svc, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	clientNS, err := c.Lab.AddHost(ctx, "client", netip.MustParseAddr("198.18.0.200"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	hc := &http.Client{Timeout: 2 * time.Minute, Transport: &http.Transport{
+		DisableKeepAlives: true,
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			var conn net.Conn
+			err := lab.InNetNS(clientNS, func() error {
+				var err error
+				conn, err = (&net.Dialer{Timeout: 5 * time.Second}).DialContext(ctx, network, addr)
+				return err
+			})
+			return conn, err
+		},
+	}}
+	const size = 8 << 20
+	want := patternSHA256(size)
+	r.capture(t, ctx, "nodeport", func() {
+		for _, n := range c.Nodes {
+			base := "http://" + net.JoinHostPort(n.Underlay.String(), "30080")
+			// kube-proxy programs the NodePort asynchronously.
+			var resp *http.Response
+			if err := lab.Poll(ctx, 500*time.Millisecond, func(ctx context.Context) (bool, error) {
+				var err error
+				resp, err = hc.Get(base + fmt.Sprintf("/bytes?n=%d", size))
+				return err == nil, nil
+			}); err != nil {
+				t.Errorf("NodePort on %s never answered: %v", n.Name, err)
+				continue
+			}
+			h := sha256.New()
+			got, err := io.Copy(h, resp.Body)
+			resp.Body.Close()
+			if err != nil || got != size || hex.EncodeToString(h.Sum(nil)) != want {
+				t.Errorf("download through NodePort on %s: %d bytes, err %v, checksum match %v", n.Name, got, err, hex.EncodeToString(h.Sum(nil)) == want)
+			}
+			resp, err = hc.Post(base+"/sink", "application/octet-stream", io.LimitReader(&patternReader{}, size))
+			if err != nil {
+				t.Errorf("upload through NodePort on %s: %v", n.Name, err)
+				continue
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if strings.TrimSpace(string(body)) != fmt.Sprintf("%d %s", size, want) {
+				t.Errorf("upload through NodePort on %s: server got %q, want %d bytes with sha256 %s", n.Name, body, size, want)
+			}
+		}
+	})
+}
+
+// patternReader is the workload's byte pattern: byte i is i mod 251.
+type patternReader struct{ off int64 }
+
+func (p *patternReader) Read(b []byte) (int, error) {
+	for i := range b {
+		b[i] = byte((p.off + int64(i)) % 251)
+	}
+	p.off += int64(len(b))
+	return len(b), nil
+}
+
+func patternSHA256(n int64) string {
+	h := sha256.New()
+	io.Copy(h, io.LimitReader(&patternReader{}, n))
+	return hex.EncodeToString(h.Sum(nil))
 }
 
 // checkBoundToken requests a real token bound to node1's agent pod (what

@@ -341,6 +341,15 @@ func (c *Cluster) Kubectl(ctx context.Context, args ...string) (string, error) {
 	return string(out), nil
 }
 
+// KubectlCmd is Kubectl as an unstarted command, for long-running
+// invocations whose output the caller streams (kubectl exec of a probe).
+func (c *Cluster) KubectlCmd(ctx context.Context, args ...string) *exec.Cmd {
+	full := append([]string{"--net=/var/run/netns/" + c.Lab.CP.NS, "--", filepath.Join(c.binDir, apiserver.KubectlBinary), "--kubeconfig=" + c.AdminKubeconfig}, args...)
+	cmd := exec.CommandContext(ctx, "nsenter", full...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	return cmd
+}
+
 // LoadImage imports a docker-archive tarball into every node.
 func (c *Cluster) LoadImage(ctx context.Context, tarball string) error {
 	for _, n := range c.Nodes {

@@ -541,3 +541,18 @@ func parseNSName(prefix, name string) (pid int, id string, ok bool) {
 	}
 	return pid, parts[1], true
 }
+
+// AddHost adds a namespace on the switch at addr (a /15 in 198.18.0.0/15,
+// outside every node's and the control plane's address) that is neither a
+// node nor a pod: a client outside the cluster. role names it
+// ("<lab>-<role>"); Close removes it with the rest of the lab.
+func (l *Lab) AddHost(ctx context.Context, role string, addr netip.Addr) (string, error) {
+	ns := l.base + "-" + role
+	if err := l.addNS(ctx, ns); err != nil {
+		return "", err
+	}
+	if err := l.plug(ctx, role, ns, netip.PrefixFrom(addr, 15), netip.Addr{}); err != nil {
+		return "", err
+	}
+	return ns, nil
+}

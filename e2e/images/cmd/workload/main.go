@@ -8,11 +8,21 @@
 //	workload get URL             print the response body
 //	workload fetch URL           GET URL, print "<bytes> <sha256 hex>"
 //	workload send URL N          POST N pattern bytes to URL, print the reply
+//	workload kube PATH           GET PATH from the API server the in-cluster
+//	                             way (KUBERNETES_SERVICE_HOST/PORT, the pod's
+//	                             service account token and CA), print the body
+//	workload probe URL DURATION  GET URL every 100 ms (new connection, 1 s
+//	                             timeout) for DURATION; print "up" once the
+//	                             first answer came, then "down <unix ms>"
+//	                             when answers stop and "gap <ms>" when they
+//	                             return; "tick" every second
 //	workload sleep               block until SIGTERM
 package main
 
 import (
 	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"fmt"
 	"io"
@@ -21,6 +31,7 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -72,12 +83,103 @@ func main() {
 		}
 		defer resp.Body.Close()
 		io.Copy(os.Stdout, resp.Body)
+	case "kube":
+		if len(os.Args) != 3 {
+			fail("usage: workload kube PATH")
+		}
+		kube(os.Args[2])
+	case "probe":
+		if len(os.Args) != 4 {
+			fail("usage: workload probe URL DURATION")
+		}
+		d, err := time.ParseDuration(os.Args[3])
+		if err != nil {
+			fail(err.Error())
+		}
+		probe(os.Args[2], d)
 	case "sleep":
 		c := make(chan os.Signal, 1)
 		signal.Notify(c, syscall.SIGTERM, syscall.SIGINT)
 		<-c
 	default:
 		fail("unknown command " + os.Args[1])
+	}
+}
+
+// kube does what client-go's in-cluster configuration does, without
+// client-go: the Service address from the environment kubelet sets, the
+// mounted token and CA.
+func kube(path string) {
+	const sa = "/var/run/secrets/kubernetes.io/serviceaccount/"
+	token, err := os.ReadFile(sa + "token")
+	if err != nil {
+		fail(err.Error())
+	}
+	ca, err := os.ReadFile(sa + "ca.crt")
+	if err != nil {
+		fail(err.Error())
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(ca) {
+		fail("no certificate in " + sa + "ca.crt")
+	}
+	host := net.JoinHostPort(os.Getenv("KUBERNETES_SERVICE_HOST"), os.Getenv("KUBERNETES_SERVICE_PORT"))
+	req, err := http.NewRequest(http.MethodGet, "https://"+host+path, nil)
+	if err != nil {
+		fail(err.Error())
+	}
+	req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(token)))
+	c := client()
+	c.Transport = &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}
+	resp, err := c.Do(req)
+	if err != nil {
+		fail(err.Error())
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		fail(host + path + ": " + resp.Status)
+	}
+	io.Copy(os.Stdout, resp.Body)
+}
+
+// probe reports outages of URL as they happen, so a caller streaming the
+// output sees them without waiting for the end.
+func probe(url string, d time.Duration) {
+	c := &http.Client{Timeout: time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	end := time.Now().Add(d)
+	var up bool
+	var lastOK, lastTick time.Time
+	for time.Now().Before(end) {
+		// A heartbeat: once the reader is gone (kubectl exec ended), the
+		// write fails with EPIPE and the probe dies instead of lingering.
+		if time.Since(lastTick) >= time.Second {
+			fmt.Println("tick")
+			lastTick = time.Now()
+		}
+		t := time.Now()
+		resp, err := c.Get(url)
+		ok := err == nil && resp.StatusCode == http.StatusOK
+		if resp != nil {
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+		switch {
+		case ok && lastOK.IsZero():
+			fmt.Println("up")
+		case ok && !up:
+			fmt.Printf("gap %d\n", time.Since(lastOK).Milliseconds())
+		case !ok && up:
+			fmt.Printf("down %d\n", lastOK.UnixMilli())
+		}
+		if ok {
+			up, lastOK = true, time.Now()
+		} else {
+			up = false
+		}
+		time.Sleep(100*time.Millisecond - time.Since(t))
+	}
+	if !up && !lastOK.IsZero() {
+		fmt.Printf("still-down %d\n", time.Since(lastOK).Milliseconds())
 	}
 }
 
