@@ -17,7 +17,6 @@ import (
 	"testing"
 	"time"
 
-	appsv1 "k8s.io/api/apps/v1"
 	authnv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -444,59 +443,13 @@ func (r *clusterRun) checkBoundToken(t *testing.T, ctx context.Context, agents m
 	}
 }
 
-// startWorkers runs a Deployment of the workload server with one pod per
-// node (required anti-affinity) and records the pods by node order.
+// startWorkers runs the workload Deployment with one pod per node.
 func (r *clusterRun) startWorkers(t *testing.T, ctx context.Context) {
-	c := r.c
-	replicas := int32(len(c.Nodes))
-	labels := map[string]string{"app": "worker"}
-	dep := &appsv1.Deployment{
-		ObjectMeta: metav1.ObjectMeta{Name: "worker", Namespace: "default"},
-		Spec: appsv1.DeploymentSpec{
-			Replicas: &replicas,
-			Selector: &metav1.LabelSelector{MatchLabels: labels},
-			Template: corev1.PodTemplateSpec{
-				ObjectMeta: metav1.ObjectMeta{Labels: labels},
-				Spec: corev1.PodSpec{
-					Affinity: &corev1.Affinity{PodAntiAffinity: &corev1.PodAntiAffinity{
-						RequiredDuringSchedulingIgnoredDuringExecution: []corev1.PodAffinityTerm{{
-							LabelSelector: &metav1.LabelSelector{MatchLabels: labels},
-							TopologyKey:   "kubernetes.io/hostname",
-						}},
-					}},
-					Containers: []corev1.Container{{
-						Name: "worker", Image: cluster.WorkloadImage, ImagePullPolicy: corev1.PullNever,
-						Args:  []string{"serve", ":8080"},
-						Ports: []corev1.ContainerPort{{ContainerPort: 8080}},
-					}},
-				},
-			},
-		},
-	}
-	if _, err := c.Admin.AppsV1().Deployments("default").Create(ctx, dep, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.Kubectl(ctx, "rollout", "status", "deployment/worker", "--timeout=5m"); err != nil {
-		t.Fatal(err)
-	}
-	pods, err := c.Admin.CoreV1().Pods("default").List(ctx, metav1.ListOptions{LabelSelector: "app=worker"})
+	pods, err := r.c.DeployWorkers(ctx, "worker")
 	if err != nil {
 		t.Fatal(err)
 	}
-	byNode := map[string]corev1.Pod{}
-	for _, p := range pods.Items {
-		if p.DeletionTimestamp == nil {
-			byNode[p.Spec.NodeName] = p
-		}
-	}
-	r.workers = nil
-	for _, n := range c.Nodes {
-		p, ok := byNode[n.Name]
-		if !ok {
-			t.Fatalf("no worker pod on %s", n.Name)
-		}
-		r.workers = append(r.workers, p)
-	}
+	r.workers = pods
 }
 
 // checkPodMesh fetches from every worker pod to every other one, over each
@@ -532,15 +485,9 @@ func (r *clusterRun) checkPodMesh(t *testing.T, ctx context.Context) {
 // agentPods returns the live agent pods by node name.
 func (r *clusterRun) agentPods(t *testing.T, ctx context.Context) map[string]corev1.Pod {
 	t.Helper()
-	pods, err := r.c.Admin.CoreV1().Pods("wgmesh").List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=wgmesh"})
+	m, err := r.c.AgentPods(ctx)
 	if err != nil {
 		t.Fatal(err)
-	}
-	m := map[string]corev1.Pod{}
-	for _, p := range pods.Items {
-		if p.DeletionTimestamp == nil {
-			m[p.Spec.NodeName] = p
-		}
 	}
 	return m
 }

@@ -43,7 +43,7 @@ import (
 )
 
 // Prefix starts the names of every namespace, cgroup and directory a cluster
-// lab creates.
+// lab creates, unless Options.Prefix says otherwise.
 const Prefix = "wgmcl"
 
 // Image references the lab builds and imports into every node. The agent
@@ -69,6 +69,10 @@ const cniBinDir = "/usr/lib/cni"
 type Options struct {
 	// Nodes is the number of nodes; 3 when zero.
 	Nodes int
+	// Prefix starts every name the cluster creates (as lab.Options.Prefix);
+	// Prefix when empty. Leftovers of dead processes with it are removed
+	// first.
+	Prefix string
 	// Wgmesh is the agent binary the wgmesh image is built from.
 	Wgmesh string
 	// BinDir holds the Kubernetes binaries (apiserver.Build); empty: Build.
@@ -114,12 +118,15 @@ func New(ctx context.Context, o Options) (_ *Cluster, err error) {
 	if o.Logf == nil {
 		o.Logf = func(string, ...any) {}
 	}
+	if o.Prefix == "" {
+		o.Prefix = Prefix
+	}
 	for _, tool := range []string{"containerd", "runc", "ctr", "nsenter", "unshare", "nft", filepath.Join(cniBinDir, "bridge"), filepath.Join(cniBinDir, "host-local")} {
 		if _, err := exec.LookPath(tool); err != nil {
 			return nil, fmt.Errorf("cluster: %s not found (install containerd runc containernetworking-plugins nftables util-linux): %w", tool, err)
 		}
 	}
-	if _, err := RemoveStale(); err != nil {
+	if _, err := RemoveStale(o.Prefix); err != nil {
 		o.Logf("cluster: removing stale labs: %v", err)
 	}
 	c := &Cluster{opts: o, logf: o.Logf}
@@ -135,7 +142,7 @@ func New(ctx context.Context, o Options) (_ *Cluster, err error) {
 		}
 		c.logf("Kubernetes binaries ready after %v: %s", time.Since(begin).Round(time.Second), c.binDir)
 	}
-	if c.Lab, err = lab.New(ctx, lab.Options{Prefix: Prefix, Nodes: o.Nodes, NoPods: true, NoPlainRoutes: true, ControlPlane: true, Wgmesh: o.Wgmesh, Logf: o.Logf}); err != nil {
+	if c.Lab, err = lab.New(ctx, lab.Options{Prefix: o.Prefix, Nodes: o.Nodes, NoPods: true, NoPlainRoutes: true, ControlPlane: true, Wgmesh: o.Wgmesh, Logf: o.Logf}); err != nil {
 		return nil, err
 	}
 	c.dir = c.Lab.Dir()
@@ -416,31 +423,35 @@ func (c *Cluster) Close() error {
 	return errors.Join(errs...)
 }
 
-// RemoveStale removes what killed cluster labs left: their namespaces and
+// RemoveStale removes what killed cluster labs with prefix (Prefix when
+// empty) left: their namespaces and
 // every process in them (lab.RemoveStale), their kubelet cgroup roots with
 // the pods inside, and their temporary directories. Labs of live processes
 // are left alone. It returns the namespaces removed.
-func RemoveStale() ([]string, error) {
+func RemoveStale(prefix string) ([]string, error) {
+	if prefix == "" {
+		prefix = Prefix
+	}
 	// Pods first: their cgroups are the only handle on processes in pod
 	// network namespaces.
 	var errs []error
 	if mounts, err := cgroupMounts(); err == nil {
 		entries, _ := os.ReadDir(mounts[0])
 		for _, e := range entries {
-			if pid, ok := stalePid(e.Name()); ok && !alive(pid) {
+			if pid, ok := stalePid(prefix, e.Name()); ok && !alive(pid) {
 				if err := removeCgroupRoot(e.Name()); err != nil {
 					errs = append(errs, err)
 				}
 			}
 		}
 	}
-	removed, err := lab.RemoveStale(Prefix)
+	removed, err := lab.RemoveStale(prefix)
 	if err != nil {
 		errs = append(errs, err)
 	}
 	entries, _ := os.ReadDir(os.TempDir())
 	for _, e := range entries {
-		if pid, ok := stalePid(e.Name()); ok && !alive(pid) && e.IsDir() {
+		if pid, ok := stalePid(prefix, e.Name()); ok && !alive(pid) && e.IsDir() {
 			if err := os.RemoveAll(filepath.Join(os.TempDir(), e.Name())); err != nil {
 				errs = append(errs, err)
 			}
@@ -449,9 +460,9 @@ func RemoveStale() ([]string, error) {
 	return removed, errors.Join(errs...)
 }
 
-// stalePid parses "wgmcl-<pid>-..." names.
-func stalePid(name string) (int, bool) {
-	rest, ok := strings.CutPrefix(name, Prefix+"-")
+// stalePid parses "<prefix>-<pid>-..." names.
+func stalePid(prefix, name string) (int, bool) {
+	rest, ok := strings.CutPrefix(name, prefix+"-")
 	if !ok {
 		return 0, false
 	}
