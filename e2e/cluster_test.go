@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"os/exec"
 	"strconv"
 	"strings"
@@ -46,7 +47,10 @@ func TestPrivilegedCluster(t *testing.T) {
 	defer cancel()
 
 	begin := time.Now()
-	c, err := cluster.New(ctx, cluster.Options{Wgmesh: bin, Logf: t.Logf})
+	// WGMESH_CLUSTER_LIB_MODULES_AS_IS=1: no empty /lib/modules is added on
+	// hosts without one, to show what the manifest does there.
+	asIs := os.Getenv("WGMESH_CLUSTER_LIB_MODULES_AS_IS") == "1"
+	c, err := cluster.New(ctx, cluster.Options{Wgmesh: bin, Logf: t.Logf, HostLibModulesAsIs: asIs})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -196,7 +196,7 @@ func (c *Cluster) startNode(ctx context.Context, ln *lab.Node) (*Node, error) {
 	p := nodeParams{
 		Dir: n.Dir, Socket: n.Socket, Name: ln.Name, IP: ln.Underlay.String(), Bin: c.binDir,
 		Pause: PauseImage, CNIBin: cniBinDir, CgroupRoot: n.CgroupRoot,
-		Sysctls: strings.Join(hostSysctls, " "), AddLibModules: libErr != nil,
+		Sysctls: strings.Join(hostSysctls, " "), AddLibModules: libErr != nil && !c.opts.HostLibModulesAsIs,
 	}
 	files := map[string]*template.Template{"node.sh": nodeScript, "containerd.toml": containerdConfig, "kubelet.yaml": kubeletConfig, "kube-proxy.yaml": proxyConfig}
 	for name, t := range files {
@@ -225,6 +225,13 @@ func (c *Cluster) startNode(ctx context.Context, ln *lab.Node) (*Node, error) {
 		if err := copyFile(path, filepath.Join(n.Dir, kc.file)); err != nil {
 			return nil, err
 		}
+	}
+	// A real node has a default route: Service addresses are reached
+	// through it (kube-proxy's DNAT does the rest) and agents find their
+	// underlay interface by it. The control-plane namespace is the lab's
+	// "router"; it forwards nothing.
+	if out, err := exec.CommandContext(ctx, "ip", "-n", ln.NS, "route", "replace", "default", "via", c.Lab.CP.Addr.String(), "dev", "eth0").CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("cluster: node %s: default route: %w: %s", ln.Name, err, out)
 	}
 	if err := createCgroupRoot(ln.NS); err != nil {
 		return nil, err
