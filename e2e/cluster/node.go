@@ -233,6 +233,16 @@ func (c *Cluster) startNode(ctx context.Context, ln *lab.Node) (*Node, error) {
 	if out, err := exec.CommandContext(ctx, "ip", "-n", ln.NS, "route", "replace", "default", "via", c.Lab.CP.Addr.String(), "dev", "eth0").CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("cluster: node %s: default route: %w: %s", ln.Name, err, out)
 	}
+	// The lab's control plane sits outside the pod network, like a managed
+	// one: pods reach it (the kubernetes Service) masqueraded, as CNIs do
+	// for destinations outside the cluster. Only that one address: every
+	// other pod packet keeps its pod source, so plaintext stays visible.
+	rule := fmt.Sprintf("table ip wgmcl_lab { chain postrouting { type nat hook postrouting priority srcnat + 10; policy accept; ip saddr 10.244.0.0/16 ip daddr %s masquerade; }; }", c.Lab.CP.Addr)
+	nft := exec.CommandContext(ctx, "ip", "netns", "exec", ln.NS, "nft", "-f", "-")
+	nft.Stdin = strings.NewReader(rule)
+	if out, err := nft.CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("cluster: node %s: masquerade to the control plane: %w: %s", ln.Name, err, out)
+	}
 	if err := createCgroupRoot(ln.NS); err != nil {
 		return nil, err
 	}
