@@ -69,6 +69,7 @@ func TestPrivilegedCluster(t *testing.T) {
 	t.Run("LogsExec", func(t *testing.T) { cl.logsExec(t, ctx) })
 	t.Run("NodePort", func(t *testing.T) { cl.nodePort(t, ctx) })
 	t.Run("RollingUpdate", func(t *testing.T) { cl.rollingUpdate(t, ctx) })
+	t.Run("Drain", func(t *testing.T) { cl.drain(t, ctx) })
 }
 
 type clusterRun struct {
@@ -406,6 +407,45 @@ func patternSHA256(n int64) string {
 	h := sha256.New()
 	io.Copy(h, io.LimitReader(&patternReader{}, n))
 	return hex.EncodeToString(h.Sum(nil))
+}
+
+// drain is the second half of scenario 6: `kubectl drain` of a node evicts
+// its workload but (DaemonSets ignored, as drain requires) keeps its agent,
+// so the pods left on the other nodes still reach each other and the
+// drained node's host encrypted; uncordoning brings the workload back.
+func (r *clusterRun) drain(t *testing.T, ctx context.Context) {
+	c := r.c
+	victim := c.Nodes[len(c.Nodes)-1]
+	agentsBefore := r.agentPods(t, ctx)
+	r.capture(t, ctx, "drain", func() {
+		if out, err := c.Kubectl(ctx, "drain", victim.Name, "--ignore-daemonsets", "--timeout=3m"); err != nil {
+			t.Fatalf("drain: %v\n%s", err, out)
+		}
+		pods, err := c.Admin.CoreV1().Pods("default").List(ctx, metav1.ListOptions{FieldSelector: "spec.nodeName=" + victim.Name})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range pods.Items {
+			if p.DeletionTimestamp == nil && p.Labels["app"] == "worker" {
+				t.Errorf("worker %s still on drained %s", p.Name, victim.Name)
+			}
+		}
+		if a := r.agentPods(t, ctx)[victim.Name]; a.UID != agentsBefore[victim.Name].UID {
+			t.Errorf("agent on drained %s replaced or gone (%s)", victim.Name, a.Name)
+		}
+		// The remaining workers still talk, encrypted.
+		a, b := r.workers[0], r.workers[1]
+		url := "http://" + net.JoinHostPort(b.Status.PodIP, "8080") + "/"
+		if out, err := c.Kubectl(ctx, "exec", a.Name, "--", "/workload", "get", url); err != nil || !strings.HasPrefix(out, b.Name+" ") {
+			t.Errorf("after drain: %s → %s: %v %q", a.Name, url, err, out)
+		}
+		if out, err := c.Kubectl(ctx, "uncordon", victim.Name); err != nil {
+			t.Fatalf("uncordon: %v\n%s", err, out)
+		}
+		if _, err := c.Kubectl(ctx, "rollout", "status", "deployment/worker", "--timeout=5m"); err != nil {
+			t.Fatalf("workers did not come back after uncordon: %v", err)
+		}
+	})
 }
 
 // checkBoundToken requests a real token bound to node1's agent pod (what

@@ -291,7 +291,11 @@ func (l *Lab) build(ctx context.Context) error {
 			}
 		}
 	}
-	l.logf("lab %s: %d nodes, %d pods each, switch %s", l.id, len(l.Nodes), l.opts.PodsPerNode, l.Switch)
+	pods := l.opts.PodsPerNode
+	if l.opts.NoPods {
+		pods = 0
+	}
+	l.logf("lab %s: %d nodes, %d pods each, switch %s", l.id, len(l.Nodes), pods, l.Switch)
 	return nil
 }
 
