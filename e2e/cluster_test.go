@@ -70,6 +70,7 @@ func TestPrivilegedCluster(t *testing.T) {
 	t.Run("NodePort", func(t *testing.T) { cl.nodePort(t, ctx) })
 	t.Run("RollingUpdate", func(t *testing.T) { cl.rollingUpdate(t, ctx) })
 	t.Run("Drain", func(t *testing.T) { cl.drain(t, ctx) })
+	t.Run("Rejoin", func(t *testing.T) { cl.rejoin(t, ctx) })
 }
 
 type clusterRun struct {
@@ -445,6 +446,77 @@ func (r *clusterRun) drain(t *testing.T, ctx context.Context) {
 		if _, err := c.Kubectl(ctx, "rollout", "status", "deployment/worker", "--timeout=5m"); err != nil {
 			t.Fatalf("workers did not come back after uncordon: %v", err)
 		}
+	})
+}
+
+// rejoin is the first half of scenario 6: a node is deleted (its kubelet
+// down, its Node object removed, its agent's key file gone) and joins again
+// with a new key; the other agents learn the new key and pods on all nodes
+// reach each other again, encrypted.
+func (r *clusterRun) rejoin(t *testing.T, ctx context.Context) {
+	c := r.c
+	victim := c.Nodes[len(c.Nodes)-1]
+	old, err := c.Admin.CoreV1().Nodes().Get(ctx, victim.Name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	oldKey := old.Annotations["wgmesh.io/public-key"]
+	r.capture(t, ctx, "rejoin", func() {
+		begin := time.Now()
+		if err := victim.StopKubelet(); err != nil {
+			t.Fatal(err)
+		}
+		if out, err := c.Kubectl(ctx, "delete", "node", victim.Name); err != nil {
+			t.Fatalf("delete node: %v\n%s", err, out)
+		}
+		keyDir, err := victim.HostPath("/var/lib/wgmesh")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.RemoveAll(keyDir); err != nil {
+			t.Fatal(err)
+		}
+		if err := victim.StartKubelet(); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.WaitNodesReady(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.AddPlainRoutes(ctx); err != nil {
+			t.Fatal(err)
+		}
+		var newKey string
+		if err := lab.Poll(ctx, time.Second, func(ctx context.Context) (bool, error) {
+			n, err := c.Admin.CoreV1().Nodes().Get(ctx, victim.Name, metav1.GetOptions{})
+			if err != nil {
+				return false, nil
+			}
+			newKey = n.Annotations["wgmesh.io/public-key"]
+			return newKey != "" && newKey != oldKey, nil
+		}); err != nil {
+			r.dumpAgents(t, ctx)
+			t.Fatalf("%s never published a new key (old %s, now %q): %v", victim.Name, oldKey, newKey, err)
+		}
+		if _, err := c.Kubectl(ctx, "-n", "wgmesh", "rollout", "status", "daemonset/wgmesh", "--timeout=5m"); err != nil {
+			t.Fatal(err)
+		}
+		if r.workers, err = c.WorkerPods(ctx, "worker"); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("%s re-joined with key %s (was %s) after %v", victim.Name, newKey, oldKey, time.Since(begin).Round(time.Second))
+		// The other agents must learn the new key (a tunnel with the old
+		// one cannot carry anything): wait for the first answer, then
+		// check every pair.
+		from, to := r.workers[0], r.workers[len(r.workers)-1]
+		url := "http://" + net.JoinHostPort(to.Status.PodIP, "8080") + "/"
+		if err := lab.Poll(ctx, time.Second, func(ctx context.Context) (bool, error) {
+			_, err := c.Kubectl(ctx, "exec", from.Name, "--", "/workload", "get", url)
+			return err == nil, nil
+		}); err != nil {
+			t.Fatalf("%s → re-joined %s never answered: %v", from.Spec.NodeName, victim.Name, err)
+		}
+		t.Logf("pods reach the re-joined %s %v after it was deleted", victim.Name, time.Since(begin).Round(time.Second))
+		r.checkPodMesh(t, ctx)
 	})
 }
 

@@ -211,10 +211,10 @@ func New(ctx context.Context, o Options) (_ *Cluster, err error) {
 			return nil, err
 		}
 	}
-	if err := c.waitNodesReady(ctx); err != nil {
+	if err := c.WaitNodesReady(ctx); err != nil {
 		return nil, err
 	}
-	if err := c.addPlainRoutes(ctx); err != nil {
+	if err := c.AddPlainRoutes(ctx); err != nil {
 		return nil, err
 	}
 	return c, nil
@@ -273,8 +273,9 @@ func (c *Cluster) spawn(name string, args ...string) error {
 	return nil
 }
 
-// waitNodesReady waits for every node to be Ready with its pod CIDRs.
-func (c *Cluster) waitNodesReady(ctx context.Context) error {
+// WaitNodesReady waits for every node to be Ready with its pod CIDRs and
+// logs how long that took.
+func (c *Cluster) WaitNodesReady(ctx context.Context) error {
 	begin := time.Now()
 	err := lab.Poll(ctx, 500*time.Millisecond, func(ctx context.Context) (bool, error) {
 		for _, n := range c.Nodes {
@@ -305,11 +306,13 @@ func nodeReady(n *corev1.Node) bool {
 	return false
 }
 
-// addPlainRoutes gives every node host-gw routes to the other nodes' pod
+// AddPlainRoutes gives every node host-gw routes to the other nodes' pod
 // CIDRs, as a plain (unencrypted) cluster network would have: pod traffic
 // flows without wgmesh, and whatever wgmesh fails to divert shows up as
 // plaintext on the lab's capture rather than as silence.
-func (c *Cluster) addPlainRoutes(ctx context.Context) error {
+//
+// Call it again after a node re-joined with a new pod CIDR.
+func (c *Cluster) AddPlainRoutes(ctx context.Context) error {
 	cidrs := map[string][]string{}
 	for _, n := range c.Nodes {
 		node, err := c.Admin.CoreV1().Nodes().Get(ctx, n.Name, metav1.GetOptions{})

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"text/template"
@@ -71,8 +72,18 @@ mount -t overlay overlay -o lowerdir=/usr/lib,upperdir=$D/usrlib/upper,workdir=$
 {{end}}
 containerd --config $D/containerd.toml >>$D/containerd.log 2>&1 &
 while [ ! -e $D/start-kubelet ]; do sleep 0.2; done
-{{.Bin}}/kubelet --config=$D/kubelet.yaml --kubeconfig=$D/kubelet.kubeconfig \
-  --hostname-override={{.Name}} --node-ip={{.IP}} --v=1 >>$D/kubelet.log 2>&1 &
+# kubelet restarts when it ends (Node.RestartKubelet kills it), but not
+# while $D/hold-kubelet exists: a node can be taken out and re-joined.
+(
+  while :; do
+    while [ -e $D/hold-kubelet ]; do sleep 0.2; done
+    {{.Bin}}/kubelet --config=$D/kubelet.yaml --kubeconfig=$D/kubelet.kubeconfig \
+      --hostname-override={{.Name}} --node-ip={{.IP}} --v=1 >>$D/kubelet.log 2>&1 &
+    echo $! > $D/kubelet.pid
+    wait $! || true
+    sleep 0.5
+  done
+) &
 {{.Bin}}/kube-proxy --config=$D/kube-proxy.yaml --v=1 >>$D/kube-proxy.log 2>&1 &
 wait
 `))
@@ -287,6 +298,42 @@ func (c *Cluster) startNode(ctx context.Context, ln *lab.Node) (*Node, error) {
 // release starts the node's kubelet and kube-proxy.
 func (n *Node) release() error {
 	return os.WriteFile(filepath.Join(n.Dir, "start-kubelet"), nil, 0o600)
+}
+
+// StopKubelet kills the node's kubelet and keeps it stopped until
+// StartKubelet; containerd and the running containers stay, as on a real
+// node whose kubelet is down.
+func (n *Node) StopKubelet() error {
+	if err := os.WriteFile(filepath.Join(n.Dir, "hold-kubelet"), nil, 0o600); err != nil {
+		return err
+	}
+	b, err := os.ReadFile(filepath.Join(n.Dir, "kubelet.pid"))
+	if err != nil {
+		return fmt.Errorf("cluster: node %s: kubelet pid: %w", n.Name, err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || pid <= 1 {
+		return fmt.Errorf("cluster: node %s: kubelet pid %q", n.Name, b)
+	}
+	syscall.Kill(pid, syscall.SIGKILL)
+	return nil
+}
+
+// StartKubelet lets the node's kubelet run again (it registers its Node if
+// the object is gone).
+func (n *Node) StartKubelet() error {
+	return os.Remove(filepath.Join(n.Dir, "hold-kubelet"))
+}
+
+// HostPath is path as the node's containers see it under /var/lib (the
+// node's own /var/lib is a directory of the lab), e.g.
+// HostPath("/var/lib/wgmesh").
+func (n *Node) HostPath(path string) (string, error) {
+	rel, ok := strings.CutPrefix(path, "/var/lib/")
+	if !ok || strings.Contains(rel, "..") {
+		return "", fmt.Errorf("cluster: node %s: %s is not under /var/lib", n.Name, path)
+	}
+	return filepath.Join(n.Dir, "varlib", rel), nil
 }
 
 // LoadImage imports a docker-archive tarball into the node's containerd

@@ -45,6 +45,12 @@ func (c *Cluster) DeployWorkers(ctx context.Context, name string) ([]corev1.Pod,
 	if _, err := c.Admin.AppsV1().Deployments("default").Create(ctx, dep, metav1.CreateOptions{}); err != nil {
 		return nil, fmt.Errorf("cluster: deployment %s: %w", name, err)
 	}
+	return c.WorkerPods(ctx, name)
+}
+
+// WorkerPods waits for the rollout of DeployWorkers' Deployment "name" and
+// returns its running pods in node order, one per node.
+func (c *Cluster) WorkerPods(ctx context.Context, name string) ([]corev1.Pod, error) {
 	if _, err := c.Kubectl(ctx, "rollout", "status", "deployment/"+name, "--timeout=5m"); err != nil {
 		return nil, err
 	}
