@@ -450,8 +450,8 @@ func (r *clusterRun) drain(t *testing.T, ctx context.Context) {
 }
 
 // rejoin is the first half of scenario 6: a node is deleted (its kubelet
-// down, its Node object removed, its agent's key file gone) and joins again
-// with a new key; the other agents learn the new key and pods on all nodes
+// down, its Node object removed, its pods garbage-collected, its agent's key
+// file gone, as for a reinstalled machine) and joins again with a new key; the other agents learn the new key and pods on all nodes
 // reach each other again, encrypted.
 func (r *clusterRun) rejoin(t *testing.T, ctx context.Context) {
 	c := r.c
@@ -468,6 +468,16 @@ func (r *clusterRun) rejoin(t *testing.T, ctx context.Context) {
 		}
 		if out, err := c.Kubectl(ctx, "delete", "node", victim.Name); err != nil {
 			t.Fatalf("delete node: %v\n%s", err, out)
+		}
+		// As for a machine that is reinstalled before it rejoins: its pods
+		// are gone (the pod garbage collector deletes pods of deleted
+		// nodes after a 40 s quarantine; the restarted kubelet then
+		// removes their containers) and so is the agent's key.
+		if err := lab.Poll(ctx, time.Second, func(ctx context.Context) (bool, error) {
+			pods, err := c.Admin.CoreV1().Pods("").List(ctx, metav1.ListOptions{FieldSelector: "spec.nodeName=" + victim.Name})
+			return err == nil && len(pods.Items) == 0, nil
+		}); err != nil {
+			t.Fatalf("pods of deleted %s never garbage-collected: %v", victim.Name, err)
 		}
 		keyDir, err := victim.HostPath("/var/lib/wgmesh")
 		if err != nil {
