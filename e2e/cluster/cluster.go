@@ -439,9 +439,15 @@ func RemoveStale(prefix string) ([]string, error) {
 	if prefix == "" {
 		prefix = Prefix
 	}
-	// Pods first: their cgroups are the only handle on processes in pod
+	// Node processes first (kubelet, containerd, shims: all in the node
+	// namespaces), so no kubelet re-creates the cgroups being removed;
+	// then the pods, whose cgroups are the only handle on processes in pod
 	// network namespaces.
 	var errs []error
+	removed, err := lab.RemoveStale(prefix)
+	if err != nil {
+		errs = append(errs, err)
+	}
 	if mounts, err := cgroupMounts(); err == nil {
 		entries, _ := os.ReadDir(mounts[0])
 		for _, e := range entries {
@@ -451,10 +457,6 @@ func RemoveStale(prefix string) ([]string, error) {
 				}
 			}
 		}
-	}
-	removed, err := lab.RemoveStale(prefix)
-	if err != nil {
-		errs = append(errs, err)
 	}
 	entries, _ := os.ReadDir(os.TempDir())
 	for _, e := range entries {
