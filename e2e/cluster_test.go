@@ -486,6 +486,9 @@ func (r *clusterRun) rejoin(t *testing.T, ctx context.Context) {
 		if err := os.RemoveAll(keyDir); err != nil {
 			t.Fatal(err)
 		}
+		if err := victim.ForgetPodNetwork(); err != nil {
+			t.Fatal(err)
+		}
 		if err := victim.StartKubelet(); err != nil {
 			t.Fatal(err)
 		}
@@ -519,7 +522,9 @@ func (r *clusterRun) rejoin(t *testing.T, ctx context.Context) {
 		// check every pair.
 		from, to := r.workers[0], r.workers[len(r.workers)-1]
 		url := "http://" + net.JoinHostPort(to.Status.PodIP, "8080") + "/"
-		if err := lab.Poll(ctx, time.Second, func(ctx context.Context) (bool, error) {
+		pctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
+		defer cancel()
+		if err := lab.Poll(pctx, time.Second, func(ctx context.Context) (bool, error) {
 			_, err := c.Kubectl(ctx, "exec", from.Name, "--", "/workload", "get", url)
 			return err == nil, nil
 		}); err != nil {

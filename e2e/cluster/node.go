@@ -325,6 +325,24 @@ func (n *Node) StartKubelet() error {
 	return os.Remove(filepath.Join(n.Dir, "hold-kubelet"))
 }
 
+// ForgetPodNetwork removes the CNI configuration containerd generated from
+// the node's pod CIDR and host-local's address records, as on a reinstalled
+// machine: containerd writes the configuration only when none exists, so a
+// node that re-joins with a new pod CIDR would otherwise keep handing out
+// addresses from its old one. Call it while the kubelet is stopped.
+func (n *Node) ForgetPodNetwork() error {
+	confs, err := filepath.Glob(filepath.Join(n.Dir, "cni", "*"))
+	if err != nil {
+		return err
+	}
+	for _, f := range confs {
+		if err := os.Remove(f); err != nil {
+			return err
+		}
+	}
+	return os.RemoveAll(filepath.Join(n.Dir, "varlib", "cni"))
+}
+
 // HostPath is path as the node's containers see it under /var/lib (the
 // node's own /var/lib is a directory of the lab), e.g.
 // HostPath("/var/lib/wgmesh").
