@@ -326,7 +326,8 @@ func (n *Node) StartKubelet() error {
 }
 
 // ForgetPodNetwork removes the CNI configuration containerd generated from
-// the node's pod CIDR and host-local's address records, as on a reinstalled
+// the node's pod CIDR, host-local's address records and the cni0 bridge
+// with the old gateway address, as on a reinstalled
 // machine: containerd writes the configuration only when none exists, so a
 // node that re-joins with a new pod CIDR would otherwise keep handing out
 // addresses from its old one. Call it while the kubelet is stopped.
@@ -340,7 +341,14 @@ func (n *Node) ForgetPodNetwork() error {
 			return err
 		}
 	}
-	return os.RemoveAll(filepath.Join(n.Dir, "varlib", "cni"))
+	if err := os.RemoveAll(filepath.Join(n.Dir, "varlib", "cni")); err != nil {
+		return err
+	}
+	// The bridge plugin refuses a cni0 that still holds the old gateway.
+	if out, err := exec.Command("ip", "-n", n.NS, "link", "del", "cni0").CombinedOutput(); err != nil && !strings.Contains(string(out), "Cannot find device") {
+		return fmt.Errorf("cluster: node %s: remove cni0: %w: %s", n.Name, err, out)
+	}
+	return nil
 }
 
 // HostPath is path as the node's containers see it under /var/lib (the
