@@ -345,12 +345,16 @@ func (c *Cluster) AddPlainRoutes(ctx context.Context) error {
 }
 
 // Kubectl runs the real kubectl as the cluster admin, inside the lab's
-// control-plane namespace, and returns its combined output.
+// control-plane namespace, and returns its standard output; standard error
+// (kubectl's own log lines, e.g. of exec's websocket streams) goes into the
+// error only.
 func (c *Cluster) Kubectl(ctx context.Context, args ...string) (string, error) {
-	full := append([]string{"--net=/var/run/netns/" + c.Lab.CP.NS, "--", filepath.Join(c.binDir, apiserver.KubectlBinary), "--kubeconfig=" + c.AdminKubeconfig}, args...)
-	out, err := exec.CommandContext(ctx, "nsenter", full...).CombinedOutput()
+	cmd := c.KubectlCmd(ctx, args...)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
 	if err != nil {
-		return string(out), fmt.Errorf("kubectl %s: %w: %s", strings.Join(args, " "), err, out)
+		return string(out), fmt.Errorf("kubectl %s: %w: %s%s", strings.Join(args, " "), err, out, stderr.String())
 	}
 	return string(out), nil
 }
