@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -26,6 +27,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
+	"github.com/wgmesh/wgmesh/deploy"
 	"github.com/wgmesh/wgmesh/e2e/cluster"
 	"github.com/wgmesh/wgmesh/e2e/lab"
 )
@@ -71,6 +73,7 @@ func TestPrivilegedCluster(t *testing.T) {
 	t.Run("RollingUpdate", func(t *testing.T) { cl.rollingUpdate(t, ctx) })
 	t.Run("Drain", func(t *testing.T) { cl.drain(t, ctx) })
 	t.Run("Rejoin", func(t *testing.T) { cl.rejoin(t, ctx) })
+	t.Run("Unscheduled", func(t *testing.T) { cl.unscheduled(t, ctx) })
 }
 
 type clusterRun struct {
@@ -532,6 +535,96 @@ func (r *clusterRun) rejoin(t *testing.T, ctx context.Context) {
 		}
 		t.Logf("pods reach the re-joined %s %v after it was deleted", victim.Name, time.Since(begin).Round(time.Second))
 		r.checkPodMesh(t, ctx)
+	})
+}
+
+// unscheduled is scenario 5: the user keeps the agent off a node with a
+// patch in their overlay (node affinity on a label of their own) and the
+// node has no wgmesh key. `wgmesh verify` (run in an agent pod, as an
+// operator would) reports it, and in strict mode pods elsewhere cannot
+// reach its pods — dropped, never plaintext.
+func (r *clusterRun) unscheduled(t *testing.T, ctx context.Context) {
+	c := r.c
+	victim := c.Nodes[len(c.Nodes)-1]
+	base, err := cluster.DeployDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(c.Dir(), "overlay-exclude")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	rel, err := filepath.Rel(dir, base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := fmt.Sprintf(`apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources:
+  - %s
+images:
+  - name: %s
+    newName: %s
+    newTag: "v2"
+patches:
+  - target: {kind: DaemonSet, name: wgmesh}
+    patch: |-
+      - op: add
+        path: /spec/template/spec/affinity
+        value:
+          nodeAffinity:
+            requiredDuringSchedulingIgnoredDuringExecution:
+              nodeSelectorTerms:
+                - matchExpressions:
+                    - {key: example.com/wgmesh, operator: NotIn, values: ["off"]}
+`, rel, deploy.Image, cluster.AgentImageName)
+	if err := os.WriteFile(filepath.Join(dir, "kustomization.yaml"), []byte(k), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r.capture(t, ctx, "unscheduled", func() {
+		if _, err := c.Kubectl(ctx, "label", "node", victim.Name, "example.com/wgmesh=off"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Kubectl(ctx, "apply", "-k", dir); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Kubectl(ctx, "-n", "wgmesh", "rollout", "status", "daemonset/wgmesh", "--timeout=5m"); err != nil {
+			t.Fatal(err)
+		}
+		if err := lab.Poll(ctx, time.Second, func(ctx context.Context) (bool, error) {
+			_, on := r.agentPods(t, ctx)[victim.Name]
+			return !on, nil
+		}); err != nil {
+			t.Fatalf("agent still on %s: %v", victim.Name, err)
+		}
+		// A node that never had an agent carries no key.
+		if _, err := c.Kubectl(ctx, "annotate", "node", victim.Name, "wgmesh.io/public-key-", "wgmesh.io/endpoint-", "wgmesh.io/backend-"); err != nil {
+			t.Fatal(err)
+		}
+		agents := r.agentPods(t, ctx)
+		a := agents[c.Nodes[0].Name]
+		out, err := c.Kubectl(ctx, "-n", "wgmesh", "exec", a.Name, "--", "wgmesh", "verify")
+		t.Logf("kubectl exec %s -- wgmesh verify: %v\n%s", a.Name, err, out)
+		if err == nil || !strings.Contains(out, victim.Name) || !strings.Contains(out, "NOT fully encrypted") {
+			t.Errorf("wgmesh verify did not report %s (exit %v)", victim.Name, err)
+		}
+		// Strict mode: the keyless node's pods are unreachable from pods
+		// elsewhere once the agents have seen the change.
+		from, to := r.workers[0], r.workers[len(r.workers)-1]
+		url := "http://" + net.JoinHostPort(to.Status.PodIP, "8080") + "/"
+		if err := lab.Poll(ctx, 2*time.Second, func(ctx context.Context) (bool, error) {
+			gctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			defer cancel()
+			_, err := c.Kubectl(gctx, "exec", from.Name, "--", "/workload", "get", url)
+			return err != nil, nil
+		}); err != nil {
+			t.Errorf("%s still reaches the keyless %s: %v", from.Spec.NodeName, victim.Name, err)
+		}
+		// The other nodes still talk.
+		b := r.workers[1]
+		if out, err := c.Kubectl(ctx, "exec", from.Name, "--", "/workload", "get", "http://"+net.JoinHostPort(b.Status.PodIP, "8080")+"/"); err != nil || !strings.HasPrefix(out, b.Name+" ") {
+			t.Errorf("%s → %s with the agent off %s: %v %q", from.Spec.NodeName, b.Spec.NodeName, victim.Name, err, out)
+		}
 	})
 }
 
