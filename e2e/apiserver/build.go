@@ -24,15 +24,27 @@ const KubernetesVersion = "v1.33.4"
 
 // Binary names inside the directory returned by Build.
 const (
-	APIServerBinary = "kube-apiserver"
-	EtcdBinary      = "etcd"
+	APIServerBinary         = "kube-apiserver"
+	EtcdBinary              = "etcd"
+	KubeletBinary           = "kubelet"
+	ControllerManagerBinary = "kube-controller-manager"
+	SchedulerBinary         = "kube-scheduler"
+	ProxyBinary             = "kube-proxy"
+	KubectlBinary           = "kubectl"
 )
+
+// binaries is every file Build leaves in its directory: the control plane,
+// the node components the cluster lab runs (e2e/cluster), and kubectl, which
+// the cluster tests run exactly as users do.
+var binaries = []string{APIServerBinary, EtcdBinary, KubeletBinary, ControllerManagerBinary, SchedulerBinary, ProxyBinary, KubectlBinary}
 
 // CacheEnv overrides the directory Build keeps its binaries in.
 const CacheEnv = "WGMESH_E2E_BIN_CACHE"
 
-// Build compiles kube-apiserver and the embedded-etcd launcher from the e2e
-// module and returns the directory holding both. The directory is keyed by a
+// Build compiles kube-apiserver, the embedded-etcd launcher, kubelet,
+// kube-controller-manager, kube-scheduler, kube-proxy and kubectl from the e2e
+// module and returns the directory holding them (names: the *Binary
+// constants). The directory is keyed by a
 // hash of the module's go.mod, go.sum, the launcher's source and the Go
 // version, so CI compiles once per dependency change and every later call
 // (in the same run or the next one) returns at once. Concurrent callers, even
@@ -78,20 +90,26 @@ func Build(ctx context.Context) (string, error) {
 		" -X k8s.io/component-base/version.gitMinor=33" +
 		" -X k8s.io/component-base/version.gitTreeState=clean" +
 		" -X k8s.io/component-base/version.buildDate=1970-01-01T00:00:00Z"
-	// One go build for both packages shares the compile of common
-	// dependencies (grpc, etcd client) and writes each under its base name.
+	// One go build for all packages shares the compile of common
+	// dependencies (grpc, etcd client, client-go) and writes each under its
+	// base name.
 	cmd := exec.CommandContext(ctx, goTool(), "build", "-o", tmp+string(filepath.Separator),
 		"-ldflags", ldflags,
 		"k8s.io/kubernetes/cmd/kube-apiserver",
+		"k8s.io/kubernetes/cmd/kubelet",
+		"k8s.io/kubernetes/cmd/kube-controller-manager",
+		"k8s.io/kubernetes/cmd/kube-scheduler",
+		"k8s.io/kubernetes/cmd/kube-proxy",
+		"k8s.io/kubernetes/cmd/kubectl",
 		"./apiserver/cmd/etcd",
 	)
 	cmd.Dir = modDir
 	out, err := cmd.CombinedOutput()
 	if err != nil {
-		return "", fmt.Errorf("build kube-apiserver and etcd in %s: %w\n%s", modDir, err, tail(out, 4000))
+		return "", fmt.Errorf("build Kubernetes binaries and etcd in %s: %w\n%s", modDir, err, tail(out, 4000))
 	}
 	if !binariesPresent(tmp) {
-		return "", fmt.Errorf("build in %s produced no %s/%s in %s", modDir, APIServerBinary, EtcdBinary, tmp)
+		return "", fmt.Errorf("build in %s did not produce all of %v in %s", modDir, binaries, tmp)
 	}
 	if err := os.Rename(tmp, binDir); err != nil {
 		return "", fmt.Errorf("move built binaries to %s: %w", binDir, err)
@@ -101,7 +119,7 @@ func Build(ctx context.Context) (string, error) {
 }
 
 // keepBuilds is how many builds (one per go.mod/go.sum state) stay cached;
-// each is about 170 MB.
+// each is about 550 MB.
 const keepBuilds = 3
 
 // prune removes all but the newest keep builds in root. A process still
@@ -178,7 +196,7 @@ func cacheRoot() (string, error) {
 }
 
 func binariesPresent(dir string) bool {
-	for _, name := range []string{APIServerBinary, EtcdBinary} {
+	for _, name := range binaries {
 		fi, err := os.Stat(filepath.Join(dir, name))
 		if err != nil || !fi.Mode().IsRegular() || fi.Mode()&0o111 == 0 {
 			return false

@@ -56,6 +56,11 @@ type Options struct {
 	// ReadyTimeout bounds the wait for /readyz; 0: 2 minutes (slow shared
 	// CI machines need far more than the usual 3 seconds).
 	ReadyTimeout time.Duration
+	// ExtraArgs are appended to kube-apiserver's command line after the
+	// defaults; a flag given again overrides its default (the cluster lab
+	// sets --endpoint-reconciler-type=lease so kube-proxy has endpoints for
+	// the kubernetes Service).
+	ExtraArgs []string
 	// Output, if set, also receives both processes' logs (they are always
 	// kept in etcd.log and kube-apiserver.log in the working directory).
 	Output io.Writer
@@ -259,6 +264,7 @@ func (s *Server) startAPIServer(etcdURL string) error {
 		"--profiling=false",
 		"--v=1",
 	}
+	args = append(args, s.opts.ExtraArgs...)
 	p, err := s.spawn("kube-apiserver", filepath.Join(s.opts.BinDir, APIServerBinary), args...)
 	if err != nil {
 		return err
@@ -357,6 +363,13 @@ func (s *Server) URL() string { return s.url }
 
 // Dir is the server's working directory (removed by Stop).
 func (s *Server) Dir() string { return s.dir }
+
+// CAFile and ServiceAccountKeyFile are the PEM files in Dir holding the
+// cluster CA certificate and the service-account signing key (RSA), which a
+// kube-controller-manager needs for --root-ca-file and
+// --service-account-private-key-file.
+func (s *Server) CAFile() string                { return s.path("ca.crt") }
+func (s *Server) ServiceAccountKeyFile() string { return s.path("service-account.key") }
 
 // CACert returns the PEM certificate of the CA that signed the serving and
 // client certificates.

@@ -69,6 +69,10 @@ type Options struct {
 	// 2001:2::/48 (the IPv6 benchmarking range, RFC 5180) and makes the
 	// agents' endpoints IPv6.
 	IPv6Underlay bool
+	// NoPods creates no pod namespaces and no cni0 bridge: a real CNI (the
+	// cluster lab's containerd) creates both once the node has a pod CIDR.
+	// PodsPerNode is then ignored.
+	NoPods bool
 	// NoPlainRoutes leaves the nodes' main tables without routes to the other
 	// nodes' pod CIDRs. By default they are there (host-gw style) so a missing
 	// or broken agent shows up as plaintext on the wire instead of as silence.
@@ -287,7 +291,11 @@ func (l *Lab) build(ctx context.Context) error {
 			}
 		}
 	}
-	l.logf("lab %s: %d nodes, %d pods each, switch %s", l.id, len(l.Nodes), l.opts.PodsPerNode, l.Switch)
+	pods := l.opts.PodsPerNode
+	if l.opts.NoPods {
+		pods = 0
+	}
+	l.logf("lab %s: %d nodes, %d pods each, switch %s", l.id, len(l.Nodes), pods, l.Switch)
 	return nil
 }
 
@@ -340,6 +348,9 @@ func (l *Lab) buildPods(ctx context.Context, n *Node) error {
 	}
 	if err := sysctl(ctx, n.NS, "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"); err != nil {
 		return err
+	}
+	if l.opts.NoPods {
+		return nil
 	}
 	// cni0 is the node's pod bridge; it owns the pod gateway addresses.
 	if err := ipn(ctx, n.NS, "link", "add", "name", "cni0", "type", "bridge"); err != nil {
@@ -533,4 +544,19 @@ func parseNSName(prefix, name string) (pid int, id string, ok bool) {
 		return 0, "", false
 	}
 	return pid, parts[1], true
+}
+
+// AddHost adds a namespace on the switch at addr (a /15 in 198.18.0.0/15,
+// outside every node's and the control plane's address) that is neither a
+// node nor a pod: a client outside the cluster. role names it
+// ("<lab>-<role>"); Close removes it with the rest of the lab.
+func (l *Lab) AddHost(ctx context.Context, role string, addr netip.Addr) (string, error) {
+	ns := l.base + "-" + role
+	if err := l.addNS(ctx, ns); err != nil {
+		return "", err
+	}
+	if err := l.plug(ctx, role, ns, netip.PrefixFrom(addr, 15), netip.Addr{}); err != nil {
+		return "", err
+	}
+	return ns, nil
 }

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"sort"
 	"strings"
 	"time"
 
@@ -22,13 +21,14 @@ type demo struct {
 	checks int
 	failed []string
 	lab    *lab.Lab
+	total  int // steps announced in headers
 }
 
 const totalSteps = 11
 
 func (d *demo) header(format string, args ...any) {
 	d.step++
-	fmt.Fprintf(d.out, "\n[%d/%d] %s\n", d.step, totalSteps, fmt.Sprintf(format, args...))
+	fmt.Fprintf(d.out, "\n[%d/%d] %s\n", d.step, d.total, fmt.Sprintf(format, args...))
 }
 
 func (d *demo) say(format string, args ...any) {
@@ -48,6 +48,10 @@ func (d *demo) check(ok bool, format string, args ...any) {
 }
 
 func (d *demo) run(ctx context.Context) (err error) {
+	if d.o.K8s {
+		return d.runCluster(ctx)
+	}
+	d.total = totalSteps
 	fmt.Fprintf(d.out, "wgmesh demo: %d machines, each with a pod, joined by one virtual switch.\n", d.o.Nodes)
 	fmt.Fprintf(d.out, "Goal: every pod reaches every other pod, and not one pod packet crosses the switch unencrypted.\n")
 
@@ -63,7 +67,7 @@ func (d *demo) run(ctx context.Context) (err error) {
 	}
 
 	d.header("Building the lab out of network namespaces")
-	l, err := lab.New(ctx, lab.Options{Prefix: d.o.Prefix, Nodes: d.o.Nodes, Wgmesh: d.o.Wgmesh, ControlPlane: d.o.K8s})
+	l, err := lab.New(ctx, lab.Options{Prefix: d.o.Prefix, Nodes: d.o.Nodes, Wgmesh: d.o.Wgmesh})
 	if err != nil {
 		return err
 	}
@@ -97,39 +101,20 @@ func (d *demo) run(ctx context.Context) (err error) {
 	}
 	d.say("private keys stay in %s/<node>/private.key (mode 0600)", l.Dir())
 
-	var k8s *cluster
-	if d.o.K8s {
-		d.header("Starting a real Kubernetes API server in its own namespace at %s and registering the nodes", l.CP.Addr)
-		d.say("kube-apiserver + etcd; the first run compiles them (minutes), later runs reuse the build")
-		t0 := time.Now()
-		k8s, err = startCluster(ctx, l)
-		if err != nil {
-			return err
-		}
-		defer k8s.server.Stop()
-		d.say("API server ready after %s at %s", time.Since(t0).Round(100*time.Millisecond), k8s.server.URL())
-		d.say("Node objects carry the pod networks (spec.podCIDRs) and the node address (InternalIP);")
-		d.say("each agent publishes its public key and endpoint as annotations on its own Node")
-	} else {
-		d.header("Writing the peers file: who is who, where to reach them, which pod networks they own")
-		d.say("every agent reads this file and watches it for changes (on Kubernetes, Node objects play its part)")
-		if err := l.WritePeersFiles(l.Entries()); err != nil {
-			return err
-		}
-		for _, line := range strings.Split(strings.TrimSpace(string(lab.RenderPeersFile(l.Entries()))), "\n") {
-			d.say("| %s", line)
-		}
+	d.header("Writing the peers file: who is who, where to reach them, which pod networks they own")
+	d.say("every agent reads this file and watches it for changes (on Kubernetes, Node objects play its part)")
+	if err := l.WritePeersFiles(l.Entries()); err != nil {
+		return err
+	}
+	for _, line := range strings.Split(strings.TrimSpace(string(lab.RenderPeersFile(l.Entries()))), "\n") {
+		d.say("| %s", line)
 	}
 
 	d.header("Starting one wgmesh agent per node")
 	agents := map[string]*lab.Agent{}
 	for _, n := range l.Nodes {
 		var a *lab.Agent
-		if k8s != nil {
-			a, err = l.StartAgentKube(n, k8s.kubeconfigs[n.Name], d.o.AgentArgs...)
-		} else {
-			a, err = l.StartAgent(n, d.o.AgentArgs...)
-		}
+		a, err = l.StartAgent(n, d.o.AgentArgs...)
 		if err != nil {
 			return err
 		}
@@ -161,21 +146,6 @@ func (d *demo) run(ctx context.Context) (err error) {
 		d.check(err == nil, "%s agent ready (routes, rules and interface applied cleanly)%s", n.Name, errSuffix(err))
 	}
 	rcancel()
-	if k8s != nil {
-		ann, err := k8s.annotations(ctx, l.Nodes[0].Name)
-		if err != nil {
-			return err
-		}
-		keys := make([]string, 0, len(ann))
-		for k := range ann {
-			keys = append(keys, k)
-		}
-		sort.Strings(keys)
-		for _, k := range keys {
-			d.say("Node %s annotation %s: %s", l.Nodes[0].Name, k, ann[k])
-		}
-		d.check(ann["wgmesh.io/public-key"] == l.Nodes[0].PublicKey, "%s published its public key on its Node", l.Nodes[0].Name)
-	}
 	// A handshake happens when there is something to send: one ping from
 	// each pod to every other node's pod starts them.
 	for _, a := range l.Nodes {

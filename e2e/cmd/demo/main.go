@@ -26,7 +26,7 @@ func main() {
 	var o options
 	flag.StringVar(&o.Wgmesh, "wgmesh", "", "path of the wgmesh binary (make build)")
 	flag.IntVar(&o.Nodes, "nodes", 3, "number of nodes")
-	flag.BoolVar(&o.K8s, "k8s", false, "run a real kube-apiserver and let the agents mesh through Node annotations instead of a peers file")
+	flag.BoolVar(&o.K8s, "k8s", false, "run a real Kubernetes cluster in the lab (kubelet, containerd, CNI, kube-proxy) and install wgmesh with kubectl apply -k")
 	flag.StringVar(&o.Prefix, "prefix", "wgmdemo", "start of every namespace name; leftovers of crashed runs with it are removed")
 	flag.Int64Var(&o.TransferBytes, "transfer", 8<<20, "bytes of the TCP transfer")
 	agentArgs := flag.String("agent-args", "", "extra flags for every agent, space-separated (e.g. \"--backend userspace --mtu 1400\")")
