@@ -39,12 +39,23 @@ type kernel struct {
 	markScanOK bool
 	markGen    uint32
 	markScanAt time.Time
+	// noObjref is set once a filter put failed only because the kernel
+	// lacks the nft objref expression (CONFIG_NFT_OBJREF): from then on the
+	// guard rules count in per-rule counters instead (see putFilter).
+	noObjref bool
 }
 
 var _ system = (*kernel)(nil)
 
+// netlinkFamilies are the netlink protocols the router's handle opens:
+// links, addresses, rules and routes are all rtnetlink. netlink.NewHandleAt
+// without a list also opens XFRM and NETFILTER sockets, and a kernel without
+// CONFIG_XFRM_USER refuses the XFRM one ("protocol not supported"); nftables
+// has its own connection (nft).
+var netlinkFamilies = []int{unix.NETLINK_ROUTE}
+
 func newKernel(o Options, ns netns.NsHandle) (*kernel, error) {
-	h, err := netlink.NewHandleAt(ns)
+	h, err := netlink.NewHandleAt(ns, netlinkFamilies...)
 	if err != nil {
 		return nil, fmt.Errorf("routing: open netlink socket: %w", err)
 	}
