@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -42,7 +43,7 @@ type kernel struct {
 	// noObjref is set once a filter put failed only because the kernel
 	// lacks the nft objref expression (CONFIG_NFT_OBJREF): from then on the
 	// guard rules count in per-rule counters instead (see putFilter).
-	noObjref bool
+	noObjref atomic.Bool
 }
 
 var _ system = (*kernel)(nil)
@@ -212,6 +213,9 @@ func (k *kernel) observe(ctx context.Context) (observed, error) {
 			w.Notes = append(w.Notes, fmt.Errorf("read nftables table inet %s: %w", k.o.nftTableName(), err))
 		}
 		w.Ours.Filter, w.Ours.LegacyFilter = nil, ""
+	}
+	if k.noObjref.Load() && !k.o.DisableIngressFilter {
+		w.Degraded = append(w.Degraded, noObjrefWarning(k.o.nftTableName()))
 	}
 	return w, nil
 }

@@ -81,6 +81,7 @@ func (r *router) Apply(ctx context.Context, d mesh.Desired) error {
 	// always current and vanish with their cause.
 	warns := r.o.warnings(d, have, mtu)
 	warns = append(warns, r.o.markWarnings(have.MarkRules, have.MarkNFT)...)
+	warns = append(warns, have.Degraded...)
 	if have.MarkScanErr != nil {
 		warns = append(warns, have.MarkScanErr.Error())
 	}
