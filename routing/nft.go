@@ -332,7 +332,9 @@ func (k *kernel) putFilter(f *filter) error {
 	err := k.putFilterOnce(f)
 	if err != nil && !k.noObjref.Load() && k.lacksObjref() {
 		// The drops need no named counter: count them per rule instead
-		// and say so in every Status (observe adds the warning).
+		// and say so in every Status (observe adds the warning). The
+		// rules keep their signatures (user data): the same guard,
+		// counted another way, so the next observe finds them current.
 		k.noObjref.Store(true)
 		k.o.logger().Warn(noObjrefWarning(k.o.nftTableName()))
 		err = k.putFilterOnce(f)

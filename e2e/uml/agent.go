@@ -2,6 +2,7 @@ package uml
 
 import (
 	"context"
+	"encoding/base64"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -98,4 +99,13 @@ func shellJoin(words []string) string {
 		q[i] = "'" + strings.ReplaceAll(w, "'", `'\''`) + "'"
 	}
 	return strings.Join(q, " ")
+}
+
+// WriteFile replaces path with data from inside the guest (write to a
+// temporary file, then rename), so the guest's inotify watchers see the
+// change; a change made on the host side of hostfs is invisible to them.
+func (g *Guest) WriteFile(ctx context.Context, path string, data []byte) error {
+	_, err := g.Run(ctx, fmt.Sprintf("base64 -d > %s.tmp <<'EOF'\n%s\nEOF\nmv %s.tmp %s\nsync %s\n",
+		path, base64.StdEncoding.EncodeToString(data), path, path, path))
+	return err
 }

@@ -3,8 +3,9 @@
 // and hostfs built in, booted as an ordinary host process whose network card
 // is a TAP device on the lab's switch bridge. The guest sees the host's root
 // file system read-only (hostfs), so it runs the same wgmesh, ip, nft and wg
-// binaries as the host; its node directory is mounted writable at the same
-// path, which is how keys, peers files, logs and commands pass in and out.
+// binaries as the host; the lab directory is mounted writable at the same
+// path (tmpfs covers the rest of /tmp), which is how keys, peers files, logs,
+// helper binaries and commands pass in and out.
 //
 // Facts behind the choices are in KERNEL-LAB notes: a KVM guest cannot boot a
 // stock kernel on this machine kind, UML can.

@@ -117,7 +117,7 @@ func Boot(ctx context.Context, o Options) (*Guest, error) {
 		"vec0:transport=tap,ifname=" + g.Tap, "con=null", "con0=null,fd:1",
 		"umid=" + g.Tap, "uml_dir=" + umlDir,
 		// Words with '=' the kernel does not know reach init's environment.
-		"X=" + n.Dir, "NAME=" + n.Name,
+		"LAB=" + o.Lab.Dir(), "X=" + n.Dir, "NAME=" + n.Name,
 	}
 	cmd := exec.Command("ip", args...)
 	cmd.Stdout, cmd.Stderr = console, console

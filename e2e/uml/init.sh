@@ -1,7 +1,7 @@
 #!/bin/sh
 # PID 1 of a wgmesh lab UML guest. The root file system is the host's, read-only
-# (hostfs); X is the node directory on the host, mounted writable at the same
-# path. The harness talks to the guest through X/cmd: it drops ID.sh there,
+# (hostfs); LAB is the lab directory on the host, mounted writable at the same
+# path, and X the node's directory inside it. The harness talks to the guest through X/cmd: it drops ID.sh there,
 # this loop runs it in the background and leaves ID.out and then ID.rc (written
 # last, after the output is synced to the host, so ID.rc means "done").
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
@@ -13,7 +13,7 @@ mkdir -p /dev/pts && mount -t devpts devpts /dev/pts
 mount -t tmpfs tmpfs /run
 mount -t tmpfs tmpfs /tmp
 mount -t tmpfs tmpfs /var/tmp
-mkdir -p "$X" && mount -t hostfs -o "$X" hostfs "$X" || { echo "uml init: cannot mount $X"; poweroff -f; }
+mkdir -p "$LAB" && mount -t hostfs -o "$LAB" hostfs "$LAB" || { echo "uml init: cannot mount $LAB"; poweroff -f; }
 [ -n "$NAME" ] && hostname "$NAME"
 ip link set lo up
 mkdir -p "$X/cmd"
