@@ -50,7 +50,7 @@ func TestPrivilegedKernelMissingXfrmObjref(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n := strings.Count(nft, "counter packets") - strings.Count(nft, "counter "+"strict_drops") - strings.Count(nft, "counter egress_drops"); n < 4 || strings.Count(nft, " drop") < 4 {
+	if strings.Contains(nft, `counter name`) || strings.Count(nft, "counter packets") < 4 || strings.Count(nft, " drop\n") < 4 {
 		t.Errorf("want 4 guard rules counting per rule and dropping:\n%s", nft)
 	}
 	for _, f := range families {
