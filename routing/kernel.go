@@ -214,10 +214,17 @@ func (k *kernel) observe(ctx context.Context) (observed, error) {
 		}
 		w.Ours.Filter, w.Ours.LegacyFilter = nil, ""
 	}
-	if k.noObjref.Load() && !k.o.DisableIngressFilter {
-		w.Degraded = append(w.Degraded, noObjrefWarning(k.o.nftTableName()))
-	}
 	return w, nil
+}
+
+// degraded says what the kernel lacks that the system works around, and
+// what that costs (read after the ops ran, so the Apply that found out
+// already reports it).
+func (k *kernel) degraded() []string {
+	if k.noObjref.Load() && !k.o.DisableIngressFilter {
+		return []string{noObjrefWarning(k.o.nftTableName())}
+	}
+	return nil
 }
 
 func (k *kernel) do(ctx context.Context, o op) error {

@@ -430,9 +430,6 @@ type observed struct {
 	MarkRules   []rule
 	MarkNFT     []markingRule
 	MarkScanErr error
-	// Degraded says what the kernel lacks that the system worked around,
-	// and what that costs; it becomes Status warnings.
-	Degraded []string
 }
 
 func (w observed) link(name string) (link, bool) {
