@@ -675,3 +675,47 @@ func FuzzDiff(f *testing.F) {
 		checkScenario(t, cur, want)
 	})
 }
+
+// An agent restart: the first configure of the new process finds peer Y
+// roamed (behind NAT) with a fresh handshake and keeps that endpoint; a peer
+// whose session is dead, or that never handshook, gets its published one.
+func TestAdoptedRoams(t *testing.T) {
+	now := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
+	roamed := func(handshake time.Time) *wgtypes.Device {
+		d := baseDevice()
+		d.Peers[1].Endpoint = udpAddr(epY2)
+		d.Peers[1].LastHandshakeTime = handshake
+		d.Peers[0].LastHandshakeTime = now.Add(-time.Second) // at its published endpoint
+		return d
+	}
+	for _, tc := range []struct {
+		name      string
+		handshake time.Time
+		keep      bool
+	}{
+		{"fresh handshake: keep the roamed endpoint", now.Add(-30 * time.Second), true},
+		{"dead session: published endpoint", now.Add(-10 * time.Minute), false},
+		{"never handshook: published endpoint", time.Time{}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cur := roamed(tc.handshake)
+			sent := adoptedRoams(cur, baseConfig(), now)
+			p, err := diff(cur, baseConfig(), sent)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tc.keep {
+				if !p.empty() || len(sent) != 1 || sent[wgk(peerY)] != epY {
+					t.Errorf("sent %v, plan %+v: want the roamed endpoint kept, nothing sent", sent, p.Summary)
+				}
+				return
+			}
+			if sent != nil || p.Grant == nil || len(p.Grant.Peers) != 1 || p.Grant.Peers[0].Endpoint.String() != epY.String() {
+				t.Errorf("sent %v, plan %+v: want peer Y set back to its published endpoint %s", sent, p.Grant, epY)
+			}
+		})
+	}
+	if adoptedRoams(nil, baseConfig(), now) != nil || adoptedRoams(&wgtypes.Device{}, baseConfig(), now) != nil {
+		t.Error("a fresh device has nothing to keep")
+	}
+}

@@ -47,6 +47,19 @@ func (c *wgconf) configure(ctx context.Context, want mesh.DeviceConfig) error {
 	if err != nil {
 		return opError(c.name, "configure: read current state through wgctrl", err)
 	}
+	if c.sent == nil {
+		// First configure by this process: an earlier agent may have
+		// written these peers, and WireGuard may have roamed them since.
+		roams := adoptedRoams(cur, want, time.Now())
+		for k, ep := range roams {
+			c.log.Info("keeping the roamed endpoint of a peer configured by an earlier run",
+				"peer", k.String(), "published", ep.String())
+		}
+		c.sent = roams
+		if c.sent == nil {
+			c.sent = map[wgtypes.Key]netip.AddrPort{}
+		}
+	}
 	p, err := diff(cur, want, c.sent)
 	if err != nil {
 		return &Error{Interface: c.name, Op: "configure", Err: err}
@@ -188,4 +201,44 @@ func inspect(name string, e *env) (Info, error) {
 		FwMark:     uint32(d.FirewallMark),
 		Peers:      peerStats(d.Peers),
 	}, nil
+}
+
+// roamFresh is how recent a handshake must be for adoptedRoams to trust a
+// peer's current endpoint: WireGuard's REJECT_AFTER_TIME, after which a
+// session is dead anyway.
+const roamFresh = 180 * time.Second
+
+// adoptedRoams is the sent map for the first configure of a process that
+// found cur already configured (an agent restart; the kernel backend's
+// interface outlives its agent): every wanted peer whose current endpoint
+// differs from its published one but which completed a handshake within
+// roamFresh of now counts as written with its published endpoint and roamed
+// since, so diff keeps the endpoint that works (a NAT's) instead of pulling
+// it back to the published one. A peer without a recent handshake gets its
+// published endpoint as usual. Pure; nil when there is nothing to keep.
+func adoptedRoams(cur *wgtypes.Device, want mesh.DeviceConfig, now time.Time) map[wgtypes.Key]netip.AddrPort {
+	if cur == nil || len(cur.Peers) == 0 {
+		return nil
+	}
+	byKey := make(map[wgtypes.Key]*wgtypes.Peer, len(cur.Peers))
+	for i := range cur.Peers {
+		byKey[cur.Peers[i].PublicKey] = &cur.Peers[i]
+	}
+	var sent map[wgtypes.Key]netip.AddrPort
+	for _, pe := range want.Peers {
+		if !pe.Endpoint.IsValid() {
+			continue
+		}
+		ep := netip.AddrPortFrom(pe.Endpoint.Addr().Unmap(), pe.Endpoint.Port())
+		c := byKey[wgtypes.Key(pe.PublicKey)]
+		if c == nil || c.Endpoint == nil || sameEndpoint(c.Endpoint, ep) ||
+			c.LastHandshakeTime.IsZero() || now.Sub(c.LastHandshakeTime) > roamFresh {
+			continue
+		}
+		if sent == nil {
+			sent = map[wgtypes.Key]netip.AddrPort{}
+		}
+		sent[wgtypes.Key(pe.PublicKey)] = ep
+	}
+	return sent
 }

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -39,12 +40,23 @@ type kernel struct {
 	markScanOK bool
 	markGen    uint32
 	markScanAt time.Time
+	// noObjref is set once a filter put failed only because the kernel
+	// lacks the nft objref expression (CONFIG_NFT_OBJREF): from then on the
+	// guard rules count in per-rule counters instead (see putFilter).
+	noObjref atomic.Bool
 }
 
 var _ system = (*kernel)(nil)
 
+// netlinkFamilies are the netlink protocols the router's handle opens:
+// links, addresses, rules and routes are all rtnetlink. netlink.NewHandleAt
+// without a list also opens XFRM and NETFILTER sockets, and a kernel without
+// CONFIG_XFRM_USER refuses the XFRM one ("protocol not supported"); nftables
+// has its own connection (nft).
+var netlinkFamilies = []int{unix.NETLINK_ROUTE}
+
 func newKernel(o Options, ns netns.NsHandle) (*kernel, error) {
-	h, err := netlink.NewHandleAt(ns)
+	h, err := netlink.NewHandleAt(ns, netlinkFamilies...)
 	if err != nil {
 		return nil, fmt.Errorf("routing: open netlink socket: %w", err)
 	}
@@ -203,6 +215,16 @@ func (k *kernel) observe(ctx context.Context) (observed, error) {
 		w.Ours.Filter, w.Ours.LegacyFilter = nil, ""
 	}
 	return w, nil
+}
+
+// degraded says what the kernel lacks that the system works around, and
+// what that costs (read after the ops ran, so the Apply that found out
+// already reports it).
+func (k *kernel) degraded() []string {
+	if k.noObjref.Load() && !k.o.DisableIngressFilter {
+		return []string{noObjrefWarning(k.o.nftTableName())}
+	}
+	return nil
 }
 
 func (k *kernel) do(ctx context.Context, o op) error {

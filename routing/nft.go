@@ -219,6 +219,11 @@ func (k *kernel) readFilter(c *nftables.Conn) (*filter, error) {
 		}
 		for _, r := range rules {
 			f.Rules = append(f.Rules, nftRule{Chain: ch.Name, Sig: string(r.UserData)})
+			// A table an earlier run put without objref: keep its way
+			// of counting, and keep saying why.
+			if slices.ContainsFunc(r.Exprs, func(e expr.Any) bool { _, ok := e.(*expr.Counter); return ok }) {
+				k.noObjref.Store(true)
+			}
 		}
 	}
 	objs, err := c.GetObjects(t)
@@ -324,6 +329,76 @@ func nftSetOf(t *nftables.Table, s nftSet) *nftables.Set {
 // kernel applies the batch atomically, so there is no moment without the
 // filter.
 func (k *kernel) putFilter(f *filter) error {
+	err := k.putFilterOnce(f)
+	if err != nil && !k.noObjref.Load() && k.lacksObjref() {
+		// The drops need no named counter: count them per rule instead
+		// and say so in every Status (observe adds the warning). The
+		// rules keep their signatures (user data): the same guard,
+		// counted another way, so the next observe finds them current.
+		k.noObjref.Store(true)
+		k.o.logger().Warn(noObjrefWarning(k.o.nftTableName()))
+		err = k.putFilterOnce(f)
+	}
+	if err != nil {
+		if missing := k.probeFeatures(); missing != "" {
+			return fmt.Errorf("%w: the kernel lacks %s (the table needs nf_tables base chains at prerouting, forward, "+
+				"output and postrouting, counters, interval sets, rt tcpmss and tcp option writes: Linux 4.14 or later); "+
+				"strict mode is NOT in force: traffic to remote pods is still routed only into the tunnel, but plaintext "+
+				"packets from remote pod addresses arriving outside it are not dropped and nothing stops other software "+
+				"sending pod traffic outside it; this node stays not ready until the kernel has it", err, missing)
+		}
+		return err
+	}
+	return nil
+}
+
+// noObjrefWarning says what a kernel without the objref expression costs
+// the instance whose table is named table.
+func noObjrefWarning(table string) string {
+	return "the kernel lacks CONFIG_NFT_OBJREF (nft objref expression): the strict ingress filter and " +
+		"the egress guard still drop every plaintext pod packet; their drops are counted in per-rule counters of " +
+		"table inet " + table + " instead of the named counters " + nftCounter + " and " + nftCounterEgress
+}
+
+// counterRef is the named counter a guard rule counts in, or "" for a
+// per-rule counter when the kernel lacks objref.
+func (k *kernel) counterRef(name string) string {
+	if k.noObjref.Load() {
+		return ""
+	}
+	return name
+}
+
+// lacksObjref reports whether the kernel refuses a guard rule that counts
+// in a named counter but takes the same rule with a per-rule counter: then
+// CONFIG_NFT_OBJREF is what is missing.
+func (k *kernel) lacksObjref() bool {
+	try := func(counter string) error {
+		t := &nftables.Table{Name: k.o.nftTableName() + "_probe", Family: nftables.TableFamilyINet}
+		c, err := k.nft()
+		if err != nil {
+			return err
+		}
+		c.AddTable(t)
+		c.DelTable(t)
+		c.AddTable(t)
+		prio := nftables.ChainPriorityRaw
+		ch := c.AddChain(&nftables.Chain{Name: "post", Table: t, Type: nftables.ChainTypeFilter,
+			Hooknum: nftables.ChainHookPostrouting, Priority: prio})
+		c.AddObj(&nftables.CounterObj{Table: t, Name: nftCounterEgress})
+		set := &nftables.Set{Table: t, Name: nftEncrypt4, KeyType: nftables.TypeIPAddr, Interval: true}
+		if err := c.AddSet(set, nil); err != nil {
+			return err
+		}
+		c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: guardExprs(v4, expr.MetaKeyOIFNAME, k.o.Interface, nftDaddr[v4], set, counter)})
+		c.DelTable(t)
+		return c.Flush()
+	}
+	return try(nftCounterEgress) != nil && try("") == nil
+}
+
+// putFilterOnce is one attempt of putFilter.
+func (k *kernel) putFilterOnce(f *filter) error {
 	c, err := k.nft()
 	if err != nil {
 		return err
@@ -365,14 +440,7 @@ func (k *kernel) putFilter(f *filter) error {
 		}
 		c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: exprs, UserData: []byte(r.Sig)})
 	}
-	if err := c.Flush(); err != nil {
-		if missing := k.probeFeatures(); missing != "" {
-			return fmt.Errorf("%w: the kernel lacks %s (the table needs nf_tables base chains at prerouting, forward, "+
-				"output and postrouting, named counters, interval sets, rt tcpmss and tcp option writes: Linux 4.14 or later)", err, missing)
-		}
-		return err
-	}
-	return nil
+	return c.Flush()
 }
 
 // probeFeatures finds which nf_tables feature the table needs is missing,
@@ -388,18 +456,18 @@ func (k *kernel) probeFeatures() string {
 		what string
 		add  func(c *nftables.Conn) error
 	}{
-		{"filter chains at prerouting and postrouting (nf_tables, inet family)", func(c *nftables.Conn) error {
+		{"nf_tables filter chains at prerouting and postrouting (CONFIG_NF_TABLES, CONFIG_NF_TABLES_INET)", func(c *nftables.Conn) error {
 			c.AddChain(chain("pre", nftables.ChainHookPrerouting, nftables.ChainPriorityRaw))
 			c.AddChain(chain("post", nftables.ChainHookPostrouting, nftables.ChainPriorityRaw))
 			return nil
 		}},
-		{"named counters and interval sets", func(c *nftables.Conn) error {
+		{"counters, interval sets and the objref expression (CONFIG_NFT_OBJREF)", func(c *nftables.Conn) error {
 			ch := c.AddChain(chain("post", nftables.ChainHookPostrouting, nftables.ChainPriorityRaw))
 			c.AddObj(&nftables.CounterObj{Table: t, Name: nftCounterEgress})
 			if err := c.AddSet(set, nil); err != nil {
 				return err
 			}
-			c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: guardExprs(v4, expr.MetaKeyOIFNAME, k.o.Interface, nftDaddr[v4], set, nftCounterEgress)})
+			c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: guardExprs(v4, expr.MetaKeyOIFNAME, k.o.Interface, nftDaddr[v4], set, k.counterRef(nftCounterEgress))})
 			return nil
 		}},
 		{"MSS clamping (rt tcpmss, tcp option write: nft_rt and nft_exthdr)", func(c *nftables.Conn) error {
@@ -411,7 +479,7 @@ func (k *kernel) probeFeatures() string {
 	for _, st := range steps {
 		c, err := k.nft()
 		if err != nil {
-			return "an nftables socket"
+			return "an nftables netlink socket (CONFIG_NETFILTER_NETLINK, CONFIG_NF_TABLES)"
 		}
 		c.AddTable(t)
 		c.DelTable(t)
@@ -446,11 +514,11 @@ func (k *kernel) ruleExprs(r nftRule, sets map[string]*nftables.Set) ([]expr.Any
 		switch r.Sig {
 		case nftRuleSig(f, iface):
 			if s := sets[nftSetName(f)]; s != nil {
-				return guardExprs(f, expr.MetaKeyIIFNAME, iface, nftSaddr[f], s, nftCounter), nil
+				return guardExprs(f, expr.MetaKeyIIFNAME, iface, nftSaddr[f], s, k.counterRef(nftCounter)), nil
 			}
 		case nftEgressSig(f, iface):
 			if s := sets[nftEncryptSetName(f)]; s != nil {
-				return guardExprs(f, expr.MetaKeyOIFNAME, iface, nftDaddr[f], s, nftCounterEgress), nil
+				return guardExprs(f, expr.MetaKeyOIFNAME, iface, nftDaddr[f], s, k.counterRef(nftCounterEgress)), nil
 			}
 		}
 	}
@@ -473,11 +541,16 @@ func ifname(iface string) []byte {
 
 // guardExprs is a drop rule of family f: packets whose interface (key
 // IIFNAME or OIFNAME) is not iface and whose address at addr is in set are
-// counted in counter and dropped (nftRuleSig, nftEgressSig).
+// counted in the named counter (a per-rule counter if counter is "") and
+// dropped (nftRuleSig, nftEgressSig).
 func guardExprs(f family, key expr.MetaKey, iface string, addr struct{ off, len uint32 }, set *nftables.Set, counter string) []expr.Any {
 	proto := byte(unix.NFPROTO_IPV4)
 	if f == v6 {
 		proto = unix.NFPROTO_IPV6
+	}
+	var count expr.Any = &expr.Objref{Type: int(unix.NFT_OBJECT_COUNTER), Name: counter}
+	if counter == "" {
+		count = &expr.Counter{}
 	}
 	return []expr.Any{
 		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
@@ -486,7 +559,7 @@ func guardExprs(f family, key expr.MetaKey, iface string, addr struct{ off, len 
 		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: ifname(iface)},
 		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: addr.off, Len: addr.len},
 		&expr.Lookup{SourceRegister: 1, SetName: set.Name, SetID: set.ID},
-		&expr.Objref{Type: int(unix.NFT_OBJECT_COUNTER), Name: counter},
+		count,
 		&expr.Verdict{Kind: expr.VerdictDrop},
 	}
 }
@@ -555,6 +628,14 @@ func (k *kernel) counters() (dropCounts, error) {
 		name string
 		n    *uint64
 	}{{nftCounter, &d.Ingress}, {nftCounterEgress, &d.Egress}} {
+		if k.noObjref.Load() {
+			n, err := ruleCounters(c, k.nftTable(), map[string]string{nftCounter: nftChainIngress, nftCounterEgress: nftChainEgress}[x.name])
+			if err != nil {
+				return d, err
+			}
+			*x.n = n
+			continue
+		}
 		o, err := c.GetObject(&nftables.CounterObj{Table: k.nftTable(), Name: x.name})
 		if errors.Is(err, unix.ENOENT) {
 			continue
@@ -567,4 +648,30 @@ func (k *kernel) counters() (dropCounts, error) {
 		}
 	}
 	return d, nil
+}
+
+// ruleCounters sums the per-rule counters of chain in t: the drop counts of
+// a table put without objref (0 for a chain that does not exist).
+func ruleCounters(c *nftables.Conn, t *nftables.Table, chain string) (uint64, error) {
+	rules, err := c.GetRules(t, &nftables.Chain{Name: chain, Table: t})
+	if errors.Is(err, unix.ENOENT) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("list rules of chain inet %s %s: %w", t.Name, chain, err)
+	}
+	return sumCounters(rules), nil
+}
+
+// sumCounters adds up the packets of the counter expressions in rules.
+func sumCounters(rules []*nftables.Rule) uint64 {
+	var n uint64
+	for _, r := range rules {
+		for _, e := range r.Exprs {
+			if c, ok := e.(*expr.Counter); ok {
+				n += c.Packets
+			}
+		}
+	}
+	return n
 }

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -496,4 +497,48 @@ func checkDumpOrder(t *testing.T, kernel, fake []route) {
 	if !slices.Equal(kernel, fake) {
 		t.Errorf("the Fake does not report the kernel's routes in the kernel's order:\nkernel %v\nfake   %v", kernel, fake)
 	}
+}
+
+// TestPrivilegedIngressDropPerRuleCounters runs the strict filter the way a
+// kernel without CONFIG_NFT_OBJREF gets it (forced here: this kernel has
+// objref): the guard rules count per rule, still drop, the drop count comes
+// from those counters, Status warns, and a second Apply finds the table
+// current (no rebuild: the rule handles stay).
+func TestPrivilegedIngressDropPerRuleCounters(t *testing.T) {
+	l := newLab(t)
+	r, k := l.router(DefaultOptions())
+	k.noObjref.Store(true)
+	if err := r.Apply(context.Background(), labDesired()); err != nil {
+		t.Fatalf("Apply: %v", err)
+	}
+	list := func() string {
+		return l.run("ip", "netns", "exec", l.ns, "nft", "-a", "list", "chain", "inet", "wgmesh_wgmesh0", nftChainIngress)
+	}
+	before := list()
+	if strings.Contains(before, "counter name") || !strings.Contains(before, "counter packets 0") || strings.Count(before, " drop") < 2 {
+		t.Fatalf("want guard rules with per-rule counters that drop:\n%s", before)
+	}
+	if err := exec.Command("ip", "netns", "exec", l.peer, "ping", "-n", "-q", "-c", "3", "-i", "0.2", "-W", "1", "-I", "10.244.2.5", "198.18.0.1").Run(); err == nil {
+		t.Errorf("ping from remote pod address 10.244.2.5 over the underlay got answers; want dropped")
+	}
+	st := r.Status()
+	if st.IngressDropped < 3 {
+		t.Errorf("IngressDropped = %d, want >= 3 (from the per-rule counters)", st.IngressDropped)
+	}
+	if err := r.Apply(context.Background(), labDesired()); err != nil {
+		t.Fatalf("second Apply: %v", err)
+	}
+	st = r.Status()
+	if !strings.Contains(strings.Join(st.Warnings, "\n"), "CONFIG_NFT_OBJREF") {
+		t.Errorf("Status warnings do not name CONFIG_NFT_OBJREF: %q", st.Warnings)
+	}
+	if after := list(); counterValues(after) != counterValues(before) {
+		t.Errorf("the second Apply rebuilt the table:\nbefore:\n%s\nafter:\n%s", before, after)
+	}
+}
+
+// counterValues blanks counter values, so listings compare by structure and
+// handles.
+func counterValues(s string) string {
+	return regexp.MustCompile(`packets \d+ bytes \d+`).ReplaceAllString(s, "")
 }

@@ -81,6 +81,9 @@ func (r *router) Apply(ctx context.Context, d mesh.Desired) error {
 	// always current and vanish with their cause.
 	warns := r.o.warnings(d, have, mtu)
 	warns = append(warns, r.o.markWarnings(have.MarkRules, have.MarkNFT)...)
+	if d, ok := r.sys.(interface{ degraded() []string }); ok {
+		warns = append(warns, d.degraded()...)
+	}
 	if have.MarkScanErr != nil {
 		warns = append(warns, have.MarkScanErr.Error())
 	}

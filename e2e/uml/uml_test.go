@@ -1,0 +1,38 @@
+package uml
+
+import (
+	"os/exec"
+	"strings"
+	"testing"
+)
+
+// The cache key changes with the source version and the options turned off
+// (in any order the same), so a variant never reuses another's kernel.
+func TestBuildKey(t *testing.T) {
+	a := buildKey("6.1.1-1", Full)
+	if a != buildKey("6.1.1-1", Variant{Name: "other name"}) {
+		t.Error("the key depends on the variant's name, not only its options")
+	}
+	if a == buildKey("6.1.1-2", Full) {
+		t.Error("the key ignores the source version")
+	}
+	x := buildKey("6.1.1-1", Variant{Disable: []string{"XFRM_USER", "NFT_OBJREF"}})
+	if x == a || x != buildKey("6.1.1-1", Variant{Disable: []string{"NFT_OBJREF", "XFRM_USER"}}) {
+		t.Error("the key must change with the options turned off and ignore their order")
+	}
+	if !strings.Contains(string(baseConfig), "\nCONFIG_WIREGUARD=y\n") || !strings.Contains(string(baseConfig), "\nCONFIG_NFT_OBJREF=y\n") {
+		t.Error("the embedded base config lacks WireGuard or objref")
+	}
+}
+
+// shellJoin must survive words with spaces and quotes.
+func TestShellJoin(t *testing.T) {
+	words := []string{"a b", "it's", "$HOME", ""}
+	out, err := exec.Command("sh", "-c", "for w in "+shellJoin(words)+`; do printf '[%s]' "$w"; done`).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := string(out), "[a b][it's][$HOME][]"; got != want {
+		t.Errorf("got %s, want %s", got, want)
+	}
+}
