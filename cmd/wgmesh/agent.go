@@ -7,7 +7,6 @@ import (
 	"io/fs"
 	"log/slog"
 	"net"
-	"net/netip"
 	"os"
 	"os/signal"
 	"slices"
@@ -283,15 +282,16 @@ func (a *app) runAgent(ctx context.Context, cfg agentConfig) (err error) {
 
 // newSource builds the source of nodes cfg selects. In Kubernetes mode it
 // also fills cfg.Derive.KeepOutside with the API server's addresses.
+//
+// cfg.Underlay is only --endpoint's address: the own entry's endpoint and
+// InternalIP reach the router with every reconcile (mesh.Desired.Underlay),
+// so an address the source learns after the start is used too.
 func (a *app) newSource(ctx context.Context, cfg *agentConfig, log *slog.Logger) (mesh.Source, error) {
 	cfg.Underlay = cfg.Endpoint.Addr()
 	if cfg.Source == sourcePeersFile {
 		s, err := file.New(file.Options{Path: cfg.PeersFile, NodeName: cfg.NodeName, Logger: log})
 		if err != nil {
 			return nil, fmt.Errorf("--peers-file: %w", err)
-		}
-		if !cfg.Underlay.IsValid() {
-			cfg.Underlay = peersFileUnderlay(cfg.PeersFile, cfg.NodeName)
 		}
 		return s, nil
 	}
@@ -302,9 +302,6 @@ func (a *app) newSource(ctx context.Context, cfg *agentConfig, log *slog.Logger)
 	cfg.Derive.KeepOutside = apiServerAddrs(ctx, rc.Host, log)
 	log.Info("Kubernetes API server", "host", rc.Host, "keptOutsideTunnel", cfg.Derive.KeepOutside)
 	clusterRangesFromKubeadm(ctx, client, cfg, log)
-	if !cfg.Underlay.IsValid() {
-		cfg.Underlay = kubeUnderlay(ctx, client, cfg.NodeName)
-	}
 	return newKubeSource(client, cfg, log)
 }
 
@@ -331,25 +328,6 @@ func clusterRangesFromKubeadm(ctx context.Context, client kubernetes.Interface, 
 	if len(cfg.Derive.ClusterCIDRs) == 0 {
 		log.Warn(metrics.NoClusterCIDRs)
 	}
-}
-
-// peersFileUnderlay returns the own entry's endpoint address in the peers
-// file, so the router measures the MTU of the interface that carries the
-// tunnel rather than guessing from the default route (which a host may not
-// have). The zero Addr when the file cannot be read yet: the source reports
-// that, and the router falls back to the default route.
-func peersFileUnderlay(path, node string) netip.Addr {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return netip.Addr{}
-	}
-	nodes, _ := file.Parse(path, data)
-	for _, n := range nodes {
-		if n.Name == node {
-			return n.Endpoint.Addr()
-		}
-	}
-	return netip.Addr{}
 }
 
 // warnPreviousRun warns when the instance's interface records (in its alias)
