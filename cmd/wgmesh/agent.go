@@ -9,13 +9,10 @@ import (
 	"net"
 	"os"
 	"os/signal"
-	"slices"
 	"syscall"
-	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/vishvananda/netlink"
-	"k8s.io/client-go/kubernetes"
 
 	"github.com/wgmesh/wgmesh/device"
 	"github.com/wgmesh/wgmesh/instance"
@@ -214,6 +211,13 @@ func (a *app) runAgent(ctx context.Context, cfg agentConfig) (err error) {
 			}
 			return rec.Conditions()
 		},
+		ClusterRangesPending: func() (bool, string) {
+			if ks, ok := src.(*kube.Source); ok {
+				st := ks.ClusterRanges()
+				return st.Pending, st.Detail
+			}
+			return false, ""
+		},
 		SourceState: func() (mesh.SourceState, bool) {
 			if sr, ok := src.(mesh.StateReporter); ok {
 				return sr.State(), true
@@ -301,33 +305,7 @@ func (a *app) newSource(ctx context.Context, cfg *agentConfig, log *slog.Logger)
 	}
 	cfg.Derive.KeepOutside = apiServerAddrs(ctx, rc.Host, log)
 	log.Info("Kubernetes API server", "host", rc.Host, "keptOutsideTunnel", cfg.Derive.KeepOutside)
-	clusterRangesFromKubeadm(ctx, client, cfg, log)
 	return newKubeSource(client, cfg, log)
-}
-
-// clusterRangesFromKubeadm adds the cluster's own pod ranges (kubeadm's
-// networking.podSubnet, read once at start) to --cluster-cidrs, so that a
-// kubeadm cluster needs no flag. Without the ConfigMap or the RBAC to read
-// it only the flag applies; an unusable value is logged and not guessed at.
-func clusterRangesFromKubeadm(ctx context.Context, client kubernetes.Interface, cfg *agentConfig, log *slog.Logger) {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	cidrs, found, err := kube.KubeadmPodSubnet(ctx, client)
-	switch {
-	case err != nil:
-		log.Warn("cannot use the cluster's kubeadm pod range; only --cluster-cidrs applies", "error", err, "clusterCIDRs", cfg.Derive.ClusterCIDRs)
-	case found:
-		for _, p := range cidrs {
-			if !slices.Contains(cfg.Derive.ClusterCIDRs, p) {
-				cfg.Derive.ClusterCIDRs = append(cfg.Derive.ClusterCIDRs, p)
-			}
-		}
-		log.Info("cluster pod ranges from kubeadm's networking.podSubnet", "configMap", kube.KubeadmConfigNamespace+"/"+kube.KubeadmConfigName,
-			"podSubnet", cidrs, "clusterCIDRs", cfg.Derive.ClusterCIDRs)
-	}
-	if len(cfg.Derive.ClusterCIDRs) == 0 {
-		log.Warn(metrics.NoClusterCIDRs)
-	}
 }
 
 // warnPreviousRun warns when the instance's interface records (in its alias)

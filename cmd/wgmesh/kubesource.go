@@ -10,9 +10,14 @@ import (
 	"github.com/wgmesh/wgmesh/mesh/kube"
 )
 
-// newKubeSource is the Kubernetes source of nodes for the agent.
+// newKubeSource is the Kubernetes source of nodes for the agent; it also
+// reads the cluster's pod ranges from kubeadm's ClusterConfiguration.
 func newKubeSource(client kubernetes.Interface, cfg *agentConfig, log *slog.Logger) (mesh.Source, error) {
-	s, err := kube.New(kube.Options{Client: client, NodeName: cfg.NodeName, ListenPort: cfg.ListenPort, Logger: log})
+	s, err := kube.New(kube.Options{Client: client, NodeName: cfg.NodeName, ListenPort: cfg.ListenPort, Logger: log,
+		// kubeadm's pod range joins --cluster-cidrs once read; the read is
+		// retried in the background, so an API server unreachable at
+		// start does not leave the agent without it for its whole life.
+		KubeadmRanges: true})
 	if err != nil {
 		return nil, fmt.Errorf("kubernetes source: %w", err)
 	}
