@@ -109,6 +109,9 @@ func agentStartsWithoutAPI(t *testing.T, withEndpoint bool) {
 	}
 	_ = json.Unmarshal([]byte(st.raw), &mtu)
 	t.Logf("measured: node3 tunnel MTU %d (eth0 1500)", mtu.LinkMTU)
+	if mtu.LinkMTU != 1440 {
+		t.Errorf("node3 tunnel MTU %d, want 1440 (eth0's 1500 − 60)", mtu.LinkMTU)
+	}
 
 	start := time.Now()
 	for _, p := range k8sPodPairs(k.Nodes) {

@@ -125,7 +125,7 @@ func (s *Source) kubeadmLoop(ctx context.Context) {
 		// Up to 10% jitter so that agents restarted together do not retry
 		// in lockstep.
 		wait -= time.Duration(rand.Int64N(int64(wait)/10 + 1))
-		detail := fmt.Sprintf("reading ConfigMap %s failed (%d attempts): %v; retrying in %s", cm, attempt, err, wait.Round(time.Second))
+		detail := fmt.Sprintf("%v (%d attempts); retrying in %s", err, attempt, wait.Round(time.Second))
 		if kind == "forbidden" {
 			detail = fmt.Sprintf("RBAC forbids reading ConfigMap %s: retrying every %s; grant get on it (deploy/kubernetes/rbac.yaml) or rely on --cluster-cidrs", cm, s.o.KubeadmForbiddenRetry)
 		}
