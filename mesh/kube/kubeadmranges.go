@@ -24,12 +24,15 @@ const (
 	// DefaultKubeadmMaxBackoff caps that delay: a read that failed only
 	// because the API server was down succeeds within it of its return.
 	DefaultKubeadmMaxBackoff = time.Minute
-	// DefaultKubeadmForbiddenRetry is the retry period while RBAC forbids
-	// the read. Forbidden is not taken as final: a ClusterRoleBinding
-	// applied after the DaemonSet, or one an operator adds later, must not
-	// need an agent restart. It is slow because it may also be deliberate
-	// (the rule deleted to rely on --cluster-cidrs alone): one rejected GET
-	// per node every ten minutes.
+	// DefaultKubeadmForbiddenRetry caps the retry delay while RBAC forbids
+	// the read (it backs off from DefaultKubeadmMinBackoff like a
+	// transient failure). Forbidden is not taken as final: an API server
+	// that has just started answers Forbidden until its RBAC cache is
+	// filled, a ClusterRoleBinding may be applied after the DaemonSet, and
+	// an operator may add the rule later; none of these must need an agent
+	// restart. The cap is high because the denial may also be deliberate
+	// (the rule deleted to rely on --cluster-cidrs alone): then one
+	// rejected GET per node every ten minutes.
 	DefaultKubeadmForbiddenRetry = 10 * time.Minute
 	// kubeadmReadTimeout bounds one read.
 	kubeadmReadTimeout = 10 * time.Second
@@ -86,12 +89,13 @@ func (s *Source) setRanges(st ClusterRangeState) {
 
 // kubeadmLoop reads kubeadm's pod range until it is read or definitely
 // absent, then signals Changes so the next reconcile applies it. Transient
-// failures are retried with exponential backoff, Forbidden every
-// forbiddenRetry; each failure kind is logged when it begins, not per
+// failures are retried with exponential backoff capped at
+// KubeadmMaxBackoff, Forbidden with one capped at KubeadmForbiddenRetry;
+// each failure kind is logged when it begins, not per
 // attempt.
 func (s *Source) kubeadmLoop(ctx context.Context) {
 	cm := KubeadmConfigNamespace + "/" + KubeadmConfigName
-	delay := s.o.KubeadmMinBackoff
+	delay, fdelay := s.o.KubeadmMinBackoff, s.o.KubeadmMinBackoff
 	lastKind := ""
 	for attempt := 1; ; attempt++ {
 		rctx, cancel := context.WithTimeout(ctx, kubeadmReadTimeout)
@@ -113,7 +117,8 @@ func (s *Source) kubeadmLoop(ctx context.Context) {
 			s.log.Info("no kubeadm pod range; only --cluster-cidrs applies", "configMap", cm)
 			return
 		case apierrors.IsForbidden(err):
-			kind, wait = "forbidden", s.o.KubeadmForbiddenRetry
+			kind, wait = "forbidden", fdelay
+			fdelay = min(2*fdelay, max(s.o.KubeadmForbiddenRetry, s.o.KubeadmMinBackoff))
 		case errors.Is(err, ErrKubeadmUnusable):
 			s.setRanges(ClusterRangeState{Detail: err.Error() + ": not used, only --cluster-cidrs applies"})
 			s.log.Warn("cannot use the cluster's kubeadm pod range; only --cluster-cidrs applies", "error", err)
@@ -127,7 +132,8 @@ func (s *Source) kubeadmLoop(ctx context.Context) {
 		wait -= time.Duration(rand.Int64N(int64(wait)/10 + 1))
 		detail := fmt.Sprintf("%v (%d attempts); retrying in %s", err, attempt, wait.Round(time.Second))
 		if kind == "forbidden" {
-			detail = fmt.Sprintf("RBAC forbids reading ConfigMap %s: retrying every %s; grant get on it (deploy/kubernetes/rbac.yaml) or rely on --cluster-cidrs", cm, s.o.KubeadmForbiddenRetry)
+			detail = fmt.Sprintf("RBAC forbids reading ConfigMap %s (%d attempts): retrying in %s, backing off to every %s; grant get on it (deploy/kubernetes/rbac.yaml) or rely on --cluster-cidrs",
+				cm, attempt, wait.Round(time.Second), s.o.KubeadmForbiddenRetry)
 		}
 		s.setRanges(ClusterRangeState{Pending: true, Detail: detail})
 		if kind != lastKind {

@@ -53,7 +53,8 @@ func TestKubeadmRangesRetried(t *testing.T) {
 		{"unreachable", errors.New("dial tcp 198.18.0.2:6443: connect: connection refused")},
 		{"unavailable", apierrors.NewServiceUnavailable("etcd is starting")},
 		// RBAC granted after the agent started (a ClusterRoleBinding
-		// applied after the DaemonSet): retried too, slowly.
+		// applied after the DaemonSet, an API server whose RBAC cache is
+		// still empty after its start): retried too.
 		{"forbidden", apierrors.NewForbidden(schema.GroupResource{Resource: "configmaps"}, KubeadmConfigName, fmt.Errorf("rbac"))},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -91,7 +92,7 @@ func TestKubeadmRangesPendingDetail(t *testing.T) {
 	}{
 		{"unreachable", errors.New("connection refused"), []string{"kube-system/kubeadm-config", "connection refused", "retrying in"}},
 		{"forbidden", apierrors.NewForbidden(schema.GroupResource{Resource: "configmaps"}, KubeadmConfigName, fmt.Errorf("rbac")),
-			[]string{"RBAC forbids", "kube-system/kubeadm-config", "retrying every", "--cluster-cidrs"}},
+			[]string{"RBAC forbids", "kube-system/kubeadm-config", "backing off to every", "--cluster-cidrs"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			client := fake.NewClientset(kubeadmConfig(clusterConfiguration))
@@ -150,5 +151,23 @@ func TestKubeadmRangesOff(t *testing.T) {
 	time.Sleep(50 * time.Millisecond)
 	if n := calls(); n != 0 || s.ClusterCIDRs() != nil || s.ClusterRanges().Pending || s.ClusterRanges().Detail != "" {
 		t.Errorf("%d reads, state %+v; want none", n, s.ClusterRanges())
+	}
+}
+
+// TestKubeadmRangesForbiddenAtAPIStart: an API server that has just
+// started answers Forbidden until its RBAC cache is filled; the first
+// retries after a Forbidden come quickly, so the range arrives long before
+// the (here one-hour) cap on the Forbidden backoff.
+func TestKubeadmRangesForbiddenAtAPIStart(t *testing.T) {
+	client := fake.NewClientset(kubeadmConfig(clusterConfiguration))
+	calls := failFirst(client, 2, apierrors.NewForbidden(schema.GroupResource{Resource: "configmaps"}, KubeadmConfigName, fmt.Errorf("rbac cache not synced")))
+	s := newSource(t, client, func(o *Options) {
+		fastKubeadm(o)
+		o.KubeadmForbiddenRetry = time.Hour
+	})
+	start(t, client, s)
+	eventually(t, "kubeadm ranges read after two Forbidden answers", func() bool { return s.ClusterCIDRs() != nil })
+	if n := calls(); n != 3 {
+		t.Errorf("%d reads, want 3", n)
 	}
 }
