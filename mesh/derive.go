@@ -997,6 +997,36 @@ func describe(c claim) string {
 // build turns the resolved claims into the Desired state. Claims are
 // visited in the sweep's order, sorted by prefix, so routes and strict
 // sources come out sorted without another sort of thousands of entries.
+// underlay lists the local node's own addresses for Desired.Underlay: the
+// agent's own endpoint's address, then the other entries' endpoint
+// addresses, then the host IPs; valid, unmapped, once each. Each group after
+// the first is sorted, so that the order of the input (entries named like
+// the local node) does not matter.
+func (d *deriver) underlay() []netip.Addr {
+	var out []netip.Addr
+	add := func(as []netip.Addr) {
+		var group []netip.Addr
+		for _, a := range as {
+			if a = a.Unmap(); a.IsValid() && !a.IsUnspecified() && !slices.Contains(out, a) && !slices.Contains(group, a) {
+				group = append(group, a)
+			}
+		}
+		slices.SortFunc(group, netip.Addr.Compare)
+		out = append(out, group...)
+	}
+	var eps []netip.Addr
+	for i, ep := range d.selfEndpoints {
+		if i == 0 {
+			add([]netip.Addr{ep.Addr()})
+			continue
+		}
+		eps = append(eps, ep.Addr())
+	}
+	add(eps)
+	add(d.ownHosts)
+	return out
+}
+
 func (d *deriver) build() Desired {
 	nHost := 0
 	for i := range d.claims {
@@ -1007,6 +1037,7 @@ func (d *deriver) build() Desired {
 	out := Desired{
 		Peers:         make([]Peer, 0, len(d.cands)),
 		StrictSources: make([]netip.Prefix, 0, len(d.claims)-nHost),
+		Underlay:      d.underlay(),
 	}
 	if nHost > 0 {
 		out.HostRoutes = make([]Route, 0, nHost)

@@ -1601,3 +1601,35 @@ func TestDerivePodCIDRs(t *testing.T) {
 }
 
 func pfxT(s string) netip.Prefix { return netip.MustParsePrefix(s) }
+
+// TestDeriveUnderlay: the router finds the underlay from the local node's
+// own addresses, the agent's endpoint first, then its entry's endpoint, then
+// its host IPs (the Node's InternalIP), whatever the input order.
+func TestDeriveUnderlay(t *testing.T) {
+	ep := func(s string) netip.AddrPort { return netip.MustParseAddrPort(s) }
+	ip := netip.MustParseAddr
+	tests := []struct {
+		name  string
+		self  Node
+		nodes []Node
+		want  []netip.Addr
+	}{
+		{"none known", Node{Name: "a"}, []Node{{Name: "a"}, {Name: "b", HostIPs: []netip.Addr{ip("198.18.0.12")}}}, nil},
+		{"InternalIP only", Node{Name: "a"}, []Node{{Name: "a", HostIPs: []netip.Addr{ip("198.18.0.11")}}}, []netip.Addr{ip("198.18.0.11")}},
+		{"entry endpoint before host IPs", Node{Name: "a"},
+			[]Node{{Name: "a", Endpoint: ep("198.18.0.21:51820"), HostIPs: []netip.Addr{ip("198.18.0.11"), ip("198.18.0.21")}}},
+			[]netip.Addr{ip("198.18.0.21"), ip("198.18.0.11")}},
+		{"agent endpoint first, mapped unmapped", Node{Name: "a", Endpoint: ep("[::ffff:203.0.113.7]:51820")},
+			[]Node{{Name: "a", Endpoint: ep("198.18.0.21:51820"), HostIPs: []netip.Addr{ip("2001:2::11")}}},
+			[]netip.Addr{ip("203.0.113.7"), ip("198.18.0.21"), ip("2001:2::11")}},
+		{"self missing from the list", Node{Name: "a", Endpoint: ep("198.18.0.11:51820")}, nil, []netip.Addr{ip("198.18.0.11")}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			d := Derive(tc.self, tc.nodes, Options{IPv4: true, IPv6: true})
+			if diff := cmp.Diff(tc.want, d.Underlay, cmp.Comparer(func(a, b netip.Addr) bool { return a == b })); diff != "" {
+				t.Errorf("Underlay (-want +got):\n%s", diff)
+			}
+		})
+	}
+}

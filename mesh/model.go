@@ -182,6 +182,14 @@ type Desired struct {
 	// a node this agent does not know (removed from its input, or not yet
 	// seen) is not covered: it leaves through the main table.
 	ClusterCIDRs []netip.Prefix
+	// Underlay are the local node's own underlay addresses, most preferred
+	// first, without duplicates: its endpoint's address (the one the agent
+	// was given, then the one its own entry in the source publishes), then
+	// its host IPs (the Node's InternalIPs, the peers-file entry's hostIPs).
+	// The router takes the interface holding the first of them it finds as
+	// the underlay whose MTU the tunnel's derives from. Empty when no own
+	// address is known (yet).
+	Underlay []netip.Addr
 	// Unencrypted names the nodes whose pod traffic is not encrypted
 	// (unmanaged, or keyless with AllowUnencrypted), sorted.
 	Unencrypted []string

@@ -718,3 +718,59 @@ func TestFakeSortedView(t *testing.T) {
 	f.RemoveLink(DefaultOptions().Interface)
 	check("link removed")
 }
+
+// TestUnderlayFromOwnAddress: the underlay is the interface holding the
+// node's own address (mesh.Desired.Underlay: endpoint, InternalIP), with or
+// without a default route; only when no own address is known or held does
+// the default route decide, and without one the error names what was
+// looked for or which input would give an address.
+func TestUnderlayFromOwnAddress(t *testing.T) {
+	noDefault := func(f *Fake) {
+		maps.DeleteFunc(f.sys.routes, func(_ routeKey, r route) bool { return r.Dst.Bits() == 0 })
+	}
+	eth1 := func(f *Fake) {
+		f.sys.links = append(f.sys.links, link{Name: "eth1", MTU: 1400, Addrs: []netip.Prefix{pfx("198.19.0.5/15")}})
+	}
+	tests := []struct {
+		name     string
+		setup    []func(*Fake)
+		own      []netip.Addr
+		wantMTU  int
+		wantErrs []string
+	}{
+		{"own address without default route", []func(*Fake){noDefault, eth1}, []netip.Addr{addr("198.19.0.5")}, AutoMTU(1400, false), nil},
+		{"own address beats the default route", []func(*Fake){eth1}, []netip.Addr{addr("198.19.0.5")}, AutoMTU(1400, false), nil},
+		{"first held address wins", []func(*Fake){noDefault, eth1}, []netip.Addr{addr("203.0.113.7"), addr("198.19.0.5")}, AutoMTU(1400, false), nil},
+		{"NAT address falls back to the default route", []func(*Fake){eth1}, []netip.Addr{addr("203.0.113.7")}, AutoMTU(1500, false), nil},
+		{"none known, default route", []func(*Fake){eth1}, nil, AutoMTU(1500, false), nil},
+		{"none held, no default route", []func(*Fake){noDefault, eth1}, []netip.Addr{addr("203.0.113.7"), addr("2001:db8:9::1")}, 1420,
+			[]string{"cannot find the underlay", "no interface holds this node's address 203.0.113.7, 2001:db8:9::1"}},
+		{"none known, no default route", []func(*Fake){noDefault, eth1}, nil, 1420,
+			[]string{"cannot find the underlay", "own address is not known", "InternalIP", "peers file", "--endpoint"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newTestFake(opts(nil))
+			for _, s := range tc.setup {
+				s(f)
+			}
+			d := dual()
+			d.Underlay = tc.own
+			err := f.Apply(context.Background(), d)
+			for _, want := range tc.wantErrs {
+				if err == nil || !strings.Contains(err.Error(), want) {
+					t.Errorf("err = %v, want one containing %q", err, want)
+				}
+			}
+			if len(tc.wantErrs) == 0 && err != nil {
+				t.Errorf("err = %v, want none", err)
+			}
+			if err != nil && strings.Contains(err.Error(), "invalid IP") {
+				t.Errorf("err = %v prints a zero address", err)
+			}
+			if st := f.Status(); st.LinkMTU != tc.wantMTU {
+				t.Errorf("LinkMTU = %d, want %d", st.LinkMTU, tc.wantMTU)
+			}
+		})
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"slices"
+	"strings"
 
 	"github.com/wgmesh/wgmesh/mesh"
 )
@@ -68,7 +69,7 @@ func (o Options) target(d mesh.Desired, w observed) (want ours, notes []error) {
 	// proxied connections die.
 
 	if haveLink {
-		mtu, _, err := o.tunnelMTU(w)
+		mtu, _, err := o.tunnelMTU(w, d.Underlay)
 		if err != nil {
 			notes = append(notes, err)
 		}
@@ -270,17 +271,23 @@ func strictlySortedDsts(rs []mesh.Route) bool {
 }
 
 // tunnelMTU is the MTU the tunnel interface should have: Options.MTU,
-// else AutoMTU of the underlay raised to the floor of CheckMTU, in which
-// case warn says so (how much, why, and what to do about it). 0 (with an
-// error) means the underlay could not be found and the MTU is left as it
-// is.
-func (o Options) tunnelMTU(w observed) (mtu int, warn string, err error) {
+// else AutoMTU of the underlay (see underlay; own are the node's own
+// addresses, mesh.Desired.Underlay) raised to the floor of CheckMTU, in
+// which case warn says so (how much, why, and what to do about it). 0
+// (with an error naming the addresses looked for, or saying which input
+// would give one) means the underlay could not be found and the MTU is
+// left as it is.
+func (o Options) tunnelMTU(w observed, own []netip.Addr) (mtu int, warn string, err error) {
 	if o.MTU > 0 {
 		return o.MTU, "", nil
 	}
-	l, v6, ok := o.underlay(w)
+	cands := o.ownAddrs(own)
+	l, v6, ok := o.underlay(w, cands)
 	if !ok {
-		return 0, "", fmt.Errorf("interface %s: cannot find the underlay (no interface holds %v and there is no default route): MTU left unchanged; set --mtu", o.Interface, o.UnderlayAddr)
+		if len(cands) == 0 {
+			return 0, "", fmt.Errorf("interface %s: cannot find the underlay: this node's own address is not known (no --endpoint, and neither the Node's InternalIP nor the node's entry in the peers file gives one yet) and there is no default route: MTU left unchanged; set --endpoint or --mtu", o.Interface)
+		}
+		return 0, "", fmt.Errorf("interface %s: cannot find the underlay: no interface holds this node's address %s (its endpoint or InternalIP) and there is no default route: MTU left unchanged; set --mtu or correct the node's address", o.Interface, joinAddrs(cands))
 	}
 	auto, floor := AutoMTU(l.MTU, v6), minMTU(o.IPv6)
 	if auto >= floor {
@@ -294,12 +301,36 @@ func (o Options) tunnelMTU(w observed) (mtu int, warn string, err error) {
 		auto, l.Name, l.MTU, l.MTU-auto, floor, why, floor, fix), nil
 }
 
-// underlay is the interface peers' packets arrive on: the one holding
-// Options.UnderlayAddr, else the interface of the default route of that
-// address's family, then IPv4's, then IPv6's. ipv6 reports whether the
-// underlay is IPv6 (for AutoMTU).
-func (o Options) underlay(w observed) (l link, ipv6 bool, ok bool) {
-	if a := o.UnderlayAddr.Unmap(); a.IsValid() {
+// ownAddrs is Options.UnderlayAddr followed by own, valid, unmapped and
+// once each.
+func (o Options) ownAddrs(own []netip.Addr) []netip.Addr {
+	var out []netip.Addr
+	for _, a := range append([]netip.Addr{o.UnderlayAddr}, own...) {
+		if a = a.Unmap(); a.IsValid() && !slices.Contains(out, a) {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// joinAddrs formats addresses as "a, b".
+func joinAddrs(as []netip.Addr) string {
+	s := make([]string, len(as))
+	for i, a := range as {
+		s[i] = a.String()
+	}
+	return strings.Join(s, ", ")
+}
+
+// underlay is the interface peers' packets arrive on: the one holding the
+// first of the node's own addresses cands that an interface holds, else
+// (none known, or none held: an endpoint that is a NAT address) the
+// interface of the default route of the first address's family, then
+// IPv4's, then IPv6's. A node without a default route (peers on one L2
+// segment or reached by specific routes) is thus found by its own address.
+// ipv6 reports whether the underlay is IPv6 (for AutoMTU).
+func (o Options) underlay(w observed, cands []netip.Addr) (l link, ipv6 bool, ok bool) {
+	for _, a := range cands {
 		for _, l := range w.Links {
 			if l.Name == o.Interface {
 				continue
@@ -312,7 +343,7 @@ func (o Options) underlay(w observed) (l link, ipv6 bool, ok bool) {
 		}
 	}
 	order := []family{v4, v6}
-	if o.UnderlayAddr.IsValid() && familyOf(o.UnderlayAddr) == v6 {
+	if len(cands) > 0 && familyOf(cands[0]) == v6 {
 		order = []family{v6, v4}
 	}
 	for _, f := range order {

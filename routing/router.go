@@ -128,7 +128,7 @@ func (r *router) logEgress(have observed) {
 func (o Options) warnings(d mesh.Desired, w observed, podMTU int) []string {
 	var warns []string
 	if _, ok := w.link(o.Interface); ok {
-		if _, warn, _ := o.tunnelMTU(w); warn != "" {
+		if _, warn, _ := o.tunnelMTU(w, d.Underlay); warn != "" {
 			warns = append(warns, warn)
 		}
 	}

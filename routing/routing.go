@@ -141,9 +141,12 @@ type Options struct {
 	// backends' sockets allow that, see AutoMTU). With IPv6 off the floor
 	// is 576.
 	MTU int
-	// UnderlayAddr is the node's own endpoint address; the interface holding
-	// it is the underlay for AutoMTU. Zero (or an address no interface
-	// holds, e.g. a NAT address) means the default route's interface.
+	// UnderlayAddr is the node's own endpoint address (--endpoint); the
+	// interface holding it is the underlay for AutoMTU. It is tried before
+	// the addresses each Desired gives (mesh.Desired.Underlay: the own
+	// entry's endpoint, InternalIP, host IPs). When none is known, or no
+	// interface holds any (e.g. a NAT address), the default route's
+	// interface is the underlay.
 	UnderlayAddr netip.Addr
 	// DisableIngressFilter skips (and removes) the whole nftables table:
 	// the strict ingress filter, the egress guard and the MSS clamp. The

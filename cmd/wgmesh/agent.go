@@ -7,16 +7,12 @@ import (
 	"io/fs"
 	"log/slog"
 	"net"
-	"net/netip"
 	"os"
 	"os/signal"
-	"slices"
 	"syscall"
-	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/vishvananda/netlink"
-	"k8s.io/client-go/kubernetes"
 
 	"github.com/wgmesh/wgmesh/device"
 	"github.com/wgmesh/wgmesh/instance"
@@ -215,6 +211,13 @@ func (a *app) runAgent(ctx context.Context, cfg agentConfig) (err error) {
 			}
 			return rec.Conditions()
 		},
+		ClusterRangesPending: func() (bool, string) {
+			if ks, ok := src.(*kube.Source); ok {
+				st := ks.ClusterRanges()
+				return st.Pending, st.Detail
+			}
+			return false, ""
+		},
 		SourceState: func() (mesh.SourceState, bool) {
 			if sr, ok := src.(mesh.StateReporter); ok {
 				return sr.State(), true
@@ -283,15 +286,16 @@ func (a *app) runAgent(ctx context.Context, cfg agentConfig) (err error) {
 
 // newSource builds the source of nodes cfg selects. In Kubernetes mode it
 // also fills cfg.Derive.KeepOutside with the API server's addresses.
+//
+// cfg.Underlay is only --endpoint's address: the own entry's endpoint and
+// InternalIP reach the router with every reconcile (mesh.Desired.Underlay),
+// so an address the source learns after the start is used too.
 func (a *app) newSource(ctx context.Context, cfg *agentConfig, log *slog.Logger) (mesh.Source, error) {
 	cfg.Underlay = cfg.Endpoint.Addr()
 	if cfg.Source == sourcePeersFile {
 		s, err := file.New(file.Options{Path: cfg.PeersFile, NodeName: cfg.NodeName, Logger: log})
 		if err != nil {
 			return nil, fmt.Errorf("--peers-file: %w", err)
-		}
-		if !cfg.Underlay.IsValid() {
-			cfg.Underlay = peersFileUnderlay(cfg.PeersFile, cfg.NodeName)
 		}
 		return s, nil
 	}
@@ -301,55 +305,7 @@ func (a *app) newSource(ctx context.Context, cfg *agentConfig, log *slog.Logger)
 	}
 	cfg.Derive.KeepOutside = apiServerAddrs(ctx, rc.Host, log)
 	log.Info("Kubernetes API server", "host", rc.Host, "keptOutsideTunnel", cfg.Derive.KeepOutside)
-	clusterRangesFromKubeadm(ctx, client, cfg, log)
-	if !cfg.Underlay.IsValid() {
-		cfg.Underlay = kubeUnderlay(ctx, client, cfg.NodeName)
-	}
 	return newKubeSource(client, cfg, log)
-}
-
-// clusterRangesFromKubeadm adds the cluster's own pod ranges (kubeadm's
-// networking.podSubnet, read once at start) to --cluster-cidrs, so that a
-// kubeadm cluster needs no flag. Without the ConfigMap or the RBAC to read
-// it only the flag applies; an unusable value is logged and not guessed at.
-func clusterRangesFromKubeadm(ctx context.Context, client kubernetes.Interface, cfg *agentConfig, log *slog.Logger) {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	cidrs, found, err := kube.KubeadmPodSubnet(ctx, client)
-	switch {
-	case err != nil:
-		log.Warn("cannot use the cluster's kubeadm pod range; only --cluster-cidrs applies", "error", err, "clusterCIDRs", cfg.Derive.ClusterCIDRs)
-	case found:
-		for _, p := range cidrs {
-			if !slices.Contains(cfg.Derive.ClusterCIDRs, p) {
-				cfg.Derive.ClusterCIDRs = append(cfg.Derive.ClusterCIDRs, p)
-			}
-		}
-		log.Info("cluster pod ranges from kubeadm's networking.podSubnet", "configMap", kube.KubeadmConfigNamespace+"/"+kube.KubeadmConfigName,
-			"podSubnet", cidrs, "clusterCIDRs", cfg.Derive.ClusterCIDRs)
-	}
-	if len(cfg.Derive.ClusterCIDRs) == 0 {
-		log.Warn(metrics.NoClusterCIDRs)
-	}
-}
-
-// peersFileUnderlay returns the own entry's endpoint address in the peers
-// file, so the router measures the MTU of the interface that carries the
-// tunnel rather than guessing from the default route (which a host may not
-// have). The zero Addr when the file cannot be read yet: the source reports
-// that, and the router falls back to the default route.
-func peersFileUnderlay(path, node string) netip.Addr {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return netip.Addr{}
-	}
-	nodes, _ := file.Parse(path, data)
-	for _, n := range nodes {
-		if n.Name == node {
-			return n.Endpoint.Addr()
-		}
-	}
-	return netip.Addr{}
 }
 
 // warnPreviousRun warns when the instance's interface records (in its alias)

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -20,6 +19,7 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/wgmesh/wgmesh/mesh"
+	"github.com/wgmesh/wgmesh/mesh/kube"
 	"github.com/wgmesh/wgmesh/mesh/metrics"
 )
 
@@ -238,24 +238,41 @@ func TestPrivilegedAgentPeersFile(t *testing.T) {
 	}
 }
 
-// TestClusterRangesFromKubeadm: a kubeadm cluster needs no --cluster-cidrs;
-// the flag's ranges stay and are not repeated.
+// TestClusterRangesFromKubeadm: a kubeadm cluster needs no --cluster-cidrs:
+// the agent's kube source reads kubeadm's podSubnet in the background and
+// the reconciler's union with the flag's ranges neither loses nor repeats
+// one.
 func TestClusterRangesFromKubeadm(t *testing.T) {
 	cm := &corev1.ConfigMap{
 		ObjectMeta: metav1.ObjectMeta{Namespace: "kube-system", Name: "kubeadm-config"},
 		Data:       map[string]string{"ClusterConfiguration": "networking:\n  podSubnet: 10.244.0.0/16,fd00:10:244::/48\n"},
 	}
-	var logs bytes.Buffer
-	log := slog.New(slog.NewTextHandler(&logs, nil))
-	cfg := agentConfig{Derive: mesh.Options{ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16"), netip.MustParsePrefix("10.245.0.0/16")}}}
-	clusterRangesFromKubeadm(context.Background(), fake.NewClientset(cm), &cfg, log)
-	if got := fmt.Sprint(cfg.Derive.ClusterCIDRs); got != "[10.244.0.0/16 10.245.0.0/16 fd00:10:244::/48]" {
-		t.Errorf("cluster ranges %s", got)
+	log := slog.New(slog.DiscardHandler)
+	cfg := agentConfig{NodeName: "node1", ListenPort: 51820, Derive: mesh.Options{IPv4: true, IPv6: true,
+		ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16"), netip.MustParsePrefix("10.245.0.0/16")}}}
+	src, err := newKubeSource(fake.NewClientset(cm), &cfg, log)
+	if err != nil {
+		t.Fatal(err)
 	}
-	// Neither ConfigMap nor flag: the window is logged.
-	cfg = agentConfig{}
-	clusterRangesFromKubeadm(context.Background(), fake.NewClientset(), &cfg, log)
-	if cfg.Derive.ClusterCIDRs != nil || !strings.Contains(logs.String(), "no --cluster-cidrs: traffic to pod CIDRs of nodes unknown to this agent is not covered") {
-		t.Errorf("without kubeadm-config: %v, log:\n%s", cfg.Derive.ClusterCIDRs, logs.String())
+	ks := src.(*kube.Source)
+	if st := ks.ClusterRanges(); !st.Pending {
+		t.Errorf("before Run: %+v, want pending", st)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- src.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	deadline := time.Now().Add(30 * time.Second)
+	for ks.ClusterCIDRs() == nil {
+		if time.Now().After(deadline) {
+			t.Fatalf("kubeadm's podSubnet never read: %+v", ks.ClusterRanges())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	o := cfg.Derive
+	o.ClusterCIDRs = append(o.ClusterCIDRs, ks.ClusterCIDRs()...)
+	d := mesh.Derive(mesh.Node{Name: "node1"}, nil, o)
+	if got := fmt.Sprint(d.ClusterCIDRs); got != "[10.244.0.0/16 10.245.0.0/16 fd00:10:244::/48]" {
+		t.Errorf("cluster ranges %s", got)
 	}
 }

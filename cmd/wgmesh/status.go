@@ -207,8 +207,13 @@ func printStatus(w io.Writer, st metrics.Status, now time.Time) error {
 			kv("Cluster ranges", strings.Join(st.ClusterCIDRs, ", ")+" (pod traffic to nodes unknown here is dropped)")
 		case len(st.ClusterCIDRs) > 0:
 			kv("Cluster ranges", strings.Join(st.ClusterCIDRs, ", ")+" (pod traffic to nodes unknown here is PLAINTEXT: --allow-unencrypted)")
+		case st.ClusterCIDRsPending != "":
+			kv("Cluster ranges", "none yet: kubeadm's podSubnet pending ("+st.ClusterCIDRsPending+")")
 		case st.LastReconcile != nil:
 			kv("Cluster ranges", "none: "+metrics.NoClusterCIDRs)
+		}
+		if len(st.ClusterCIDRs) > 0 && st.ClusterCIDRsPending != "" {
+			kv("Cluster ranges pending", "kubeadm's podSubnet: "+st.ClusterCIDRsPending)
 		}
 		kv("Ready", st.Ready)
 		for _, c := range st.Conditions {

@@ -48,6 +48,10 @@ func TestPrintClusterRanges(t *testing.T) {
 			"10.244.0.0/16, fd00:10:244::/48 (pod traffic to nodes unknown here is dropped)"},
 		{metrics.Status{Interface: "wgmesh0", AgentRunning: true, LastReconcile: last, ClusterCIDRs: []string{"10.244.0.0/16"}},
 			"10.244.0.0/16 (pod traffic to nodes unknown here is PLAINTEXT: --allow-unencrypted)"},
+		{metrics.Status{Interface: "wgmesh0", AgentRunning: true, Strict: true, LastReconcile: last, ClusterCIDRsPending: "connection refused; retrying in 4s"},
+			"none yet: kubeadm's podSubnet pending (connection refused; retrying in 4s)"},
+		{metrics.Status{Interface: "wgmesh0", AgentRunning: true, Strict: true, LastReconcile: last, ClusterCIDRs: []string{"10.245.0.0/16"}, ClusterCIDRsPending: "RBAC forbids"},
+			"Cluster ranges pending:"},
 	} {
 		var buf bytes.Buffer
 		if err := printStatus(&buf, tc.st, time.Now()); err != nil {
@@ -60,6 +64,11 @@ func TestPrintClusterRanges(t *testing.T) {
 	var buf bytes.Buffer
 	printClusterRanges(&buf, metrics.Status{AgentRunning: true, LastReconcile: last})
 	if want := "Local agent: no --cluster-cidrs: traffic to pod CIDRs of nodes unknown to this agent is not covered"; !strings.Contains(buf.String(), want) {
+		t.Errorf("verify's local view lacks %q: %s", want, buf.String())
+	}
+	buf.Reset()
+	printClusterRanges(&buf, metrics.Status{AgentRunning: true, LastReconcile: last, ClusterCIDRsPending: "connection refused"})
+	if want := "Local agent: no cluster ranges yet, kubeadm's podSubnet is pending: connection refused."; !strings.Contains(buf.String(), want) {
 		t.Errorf("verify's local view lacks %q: %s", want, buf.String())
 	}
 	buf.Reset()

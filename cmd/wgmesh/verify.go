@@ -175,6 +175,8 @@ func printClusterRanges(w io.Writer, st metrics.Status) {
 	case !st.AgentRunning || st.LastReconcile == nil:
 	case len(st.ClusterCIDRs) > 0:
 		fmt.Fprintf(w, "Local agent covers the cluster ranges %s.\n", strings.Join(st.ClusterCIDRs, ", "))
+	case st.ClusterCIDRsPending != "":
+		fmt.Fprintf(w, "Local agent: no cluster ranges yet, kubeadm's podSubnet is pending: %s.\n", st.ClusterCIDRsPending)
 	default:
 		fmt.Fprintf(w, "Local agent: %s.\n", metrics.NoClusterCIDRs)
 	}

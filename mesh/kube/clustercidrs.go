@@ -2,6 +2,7 @@ package kube
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 
@@ -20,16 +21,30 @@ const (
 	kubeadmConfigKey       = "ClusterConfiguration"
 )
 
+// ErrKubeadmUnusable marks KubeadmPodSubnet's errors about the value
+// itself (not a ClusterConfiguration, a malformed networking.podSubnet):
+// reading again cannot help. Test with errors.Is.
+var ErrKubeadmUnusable = errors.New("unusable kubeadm configuration")
+
+// unusableError is an error that is ErrKubeadmUnusable, with its own text.
+type unusableError struct{ error }
+
+func (e unusableError) Is(target error) bool { return target == ErrKubeadmUnusable }
+func (e unusableError) Unwrap() error        { return e.error }
+
 // KubeadmPodSubnet reads the cluster's pod ranges from the kubeadm-config
 // ConfigMap in kube-system (ClusterConfiguration, networking.podSubnet,
 // comma-separated for dual-stack). found is false, with a nil error, when
-// the cluster has no such ConfigMap or field, or when RBAC forbids the read:
-// the caller then relies on --cluster-cidrs. An error names the ConfigMap,
-// the field and why it is unusable (the caller must not guess then either).
+// the cluster has no such ConfigMap (NotFound) or field: the caller then
+// relies on --cluster-cidrs. A failed read is an error naming the
+// ConfigMap and wrapping the API error (apierrors.IsForbidden tells RBAC
+// apart); an unusable value is an error wrapping ErrKubeadmUnusable that
+// names the ConfigMap, the field and why (the caller must not guess then
+// either).
 func KubeadmPodSubnet(ctx context.Context, client kubernetes.Interface) (cidrs []netip.Prefix, found bool, err error) {
 	cm, err := client.CoreV1().ConfigMaps(KubeadmConfigNamespace).Get(ctx, KubeadmConfigName, metav1.GetOptions{})
 	switch {
-	case apierrors.IsNotFound(err), apierrors.IsForbidden(err):
+	case apierrors.IsNotFound(err):
 		return nil, false, nil
 	case err != nil:
 		return nil, false, fmt.Errorf("read ConfigMap %s/%s: %w", KubeadmConfigNamespace, KubeadmConfigName, err)
@@ -40,7 +55,7 @@ func KubeadmPodSubnet(ctx context.Context, client kubernetes.Interface) (cidrs [
 	}
 	cidrs, err = ParseKubeadmPodSubnet(data)
 	if err != nil {
-		return nil, false, fmt.Errorf("ConfigMap %s/%s, %s: %w", KubeadmConfigNamespace, KubeadmConfigName, kubeadmConfigKey, err)
+		return nil, false, unusableError{fmt.Errorf("ConfigMap %s/%s, %s: %w", KubeadmConfigNamespace, KubeadmConfigName, kubeadmConfigKey, err)}
 	}
 	return cidrs, len(cidrs) > 0, nil
 }

@@ -2,6 +2,7 @@ package kube
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
@@ -43,17 +44,18 @@ func TestKubeadmPodSubnet(t *testing.T) {
 			t.Errorf("without podSubnet: %v, %v, %v", cidrs, found, err)
 		}
 	}
-	// RBAC without the read: not found, the flag decides.
+	// RBAC without the read: an error the caller can tell apart (it may
+	// be granted later).
 	forbidden := fake.NewClientset()
 	forbidden.PrependReactor("get", "configmaps", func(clienttesting.Action) (bool, runtime.Object, error) {
 		return true, nil, apierrors.NewForbidden(schema.GroupResource{Resource: "configmaps"}, KubeadmConfigName, fmt.Errorf("rbac"))
 	})
-	if cidrs, found, err := KubeadmPodSubnet(ctx, forbidden); err != nil || found || cidrs != nil {
+	if cidrs, found, err := KubeadmPodSubnet(ctx, forbidden); !apierrors.IsForbidden(err) || errors.Is(err, ErrKubeadmUnusable) || found || cidrs != nil {
 		t.Errorf("forbidden: %v, %v, %v", cidrs, found, err)
 	}
 	// A value that cannot be used is an error naming the ConfigMap and field.
 	_, _, err = KubeadmPodSubnet(ctx, fake.NewClientset(kubeadmConfig("networking:\n  podSubnet: 10.244.0.1/16\n")))
-	if err == nil || !strings.Contains(err.Error(), "ConfigMap kube-system/kubeadm-config, ClusterConfiguration: networking.podSubnet: \"10.244.0.1/16\" has host bits set") {
+	if err == nil || !errors.Is(err, ErrKubeadmUnusable) || !strings.Contains(err.Error(), "ConfigMap kube-system/kubeadm-config, ClusterConfiguration: networking.podSubnet: \"10.244.0.1/16\" has host bits set") {
 		t.Errorf("bad podSubnet: %v", err)
 	}
 }

@@ -4,8 +4,9 @@
 // offending Node, and offers the cluster-wide Verify and the uninstall helper
 // RemoveAnnotations.
 //
-// It needs only these permissions: nodes get/list/watch/patch and events
-// create/patch. It never writes node status and uses no leases.
+// It needs only these permissions: nodes get/list/watch/patch, events
+// create/patch and (for Options.KubeadmRanges) get on the ConfigMap
+// kube-system/kubeadm-config. It never writes node status and uses no leases.
 package kube
 
 import (
@@ -56,6 +57,15 @@ type Options struct {
 	// ReportInterval is how often the same problem (node, reason, detail) is
 	// reported again while it persists; 0 means DefaultReportInterval.
 	ReportInterval time.Duration
+	// KubeadmRanges makes Run read the cluster's pod ranges from kubeadm's
+	// ConfigMap (KubeadmPodSubnet) in the background, retrying until they
+	// are read or definitely absent, and signal Changes when they arrive;
+	// ClusterCIDRs returns them, ClusterRanges the state of the read.
+	KubeadmRanges bool
+	// KubeadmMinBackoff, KubeadmMaxBackoff and KubeadmForbiddenRetry pace
+	// the retries of that read; 0 means DefaultKubeadmMinBackoff,
+	// DefaultKubeadmMaxBackoff and DefaultKubeadmForbiddenRetry.
+	KubeadmMinBackoff, KubeadmMaxBackoff, KubeadmForbiddenRetry time.Duration
 }
 
 // DefaultReportInterval bounds how often one persisting problem is logged and
@@ -97,6 +107,10 @@ type Source struct {
 	byName  map[string]mesh.Node
 	sorted  []mesh.Node // byName sorted by name; nil after a change
 
+	// rangeMu guards ranges, the state of the kubeadm pod range read.
+	rangeMu sync.Mutex
+	ranges  ClusterRangeState
+
 	broadcaster record.EventBroadcaster // nil when Options.Recorder is set
 	recorder    record.EventRecorder
 	closeOnce   sync.Once
@@ -123,6 +137,16 @@ func New(o Options) (*Source, error) {
 	if o.ReportInterval <= 0 {
 		o.ReportInterval = DefaultReportInterval
 	}
+	if o.KubeadmMinBackoff <= 0 {
+		o.KubeadmMinBackoff = DefaultKubeadmMinBackoff
+	}
+	if o.KubeadmMaxBackoff <= 0 {
+		o.KubeadmMaxBackoff = DefaultKubeadmMaxBackoff
+	}
+	o.KubeadmMaxBackoff = max(o.KubeadmMaxBackoff, o.KubeadmMinBackoff)
+	if o.KubeadmForbiddenRetry <= 0 {
+		o.KubeadmForbiddenRetry = DefaultKubeadmForbiddenRetry
+	}
 	log := o.Logger
 	if log == nil {
 		log = slog.Default()
@@ -139,6 +163,7 @@ func New(o Options) (*Source, error) {
 		byName:         make(map[string]mesh.Node),
 		now:            time.Now,
 		recorder:       o.Recorder,
+		ranges:         ClusterRangeState{Pending: o.KubeadmRanges, Detail: kubeadmNotYet(o.KubeadmRanges)},
 	}
 
 	nodes := o.Client.CoreV1().Nodes()
@@ -186,7 +211,8 @@ func New(o Options) (*Source, error) {
 	return s, nil
 }
 
-// Run runs the informer and the automatic re-publishing until ctx is done,
+// Run runs the informer, the automatic re-publishing and (with
+// Options.KubeadmRanges) the read of kubeadm's pod range until ctx is done,
 // then releases the event broadcaster. It returns nil on cancellation: a
 // lost watch is retried by the informer forever, keeping the last state.
 func (s *Source) Run(ctx context.Context) error {
@@ -200,6 +226,13 @@ func (s *Source) Run(ctx context.Context) error {
 		defer wg.Done()
 		s.republishLoop(ctx)
 	}()
+	if s.o.KubeadmRanges {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.kubeadmLoop(ctx)
+		}()
+	}
 	s.informer.RunWithContext(ctx)
 	wg.Wait()
 	return nil

@@ -92,6 +92,10 @@ type Options struct {
 	// wgmesh_source_last_success_timestamp_seconds; ok is false for sources
 	// that do not report one (Kubernetes).
 	SourceState func() (st mesh.SourceState, ok bool)
+	// ClusterRangesPending reports whether the source's cluster pod ranges
+	// (kubeadm's networking.podSubnet) are still being read, and why;
+	// /status's clusterCIDRsPending and wgmesh_cluster_cidrs_pending.
+	ClusterRangesPending func() (pending bool, detail string)
 	// Version and Commit label wgmesh_build_info.
 	Version, Commit string
 	// Logger receives scrape-time errors; nil discards them.
@@ -305,6 +309,8 @@ var (
 		"1 while the configuration in force is stale for the reason (SourceInvalid: the peers file on disk is unreadable or invalid and the last good one stays; SelfMismatch: the file gives this node another public key; PublishFailed: this node's identity could not be published), else 0. The agent is not ready meanwhile.", []string{"reason"}, nil)
 	descSourceSuccess = prometheus.NewDesc(Namespace+"_source_last_success_timestamp_seconds",
 		"Unix time the peers file was last read validly (0: never).", nil, nil)
+	descRangesPending = prometheus.NewDesc(Namespace+"_cluster_cidrs_pending",
+		"1 while the cluster's pod ranges from kubeadm's networking.podSubnet are still being read (retried in the background), else 0.", nil, nil)
 	// staleReasons are always exported, 0 or 1, so that an alert on
 	// wgmesh_stale > 0 has a series from the first scrape.
 	staleReasons        = []mesh.ConditionReason{mesh.ConditionSourceInvalid, mesh.ConditionSelfMismatch, mesh.ConditionPublishFailed}
@@ -325,6 +331,7 @@ func (c *scrapeCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descRoutingWarnings
 	ch <- descStale
 	ch <- descSourceSuccess
+	ch <- descRangesPending
 }
 
 func (c *scrapeCollector) Collect(ch chan<- prometheus.Metric) {
@@ -359,6 +366,13 @@ func (c *scrapeCollector) Collect(ch chan<- prometheus.Metric) {
 			}
 			ch <- prometheus.MustNewConstMetric(descSourceSuccess, prometheus.GaugeValue, ts)
 		}
+	}
+	if m.o.ClusterRangesPending != nil {
+		v := 0.0
+		if p, _ := m.o.ClusterRangesPending(); p {
+			v = 1
+		}
+		ch <- prometheus.MustNewConstMetric(descRangesPending, prometheus.GaugeValue, v)
 	}
 	if m.o.Stats == nil {
 		return

@@ -429,3 +429,41 @@ func TestServerRunStops(t *testing.T) {
 		t.Fatal("Run did not return after cancel")
 	}
 }
+
+// TestClusterRangesPending: while the source still reads the cluster's
+// pod ranges, /status says why and wgmesh_cluster_cidrs_pending is 1; once
+// read, the field is gone and the gauge 0. Without the func the gauge is
+// absent.
+func TestClusterRangesPending(t *testing.T) {
+	var mu sync.Mutex
+	pending, why := true, "reading ConfigMap kube-system/kubeadm-config failed (2 attempts): connection refused; retrying in 4s"
+	m := New(Options{ClusterRangesPending: func() (bool, string) {
+		mu.Lock()
+		defer mu.Unlock()
+		return pending, why
+	}})
+	st, err := m.Status(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.ClusterCIDRsPending != why {
+		t.Errorf("clusterCIDRsPending = %q, want %q", st.ClusterCIDRsPending, why)
+	}
+	if got := series(scrape(t, m.Handler()), "wgmesh_cluster_cidrs_pending"); got[""] != 1 {
+		t.Errorf("wgmesh_cluster_cidrs_pending = %v while pending, want 1", got)
+	}
+	mu.Lock()
+	pending, why = false, ""
+	mu.Unlock()
+	m.Observe(mesh.Result{Desired: mesh.Desired{ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}}})
+	st, _ = m.Status(context.Background())
+	if st.ClusterCIDRsPending != "" || len(st.ClusterCIDRs) != 1 {
+		t.Errorf("after the read: pending %q, ranges %v", st.ClusterCIDRsPending, st.ClusterCIDRs)
+	}
+	if got := series(scrape(t, m.Handler()), "wgmesh_cluster_cidrs_pending"); len(got) != 1 || got[""] != 0 {
+		t.Errorf("wgmesh_cluster_cidrs_pending = %v after the read, want 0", got)
+	}
+	if got := series(scrape(t, New(Options{}).Handler()), "wgmesh_cluster_cidrs_pending"); len(got) != 0 {
+		t.Errorf("without the func: %v, want no series", got)
+	}
+}

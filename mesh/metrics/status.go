@@ -63,6 +63,10 @@ type Status struct {
 	// claims is dropped (strict) or thrown (allow-unencrypted). Empty after
 	// a reconcile means NoClusterCIDRs holds.
 	ClusterCIDRs []string `json:"clusterCIDRs,omitempty"`
+	// ClusterCIDRsPending, when set, says that the cluster's pod ranges
+	// from kubeadm's networking.podSubnet are still being read (and why):
+	// they join ClusterCIDRs with the reconcile after they arrive.
+	ClusterCIDRsPending string `json:"clusterCIDRsPending,omitempty"`
 	// Coverage says which traffic the tunnel carries (see Coverage);
 	// absent before the first reconcile and without an agent.
 	Coverage []CoverageStatus `json:"coverage,omitempty"`
@@ -180,6 +184,11 @@ func (m *Metrics) Status(ctx context.Context) (Status, error) {
 		rs := m.o.Router()
 		st.LinkMTU, st.PodMTU, st.IngressDropped, st.EgressDropped = rs.LinkMTU, rs.PodMTU, rs.IngressDropped, rs.EgressDropped
 		st.RoutingWarnings = slices.Clone(rs.Warnings)
+	}
+	if m.o.ClusterRangesPending != nil {
+		if p, why := m.o.ClusterRangesPending(); p {
+			st.ClusterCIDRsPending = why
+		}
 	}
 	last, ok := m.Last()
 	if ok {
