@@ -235,6 +235,8 @@ func (r *clusterRun) uninstall(t *testing.T, ctx context.Context) {
 	}
 	otherPairs := pairsAmong(others)
 	if err := poll(func() bool { return allFlow(otherPairs) }); err != nil {
+		out, _ := c.Kubectl(ctx, "-n", "wgmesh", "logs", "-l", "app.kubernetes.io/name=wgmesh-cleanup", "-c", "cleanup", "--tail=5", "--prefix")
+		t.Logf("cleanup logs:\n%s", out)
 		t.Fatalf("pods on the cleaned nodes %v never reached each other (cleaned: %v; flowing: %v): %v", others, cleaned, flowing, err)
 	}
 	if at, ok := cleanupDone(ctx, c)[slow.Name]; ok {
