@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -49,10 +50,7 @@ func TestPrivilegedCluster(t *testing.T) {
 	defer cancel()
 
 	begin := time.Now()
-	// WGMESH_CLUSTER_LIB_MODULES_AS_IS=1: no empty /lib/modules is added on
-	// hosts without one, to show what the manifest does there.
-	asIs := os.Getenv("WGMESH_CLUSTER_LIB_MODULES_AS_IS") == "1"
-	c, err := cluster.New(ctx, cluster.Options{Wgmesh: bin, Logf: t.Logf, HostLibModulesAsIs: asIs})
+	c, err := cluster.New(ctx, cluster.Options{Wgmesh: bin, Logf: t.Logf})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -74,12 +72,15 @@ func TestPrivilegedCluster(t *testing.T) {
 	t.Run("Drain", func(t *testing.T) { cl.drain(t, ctx) })
 	t.Run("Rejoin", func(t *testing.T) { cl.rejoin(t, ctx) })
 	t.Run("Unscheduled", func(t *testing.T) { cl.unscheduled(t, ctx) })
+	// Last: it removes wgmesh from the cluster.
+	t.Run("Uninstall", func(t *testing.T) { cl.uninstall(t, ctx) })
 }
 
 type clusterRun struct {
 	t       *testing.T
 	c       *cluster.Cluster
 	workers []corev1.Pod // one workload pod per node, by node index
+	overlay string       // the kustomize overlay last applied, as the user keeps it
 }
 
 // capture runs fn with a capture on the underlay and fails t if any
@@ -114,6 +115,7 @@ func (r *clusterRun) rollout(t *testing.T, ctx context.Context) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		r.overlay = filepath.Join(c.Dir(), "overlay-v1")
 		t.Logf("kubectl apply -k:\n%s", out)
 		if out, err := c.Kubectl(ctx, "-n", "wgmesh", "rollout", "status", "daemonset/wgmesh", "--timeout=5m"); err != nil {
 			r.dumpAgents(t, ctx)
@@ -297,6 +299,7 @@ func (r *clusterRun) rollingUpdate(t *testing.T, ctx context.Context) {
 		if _, err := c.Install(ctx, "v2"); err != nil {
 			t.Fatal(err)
 		}
+		r.overlay = filepath.Join(c.Dir(), "overlay-v2")
 		if _, err := c.Kubectl(ctx, "-n", "wgmesh", "rollout", "status", "daemonset/wgmesh", "--timeout=10m"); err != nil {
 			r.dumpAgents(t, ctx)
 			t.Fatalf("rolling update: %v", err)
@@ -313,6 +316,7 @@ func (r *clusterRun) rollingUpdate(t *testing.T, ctx context.Context) {
 			t.Errorf("agent on %s not replaced by v2: %s %s", n.Name, a.Name, a.Spec.Containers[0].Image)
 		}
 	}
+	var all []int64
 	for _, p := range probes {
 		p.mu.Lock()
 		var worst, total int64
@@ -320,11 +324,22 @@ func (r *clusterRun) rollingUpdate(t *testing.T, ctx context.Context) {
 			total += g
 			worst = max(worst, g)
 		}
+		all = append(all, p.gaps...)
 		t.Logf("INTERRUPTION pod on %s → pod on %s: %d outages, longest %d ms, total %d ms (gaps %v ms)", p.from, p.to, len(p.gaps), worst, total, p.gaps)
 		if p.down {
 			t.Errorf("pod on %s → pod on %s: still down after the rolling update", p.from, p.to)
 		}
 		p.mu.Unlock()
+	}
+	// The figure README and the DaemonSet's comment quote: one outage per
+	// probe and restarting end node (merged when both ends restart back to
+	// back).
+	if len(all) > 0 {
+		slices.Sort(all)
+		t.Logf("INTERRUPTION summary (what a rollout costs per userspace node): %d outages over %d probes, median %.1f s, shortest %.1f s, longest %.1f s",
+			len(all), len(probes), float64(all[len(all)/2])/1000, float64(all[0])/1000, float64(all[len(all)-1])/1000)
+	} else {
+		t.Logf("INTERRUPTION summary: no outage seen by %d probes", len(probes))
 	}
 }
 
@@ -588,6 +603,7 @@ patches:
 		if _, err := c.Kubectl(ctx, "apply", "-k", dir); err != nil {
 			t.Fatal(err)
 		}
+		r.overlay = dir
 		if _, err := c.Kubectl(ctx, "-n", "wgmesh", "rollout", "status", "daemonset/wgmesh", "--timeout=5m"); err != nil {
 			t.Fatal(err)
 		}

@@ -77,10 +77,6 @@ type Options struct {
 	Wgmesh string
 	// BinDir holds the Kubernetes binaries (apiserver.Build); empty: Build.
 	BinDir string
-	// HostLibModulesAsIs leaves nodes without /lib/modules when the host
-	// has none, instead of overlaying an empty one: it shows what the
-	// DaemonSet's /lib/modules hostPath (type Directory) does on such hosts.
-	HostLibModulesAsIs bool
 	// Logf receives progress messages; nil discards them.
 	Logf func(format string, args ...any)
 }

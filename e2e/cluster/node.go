@@ -65,11 +65,6 @@ for f in {{.Sysctls}}; do
   cat /proc/sys/$f > $c
   mount --bind $c /proc/sys/$f
 done
-{{if .AddLibModules}}# The DaemonSet mounts /lib/modules (hostPath type Directory), which this
-# host lacks: an overlay adds an empty one for this node only.
-mkdir -p $D/usrlib/upper/modules $D/usrlib/work
-mount -t overlay overlay -o lowerdir=/usr/lib,upperdir=$D/usrlib/upper,workdir=$D/usrlib/work /usr/lib
-{{end}}
 containerd --config $D/containerd.toml >>$D/containerd.log 2>&1 &
 while [ ! -e $D/start-kubelet ]; do sleep 0.2; done
 # kubelet restarts when it ends (Node.RestartKubelet kills it), but not
@@ -192,7 +187,6 @@ conntrack:
 
 type nodeParams struct {
 	Dir, Socket, Name, IP, Bin, Pause, CNIBin, CgroupRoot, Sysctls string
-	AddLibModules                                                  bool
 }
 
 // startNode writes the node's configuration and starts its containerd; the
@@ -203,11 +197,10 @@ func (c *Cluster) startNode(ctx context.Context, ln *lab.Node) (*Node, error) {
 	if err := os.MkdirAll(n.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("cluster: node %s: %w", ln.Name, err)
 	}
-	_, libErr := os.Stat("/lib/modules")
 	p := nodeParams{
 		Dir: n.Dir, Socket: n.Socket, Name: ln.Name, IP: ln.Underlay.String(), Bin: c.binDir,
 		Pause: PauseImage, CNIBin: cniBinDir, CgroupRoot: n.CgroupRoot,
-		Sysctls: strings.Join(hostSysctls, " "), AddLibModules: libErr != nil && !c.opts.HostLibModulesAsIs,
+		Sysctls: strings.Join(hostSysctls, " "),
 	}
 	files := map[string]*template.Template{"node.sh": nodeScript, "containerd.toml": containerdConfig, "kubelet.yaml": kubeletConfig, "kube-proxy.yaml": proxyConfig}
 	for name, t := range files {
@@ -405,4 +398,21 @@ func copyFile(from, to string) error {
 		return err
 	}
 	return os.WriteFile(to, b, 0o600)
+}
+
+// HostExec runs cmd as a process on the node's host would run: in the
+// node's network namespace and its private mount namespace (its own /run,
+// /var/lib, /var/log), and returns the combined output.
+func (n *Node) HostExec(ctx context.Context, cmd ...string) (string, error) {
+	if n.cmd == nil || n.cmd.Process == nil {
+		return "", fmt.Errorf("cluster: node %s not started", n.Name)
+	}
+	// nsenter and unshare exec without forking, so the node script's pid
+	// lives in the node's mount namespace.
+	args := append([]string{"-t", strconv.Itoa(n.cmd.Process.Pid), "-m", "-n", "--"}, cmd...)
+	out, err := exec.CommandContext(ctx, "nsenter", args...).CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("cluster: node %s: %s: %w: %s", n.Name, strings.Join(cmd, " "), err, out)
+	}
+	return string(out), nil
 }
