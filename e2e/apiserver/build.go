@@ -13,8 +13,9 @@ import (
 	"runtime"
 	"sort"
 	"strings"
-	"syscall"
 	"time"
+
+	"github.com/wgmesh/wgmesh/e2e/internal/buildcache"
 )
 
 // KubernetesVersion is the kube-apiserver release the e2e module builds. It
@@ -58,7 +59,7 @@ func Build(ctx context.Context) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	root, err := cacheRoot()
+	root, err := buildcache.Root(CacheEnv, "wgmesh-e2e-bin")
 	if err != nil {
 		return "", err
 	}
@@ -69,7 +70,7 @@ func Build(ctx context.Context) (string, error) {
 	if err := os.MkdirAll(root, 0o755); err != nil {
 		return "", fmt.Errorf("create e2e binary cache %s: %w (set %s to a writable directory)", root, err, CacheEnv)
 	}
-	unlock, err := lockFile(filepath.Join(root, key+".lock"))
+	unlock, err := buildcache.Lock(filepath.Join(root, key+".lock"))
 	if err != nil {
 		return "", err
 	}
@@ -106,7 +107,7 @@ func Build(ctx context.Context) (string, error) {
 	cmd.Dir = modDir
 	out, err := cmd.CombinedOutput()
 	if err != nil {
-		return "", fmt.Errorf("build Kubernetes binaries and etcd in %s: %w\n%s", modDir, err, tail(out, 4000))
+		return "", fmt.Errorf("build Kubernetes binaries and etcd in %s: %w\n%s", modDir, err, buildcache.Tail(out, 4000))
 	}
 	if !binariesPresent(tmp) {
 		return "", fmt.Errorf("build in %s did not produce all of %v in %s", modDir, binaries, tmp)
@@ -184,17 +185,6 @@ func buildKey(modDir string) (string, error) {
 	return hex.EncodeToString(h.Sum(nil))[:16], nil
 }
 
-func cacheRoot() (string, error) {
-	if dir := os.Getenv(CacheEnv); dir != "" {
-		return dir, nil
-	}
-	dir, err := os.UserCacheDir()
-	if err != nil {
-		return "", fmt.Errorf("find a cache directory for e2e binaries: %w (set %s)", err, CacheEnv)
-	}
-	return filepath.Join(dir, "wgmesh-e2e-bin"), nil
-}
-
 func binariesPresent(dir string) bool {
 	for _, name := range binaries {
 		fi, err := os.Stat(filepath.Join(dir, name))
@@ -205,33 +195,9 @@ func binariesPresent(dir string) bool {
 	return true
 }
 
-// lockFile takes an exclusive flock; the lock dies with the process, so a
-// crashed build never wedges the next one.
-func lockFile(path string) (func(), error) {
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o644)
-	if err != nil {
-		return nil, fmt.Errorf("open build lock %s: %w", path, err)
-	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("lock %s: %w", path, err)
-	}
-	return func() {
-		syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
-		f.Close()
-	}, nil
-}
-
 func goTool() string {
 	if p, err := exec.LookPath("go"); err == nil {
 		return p
 	}
 	return filepath.Join(runtime.GOROOT(), "bin", "go")
-}
-
-func tail(b []byte, n int) string {
-	if len(b) > n {
-		b = b[len(b)-n:]
-	}
-	return string(b)
 }

@@ -26,6 +26,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/wgmesh/wgmesh/e2e/internal/buildcache"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
@@ -343,7 +344,7 @@ func (s *Server) probe(ctx context.Context, hc *http.Client) string {
 	var body bytes.Buffer
 	body.ReadFrom(http.MaxBytesReader(nil, resp.Body, 64<<10))
 	if resp.StatusCode != http.StatusOK {
-		return fmt.Sprintf("%s: %s", resp.Status, tail(body.Bytes(), 500))
+		return fmt.Sprintf("%s: %s", resp.Status, buildcache.Tail(body.Bytes(), 500))
 	}
 	return ""
 }

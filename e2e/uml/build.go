@@ -25,8 +25,9 @@ import (
 	"runtime"
 	"slices"
 	"strings"
-	"syscall"
 	"time"
+
+	"github.com/wgmesh/wgmesh/e2e/internal/buildcache"
 )
 
 // baseConfig is the kernel configuration every variant starts from: ARCH=um
@@ -99,7 +100,7 @@ func Build(ctx context.Context, v Variant, logf func(string, ...any)) (*Kernel, 
 	if err != nil {
 		return nil, err
 	}
-	root, err := cacheRoot()
+	root, err := buildcache.Root(CacheEnv, "wgmesh-e2e-uml")
 	if err != nil {
 		return nil, err
 	}
@@ -111,7 +112,7 @@ func Build(ctx context.Context, v Variant, logf func(string, ...any)) (*Kernel, 
 	if present(k.Path) {
 		return k, nil
 	}
-	unlock, err := lockFile(filepath.Join(root, key+".lock"))
+	unlock, err := buildcache.Lock(filepath.Join(root, key+".lock"))
 	if err != nil {
 		return nil, err
 	}
@@ -209,7 +210,7 @@ func extractSource(ctx context.Context, root, version string, logf func(string, 
 	if _, err := os.Stat(filepath.Join(src, "Makefile")); err == nil {
 		return src, nil
 	}
-	unlock, err := lockFile(filepath.Join(root, "src-"+version+".lock"))
+	unlock, err := buildcache.Lock(filepath.Join(root, "src-"+version+".lock"))
 	if err != nil {
 		return "", err
 	}
@@ -268,42 +269,14 @@ func makeIn(ctx context.Context, src, buildDir string, args ...string) error {
 	cmd := exec.CommandContext(ctx, "make", append([]string{"-C", src, "ARCH=um", "O=" + buildDir}, args...)...)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
-		return fmt.Errorf("uml: make %s in %s: %w\n%s", strings.Join(args, " "), buildDir, err, tail(out, 4000))
+		return fmt.Errorf("uml: make %s in %s: %w\n%s", strings.Join(args, " "), buildDir, err, buildcache.Tail(out, 4000))
 	}
 	return nil
-}
-
-func cacheRoot() (string, error) {
-	if dir := os.Getenv(CacheEnv); dir != "" {
-		return dir, nil
-	}
-	dir, err := os.UserCacheDir()
-	if err != nil {
-		return "", fmt.Errorf("uml: find a cache directory for kernels: %w (set %s)", err, CacheEnv)
-	}
-	return filepath.Join(dir, "wgmesh-e2e-uml"), nil
 }
 
 func present(path string) bool {
 	fi, err := os.Stat(path)
 	return err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0
-}
-
-// lockFile takes an exclusive flock; the lock dies with the process, so a
-// crashed build never wedges the next one.
-func lockFile(path string) (func(), error) {
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o644)
-	if err != nil {
-		return nil, fmt.Errorf("uml: open build lock %s: %w", path, err)
-	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("uml: lock %s: %w", path, err)
-	}
-	return func() {
-		syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
-		f.Close()
-	}, nil
 }
 
 func copyFile(from, to string) error {
@@ -315,13 +288,6 @@ func copyFile(from, to string) error {
 		return fmt.Errorf("uml: write %s: %w", to, err)
 	}
 	return nil
-}
-
-func tail(b []byte, n int) string {
-	if len(b) > n {
-		b = b[len(b)-n:]
-	}
-	return string(b)
 }
 
 var errNotRoot = errors.New("uml: booting a guest with a TAP device needs root")

@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/wgmesh/wgmesh/e2e/internal/buildcache"
 	"github.com/wgmesh/wgmesh/e2e/lab"
 )
 
@@ -160,7 +161,7 @@ func (g *Guest) waitBoot(ctx context.Context) error {
 
 func (g *Guest) consoleTail() string {
 	b, _ := os.ReadFile(g.ConsoleLog())
-	return tail(b, 3000)
+	return buildcache.Tail(b, 3000)
 }
 
 // networkScript wires the guest like lab.build wires a node namespace.
