@@ -9,7 +9,7 @@
 //	B2 upstream wireguard-go, built from the exact module version in go.mod
 //	B3 the wgmesh agent (userspace backend, offloads on)
 //	B4 the wgmesh agent with offloads off
-//	B5 the wgmesh agent with kernel WireGuard (only where the host has the module)
+//	BK the wgmesh agent with kernel WireGuard (only where the host has the module)
 //
 // It also measures the ChaCha20-Poly1305 bound of this machine, runs the Go
 // benchmarks of ./bench, and writes everything as Markdown. A competitor that
@@ -102,11 +102,11 @@ func main() {
 		// Kernel WireGuard joins only where this host's kernel has the
 		// module: numbers from a UML guest (the e2e lab's kernel nodes)
 		// measure UML, not WireGuard, and are never put in this table.
-		b5 := wgmeshBackend("B5", "wgmesh agent (kernel WireGuard)", *wgmesh, "--backend", "kernel")
-		if why := noKernelWireGuard(); why != "" && b5.skip == "" {
-			b5.skip = why
+		bk := wgmeshBackend("BK", "wgmesh agent (kernel WireGuard)", *wgmesh, "--backend", "kernel")
+		if why := noKernelWireGuard(); why != "" && bk.skip == "" {
+			bk.skip = why
 		}
-		backends = append(backends, b5)
+		backends = append(backends, bk)
 		if *experiments {
 			backends = append(backends, experimentBackends(*wgmesh)...)
 		}

@@ -178,7 +178,7 @@ func writeReport(w *strings.Builder, results []*result, crypto []float64, goBenc
 			mode = "pinned (each namespace's processes on one core)"
 		}
 		fmt.Fprintf(w, "## Throughput, %s\n\n", mode)
-		fmt.Fprintf(w, "B5 (kernel WireGuard) runs only on a host whose kernel has the WireGuard module; "+
+		fmt.Fprintf(w, "BK (kernel WireGuard) runs only on a host whose kernel has the WireGuard module; "+
 			"the e2e lab's UML kernel nodes prove the kernel backend's function, never its speed, and are not measured here.\n\n")
 		fmt.Fprintf(w, "| id | competitor | Gbit/s min | median | max | tunnel CPU-s/GB (median) | tunnel peak RSS MiB (median) | note |\n|---|---|---|---|---|---|---|---|\n")
 		byID := map[string]*result{}
