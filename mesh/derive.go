@@ -994,9 +994,6 @@ func describe(c claim) string {
 	return "pod CIDR " + c.prefix.String()
 }
 
-// build turns the resolved claims into the Desired state. Claims are
-// visited in the sweep's order, sorted by prefix, so routes and strict
-// sources come out sorted without another sort of thousands of entries.
 // underlay lists the local node's own addresses for Desired.Underlay: the
 // agent's own endpoint's address, then the other entries' endpoint
 // addresses, then the host IPs; valid, unmapped, once each. Each group after
@@ -1027,6 +1024,9 @@ func (d *deriver) underlay() []netip.Addr {
 	return out
 }
 
+// build turns the resolved claims into the Desired state. Claims are
+// visited in the sweep's order, sorted by prefix, so routes and strict
+// sources come out sorted without another sort of thousands of entries.
 func (d *deriver) build() Desired {
 	nHost := 0
 	for i := range d.claims {
