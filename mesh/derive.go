@@ -1011,15 +1011,14 @@ func (d *deriver) underlay() []netip.Addr {
 		slices.SortFunc(group, netip.Addr.Compare)
 		out = append(out, group...)
 	}
-	var eps []netip.Addr
+	// selfEndpoints[0] is the agent's own (collectSelf), the rest the
+	// entries'.
+	eps := make([]netip.Addr, len(d.selfEndpoints))
 	for i, ep := range d.selfEndpoints {
-		if i == 0 {
-			add([]netip.Addr{ep.Addr()})
-			continue
-		}
-		eps = append(eps, ep.Addr())
+		eps[i] = ep.Addr()
 	}
-	add(eps)
+	add(eps[:1])
+	add(eps[1:])
 	add(d.ownHosts)
 	return out
 }
