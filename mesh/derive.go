@@ -1220,17 +1220,7 @@ func (d *deriver) collectCluster() {
 		}
 		cs = append(cs, p)
 	}
-	slices.SortFunc(cs, comparePrefix)
-	kept := cs[:0]
-	for _, p := range cs {
-		// Sorted by address, shorter first: a range inside another follows
-		// it directly or after ranges inside it too.
-		if n := len(kept); n > 0 && kept[n-1].Contains(p.Addr()) {
-			continue
-		}
-		kept = append(kept, p)
-	}
-	d.cluster = kept
+	d.cluster = outermost(cs)
 	for _, p := range d.cluster {
 		for k := d.searchKeep(p.Addr()); k < len(d.keep) && p.Contains(d.keep[k].addr); k++ {
 			// The local node's addresses included: usually local (the
@@ -1283,9 +1273,17 @@ func (d *deriver) guardCluster(encrypt []netip.Prefix, routes []Route) []netip.P
 	for _, c := range d.cluster {
 		encrypt = subtractPrefixes(encrypt, c, holes)
 	}
-	slices.SortFunc(encrypt, comparePrefix)
-	kept := encrypt[:0]
-	for _, p := range encrypt {
+	return outermost(encrypt)
+}
+
+// outermost sorts ps in place and drops every prefix inside (or equal to)
+// another; it returns ps shortened.
+func outermost(ps []netip.Prefix) []netip.Prefix {
+	slices.SortFunc(ps, comparePrefix)
+	kept := ps[:0]
+	for _, p := range ps {
+		// Sorted by address, shorter first: a prefix inside another follows
+		// it directly or after prefixes inside it too.
 		if n := len(kept); n > 0 && kept[n-1].Contains(p.Addr()) {
 			continue
 		}
