@@ -45,15 +45,21 @@ func rangeSupported(t *testing.T) bool {
 // startRange builds the two-node range lab with agents running.
 func startRange(t *testing.T, args []string) *labMesh {
 	t.Helper()
+	rangeRemoveStale(t)
+	return startLabMesh(t, labMeshOptions{Options: lab.Options{Nodes: 2, Prefix: "wgmfr"}, AgentArgs: args})
+}
+
+var rangeStale sync.Once
+
+// rangeRemoveStale removes, once per test binary, the range lab's
+// namespaces a killed earlier run left behind.
+func rangeRemoveStale(t *testing.T) {
 	rangeStale.Do(func() {
 		if removed, err := lab.RemoveStale("wgmfr"); err != nil || len(removed) > 0 {
 			t.Logf("removed stale range lab namespaces %v (%v)", removed, err)
 		}
 	})
-	return startLabMesh(t, labMeshOptions{Options: lab.Options{Nodes: 2, Prefix: "wgmfr"}, AgentArgs: args})
 }
-
-var rangeStale sync.Once
 
 // rangePingUnknown pings the unknown node's pod from the node's pod, both
 // families, and requires that nothing answers (the packets were dropped) and
@@ -219,11 +225,7 @@ func TestPrivilegedFirstHourRangeFirstStart(t *testing.T) {
 	if ok {
 		args = []string{"--cluster-cidrs", rangeCIDRs}
 	}
-	rangeStale.Do(func() {
-		if removed, err := lab.RemoveStale("wgmfr"); err != nil || len(removed) > 0 {
-			t.Logf("removed stale range lab namespaces %v (%v)", removed, err)
-		}
-	})
+	rangeRemoveStale(t)
 	l := newTestLab(t, lab.Options{Nodes: 2, Prefix: "wgmfr", Wgmesh: labWgmeshBinary(t)})
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()

@@ -994,9 +994,6 @@ func describe(c claim) string {
 	return "pod CIDR " + c.prefix.String()
 }
 
-// build turns the resolved claims into the Desired state. Claims are
-// visited in the sweep's order, sorted by prefix, so routes and strict
-// sources come out sorted without another sort of thousands of entries.
 // underlay lists the local node's own addresses for Desired.Underlay: the
 // agent's own endpoint's address, then the other entries' endpoint
 // addresses, then the host IPs; valid, unmapped, once each. Each group after
@@ -1014,19 +1011,21 @@ func (d *deriver) underlay() []netip.Addr {
 		slices.SortFunc(group, netip.Addr.Compare)
 		out = append(out, group...)
 	}
-	var eps []netip.Addr
+	// selfEndpoints[0] is the agent's own (collectSelf), the rest the
+	// entries'.
+	eps := make([]netip.Addr, len(d.selfEndpoints))
 	for i, ep := range d.selfEndpoints {
-		if i == 0 {
-			add([]netip.Addr{ep.Addr()})
-			continue
-		}
-		eps = append(eps, ep.Addr())
+		eps[i] = ep.Addr()
 	}
-	add(eps)
+	add(eps[:1])
+	add(eps[1:])
 	add(d.ownHosts)
 	return out
 }
 
+// build turns the resolved claims into the Desired state. Claims are
+// visited in the sweep's order, sorted by prefix, so routes and strict
+// sources come out sorted without another sort of thousands of entries.
 func (d *deriver) build() Desired {
 	nHost := 0
 	for i := range d.claims {
@@ -1221,17 +1220,7 @@ func (d *deriver) collectCluster() {
 		}
 		cs = append(cs, p)
 	}
-	slices.SortFunc(cs, comparePrefix)
-	kept := cs[:0]
-	for _, p := range cs {
-		// Sorted by address, shorter first: a range inside another follows
-		// it directly or after ranges inside it too.
-		if n := len(kept); n > 0 && kept[n-1].Contains(p.Addr()) {
-			continue
-		}
-		kept = append(kept, p)
-	}
-	d.cluster = kept
+	d.cluster = outermost(cs)
 	for _, p := range d.cluster {
 		for k := d.searchKeep(p.Addr()); k < len(d.keep) && p.Contains(d.keep[k].addr); k++ {
 			// The local node's addresses included: usually local (the
@@ -1284,9 +1273,17 @@ func (d *deriver) guardCluster(encrypt []netip.Prefix, routes []Route) []netip.P
 	for _, c := range d.cluster {
 		encrypt = subtractPrefixes(encrypt, c, holes)
 	}
-	slices.SortFunc(encrypt, comparePrefix)
-	kept := encrypt[:0]
-	for _, p := range encrypt {
+	return outermost(encrypt)
+}
+
+// outermost sorts ps in place and drops every prefix inside (or equal to)
+// another; it returns ps shortened.
+func outermost(ps []netip.Prefix) []netip.Prefix {
+	slices.SortFunc(ps, comparePrefix)
+	kept := ps[:0]
+	for _, p := range ps {
+		// Sorted by address, shorter first: a prefix inside another follows
+		// it directly or after prefixes inside it too.
 		if n := len(kept); n > 0 && kept[n-1].Contains(p.Addr()) {
 			continue
 		}

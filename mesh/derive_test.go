@@ -1573,6 +1573,23 @@ func BenchmarkDerive5000(b *testing.B) {
 	}
 }
 
+// BenchmarkDerive5000ClusterRange is BenchmarkDerive5000 with cluster
+// ranges holding every node's pod CIDRs (collectCluster, guardCluster run
+// on every reconcile).
+func BenchmarkDerive5000ClusterRange(b *testing.B) {
+	self, nodes := bigCluster(5000)
+	o := defaultOptions()
+	o.Unmanaged = windowsUnmanaged
+	o.ClusterCIDRs = []netip.Prefix{pfxT("10.128.0.0/9"), pfxT("fd00:10:244::/48")}
+	if d := Derive(self, nodes, o); len(d.ClusterCIDRs) != 2 {
+		b.Fatalf("ClusterCIDRs in force %v, want both", d.ClusterCIDRs)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		Derive(self, nodes, o)
+	}
+}
+
 // TestDerivePodCIDRs: Desired.PodSources are the local node's own valid pod
 // CIDRs of the enabled families, masked and sorted, from the self argument
 // and its entry in the list alike; host IPs are not pod CIDRs.

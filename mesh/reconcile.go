@@ -533,15 +533,23 @@ func (l *loop) reconcile(ctx context.Context) {
 	l.lastDesired = &d
 }
 
-// backoff returns the delay before retry number n (1-based): MinBackoff
-// doubled per failure, capped at MaxBackoff, with up to 10% jitter so
-// thousands of agents failing together (API server outage) do not retry in
-// lockstep.
+// backoff returns the delay before retry number n (1-based): Backoff
+// between MinBackoff and MaxBackoff.
 func (r *Reconciler) backoff(n int) time.Duration {
-	d := r.o.MinBackoff
-	for i := 1; i < n && d < r.o.MaxBackoff; i++ {
+	return Backoff(n, r.o.MinBackoff, r.o.MaxBackoff)
+}
+
+// Backoff returns the delay before retry number n (1-based) of something
+// that failed n times in a row: lo doubled per failure, capped at hi (lo
+// if hi is smaller), minus up to 10% jitter so thousands of agents failing
+// together (API server outage) do not retry in lockstep. The jitter only
+// shortens, so hi stays a true bound on the wait.
+func Backoff(n int, lo, hi time.Duration) time.Duration {
+	hi = max(hi, lo)
+	d := lo
+	for i := 1; i < n && d < hi; i++ {
 		d *= 2
 	}
-	d = min(d, r.o.MaxBackoff)
+	d = min(d, hi)
 	return d - time.Duration(rand.Int64N(int64(d)/10+1))
 }

@@ -503,6 +503,13 @@ func TestBackoff(t *testing.T) {
 			}
 		}
 	}
+	// A cap below the first delay (the kubeadm read's Forbidden cap set
+	// low) is raised to it: the first delay is never cut.
+	for _, n := range []int{1, 3} {
+		if got := Backoff(n, time.Minute, time.Second); got > time.Minute || got < 54*time.Second {
+			t.Errorf("Backoff(%d, 1m, 1s) = %v, want 1m minus at most 10%%", n, got)
+		}
+	}
 }
 
 // TestReconcilerBadNodeDoesNotBlockOthers: nodes Derive rejects become

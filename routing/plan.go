@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"net/netip"
 	"slices"
-	"strings"
 
 	"github.com/wgmesh/wgmesh/mesh"
 )
@@ -287,7 +286,7 @@ func (o Options) tunnelMTU(w observed, own []netip.Addr) (mtu int, warn string, 
 		if len(cands) == 0 {
 			return 0, "", fmt.Errorf("interface %s: cannot find the underlay: this node's own address is not known (no --endpoint, and neither the Node's InternalIP nor the node's entry in the peers file gives one yet) and there is no default route: MTU left unchanged; set --endpoint or --mtu", o.Interface)
 		}
-		return 0, "", fmt.Errorf("interface %s: cannot find the underlay: no interface holds this node's address %s (its endpoint or InternalIP) and there is no default route: MTU left unchanged; set --mtu or correct the node's address", o.Interface, joinAddrs(cands))
+		return 0, "", fmt.Errorf("interface %s: cannot find the underlay: no interface holds this node's address %s (its endpoint or InternalIP) and there is no default route: MTU left unchanged; set --mtu or correct the node's address", o.Interface, joinList(cands))
 	}
 	auto, floor := AutoMTU(l.MTU, v6), minMTU(o.IPv6)
 	if auto >= floor {
@@ -311,15 +310,6 @@ func (o Options) ownAddrs(own []netip.Addr) []netip.Addr {
 		}
 	}
 	return out
-}
-
-// joinAddrs formats addresses as "a, b".
-func joinAddrs(as []netip.Addr) string {
-	s := make([]string, len(as))
-	for i, a := range as {
-		s[i] = a.String()
-	}
-	return strings.Join(s, ", ")
 }
 
 // underlay is the interface peers' packets arrive on: the one holding the

@@ -88,13 +88,14 @@ func (o Options) podMTUWarning(own []netip.Prefix, w observed, podMTU int) strin
 	}
 	return fmt.Sprintf("pod interface MTU above Pod MTU %d: %s carry the pod CIDRs %s; pods' full-sized packets to other nodes "+
 		"do not fit the tunnel and are lost where ICMP is filtered (TCP stalls); set the CNI's MTU to %d or less",
-		podMTU, list, joinPrefixes(own), podMTU)
+		podMTU, list, joinList(own), podMTU)
 }
 
-func joinPrefixes(ps []netip.Prefix) string {
-	s := make([]string, len(ps))
-	for i, p := range ps {
-		s[i] = p.String()
+// joinList formats addresses or prefixes as "a, b".
+func joinList[T fmt.Stringer](xs []T) string {
+	s := make([]string, len(xs))
+	for i, x := range xs {
+		s[i] = x.String()
 	}
 	return strings.Join(s, ", ")
 }

@@ -353,6 +353,17 @@ func TestPrivilegedCleanup(t *testing.T) {
 		return l.ip("rule") + l.ip("-6", "rule") + l.ip("route", "show", "table", "all") + l.ip("-6", "route", "show", "table", "all") +
 			l.ip("-br", "addr") + l.run("ip", "netns", "exec", l.ns, "nft", "list", "ruleset")
 	}
+	// The veths' IPv6 link-local addresses get their local routes only
+	// when duplicate address detection ends (about a second after the
+	// links came up): wait for it, or the snapshot misses them and the
+	// comparison below fails on a loaded machine.
+	deadline := time.Now().Add(30 * time.Second)
+	for l.ip("-6", "addr", "show", "tentative") != "" {
+		if time.Now().After(deadline) {
+			t.Fatalf("IPv6 addresses still tentative after 30s:\n%s", l.ip("-6", "addr", "show", "tentative"))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 	before := snapshot()
 
 	ctx := context.Background()

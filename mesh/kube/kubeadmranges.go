@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"net/netip"
 	"slices"
 	"time"
@@ -89,13 +88,14 @@ func (s *Source) setRanges(st ClusterRangeState) {
 
 // kubeadmLoop reads kubeadm's pod range until it is read or definitely
 // absent, then signals Changes so the next reconcile applies it. Transient
-// failures are retried with exponential backoff capped at
-// KubeadmMaxBackoff, Forbidden with one capped at KubeadmForbiddenRetry;
+// failures are retried with the reconciler's backoff (mesh.Backoff) capped
+// at KubeadmMaxBackoff, Forbidden with one capped at KubeadmForbiddenRetry;
 // each failure kind is logged when it begins, not per
 // attempt.
 func (s *Source) kubeadmLoop(ctx context.Context) {
 	cm := KubeadmConfigNamespace + "/" + KubeadmConfigName
-	delay, fdelay := s.o.KubeadmMinBackoff, s.o.KubeadmMinBackoff
+	// Failures of each kind so far: each kind backs off on its own.
+	transient, forbidden := 0, 0
 	lastKind := ""
 	for attempt := 1; ; attempt++ {
 		rctx, cancel := context.WithTimeout(ctx, kubeadmReadTimeout)
@@ -117,19 +117,16 @@ func (s *Source) kubeadmLoop(ctx context.Context) {
 			s.log.Info("no kubeadm pod range; only --cluster-cidrs applies", "configMap", cm)
 			return
 		case apierrors.IsForbidden(err):
-			kind, wait = "forbidden", fdelay
-			fdelay = min(2*fdelay, max(s.o.KubeadmForbiddenRetry, s.o.KubeadmMinBackoff))
+			forbidden++
+			kind, wait = "forbidden", mesh.Backoff(forbidden, s.o.KubeadmMinBackoff, s.o.KubeadmForbiddenRetry)
 		case errors.Is(err, ErrKubeadmUnusable):
 			s.setRanges(ClusterRangeState{Detail: err.Error() + ": not used, only --cluster-cidrs applies"})
 			s.log.Warn("cannot use the cluster's kubeadm pod range; only --cluster-cidrs applies", "error", err)
 			return
 		default:
-			kind, wait = "transient", delay
-			delay = min(2*delay, s.o.KubeadmMaxBackoff)
+			transient++
+			kind, wait = "transient", mesh.Backoff(transient, s.o.KubeadmMinBackoff, s.o.KubeadmMaxBackoff)
 		}
-		// Up to 10% jitter so that agents restarted together do not retry
-		// in lockstep.
-		wait -= time.Duration(rand.Int64N(int64(wait)/10 + 1))
 		detail := fmt.Sprintf("%v (%d attempts); retrying in %s", err, attempt, wait.Round(time.Second))
 		if kind == "forbidden" {
 			detail = fmt.Sprintf("RBAC forbids reading ConfigMap %s (%d attempts): retrying in %s, backing off to every %s; grant get on it (deploy/kubernetes/rbac.yaml) or rely on --cluster-cidrs",
