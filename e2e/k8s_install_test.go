@@ -45,19 +45,10 @@ import (
 // it here (no kubelet), it only has to replace the placeholder.
 var k8sTestOverlay = deploy.Overlay{NewName: "registry.example/wgmesh", NewTag: "v0.0.0-e2e"}
 
-// k8sRendered renders a base through README's overlay with kustomize (the
-// engine kubectl embeds), in the order `kubectl apply -k` sends the objects.
+// k8sRendered renders a base through README's overlay with kustomize.
 func k8sRendered(t *testing.T, dir string) []apiserver.Manifest {
 	t.Helper()
-	objs, err := deploy.Render(dir, k8sTestOverlay)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var ms []apiserver.Manifest
-	for _, u := range objs {
-		ms = append(ms, apiserver.Manifest{File: dir + " (kustomize)", Object: u})
-	}
-	return ms
+	return k8sRender(t, dir, k8sTestOverlay)
 }
 
 // TestK8sInstallDryRunFreshCluster follows README's install steps against a
