@@ -60,49 +60,74 @@ type ApplyOptions struct {
 	Identity Identity
 }
 
-// Apply server-side-applies the manifests in order, as `kubectl apply
-// --server-side --force-conflicts` would, and stops at the first failure.
-func (s *Server) Apply(ctx context.Context, manifests []Manifest, o ApplyOptions) error {
-	id := o.Identity
+// Resources finds the dynamic client's resource for an object, as
+// kubectl's REST mapping does, for one identity. Discovery is cached for
+// the Resources' life.
+type Resources struct {
+	dyn    dynamic.Interface
+	mapper meta.RESTMapper
+}
+
+// Resources returns a mapper acting as id (zero: Admin).
+func (s *Server) Resources(id Identity) (*Resources, error) {
 	if id.User == "" {
 		id = Admin
 	}
 	cfg, err := s.RESTConfig(id)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	dyn, err := dynamic.NewForConfig(cfg)
 	if err != nil {
-		return fmt.Errorf("dynamic client for %s: %w", s.url, err)
+		return nil, fmt.Errorf("dynamic client for %s: %w", s.url, err)
 	}
 	dc, err := discovery.NewDiscoveryClientForConfig(cfg)
 	if err != nil {
-		return fmt.Errorf("discovery client for %s: %w", s.url, err)
+		return nil, fmt.Errorf("discovery client for %s: %w", s.url, err)
 	}
-	mapper := restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(dc))
+	return &Resources{dyn: dyn, mapper: restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(dc))}, nil
+}
+
+// For returns the resource interface for u and whether its kind is
+// namespaced: by u's namespace for a namespaced kind, cluster-wide
+// otherwise. The error says when the server does not serve the kind.
+func (r *Resources) For(u *unstructured.Unstructured) (ri dynamic.ResourceInterface, namespaced bool, err error) {
+	gvk := u.GroupVersionKind()
+	mapping, err := r.mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
+	if err != nil {
+		return nil, false, fmt.Errorf("the server does not serve this kind: %w", err)
+	}
+	if mapping.Scope.Name() == meta.RESTScopeNameNamespace {
+		return r.dyn.Resource(mapping.Resource).Namespace(u.GetNamespace()), true, nil
+	}
+	return r.dyn.Resource(mapping.Resource), false, nil
+}
+
+// Apply server-side-applies the manifests in order, as `kubectl apply
+// --server-side --force-conflicts` would, and stops at the first failure.
+func (s *Server) Apply(ctx context.Context, manifests []Manifest, o ApplyOptions) error {
+	rs, err := s.Resources(o.Identity)
+	if err != nil {
+		return err
+	}
 	for _, m := range manifests {
-		if err := apply(ctx, dyn, mapper, m, o.DryRun); err != nil {
+		if err := apply(ctx, rs, m, o.DryRun); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-func apply(ctx context.Context, dyn dynamic.Interface, mapper meta.RESTMapper, m Manifest, dryRun bool) error {
+func apply(ctx context.Context, rs *Resources, m Manifest, dryRun bool) error {
 	u := m.Object.DeepCopy()
 	m = Manifest{File: m.File, Object: u} // error messages show what was sent
-	gvk := u.GroupVersionKind()
-	mapping, err := mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
+	ri, namespaced, err := rs.For(u)
 	if err != nil {
-		return fmt.Errorf("%s: the server does not serve this kind: %w", m, err)
+		return fmt.Errorf("%s: %w", m, err)
 	}
-	var ri dynamic.ResourceInterface
-	if mapping.Scope.Name() == meta.RESTScopeNameNamespace {
-		ri = dyn.Resource(mapping.Resource).Namespace(u.GetNamespace())
-	} else {
+	if !namespaced {
 		// A cluster-scoped kind has no namespace.
 		u.SetNamespace("")
-		ri = dyn.Resource(mapping.Resource)
 	}
 	body, err := json.Marshal(u.Object)
 	if err != nil {
