@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -16,12 +15,9 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
+	"github.com/wgmesh/wgmesh/deploy"
 	"github.com/wgmesh/wgmesh/e2e/apiserver"
 )
-
-// k8sDeployDir is the kustomize base the e2e tests apply, relative to the
-// repository root (the parent of the test's working directory).
-const k8sDeployDir = "deploy/kubernetes"
 
 // k8sBuildTimeout bounds the one-time compile of kube-apiserver: minutes on an
 // idle 2-core machine, many more when other builds share it.
@@ -84,13 +80,15 @@ func k8sClientFor(t *testing.T, cfg *rest.Config) kubernetes.Interface {
 	return cs
 }
 
-// k8sLoadManifests reads the kustomize base in dir (relative to the
-// repository root) from disk: the files under review, not a compiled copy.
-func k8sLoadManifests(t *testing.T, dir string) []apiserver.Manifest {
+// k8sRender renders a base of the deploy package (deploy.Base or
+// deploy.UninstallBase) with kustomize, the engine kubectl embeds, through
+// an overlay setting o's image unless o is zero; the objects come in the
+// order `kubectl apply -k` sends them.
+func k8sRender(t *testing.T, dir string, o deploy.Overlay) []apiserver.Manifest {
 	t.Helper()
-	ms, err := apiserver.LoadKustomization(os.DirFS(".."), dir)
+	ms, err := apiserver.RenderDeploy(dir, o)
 	if err != nil {
-		t.Fatalf("load %s: %v", dir, err)
+		t.Fatal(err)
 	}
 	return ms
 }
@@ -100,7 +98,7 @@ func k8sLoadManifests(t *testing.T, dir string) []apiserver.Manifest {
 // admission policy.
 func k8sApplyDeploy(t *testing.T, ctx context.Context, s *apiserver.Server) {
 	t.Helper()
-	if err := s.Apply(ctx, k8sLoadManifests(t, k8sDeployDir), apiserver.ApplyOptions{}); err != nil {
+	if err := s.Apply(ctx, k8sRender(t, deploy.Base, deploy.Overlay{}), apiserver.ApplyOptions{}); err != nil {
 		t.Fatal(err)
 	}
 }

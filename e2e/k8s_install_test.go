@@ -22,16 +22,11 @@ import (
 	authv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/discovery"
-	"k8s.io/client-go/discovery/cached/memory"
-	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/restmapper"
 	"sigs.k8s.io/yaml"
 
 	"github.com/wgmesh/wgmesh/deploy"
@@ -45,19 +40,10 @@ import (
 // it here (no kubelet), it only has to replace the placeholder.
 var k8sTestOverlay = deploy.Overlay{NewName: "registry.example/wgmesh", NewTag: "v0.0.0-e2e"}
 
-// k8sRendered renders a base through README's overlay with kustomize (the
-// engine kubectl embeds), in the order `kubectl apply -k` sends the objects.
+// k8sRendered renders a base through README's overlay with kustomize.
 func k8sRendered(t *testing.T, dir string) []apiserver.Manifest {
 	t.Helper()
-	objs, err := deploy.Render(dir, k8sTestOverlay)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var ms []apiserver.Manifest
-	for _, u := range objs {
-		ms = append(ms, apiserver.Manifest{File: dir + " (kustomize)", Object: u})
-	}
-	return ms
+	return k8sRender(t, dir, k8sTestOverlay)
 }
 
 // TestK8sInstallDryRunFreshCluster follows README's install steps against a
@@ -112,12 +98,22 @@ func TestK8sInstallDryRunFreshCluster(t *testing.T) {
 	// kubectl's default (client-side) apply creates objects that do not
 	// exist yet with a POST; they pass that dry run too. (The Namespace
 	// exists now: kubectl would patch it.)
+	rs, err := s.Resources(apiserver.Admin)
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, set := range [][]apiserver.Manifest{install, uninstall} {
 		for _, m := range set {
 			if m.Object.GetKind() == "Namespace" {
 				continue
 			}
-			if err := k8sCreateDryRun(ctx, t, s, m.Object); err != nil {
+			// POST with dryRun=All, as `kubectl apply --dry-run=server`
+			// does for an object that does not exist yet.
+			ri, _, err := rs.For(m.Object)
+			if err == nil {
+				_, err = ri.Create(ctx, m.Object.DeepCopy(), metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
+			}
+			if err != nil {
 				t.Errorf("create (dry run) %s: %v", m, err)
 			}
 		}
@@ -128,36 +124,6 @@ func TestK8sInstallDryRunFreshCluster(t *testing.T) {
 			t.Errorf("ClusterRole %s after a dry run: got %v, want NotFound", name, err)
 		}
 	}
-}
-
-// k8sCreateDryRun POSTs u with dryRun=All, as `kubectl apply --dry-run=server`
-// does for an object that does not exist yet; the namespace is used only
-// for namespaced kinds, as kubectl's REST mapping decides.
-func k8sCreateDryRun(ctx context.Context, t *testing.T, s *apiserver.Server, u *unstructured.Unstructured) error {
-	t.Helper()
-	cfg, err := s.RESTConfig(apiserver.Admin)
-	if err != nil {
-		return err
-	}
-	dyn, err := dynamic.NewForConfig(cfg)
-	if err != nil {
-		return err
-	}
-	dc, err := discovery.NewDiscoveryClientForConfig(cfg)
-	if err != nil {
-		return err
-	}
-	gvk := u.GroupVersionKind()
-	mapping, err := restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(dc)).RESTMapping(gvk.GroupKind(), gvk.Version)
-	if err != nil {
-		return err
-	}
-	var ri dynamic.ResourceInterface = dyn.Resource(mapping.Resource)
-	if mapping.Scope.Name() == meta.RESTScopeNameNamespace {
-		ri = dyn.Resource(mapping.Resource).Namespace(u.GetNamespace())
-	}
-	_, err = ri.Create(ctx, u.DeepCopy(), metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
-	return err
 }
 
 // TestPrivilegedK8sUninstall is the uninstall as README and

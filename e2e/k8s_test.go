@@ -23,6 +23,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/wgmesh/wgmesh/deploy"
 	"github.com/wgmesh/wgmesh/e2e/apiserver"
 	"github.com/wgmesh/wgmesh/mesh"
 	"github.com/wgmesh/wgmesh/mesh/kube"
@@ -91,7 +92,7 @@ func TestK8sDeployManifestsDryRun(t *testing.T) {
 	s := k8sStart(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	manifests := k8sLoadManifests(t, k8sDeployDir)
+	manifests := k8sRender(t, deploy.Base, deploy.Overlay{})
 	// A dry run persists nothing, so the namespaced objects' namespace must
 	// exist for real; the Namespace object itself is dry-run again below.
 	for _, m := range manifests {
@@ -115,7 +116,7 @@ func TestK8sDeployManifestsDryRun(t *testing.T) {
 	for _, want := range []string{"Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "DaemonSet",
 		"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"} {
 		if !kinds[want] {
-			t.Errorf("no %s was applied from %s", want, k8sDeployDir)
+			t.Errorf("no %s was applied from %s", want, deploy.Base)
 		}
 	}
 	// Nothing but the namespace may have been persisted.

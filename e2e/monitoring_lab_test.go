@@ -394,12 +394,14 @@ func TestPrivilegedMonitoringNodeWithoutAgent(t *testing.T) {
 	}
 
 	// node3 gets its agent: the mesh is whole and both alerts resolve.
+	// Timed from the agent's start: by the time waitMesh returns,
+	// Prometheus has often evaluated already.
+	began = time.Now()
 	if _, err := n3.Keygen(ctx); err != nil {
 		t.Fatal(err)
 	}
 	k.startAgent(t, n3, "--allow-unencrypted")
 	k.waitMesh(t, ctx, []*lab.Node{n1, n2, n3})
-	began = time.Now()
 	waitAlerts("node3 with its agent: WgmeshNodeUnencrypted and WgmeshNodeWithoutKey resolved", func(as []promAlert) error {
 		for _, a := range as {
 			if n := a.Labels["alertname"]; n == "WgmeshNodeUnencrypted" || n == "WgmeshNodeWithoutKey" {

@@ -232,14 +232,11 @@ func (f *agentFlags) validate(inCluster bool) (agentConfig, error) {
 	}
 	c.Derive.TunnelAddress, c.Derive.TunnelAddrs = mode, addrs
 
-	if s := strings.TrimSpace(f.unmanagedNodes); s != "" {
-		sel, err := labels.Parse(s)
-		if err != nil {
-			return c, usagef("--unmanaged-nodes %q: not a label selector: %v", f.unmanagedNodes, err)
-		}
-		c.Unmanaged = sel
-		c.Derive.Unmanaged = func(l map[string]string) bool { return sel.Matches(labels.Set(l)) }
+	sel, err := parseUnmanaged(f.unmanagedNodes)
+	if err != nil {
+		return c, err
 	}
+	c.Unmanaged, c.Derive.Unmanaged = sel, unmanagedFunc(sel)
 
 	cidrs, err := mesh.ParseClusterCIDRs(f.clusterCIDRs)
 	if err != nil {

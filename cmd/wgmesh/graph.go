@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	"k8s.io/apimachinery/pkg/labels"
 
 	"github.com/wgmesh/wgmesh/device"
 	"github.com/wgmesh/wgmesh/mesh"
@@ -360,13 +359,9 @@ The output is Graphviz DOT; -o svg renders it with Graphviz's dot.`,
 			}
 			var g meshGraph
 			if cluster || kubeconfig != "" {
-				o := mesh.Options{IPv4: true, IPv6: true, AllowUnencrypted: allowUnenc}
-				if s := strings.TrimSpace(unmanaged); s != "" {
-					sel, err := labels.Parse(s)
-					if err != nil {
-						return usagef("--unmanaged-nodes %q: not a label selector: %v", unmanaged, err)
-					}
-					o.Unmanaged = func(l map[string]string) bool { return sel.Matches(labels.Set(l)) }
+				o, err := clusterOptions(unmanaged, allowUnenc)
+				if err != nil {
+					return err
 				}
 				client, rc, err := cliKubeClient(kubeconfig)
 				if err != nil {

@@ -101,6 +101,8 @@ func TestAgentFlagErrors(t *testing.T) {
 		{"cleanup key file without remove-key", []string{"cleanup", "--key-file=/tmp/k"}, nil, "--key-file is used only with --remove-key"},
 		{"cleanup empty key file", []string{"cleanup", "--remove-key", "--key-file="}, nil, "--key-file"},
 		{"wait positional", []string{"wait", "x"}, nil, "no arguments"},
+		{"verify unmanaged selector", []string{"verify", "--unmanaged-nodes=a in (b"}, nil, "--unmanaged-nodes \"a in (b\": not a label selector"},
+		{"graph unmanaged selector", []string{"graph", "--cluster", "--unmanaged-nodes=a in (b"}, nil, "--unmanaged-nodes \"a in (b\": not a label selector"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := wgmesh(t, tc.env, tc.args...)

@@ -61,13 +61,9 @@ Pass the agents' --unmanaged-nodes so nodes left out on purpose are reported as
 such; they still count as unencrypted.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			o := mesh.Options{IPv4: true, IPv6: true, AllowUnencrypted: allowUnenc}
-			if s := strings.TrimSpace(unmanaged); s != "" {
-				sel, err := labels.Parse(s)
-				if err != nil {
-					return usagef("--unmanaged-nodes %q: not a label selector: %v", unmanaged, err)
-				}
-				o.Unmanaged = func(l map[string]string) bool { return sel.Matches(labels.Set(l)) }
+			o, err := clusterOptions(unmanaged, allowUnenc)
+			if err != nil {
+				return err
 			}
 			base, err := metricsURL(metricsAddr)
 			if err != nil {
@@ -106,6 +102,38 @@ such; they still count as unencrypted.`,
 	f.StringVar(&iface, "interface", device.DefaultName, "local WireGuard interface whose handshakes to check")
 	f.StringVar(&metricsAddr, "metrics-addr", fmt.Sprintf(":%d", metrics.DefaultPort), "the local agent's --metrics-addr")
 	return cmd
+}
+
+// parseUnmanaged parses an --unmanaged-nodes label selector: nil for a
+// blank one, a usage error naming the flag for one that does not parse.
+func parseUnmanaged(s string) (labels.Selector, error) {
+	if strings.TrimSpace(s) == "" {
+		return nil, nil
+	}
+	sel, err := labels.Parse(strings.TrimSpace(s))
+	if err != nil {
+		return nil, usagef("--unmanaged-nodes %q: not a label selector: %v", s, err)
+	}
+	return sel, nil
+}
+
+// unmanagedFunc is sel as mesh.Options.Unmanaged wants it; nil for none.
+func unmanagedFunc(sel labels.Selector) func(map[string]string) bool {
+	if sel == nil {
+		return nil
+	}
+	return func(l map[string]string) bool { return sel.Matches(labels.Set(l)) }
+}
+
+// clusterOptions are the rules verify and graph --cluster judge the cluster
+// by: both families, and the agents' --unmanaged-nodes and
+// --allow-unencrypted as given to the command.
+func clusterOptions(unmanaged string, allowUnenc bool) (mesh.Options, error) {
+	sel, err := parseUnmanaged(unmanaged)
+	if err != nil {
+		return mesh.Options{}, err
+	}
+	return mesh.Options{IPv4: true, IPv6: true, AllowUnencrypted: allowUnenc, Unmanaged: unmanagedFunc(sel)}, nil
 }
 
 // coverageNote says what "encrypted" means for a node without problems.

@@ -44,14 +44,18 @@ type ruleFile struct {
 			Alert string `yaml:"alert"`
 			Expr  string `yaml:"expr"`
 			For   string `yaml:"for"`
+			// Labels.Severity routes the alert (critical, warning, info).
+			Labels struct {
+				Severity string `yaml:"severity"`
+			} `yaml:"labels"`
 		} `yaml:"rules"`
 	} `yaml:"groups"`
 }
 
-// Alert is one alerting rule: its name, expression and `for` duration
-// ("" when the alert fires on the first evaluation that matches).
+// Alert is one alerting rule: its name, expression, `for` duration ("" when
+// the alert fires on the first evaluation that matches) and severity label.
 type Alert struct {
-	Name, Expr, For string
+	Name, Expr, For, Severity string
 }
 
 // Alerts lists the shipped alerting rules in file order. It fails when the
@@ -67,7 +71,7 @@ func Alerts() ([]Alert, error) {
 			if r.Alert == "" || strings.TrimSpace(r.Expr) == "" {
 				return nil, fmt.Errorf("%s: group %q rule %d: an alert needs a name and an expr", RulesFile, g.Name, i)
 			}
-			out = append(out, Alert{Name: r.Alert, Expr: r.Expr, For: r.For})
+			out = append(out, Alert{Name: r.Alert, Expr: r.Expr, For: r.For, Severity: r.Labels.Severity})
 		}
 	}
 	return out, nil

@@ -221,7 +221,8 @@ func TestQueriesErrors(t *testing.T) {
 }
 
 // TestREADMEListsAlerts: README's "Monitoring" section names every alert,
-// and no alert that does not exist.
+// and no alert that does not exist; each alert's table row gives the
+// rule's severity and, when it has one, its `for` duration.
 func TestREADMEListsAlerts(t *testing.T) {
 	b, err := os.ReadFile(filepath.Join("..", "..", "README.md"))
 	if err != nil {
@@ -245,6 +246,16 @@ func TestREADMEListsAlerts(t *testing.T) {
 		names = append(names, a.Name)
 		if !strings.Contains(sec, "`"+a.Name+"`") {
 			t.Errorf("README Monitoring does not list alert %s", a.Name)
+			continue
+		}
+		row := regexp.MustCompile("(?m)^\\| `" + a.Name + "` \\| ([a-z]+) \\|(.*)$").FindStringSubmatch(sec)
+		switch {
+		case row == nil:
+			t.Errorf("README Monitoring has no table row | `%s` | severity | ... |", a.Name)
+		case row[1] != a.Severity:
+			t.Errorf("README Monitoring: %s has severity %s, %s says %q", a.Name, row[1], RulesFile, a.Severity)
+		case a.For != "" && !strings.Contains(row[2], "for "+a.For):
+			t.Errorf("README Monitoring: %s's row does not say \"for %s\" (%s's for:): %s", a.Name, a.For, RulesFile, row[2])
 		}
 	}
 	for _, m := range regexp.MustCompile("`(Wgmesh[A-Za-z]+)`").FindAllStringSubmatch(sec, -1) {
