@@ -3,6 +3,7 @@ package e2e_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os/exec"
 	"strings"
@@ -106,25 +107,48 @@ func startKernelMesh(t *testing.T, o kernelMeshOptions) *kernelMesh {
 	for _, i := range o.Kernel {
 		isKernel[i] = true
 	}
+	// The guests boot at once: a boot mostly waits on its own guest.
+	type booted struct {
+		g   *uml.Guest
+		err error
+	}
+	boots := map[*lab.Node]chan booted{}
+	for _, n := range l.Nodes {
+		if isKernel[n.Index] {
+			ch := make(chan booted, 1)
+			boots[n] = ch
+			go func() {
+				g, err := uml.Boot(ctx, uml.Options{Kernel: k, Lab: l, Node: n, Wgmesh: m.wgmesh, Logf: t.Logf})
+				ch <- booted{g, err}
+			}()
+		}
+	}
+	var bootErr error
 	for _, n := range l.Nodes {
 		kn := &kernelNode{Node: n, m: m}
-		if isKernel[n.Index] {
-			g, err := uml.Boot(ctx, uml.Options{Kernel: k, Lab: l, Node: n, Wgmesh: m.wgmesh, Logf: t.Logf})
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Logf("measured: UML guest %s (kernel %s) booted in %s", n.Name, o.Variant.Name, g.BootTime.Round(time.Millisecond))
-			kn.Guest = g
-			t.Cleanup(func() {
-				if t.Failed() {
-					t.Logf("guest %s agent log tail:\n%s", n.Name, tailFile(g.AgentLog(), 40))
-				}
-				if err := g.Close(); err != nil {
-					t.Errorf("close guest: %v", err)
-				}
-			})
-		}
 		m.Nodes = append(m.Nodes, kn)
+		if boots[n] == nil {
+			continue
+		}
+		b := <-boots[n]
+		if b.err != nil {
+			bootErr = errors.Join(bootErr, b.err)
+			continue
+		}
+		g := b.g
+		t.Logf("measured: UML guest %s (kernel %s) booted in %s", n.Name, o.Variant.Name, g.BootTime.Round(time.Millisecond))
+		kn.Guest = g
+		t.Cleanup(func() {
+			if t.Failed() {
+				t.Logf("guest %s agent log tail:\n%s", n.Name, tailFile(g.AgentLog(), 40))
+			}
+			if err := g.Close(); err != nil {
+				t.Errorf("close guest: %v", err)
+			}
+		})
+	}
+	if bootErr != nil {
+		t.Fatal(bootErr)
 	}
 	if o.NoAgents {
 		return m
