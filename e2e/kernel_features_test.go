@@ -19,16 +19,8 @@ func TestPrivilegedKernelMissingXfrmObjref(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	kern, user := m.Nodes[0], m.Nodes[1]
-	var st kernelStatus
-	var out string
-	if err := pollUntil(ctx, func() error {
-		var err error
-		st, out, err = kern.status(ctx)
-		if err == nil && !st.Ready {
-			err = errorf("not ready: %+v", st.LastReconcile)
-		}
-		return err
-	}); err != nil {
+	st, out, err := kern.waitReady(ctx)
+	if err != nil {
 		t.Fatalf("agent on a kernel without XFRM_USER and NFT_OBJREF: %v\n%s\nagent log:\n%s", err, out, kern.agentLogTail(30))
 	}
 	if st.Backend != "kernel" || !st.Strict {
@@ -74,16 +66,13 @@ func TestPrivilegedKernelMissingNftables(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	kern, user := m.Nodes[0], m.Nodes[1]
-	var st kernelStatus
-	var out string
-	if err := pollUntil(ctx, func() error {
-		var err error
-		st, out, err = kern.status(ctx)
-		if err == nil && (st.LastReconcile == nil || st.LastReconcile.Error == "") {
-			err = errorf("no reconcile error yet")
+	st, out, err := kern.waitStatus(ctx, func(st kernelStatus) error {
+		if st.LastReconcile == nil || st.LastReconcile.Error == "" {
+			return errorf("no reconcile error yet")
 		}
-		return err
-	}); err != nil {
+		return nil
+	})
+	if err != nil {
 		t.Fatalf("agent on a kernel without nf_tables: %v\n%s\nagent log:\n%s", err, out, kern.agentLogTail(30))
 	}
 	if st.Ready {

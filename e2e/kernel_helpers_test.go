@@ -3,6 +3,7 @@ package e2e_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os/exec"
 	"strings"
@@ -84,8 +85,12 @@ func startKernelMesh(t *testing.T, o kernelMeshOptions) *kernelMesh {
 	l := newTestLab(t, lab.Options{Nodes: o.Nodes, Wgmesh: wgmesh})
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	m := &kernelMesh{Lab: l, wgmesh: wgmesh}
+	m := &kernelMesh{Lab: l}
 	var err error
+	// The guests and `status` on every node run this one.
+	if m.wgmesh, err = uml.GuestBinary(wgmesh, l.Dir()); err != nil {
+		t.Fatal(err)
+	}
 	if m.Xfer, err = uml.BuildXfer(ctx, l.Dir()); err != nil {
 		t.Fatal(err)
 	}
@@ -102,25 +107,48 @@ func startKernelMesh(t *testing.T, o kernelMeshOptions) *kernelMesh {
 	for _, i := range o.Kernel {
 		isKernel[i] = true
 	}
+	// The guests boot at once: a boot mostly waits on its own guest.
+	type booted struct {
+		g   *uml.Guest
+		err error
+	}
+	boots := map[*lab.Node]chan booted{}
+	for _, n := range l.Nodes {
+		if isKernel[n.Index] {
+			ch := make(chan booted, 1)
+			boots[n] = ch
+			go func() {
+				g, err := uml.Boot(ctx, uml.Options{Kernel: k, Lab: l, Node: n, Wgmesh: m.wgmesh, Logf: t.Logf})
+				ch <- booted{g, err}
+			}()
+		}
+	}
+	var bootErr error
 	for _, n := range l.Nodes {
 		kn := &kernelNode{Node: n, m: m}
-		if isKernel[n.Index] {
-			g, err := uml.Boot(ctx, uml.Options{Kernel: k, Lab: l, Node: n, Wgmesh: wgmesh, Logf: t.Logf})
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Logf("measured: UML guest %s (kernel %s) booted in %s", n.Name, o.Variant.Name, g.BootTime.Round(time.Millisecond))
-			kn.Guest = g
-			t.Cleanup(func() {
-				if t.Failed() {
-					t.Logf("guest %s agent log tail:\n%s", n.Name, tailFile(g.AgentLog(), 40))
-				}
-				if err := g.Close(); err != nil {
-					t.Errorf("close guest: %v", err)
-				}
-			})
-		}
 		m.Nodes = append(m.Nodes, kn)
+		if boots[n] == nil {
+			continue
+		}
+		b := <-boots[n]
+		if b.err != nil {
+			bootErr = errors.Join(bootErr, b.err)
+			continue
+		}
+		g := b.g
+		t.Logf("measured: UML guest %s (kernel %s) booted in %s", n.Name, o.Variant.Name, g.BootTime.Round(time.Millisecond))
+		kn.Guest = g
+		t.Cleanup(func() {
+			if t.Failed() {
+				t.Logf("guest %s agent log tail:\n%s", n.Name, tailFile(g.AgentLog(), 40))
+			}
+			if err := g.Close(); err != nil {
+				t.Errorf("close guest: %v", err)
+			}
+		})
+	}
+	if bootErr != nil {
+		t.Fatal(bootErr)
 	}
 	if o.NoAgents {
 		return m
@@ -210,10 +238,10 @@ func (kn *kernelNode) waitPeers(ctx context.Context) error {
 			want[o.PublicKey] = true
 		}
 	}
-	return lab.Poll(ctx, 300*time.Millisecond, func(ctx context.Context) (bool, error) {
+	return kn.pollAgent(ctx, func(ctx context.Context) error {
 		peers, err := kn.wgPeers(ctx)
 		if err != nil {
-			return false, err
+			return err
 		}
 		got := 0
 		for _, p := range peers {
@@ -222,9 +250,62 @@ func (kn *kernelNode) waitPeers(ctx context.Context) error {
 			}
 		}
 		if got != len(want) {
-			return false, fmt.Errorf("node %s (%s): %d of %d peers configured", kn.Name, kn.kind(), got, len(want))
+			return fmt.Errorf("node %s (%s): %d of %d peers configured", kn.Name, kn.kind(), got, len(want))
 		}
-		return true, nil
+		return nil
+	})
+}
+
+// pollAgent retries f every 300 ms until it succeeds or ctx ends, like
+// pollUntil, but on a guest whose agent has exited it fails at once: no
+// retry can succeed then (an agent that cannot start would otherwise cost
+// the whole timeout).
+func (kn *kernelNode) pollAgent(ctx context.Context, f func(context.Context) error) error {
+	var gone error
+	pctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	err := lab.Poll(pctx, 300*time.Millisecond, func(ctx context.Context) (bool, error) {
+		err := f(ctx)
+		if err == nil {
+			return true, nil
+		}
+		if kn.Guest != nil {
+			if _, running := kn.Guest.AgentPid(ctx); !running && ctx.Err() == nil {
+				gone = fmt.Errorf("node %s: the agent exited (%v)", kn.Name, err)
+				cancel()
+			}
+		}
+		return false, err
+	})
+	if gone != nil {
+		return gone
+	}
+	return err
+}
+
+// waitStatus polls the node's `wgmesh status` until cond accepts it and
+// returns that status and the command's output (see pollAgent).
+func (kn *kernelNode) waitStatus(ctx context.Context, cond func(kernelStatus) error) (kernelStatus, string, error) {
+	var st kernelStatus
+	var out string
+	err := kn.pollAgent(ctx, func(ctx context.Context) error {
+		var err error
+		st, out, err = kn.status(ctx)
+		if err == nil {
+			err = cond(st)
+		}
+		return err
+	})
+	return st, out, err
+}
+
+// waitReady is waitStatus until the status says ready.
+func (kn *kernelNode) waitReady(ctx context.Context) (kernelStatus, string, error) {
+	return kn.waitStatus(ctx, func(st kernelStatus) error {
+		if !st.Ready {
+			return errorf("not ready: %+v", st.LastReconcile)
+		}
+		return nil
 	})
 }
 

@@ -19,16 +19,7 @@ func TestPrivilegedKernelMixedMesh(t *testing.T) {
 
 	for _, kn := range m.Nodes {
 		want := kn.kind()
-		var st kernelStatus
-		var out string
-		err := pollUntil(ctx, func() error {
-			var err error
-			st, out, err = kn.status(ctx)
-			if err == nil && !st.Ready {
-				err = errorf("not ready")
-			}
-			return err
-		})
+		st, out, err := kn.waitReady(ctx)
 		if err != nil {
 			t.Fatalf("%s: status: %v\n%s\n%s", kn.Name, err, out, kn.agentLogTail(30))
 		}

@@ -24,13 +24,7 @@ func TestPrivilegedKernelAgentRestart(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	kern, user := m.Nodes[0], m.Nodes[1]
-	if err := pollUntil(ctx, func() error {
-		st, _, err := kern.status(ctx)
-		if err == nil && !st.Ready {
-			err = errorf("not ready")
-		}
-		return err
-	}); err != nil {
+	if _, _, err := kern.waitReady(ctx); err != nil {
 		t.Fatalf("kernel node not ready: %v\n%s", err, kern.agentLogTail(30))
 	}
 	for _, f := range families {
@@ -69,13 +63,7 @@ func TestPrivilegedKernelAgentRestart(t *testing.T) {
 			if _, err := kern.Guest.StartAgent(ctx); err != nil {
 				t.Fatal(err)
 			}
-			if err := pollUntil(ctx, func() error {
-				st, _, err := kern.status(ctx)
-				if err == nil && !st.Ready {
-					err = errorf("not ready: %+v", st.LastReconcile)
-				}
-				return err
-			}); err != nil {
+			if _, _, err := kern.waitReady(ctx); err != nil {
 				t.Fatalf("agent not ready after restart: %v\n%s", err, kern.agentLogTail(30))
 			}
 			t.Logf("measured: agent down and back to ready in %s", time.Since(stopped).Round(time.Millisecond))

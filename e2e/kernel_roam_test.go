@@ -55,13 +55,7 @@ func TestPrivilegedKernelRoamedEndpointSurvivesRestart(t *testing.T) {
 	if _, err := kern.Guest.StartAgent(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if err := pollUntil(ctx, func() error {
-		st, _, err := kern.status(ctx)
-		if err == nil && !st.Ready {
-			err = errorf("not ready")
-		}
-		return err
-	}); err != nil {
+	if _, _, err := kern.waitReady(ctx); err != nil {
 		t.Fatalf("%v\n%s", err, kern.agentLogTail(20))
 	}
 	// The first reconcile ran before ready; give a few more the chance to

@@ -373,28 +373,7 @@ func (k *kernel) counterRef(name string) string {
 // in a named counter but takes the same rule with a per-rule counter: then
 // CONFIG_NFT_OBJREF is what is missing.
 func (k *kernel) lacksObjref() bool {
-	try := func(counter string) error {
-		t := &nftables.Table{Name: k.o.nftTableName() + "_probe", Family: nftables.TableFamilyINet}
-		c, err := k.nft()
-		if err != nil {
-			return err
-		}
-		c.AddTable(t)
-		c.DelTable(t)
-		c.AddTable(t)
-		prio := nftables.ChainPriorityRaw
-		ch := c.AddChain(&nftables.Chain{Name: "post", Table: t, Type: nftables.ChainTypeFilter,
-			Hooknum: nftables.ChainHookPostrouting, Priority: prio})
-		c.AddObj(&nftables.CounterObj{Table: t, Name: nftCounterEgress})
-		set := &nftables.Set{Table: t, Name: nftEncrypt4, KeyType: nftables.TypeIPAddr, Interval: true}
-		if err := c.AddSet(set, nil); err != nil {
-			return err
-		}
-		c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: guardExprs(v4, expr.MetaKeyOIFNAME, k.o.Interface, nftDaddr[v4], set, counter)})
-		c.DelTable(t)
-		return c.Flush()
-	}
-	return try(nftCounterEgress) != nil && try("") == nil
+	return k.probe(k.guardProbe(nftCounterEgress)) != nil && k.probe(k.guardProbe("")) == nil
 }
 
 // putFilterOnce is one attempt of putFilter.
@@ -444,59 +423,75 @@ func (k *kernel) putFilterOnce(f *filter) error {
 }
 
 // probeFeatures finds which nf_tables feature the table needs is missing,
-// after a put failed: it tries each in a scratch table of its own, deleted
-// again, and names the first that fails ("" if all work).
+// after a put failed: it tries each in a scratch table of its own (probe)
+// and names the first that fails ("" if all work).
 func (k *kernel) probeFeatures() string {
-	t := &nftables.Table{Name: k.o.nftTableName() + "_probe", Family: nftables.TableFamilyINet}
-	chain := func(name string, hook *nftables.ChainHook, prio *nftables.ChainPriority) *nftables.Chain {
-		return &nftables.Chain{Name: name, Table: t, Type: nftables.ChainTypeFilter, Hooknum: hook, Priority: prio}
+	if _, err := k.nft(); err != nil {
+		return "an nftables netlink socket (CONFIG_NETFILTER_NETLINK, CONFIG_NF_TABLES)"
 	}
-	set := &nftables.Set{Table: t, Name: nftEncrypt4, KeyType: nftables.TypeIPAddr, Interval: true}
 	steps := []struct {
 		what string
-		add  func(c *nftables.Conn) error
+		add  func(c *nftables.Conn, t *nftables.Table) error
 	}{
-		{"nf_tables filter chains at prerouting and postrouting (CONFIG_NF_TABLES, CONFIG_NF_TABLES_INET)", func(c *nftables.Conn) error {
-			c.AddChain(chain("pre", nftables.ChainHookPrerouting, nftables.ChainPriorityRaw))
-			c.AddChain(chain("post", nftables.ChainHookPostrouting, nftables.ChainPriorityRaw))
+		{"nf_tables filter chains at prerouting and postrouting (CONFIG_NF_TABLES, CONFIG_NF_TABLES_INET)", func(c *nftables.Conn, t *nftables.Table) error {
+			c.AddChain(probeChain(t, "pre", nftables.ChainHookPrerouting, nftables.ChainPriorityRaw))
+			c.AddChain(probeChain(t, "post", nftables.ChainHookPostrouting, nftables.ChainPriorityRaw))
 			return nil
 		}},
-		{"counters, interval sets and the objref expression (CONFIG_NFT_OBJREF)", func(c *nftables.Conn) error {
-			ch := c.AddChain(chain("post", nftables.ChainHookPostrouting, nftables.ChainPriorityRaw))
-			c.AddObj(&nftables.CounterObj{Table: t, Name: nftCounterEgress})
-			if err := c.AddSet(set, nil); err != nil {
-				return err
-			}
-			c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: guardExprs(v4, expr.MetaKeyOIFNAME, k.o.Interface, nftDaddr[v4], set, k.counterRef(nftCounterEgress))})
-			return nil
-		}},
-		{"MSS clamping (rt tcpmss, tcp option write: nft_rt and nft_exthdr)", func(c *nftables.Conn) error {
-			ch := c.AddChain(chain("fwd", nftables.ChainHookForward, nftables.ChainPriorityMangle))
+		{"counters, interval sets and the objref expression (CONFIG_NFT_OBJREF)", k.guardProbe(k.counterRef(nftCounterEgress))},
+		{"MSS clamping (rt tcpmss, tcp option write: nft_rt and nft_exthdr)", func(c *nftables.Conn, t *nftables.Table) error {
+			ch := c.AddChain(probeChain(t, "fwd", nftables.ChainHookForward, nftables.ChainPriorityMangle))
 			c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: mssExprs(expr.MetaKeyOIFNAME, k.o.Interface)})
 			return nil
 		}},
 	}
 	for _, st := range steps {
-		c, err := k.nft()
-		if err != nil {
-			return "an nftables netlink socket (CONFIG_NETFILTER_NETLINK, CONFIG_NF_TABLES)"
-		}
-		c.AddTable(t)
-		c.DelTable(t)
-		c.AddTable(t)
-		err = st.add(c)
-		if err == nil {
-			err = c.Flush()
-		}
-		if c, derr := k.nft(); derr == nil {
-			c.DelTable(t)
-			_ = c.Flush()
-		}
-		if err != nil {
+		if err := k.probe(st.add); err != nil {
 			return fmt.Sprintf("%s (%v)", st.what, err)
 		}
 	}
 	return ""
+}
+
+// probe puts what add adds into a scratch table of its own and deletes the
+// table again: nil when the kernel took it, else the kernel's error.
+func (k *kernel) probe(add func(c *nftables.Conn, t *nftables.Table) error) error {
+	c, err := k.nft()
+	if err != nil {
+		return err
+	}
+	t := &nftables.Table{Name: k.o.nftTableName() + "_probe", Family: nftables.TableFamilyINet}
+	c.AddTable(t)
+	c.DelTable(t) // a table left by a killed probe
+	c.AddTable(t)
+	err = add(c, t)
+	if err == nil {
+		err = c.Flush()
+	}
+	if c, derr := k.nft(); derr == nil {
+		c.DelTable(t)
+		_ = c.Flush()
+	}
+	return err
+}
+
+// guardProbe adds one egress guard rule (guardExprs) counting in counter
+// ("" for a per-rule counter), with the counter object and set it needs.
+func (k *kernel) guardProbe(counter string) func(c *nftables.Conn, t *nftables.Table) error {
+	return func(c *nftables.Conn, t *nftables.Table) error {
+		ch := c.AddChain(probeChain(t, "post", nftables.ChainHookPostrouting, nftables.ChainPriorityRaw))
+		c.AddObj(&nftables.CounterObj{Table: t, Name: nftCounterEgress})
+		set := &nftables.Set{Table: t, Name: nftEncrypt4, KeyType: nftables.TypeIPAddr, Interval: true}
+		if err := c.AddSet(set, nil); err != nil {
+			return err
+		}
+		c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: guardExprs(v4, expr.MetaKeyOIFNAME, k.o.Interface, nftDaddr[v4], set, counter)})
+		return nil
+	}
+}
+
+func probeChain(t *nftables.Table, name string, hook *nftables.ChainHook, prio *nftables.ChainPriority) *nftables.Chain {
+	return &nftables.Chain{Name: name, Table: t, Type: nftables.ChainTypeFilter, Hooknum: hook, Priority: prio}
 }
 
 func errIf(cond bool, msg string) error {
@@ -625,11 +620,12 @@ func (k *kernel) counters() (dropCounts, error) {
 		return d, err
 	}
 	for _, x := range []struct {
-		name string
-		n    *uint64
-	}{{nftCounter, &d.Ingress}, {nftCounterEgress, &d.Egress}} {
+		name  string // the named counter
+		chain string // whose rules count without objref
+		n     *uint64
+	}{{nftCounter, nftChainIngress, &d.Ingress}, {nftCounterEgress, nftChainEgress, &d.Egress}} {
 		if k.noObjref.Load() {
-			n, err := ruleCounters(c, k.nftTable(), map[string]string{nftCounter: nftChainIngress, nftCounterEgress: nftChainEgress}[x.name])
+			n, err := ruleCounters(c, k.nftTable(), x.chain)
 			if err != nil {
 				return d, err
 			}

@@ -40,9 +40,9 @@ func (g *Guest) StartAgent(ctx context.Context, extra ...string) (int, error) {
 	g.agentN++
 	args := g.AgentArgs(extra...)
 	script := fmt.Sprintf("echo \"=== uml: start %d of agent on %s at $(date -Ins): wgmesh %s\" >> %s\n"+
-		"NODE_NAME=%s setsid %s %s >> %s 2>&1 < /dev/null &\necho $! > %s\nsync %s\necho $!\n",
+		"NODE_NAME=%s setsid %s %s >> %s 2>&1 < /dev/null &\necho $! > %s\necho $!\n",
 		g.agentN, g.Node.Name, shellJoin(args), g.AgentLog(),
-		g.Node.Name, g.o.Wgmesh, shellJoin(args), g.AgentLog(), g.agentPidFile(), g.agentPidFile())
+		g.Node.Name, g.o.Wgmesh, shellJoin(args), g.AgentLog(), g.agentPidFile())
 	out, err := g.Run(ctx, script)
 	if err != nil {
 		return 0, err
@@ -105,7 +105,7 @@ func shellJoin(words []string) string {
 // temporary file, then rename), so the guest's inotify watchers see the
 // change; a change made on the host side of hostfs is invisible to them.
 func (g *Guest) WriteFile(ctx context.Context, path string, data []byte) error {
-	_, err := g.Run(ctx, fmt.Sprintf("base64 -d > %s.tmp <<'EOF'\n%s\nEOF\nmv %s.tmp %s\nsync %s\n",
-		path, base64.StdEncoding.EncodeToString(data), path, path, path))
+	_, err := g.Run(ctx, fmt.Sprintf("base64 -d > %s.tmp <<'EOF'\n%s\nEOF\nmv %s.tmp %s\n",
+		path, base64.StdEncoding.EncodeToString(data), path, path))
 	return err
 }

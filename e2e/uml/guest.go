@@ -83,6 +83,9 @@ func Boot(ctx context.Context, o Options) (*Guest, error) {
 	if o.Logf == nil {
 		o.Logf = func(string, ...any) {}
 	}
+	if hiddenInGuest(o.Wgmesh, o.Lab.Dir()) {
+		return nil, fmt.Errorf("uml: the guest cannot see %s: init.sh covers %v with tmpfs (use GuestBinary)", o.Wgmesh, guestTmpfs)
+	}
 	n := o.Node
 	g := &Guest{Node: n, Kernel: o.Kernel, o: o, Tap: fmt.Sprintf("u%sn%d", o.Lab.ID(), n.Index)}
 	sw := o.Lab.Switch
@@ -277,4 +280,40 @@ func run(ctx context.Context, name string, args ...string) (string, error) {
 		return string(out), fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, strings.TrimSpace(string(out)))
 	}
 	return string(out), nil
+}
+
+// guestTmpfs are the host directories init.sh covers with a tmpfs of the
+// guest's own: a file there is invisible to the guest, except in the lab
+// directory, which it mounts back.
+var guestTmpfs = []string{"/tmp", "/run", "/var/tmp"}
+
+func hiddenInGuest(path, labDir string) bool {
+	if path == labDir || strings.HasPrefix(path, labDir+"/") {
+		return false
+	}
+	for _, d := range guestTmpfs {
+		if strings.HasPrefix(path, d+"/") {
+			return true
+		}
+	}
+	return false
+}
+
+// GuestBinary returns a path of the executable bin that guests of the lab
+// in labDir can run: bin itself, or a copy in labDir when bin lies under a
+// directory the guest covers with its own tmpfs (a wgmesh built in /tmp,
+// as for an old-code run). Errors: reading bin or writing the copy.
+func GuestBinary(bin, labDir string) (string, error) {
+	if !hiddenInGuest(bin, labDir) {
+		return bin, nil
+	}
+	b, err := os.ReadFile(bin)
+	if err != nil {
+		return "", fmt.Errorf("uml: read %s: %w", bin, err)
+	}
+	cp := filepath.Join(labDir, filepath.Base(bin))
+	if err := os.WriteFile(cp, b, 0o755); err != nil {
+		return "", fmt.Errorf("uml: copy %s where the guest sees it: %w", bin, err)
+	}
+	return cp, nil
 }

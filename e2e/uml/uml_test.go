@@ -36,3 +36,22 @@ func TestShellJoin(t *testing.T) {
 		t.Errorf("got %s, want %s", got, want)
 	}
 }
+
+// A binary under the guest's own tmpfs mounts is invisible to it, except in
+// the lab directory, which the guest mounts back.
+func TestHiddenInGuest(t *testing.T) {
+	for path, want := range map[string]bool{
+		"/tmp/old/bin/wgmesh":  true,
+		"/run/x":               true,
+		"/var/tmp/x":           true,
+		"/tmp/lab1/wgmesh":     false,
+		"/work/bin/wgmesh":     false,
+		"/tmpfoo/wgmesh":       false,
+		"/root/rvk-old/wgmesh": false,
+		"/tmp/lab10/wgmesh":    true,
+	} {
+		if got := hiddenInGuest(path, "/tmp/lab1"); got != want {
+			t.Errorf("hiddenInGuest(%s, /tmp/lab1) = %v, want %v", path, got, want)
+		}
+	}
+}
