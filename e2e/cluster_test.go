@@ -28,7 +28,6 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
-	"github.com/wgmesh/wgmesh/deploy"
 	"github.com/wgmesh/wgmesh/e2e/cluster"
 	"github.com/wgmesh/wgmesh/e2e/lab"
 )
@@ -111,11 +110,11 @@ func (r *clusterRun) rollout(t *testing.T, ctx context.Context) {
 	}
 	r.capture(t, ctx, "rollout", func() {
 		begin := time.Now()
-		out, err := c.Install(ctx, "v1")
+		overlay, out, err := c.Install(ctx, "v1")
 		if err != nil {
 			t.Fatal(err)
 		}
-		r.overlay = filepath.Join(c.Dir(), "overlay-v1")
+		r.overlay = overlay
 		t.Logf("kubectl apply -k:\n%s", out)
 		if out, err := c.Kubectl(ctx, "-n", "wgmesh", "rollout", "status", "daemonset/wgmesh", "--timeout=5m"); err != nil {
 			r.dumpAgents(t, ctx)
@@ -252,7 +251,15 @@ func (r *clusterRun) rollingUpdate(t *testing.T, ctx context.Context) {
 		to := r.workers[(i+1)%len(r.workers)]
 		url := "http://" + net.JoinHostPort(to.Status.PodIP, "8080") + "/"
 		p := &probe{from: w.Spec.NodeName, to: to.Spec.NodeName}
-		p.cmd = c.KubectlCmd(pctx, "exec", w.Name, "--", "/workload", "probe", url, "10m")
+		// -i with a pipe that stays open: the probe ends when kubectl
+		// does (its standard input closes), not 10 minutes later in the
+		// middle of the next scenarios.
+		p.cmd = c.KubectlCmd(pctx, "exec", "-i", w.Name, "--", "/workload", "probe", url, "10m")
+		stdin, err := p.cmd.StdinPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer stdin.Close()
 		out, err := p.cmd.StdoutPipe()
 		if err != nil {
 			t.Fatal(err)
@@ -296,10 +303,11 @@ func (r *clusterRun) rollingUpdate(t *testing.T, ctx context.Context) {
 	}
 	r.capture(t, ctx, "rolling-update", func() {
 		begin := time.Now()
-		if _, err := c.Install(ctx, "v2"); err != nil {
+		overlay, _, err := c.Install(ctx, "v2")
+		if err != nil {
 			t.Fatal(err)
 		}
-		r.overlay = filepath.Join(c.Dir(), "overlay-v2")
+		r.overlay = overlay
 		if _, err := c.Kubectl(ctx, "-n", "wgmesh", "rollout", "status", "daemonset/wgmesh", "--timeout=10m"); err != nil {
 			r.dumpAgents(t, ctx)
 			t.Fatalf("rolling update: %v", err)
@@ -565,23 +573,9 @@ func (r *clusterRun) unscheduled(t *testing.T, ctx context.Context) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The user's overlay: the install's, plus their patch.
 	dir := filepath.Join(c.Dir(), "overlay-exclude")
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	rel, err := filepath.Rel(dir, base)
-	if err != nil {
-		t.Fatal(err)
-	}
-	k := fmt.Sprintf(`apiVersion: kustomize.config.k8s.io/v1beta1
-kind: Kustomization
-resources:
-  - %s
-images:
-  - name: %s
-    newName: %s
-    newTag: "v2"
-patches:
+	patch := `patches:
   - target: {kind: DaemonSet, name: wgmesh}
     patch: |-
       - op: add
@@ -592,11 +586,18 @@ patches:
               nodeSelectorTerms:
                 - matchExpressions:
                     - {key: example.com/wgmesh, operator: NotIn, values: ["off"]}
-`, rel, deploy.Image, cluster.AgentImageName)
-	if err := os.WriteFile(filepath.Join(dir, "kustomization.yaml"), []byte(k), 0o600); err != nil {
+`
+	if err := cluster.WriteOverlay(dir, base, cluster.AgentImageName, "v2", patch); err != nil {
 		t.Fatal(err)
 	}
 	r.capture(t, ctx, "unscheduled", func() {
+		// Pods elsewhere keep opening connections to the victim's pod
+		// throughout: while its agent goes and its key is withdrawn, every
+		// packet must be encrypted or dropped, never plaintext.
+		target := r.workers[len(r.workers)-1]
+		for _, from := range r.workers[:len(r.workers)-1] {
+			defer r.traffic(t, ctx, from, "http://"+net.JoinHostPort(target.Status.PodIP, "8080")+"/")()
+		}
 		if _, err := c.Kubectl(ctx, "label", "node", victim.Name, "example.com/wgmesh=off"); err != nil {
 			t.Fatal(err)
 		}
@@ -680,6 +681,29 @@ func (r *clusterRun) checkBoundToken(t *testing.T, ctx context.Context, agents m
 	label := k8sMergePatch(t, map[string]any{"metadata": map[string]any{"labels": map[string]string{"evil": "1"}}})
 	if _, err := agent.CoreV1().Nodes().Patch(ctx, own, types.MergePatchType, label, dry); err == nil {
 		t.Errorf("agent token of %s could label its own Node", own)
+	}
+}
+
+// traffic runs the workload's probe in pod from against url (a new
+// connection every 100 ms, whose packets the running capture sees) until
+// the returned stop is called.
+func (r *clusterRun) traffic(t *testing.T, ctx context.Context, from corev1.Pod, url string) (stop func()) {
+	t.Helper()
+	pctx, cancel := context.WithCancel(ctx)
+	// -i with a pipe that stays open: the probe ends with kubectl.
+	cmd := r.c.KubectlCmd(pctx, "exec", "-i", from.Name, "--", "/workload", "probe", url, "10m")
+	stdin, err := cmd.StdinPipe()
+	if err == nil {
+		err = cmd.Start()
+	}
+	if err != nil {
+		cancel()
+		t.Fatalf("probe %s → %s: %v", from.Name, url, err)
+	}
+	return func() {
+		cancel()
+		cmd.Wait()
+		stdin.Close()
 	}
 }
 

@@ -16,7 +16,6 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/wgmesh/wgmesh/deploy"
 	"github.com/wgmesh/wgmesh/e2e/cluster"
 	"github.com/wgmesh/wgmesh/e2e/lab"
 )
@@ -68,18 +67,10 @@ func (r *clusterRun) uninstall(t *testing.T, ctx context.Context) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// README's uninstall overlay, the path relative to it as kustomize
+	// requires.
 	udir := filepath.Join(c.Dir(), "wgmesh-uninstall")
-	if err := os.MkdirAll(udir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	// Word for word README's overlay (flow style, no apiVersion/kind); the
-	// path relative to the overlay, as kustomize requires.
-	rel, err := filepath.Rel(udir, filepath.Join(base, "uninstall"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	k := fmt.Sprintf("resources: [%s]\nimages: [{name: %s, newName: %s, newTag: %s}]\n", rel, deploy.Image, name, tag)
-	if err := os.WriteFile(filepath.Join(udir, "kustomization.yaml"), []byte(k), 0o600); err != nil {
+	if err := cluster.WriteOverlay(udir, filepath.Join(base, "uninstall"), name, tag, ""); err != nil {
 		t.Fatal(err)
 	}
 

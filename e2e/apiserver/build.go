@@ -120,7 +120,7 @@ func Build(ctx context.Context) (string, error) {
 }
 
 // keepBuilds is how many builds (one per go.mod/go.sum state) stay cached;
-// each is about 550 MB.
+// each is about 710 MB (measured: du of a build directory, v1.33.4).
 const keepBuilds = 3
 
 // prune removes all but the newest keep builds in root. A process still

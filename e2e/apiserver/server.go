@@ -58,7 +58,9 @@ type Options struct {
 	// CI machines need far more than the usual 3 seconds).
 	ReadyTimeout time.Duration
 	// ExtraArgs are appended to kube-apiserver's command line after the
-	// defaults; a flag given again overrides its default (the cluster lab
+	// defaults; a single-valued flag given again overrides its default, a
+	// list flag (--enable-admission-plugins, --authorization-mode) given
+	// again adds to it, as pflag parses them (the cluster lab
 	// sets --endpoint-reconciler-type=lease so kube-proxy has endpoints for
 	// the kubernetes Service).
 	ExtraArgs []string

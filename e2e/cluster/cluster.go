@@ -146,6 +146,23 @@ func New(ctx context.Context, o Options) (_ *Cluster, err error) {
 		return nil, err
 	}
 	c.dir = c.Lab.Dir()
+	// The pause and workload images build (go build) while the control
+	// plane starts; New waits for them before it returns, error or not.
+	imgDir := filepath.Join(c.dir, "images")
+	if err := os.MkdirAll(imgDir, 0o700); err != nil {
+		return nil, err
+	}
+	var pause *images.Image
+	var imgErr error
+	var building sync.WaitGroup
+	building.Go(func() {
+		begin := time.Now()
+		if pause, imgErr = images.Pause(ctx, imgDir, PauseImage); imgErr == nil {
+			c.Workload, imgErr = images.Workload(ctx, imgDir, WorkloadImage)
+		}
+		c.logf("pause and workload images built in %v", time.Since(begin).Round(100*time.Millisecond))
+	})
+	defer building.Wait()
 	if c.API, err = apiserver.Start(ctx, apiserver.Options{
 		Dir: c.dir, BinDir: c.binDir, NetNS: c.Lab.CP.NS, BindAddress: c.Lab.CP.Addr, Port: APIPort,
 		ExtraArgs: []string{
@@ -177,36 +194,38 @@ func New(ctx context.Context, o Options) (_ *Cluster, err error) {
 		return nil, fmt.Errorf("cluster: kubeadm-config: %w", err)
 	}
 
-	imgDir := filepath.Join(c.dir, "images")
-	if err := os.MkdirAll(imgDir, 0o700); err != nil {
-		return nil, err
-	}
-	pause, err := images.Pause(ctx, imgDir, PauseImage)
-	if err != nil {
-		return nil, err
-	}
-	if c.Workload, err = images.Workload(ctx, imgDir, WorkloadImage); err != nil {
-		return nil, err
-	}
-	for _, ln := range c.Lab.Nodes {
-		n, err := c.startNode(ctx, ln)
+	// Nodes are independent: start them, load the images and release
+	// their kubelets all at once.
+	nodes := make([]*Node, len(c.Lab.Nodes))
+	err = eachOf(c.Lab.Nodes, func(i int, ln *lab.Node) error {
+		var err error
+		nodes[i], err = c.startNode(ctx, ln)
+		return err
+	})
+	for _, n := range nodes {
 		if n != nil {
 			c.Nodes = append(c.Nodes, n)
 		}
-		if err != nil {
-			return nil, err
-		}
 	}
-	for _, n := range c.Nodes {
+	if err != nil {
+		return nil, err
+	}
+	building.Wait()
+	if imgErr != nil {
+		return nil, imgErr
+	}
+	begin := time.Now()
+	if err := eachOf(c.Nodes, func(_ int, n *Node) error {
 		for _, img := range []string{pause.Tarball, c.Workload.Tarball} {
 			if err := n.LoadImage(ctx, img); err != nil {
-				return nil, err
+				return err
 			}
 		}
-		if err := n.release(); err != nil {
-			return nil, err
-		}
+		return n.release()
+	}); err != nil {
+		return nil, err
 	}
+	c.logf("pause and workload images loaded on %d nodes in %v", len(c.Nodes), time.Since(begin).Round(100*time.Millisecond))
 	if err := c.WaitNodesReady(ctx); err != nil {
 		return nil, err
 	}
@@ -285,7 +304,7 @@ func (c *Cluster) WaitNodesReady(ctx context.Context) error {
 	if err != nil {
 		var b strings.Builder
 		for _, n := range c.Nodes {
-			fmt.Fprintf(&b, "--- %s kubelet.log:\n%s\n", n.Name, n.tail("kubelet.log"))
+			fmt.Fprintf(&b, "--- %s kubelet.log:\n%s\n", n.Name, n.LogTail("kubelet.log"))
 		}
 		return fmt.Errorf("cluster: nodes not Ready: %w\n%s", err, b.String())
 	}
@@ -364,14 +383,22 @@ func (c *Cluster) KubectlCmd(ctx context.Context, args ...string) *exec.Cmd {
 	return cmd
 }
 
-// LoadImage imports a docker-archive tarball into every node.
+// LoadImage imports a docker-archive tarball into every node, all at once.
 func (c *Cluster) LoadImage(ctx context.Context, tarball string) error {
-	for _, n := range c.Nodes {
-		if err := n.LoadImage(ctx, tarball); err != nil {
-			return err
-		}
+	return eachOf(c.Nodes, func(_ int, n *Node) error { return n.LoadImage(ctx, tarball) })
+}
+
+// eachOf runs fn on every item at once and joins the errors: the nodes are
+// independent, and a loop would multiply each wait (a containerd start, an
+// image import) by the number of nodes.
+func eachOf[T any](items []T, fn func(int, T) error) error {
+	errs := make([]error, len(items))
+	var wg sync.WaitGroup
+	for i, it := range items {
+		wg.Go(func() { errs[i] = fn(i, it) })
 	}
-	return nil
+	wg.Wait()
+	return errors.Join(errs...)
 }
 
 // Node returns the node named name, or nil.

@@ -26,43 +26,56 @@ func (c *Cluster) BuildAgentImage(ctx context.Context, tag string) (*images.Imag
 	return img, c.LoadImage(ctx, img.Tarball)
 }
 
-// Overlay writes the kustomize overlay README tells users to make — the
-// repository's deploy/kubernetes as the only resource, the base's
-// placeholder image mapped to newName:newTag — into dir/overlay-<tag> and
-// returns that directory.
-func (c *Cluster) Overlay(newName, newTag string) (string, error) {
+// Overlay writes README's install overlay for AgentImageName:tag (see
+// WriteOverlay) into dir/overlay-<tag> and returns that directory.
+func (c *Cluster) Overlay(tag string) (string, error) {
 	base, err := DeployDir()
 	if err != nil {
 		return "", err
 	}
-	dir := filepath.Join(c.dir, "overlay-"+newTag)
+	dir := filepath.Join(c.dir, "overlay-"+tag)
+	return dir, WriteOverlay(dir, base, AgentImageName, tag, "")
+}
+
+// WriteOverlay writes dir/kustomization.yaml in the form README's "Install
+// on a Kubernetes cluster" and "Uninstall" tell users to write: resource
+// the base directory (relative to dir, as kustomize requires), the base's
+// placeholder image (deploy.Image) mapped to newName:newTag. extra, YAML
+// such as a "patches:" list, is appended as the user's own additions.
+func WriteOverlay(dir, base, newName, newTag, extra string) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return "", err
+		return err
 	}
 	rel, err := filepath.Rel(dir, base)
 	if err != nil {
-		return "", err
+		return err
 	}
-	k := fmt.Sprintf(`apiVersion: kustomize.config.k8s.io/v1beta1
-kind: Kustomization
-resources:
-  - %s
-images:
-  - name: %s
-    newName: %s
-    newTag: %q
-`, rel, deploy.Image, newName, newTag)
-	return dir, os.WriteFile(filepath.Join(dir, "kustomization.yaml"), []byte(k), 0o600)
+	k := fmt.Sprintf("resources: [%s]\nimages: [{name: %s, newName: %s, newTag: %s}]\n", rel, deploy.Image, newName, newTag) + extra
+	return os.WriteFile(filepath.Join(dir, "kustomization.yaml"), []byte(k), 0o600)
 }
 
-// Install applies the overlay for AgentImageName:tag with the real
-// `kubectl apply -k`, exactly as a user installs (or upgrades) wgmesh.
-func (c *Cluster) Install(ctx context.Context, tag string) (string, error) {
-	dir, err := c.Overlay(AgentImageName, tag)
+// Install installs (or upgrades) wgmesh with AgentImageName:tag exactly as
+// README's "Install on a Kubernetes cluster" says, with the real kubectl:
+// the overlay (Overlay), the namespace first, the server-side dry run, then
+// `kubectl apply -k`. It returns the overlay directory (what the user keeps
+// for the uninstall) and the output of the last apply; the caller waits for
+// the rollout.
+func (c *Cluster) Install(ctx context.Context, tag string) (overlay, out string, err error) {
+	base, err := DeployDir()
 	if err != nil {
-		return "", err
+		return "", "", err
 	}
-	return c.Kubectl(ctx, "apply", "-k", dir)
+	if overlay, err = c.Overlay(tag); err != nil {
+		return "", "", err
+	}
+	if _, err := c.Kubectl(ctx, "apply", "-f", filepath.Join(base, "namespace.yaml")); err != nil {
+		return overlay, "", err
+	}
+	if _, err := c.Kubectl(ctx, "apply", "-k", overlay, "--dry-run=server"); err != nil {
+		return overlay, "", err
+	}
+	out, err = c.Kubectl(ctx, "apply", "-k", overlay)
+	return overlay, out, err
 }
 
 // DeployDir is the repository's deploy/kubernetes directory.

@@ -174,7 +174,7 @@ clientConnection:
   kubeconfig: {{.Dir}}/kube-proxy.kubeconfig
 hostnameOverride: {{.Name}}
 mode: nftables
-clusterCIDR: 10.244.0.0/16,fd00:10:244::/48
+clusterCIDR: {{.ClusterCIDRs}}
 metricsBindAddress: 127.0.0.1:10249
 healthzBindAddress: 127.0.0.1:10256
 # Conntrack limits are host-wide sysctls: leave them alone.
@@ -186,7 +186,7 @@ conntrack:
 `))
 
 type nodeParams struct {
-	Dir, Socket, Name, IP, Bin, Pause, CNIBin, CgroupRoot, Sysctls string
+	Dir, Socket, Name, IP, Bin, Pause, CNIBin, CgroupRoot, Sysctls, ClusterCIDRs string
 }
 
 // startNode writes the node's configuration and starts its containerd; the
@@ -200,7 +200,7 @@ func (c *Cluster) startNode(ctx context.Context, ln *lab.Node) (*Node, error) {
 	p := nodeParams{
 		Dir: n.Dir, Socket: n.Socket, Name: ln.Name, IP: ln.Underlay.String(), Bin: c.binDir,
 		Pause: PauseImage, CNIBin: cniBinDir, CgroupRoot: n.CgroupRoot,
-		Sysctls: strings.Join(hostSysctls, " "),
+		Sysctls: strings.Join(hostSysctls, " "), ClusterCIDRs: ClusterCIDRs,
 	}
 	files := map[string]*template.Template{"node.sh": nodeScript, "containerd.toml": containerdConfig, "kubelet.yaml": kubeletConfig, "kube-proxy.yaml": proxyConfig}
 	for name, t := range files {
@@ -276,13 +276,13 @@ func (c *Cluster) startNode(ctx context.Context, ln *lab.Node) (*Node, error) {
 		}
 		select {
 		case <-n.done:
-			return n, fmt.Errorf("cluster: node %s exited during start-up:\n%s\ncontainerd:\n%s", ln.Name, n.tail("node.log"), n.tail("containerd.log"))
+			return n, fmt.Errorf("cluster: node %s exited during start-up:\n%s\ncontainerd:\n%s", ln.Name, n.LogTail("node.log"), n.LogTail("containerd.log"))
 		case <-ctx.Done():
 			return n, ctx.Err()
 		case <-time.After(100 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
-			return n, fmt.Errorf("cluster: node %s: containerd socket not ready after 2m:\n%s", ln.Name, n.tail("containerd.log"))
+			return n, fmt.Errorf("cluster: node %s: containerd socket not ready after 2m:\n%s", ln.Name, n.LogTail("containerd.log"))
 		}
 	}
 	return n, nil
@@ -365,9 +365,9 @@ func (n *Node) LoadImage(ctx context.Context, tarball string) error {
 	return nil
 }
 
-// Log returns the last lines of one of the node's logs: "kubelet.log",
-// "containerd.log", "kube-proxy.log" or "node.log".
-func (n *Node) tail(name string) string {
+// LogTail returns the last 30 lines of one of the node's logs:
+// "kubelet.log", "containerd.log", "kube-proxy.log" or "node.log".
+func (n *Node) LogTail(name string) string {
 	b, _ := os.ReadFile(filepath.Join(n.Dir, name))
 	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
 	if len(lines) > 30 {
@@ -375,10 +375,6 @@ func (n *Node) tail(name string) string {
 	}
 	return strings.Join(lines, "\n")
 }
-
-// LogTail returns the last 30 lines of one of the node's logs:
-// "kubelet.log", "containerd.log", "kube-proxy.log" or "node.log".
-func (n *Node) LogTail(name string) string { return n.tail(name) }
 
 // stop kills the node's script and everything it started (kubelet,
 // kube-proxy, containerd) by process group, then the pods by cgroup.

@@ -117,7 +117,9 @@ func layer(files []file) (v1.Layer, error) {
 		return nil, err
 	}
 	data := buf.Bytes()
-	return tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(data)), nil })
+	// Compressed once: the digest needs the gzip stream and so does the
+	// tarball's write, which would otherwise gzip it again.
+	return tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(data)), nil }, tarball.WithCompressedCaching)
 }
 
 // build assembles an image on the empty base and writes it to dir.

@@ -3,6 +3,7 @@ package images
 import (
 	"bufio"
 	"encoding/json"
+	"maps"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -116,11 +117,7 @@ func TestWgmeshImageMatchesDockerfile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var got []string
-	for p := range files {
-		got = append(got, p)
-	}
-	slices.Sort(got)
+	got := slices.Sorted(maps.Keys(files))
 	want := slices.Clone(st.copies)
 	slices.Sort(want)
 	if !slices.Equal(got, want) {
@@ -140,11 +137,7 @@ func TestWgmeshImageMatchesDockerfile(t *testing.T) {
 	if c.User != st.user {
 		t.Errorf("image user %q, Dockerfile USER %q", c.User, st.user)
 	}
-	var ports []string
-	for p := range c.ExposedPorts {
-		ports = append(ports, p)
-	}
-	slices.Sort(ports)
+	ports := slices.Sorted(maps.Keys(c.ExposedPorts))
 	wantPorts := slices.Clone(st.expose)
 	slices.Sort(wantPorts)
 	if !slices.Equal(ports, wantPorts) {

@@ -274,9 +274,6 @@ func (n *Node) WGPeers(ctx context.Context) ([]WGPeer, error) {
 	return parseWGPeers(outs[0], outs[1], outs[2]), nil
 }
 
-// parseWGPeers combines the outputs of `wg show IFACE allowed-ips`,
-// `latest-handshakes` and `endpoints` (one peer per line, public key first).
-// Lines it does not understand are skipped; peers are sorted by public key.
 // ParseWGPeers parses the outputs of `wg show IFACE allowed-ips`,
 // `latest-handshakes` and `endpoints` (for interfaces the lab reads some
 // other way, such as inside a UML guest).
@@ -284,6 +281,9 @@ func ParseWGPeers(allowed, handshakes, endpoints string) []WGPeer {
 	return parseWGPeers(allowed, handshakes, endpoints)
 }
 
+// parseWGPeers combines the outputs of `wg show IFACE allowed-ips`,
+// `latest-handshakes` and `endpoints` (one peer per line, public key first).
+// Lines it does not understand are skipped; peers are sorted by public key.
 func parseWGPeers(allowed, handshakes, endpoints string) []WGPeer {
 	peers := map[string]*WGPeer{}
 	for _, line := range strings.Split(allowed, "\n") {

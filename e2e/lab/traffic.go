@@ -56,12 +56,12 @@ func (p *Pod) Ping(ctx context.Context, dst netip.Addr, count int, interval time
 	return r, nil
 }
 
-// parsePing reads ping(8)'s summary line ("3 packets transmitted, 2
-// received, ...").
 // ParsePing reads the summary of ping's output (for pings run some other
 // way than Pod.Ping, such as inside a UML guest).
 func ParsePing(out string) (PingResult, bool) { return parsePing(out) }
 
+// parsePing reads ping(8)'s summary line ("3 packets transmitted, 2
+// received, ...").
 func parsePing(out string) (PingResult, bool) {
 	m := pingRE.FindStringSubmatch(out)
 	if m == nil {

@@ -62,8 +62,9 @@ func (d *demo) runCluster(ctx context.Context) (err error) {
 	}
 	d.say("%s, laid out as deploy/Dockerfile says", img.Ref)
 
-	d.header("Installing wgmesh as README says: a kustomize overlay and kubectl apply -k")
-	overlay, err := c.Overlay(cluster.AgentImageName, "demo")
+	d.header("Installing wgmesh as README says: a kustomize overlay, the namespace, a server-side dry run, kubectl apply -k")
+	t1 := time.Now()
+	overlay, out, err := c.Install(ctx, "demo")
 	if err != nil {
 		return err
 	}
@@ -73,11 +74,6 @@ func (d *demo) runCluster(ctx context.Context) (err error) {
 	}
 	for _, line := range strings.Split(strings.TrimSpace(string(k)), "\n") {
 		d.say("| %s", line)
-	}
-	t1 := time.Now()
-	out, err = c.Kubectl(ctx, "apply", "-k", overlay)
-	if err != nil {
-		return err
 	}
 	d.table(out)
 	_, err = c.Kubectl(ctx, "-n", "wgmesh", "rollout", "status", "daemonset/wgmesh", "--timeout=5m")
@@ -143,28 +139,14 @@ func (d *demo) runCluster(ctx context.Context) (err error) {
 		d.say("| %s", line)
 	}
 
-	d.header("What crossed the switch")
-	d.say("a pod packet in plaintext shows a pod address (10.244.x.x, fd00:10:244:...) on the wire;")
-	d.say("an encrypted one shows only node addresses and WireGuard's UDP header")
-	cr, err := capt.Stop()
-	if err != nil {
+	if err := d.wire(capt); err != nil {
 		return err
 	}
-	d.say("%d packets captured; %d were WireGuard; %d were pod traffic in plaintext", cr.Frames, cr.WireGuard, cr.Plaintext)
-	d.check(cr.WireGuard > 0, "%d WireGuard UDP packets carried the pod traffic", cr.WireGuard)
-	d.check(cr.Plaintext == 0, "%d plaintext pod packets on the wire%s", cr.Plaintext, samples(cr.PlaintextSamples))
-	d.check(cr.KernelDropped == 0, "capture complete (%d packets dropped by the kernel)", cr.KernelDropped)
-
-	elapsed := time.Since(d.start).Round(100 * time.Millisecond)
-	if len(d.failed) > 0 {
-		fmt.Fprintf(d.out, "\nResult: FAIL — %d of %d checks failed (%s)\n", len(d.failed), d.checks, elapsed)
+	return d.verdict(func() {
 		for _, n := range c.Nodes {
 			fmt.Fprintf(d.out, "\nkubelet log of %s (last lines):\n%s\n", n.Name, n.LogTail("kubelet.log"))
 		}
-		return fmt.Errorf("%d of %d checks failed: %s", len(d.failed), d.checks, strings.Join(d.failed, "; "))
-	}
-	fmt.Fprintf(d.out, "\nResult: PASS — all %d checks passed in %s\n", d.checks, elapsed)
-	return nil
+	})
 }
 
 // table prints command output indented, one line each.

@@ -203,6 +203,19 @@ func (d *demo) run(ctx context.Context) (err error) {
 	}
 	d.check(err == nil, "transfer: %s%s", res, errSuffix(err))
 
+	if err := d.wire(capt); err != nil {
+		return err
+	}
+	return d.verdict(func() {
+		for _, a := range agents {
+			fmt.Fprintf(d.out, "\nagent log of %s (last lines):\n%s\n", a.Node.Name, a.LogTail(15))
+		}
+	})
+}
+
+// wire stops the capture and checks what crossed the switch: WireGuard
+// packets, no plaintext pod packet, no frame missed.
+func (d *demo) wire(capt *lab.Capture) error {
 	d.header("What crossed the switch")
 	d.say("a pod packet in plaintext shows a pod address (10.244.x.x, fd00:10:244:...) on the wire;")
 	d.say("an encrypted one shows only node addresses and WireGuard's UDP header")
@@ -214,13 +227,17 @@ func (d *demo) run(ctx context.Context) (err error) {
 	d.check(cr.WireGuard > 0, "%d WireGuard UDP packets carried the pod traffic", cr.WireGuard)
 	d.check(cr.Plaintext == 0, "%d plaintext pod packets on the wire%s", cr.Plaintext, samples(cr.PlaintextSamples))
 	d.check(cr.KernelDropped == 0, "capture complete (%d packets dropped by the kernel)", cr.KernelDropped)
+	return nil
+}
 
+// verdict prints PASS or FAIL over every check; on failure it runs logs
+// (the last lines of what ran) and returns an error naming the failed
+// checks.
+func (d *demo) verdict(logs func()) error {
 	elapsed := time.Since(d.start).Round(100 * time.Millisecond)
 	if len(d.failed) > 0 {
 		fmt.Fprintf(d.out, "\nResult: FAIL — %d of %d checks failed (%s)\n", len(d.failed), d.checks, elapsed)
-		for _, a := range agents {
-			fmt.Fprintf(d.out, "\nagent log of %s (last lines):\n%s\n", a.Node.Name, a.LogTail(15))
-		}
+		logs()
 		return fmt.Errorf("%d of %d checks failed: %s", len(d.failed), d.checks, strings.Join(d.failed, "; "))
 	}
 	fmt.Fprintf(d.out, "\nResult: PASS — all %d checks passed in %s\n", d.checks, elapsed)

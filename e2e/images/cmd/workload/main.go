@@ -15,7 +15,8 @@
 //	                             timeout) for DURATION; print "up" once the
 //	                             first answer came, then "down <unix ms>"
 //	                             when answers stop and "gap <ms>" when they
-//	                             return; "tick" every second
+//	                             return; it also ends when its standard
+//	                             input, a pipe (kubectl exec -i), closes
 //	workload sleep               block until SIGTERM
 package main
 
@@ -147,15 +148,18 @@ func kube(path string) {
 func probe(url string, d time.Duration) {
 	c := &http.Client{Timeout: time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 	end := time.Now().Add(d)
+	// Ending with the caller: when kubectl exec -i ends, the container's
+	// runtime closes the process's standard input. Its standard output
+	// stays open (the runtime's shim reads it), so writes would never fail.
+	if fi, err := os.Stdin.Stat(); err == nil && fi.Mode()&os.ModeNamedPipe != 0 {
+		go func() {
+			io.Copy(io.Discard, os.Stdin)
+			os.Exit(0)
+		}()
+	}
 	var up bool
-	var lastOK, lastTick time.Time
+	var lastOK time.Time
 	for time.Now().Before(end) {
-		// A heartbeat: once the reader is gone (kubectl exec ended), the
-		// write fails with EPIPE and the probe dies instead of lingering.
-		if time.Since(lastTick) >= time.Second {
-			fmt.Println("tick")
-			lastTick = time.Now()
-		}
 		t := time.Now()
 		resp, err := c.Get(url)
 		ok := err == nil && resp.StatusCode == http.StatusOK
