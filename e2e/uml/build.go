@@ -56,6 +56,12 @@ type Variant struct {
 	// Disable lists config symbols (without CONFIG_) set to n; every one,
 	// and whatever depends on it, must end up off or Build fails.
 	Disable []string
+	// Enable lists symbols set to y that keep options the Disable list
+	// would drop on as a side effect. A variant is built from a copy of
+	// the full kernel's tree, and Kbuild recompiles every object that
+	// reads a changed symbol: a widely read one (SKB_EXTENSIONS in
+	// skbuff.h) costs half the kernel.
+	Enable []string
 }
 
 // The variants the scenarios boot.
@@ -64,7 +70,10 @@ var (
 	Full = Variant{Name: "full"}
 	// NoXfrmNoObjref lacks XFRM_USER (the router's old netlink handle
 	// failed without it) and NFT_OBJREF (named counters in rules).
-	NoXfrmNoObjref = Variant{Name: "noxfrm-noobjref", Disable: []string{"XFRM_USER", "NFT_OBJREF"}}
+	// NET_KEY (PF_KEY sockets, not NETLINK_XFRM) keeps XFRM and
+	// SKB_EXTENSIONS on, which XFRM_USER alone selected: without it the
+	// variant recompiled ≈ 600 of the full tree's 1,089 objects.
+	NoXfrmNoObjref = Variant{Name: "noxfrm-noobjref", Disable: []string{"XFRM_USER", "NFT_OBJREF"}, Enable: []string{"NET_KEY"}}
 	// NoNftables has no nf_tables at all: strict mode cannot be enforced.
 	NoNftables = Variant{Name: "nonftables", Disable: []string{"NF_TABLES"}}
 )
@@ -82,14 +91,13 @@ type Kernel struct {
 }
 
 // Build returns the kernel of variant v, building it when the cache has none.
-// The cache is keyed by a hash of the base config, v.Disable and the installed
-// version of SourcePackage; a build holds a file lock, so concurrent test
-// processes build once and the others wait and reuse it. The full variant's
-// build tree is kept so the other variants build incrementally from a copy
-// of it (only the objects depending on the changed options recompile: for
-// each variant here about 390 of the ~1,090 objects, since XFRM_USER off
-// also turns off XFRM and SKB_EXTENSIONS, which change struct sk_buff, and
-// skbuff.h and net_namespace.h test NF_TABLES). The
+// The cache is keyed by a hash of the base config, v.Disable, v.Enable and the
+// installed version of SourcePackage; a build holds a file lock, so concurrent
+// test processes build once and the others wait and reuse it. The full
+// variant's build tree is kept so the other variants build incrementally from
+// a copy of it: only the objects that read a changed option recompile (see
+// Variant.Enable; NoNftables rebuilds much of net/, since net_namespace.h and
+// skbuff.h test NF_TABLES). The
 // first build needs about 2.5 GB of disk and, on 2 loaded cores, tens of
 // minutes; logf receives progress.
 //
@@ -129,7 +137,7 @@ func Build(ctx context.Context, v Variant, logf func(string, ...any)) (*Kernel, 
 		return nil, err
 	}
 	var buildDir string
-	if len(v.Disable) == 0 {
+	if len(v.Disable)+len(v.Enable) == 0 {
 		buildDir = filepath.Join(root, "build-"+version+"-"+key)
 	} else {
 		// Incremental from the full kernel's tree: build that first.
@@ -200,6 +208,11 @@ func buildKey(version string, v Variant) string {
 	d := slices.Clone(v.Disable)
 	slices.Sort(d)
 	io.WriteString(h, "\x00"+strings.Join(d, ","))
+	if len(v.Enable) > 0 {
+		e := slices.Clone(v.Enable)
+		slices.Sort(e)
+		io.WriteString(h, "\x00+"+strings.Join(e, ","))
+	}
 	return hex.EncodeToString(h.Sum(nil))[:16]
 }
 
@@ -243,9 +256,14 @@ func configure(ctx context.Context, src, buildDir string, v Variant) error {
 	if err := os.WriteFile(cfg, baseConfig, 0o644); err != nil {
 		return fmt.Errorf("uml: write %s: %w", cfg, err)
 	}
-	for _, opt := range v.Disable {
-		if out, err := exec.CommandContext(ctx, filepath.Join(src, "scripts", "config"), "--file", cfg, "-d", opt).CombinedOutput(); err != nil {
-			return fmt.Errorf("uml: scripts/config -d %s: %w\n%s", opt, err, out)
+	for _, set := range []struct {
+		flag string
+		opts []string
+	}{{"-d", v.Disable}, {"-e", v.Enable}} {
+		for _, opt := range set.opts {
+			if out, err := exec.CommandContext(ctx, filepath.Join(src, "scripts", "config"), "--file", cfg, set.flag, opt).CombinedOutput(); err != nil {
+				return fmt.Errorf("uml: scripts/config %s %s: %w\n%s", set.flag, opt, err, out)
+			}
 		}
 	}
 	if err := makeIn(ctx, src, buildDir, "olddefconfig"); err != nil {
@@ -258,6 +276,11 @@ func configure(ctx context.Context, src, buildDir string, v Variant) error {
 	for _, opt := range v.Disable {
 		if strings.Contains(string(got), "\nCONFIG_"+opt+"=") {
 			return fmt.Errorf("uml: variant %s: CONFIG_%s is still set after olddefconfig (something selects it)", v.Name, opt)
+		}
+	}
+	for _, opt := range v.Enable {
+		if !strings.Contains(string(got), "\nCONFIG_"+opt+"=y") {
+			return fmt.Errorf("uml: variant %s: CONFIG_%s is not on after olddefconfig (a dependency is off)", v.Name, opt)
 		}
 	}
 	if !strings.Contains(string(got), "\nCONFIG_WIREGUARD=y") {

@@ -7,7 +7,7 @@ import (
 )
 
 // The cache key changes with the source version and the options turned off
-// (in any order the same), so a variant never reuses another's kernel.
+// or on (in any order the same), so a variant never reuses another's kernel.
 func TestBuildKey(t *testing.T) {
 	a := buildKey("6.1.1-1", Full)
 	if a != buildKey("6.1.1-1", Variant{Name: "other name"}) {
@@ -19,6 +19,13 @@ func TestBuildKey(t *testing.T) {
 	x := buildKey("6.1.1-1", Variant{Disable: []string{"XFRM_USER", "NFT_OBJREF"}})
 	if x == a || x != buildKey("6.1.1-1", Variant{Disable: []string{"NFT_OBJREF", "XFRM_USER"}}) {
 		t.Error("the key must change with the options turned off and ignore their order")
+	}
+	y := buildKey("6.1.1-1", Variant{Disable: []string{"XFRM_USER", "NFT_OBJREF"}, Enable: []string{"NET_KEY"}})
+	if y == x || y == a {
+		t.Error("the key must change with the options turned on")
+	}
+	if buildKey("6.1.1-1", Variant{Disable: []string{"NET_KEY"}}) == buildKey("6.1.1-1", Variant{Enable: []string{"NET_KEY"}}) {
+		t.Error("turning an option on and off must not share a key")
 	}
 	if !strings.Contains(string(baseConfig), "\nCONFIG_WIREGUARD=y\n") || !strings.Contains(string(baseConfig), "\nCONFIG_NFT_OBJREF=y\n") {
 		t.Error("the embedded base config lacks WireGuard or objref")
