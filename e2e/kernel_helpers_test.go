@@ -75,8 +75,13 @@ type kernelMeshOptions struct {
 // startKernelMesh builds a lab whose listed nodes are UML guests, starts the
 // capture, writes keys and peers files, starts every agent and waits until
 // each has configured all peers.
+//
+// It marks the test parallel: a kernel scenario mostly waits on its guests
+// (boots, agent restarts, paced pings), so the scenarios overlap after the
+// package's other tests, as many at once as go test's -parallel (Makefile).
 func startKernelMesh(t *testing.T, o kernelMeshOptions) *kernelMesh {
 	t.Helper()
+	t.Parallel()
 	if o.Variant.Name == "" {
 		o.Variant = uml.Full
 	}
