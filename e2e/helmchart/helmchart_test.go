@@ -455,3 +455,26 @@ func mustSub(t *testing.T) fs.FS {
 	}
 	return sub
 }
+
+// TestNotes: NOTES.txt warns about the placeholder image until one is set,
+// and names the port to open.
+func TestNotes(t *testing.T) {
+	for _, tt := range []struct {
+		values      string
+		warn        bool
+		port, rollo string
+	}{
+		{"", true, "UDP 51822", "daemonset/wgmesh"},
+		{"image: {repository: registry.example/wgmesh}\nagent: {listenPort: 40000}", false, "UDP 40000", "daemonset/wgmesh"},
+	} {
+		out, err := Render(Options{Values: values(t, tt.values)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		notes := out["templates/NOTES.txt"]
+		if strings.Contains(notes, "WARNING: image.repository is the placeholder") != tt.warn ||
+			!strings.Contains(notes, tt.port) || !strings.Contains(notes, tt.rollo) {
+			t.Errorf("values %q: NOTES.txt:\n%s", tt.values, notes)
+		}
+	}
+}
