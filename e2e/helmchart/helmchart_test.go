@@ -478,3 +478,29 @@ func TestNotes(t *testing.T) {
 		}
 	}
 }
+
+// TestOtherReleaseKeepsThePolicyOnItsAgent: under another release name and
+// namespace the objects are renamed together, and the admission policy
+// still matches the agent's service account (and only it).
+func TestOtherReleaseKeepsThePolicyOnItsAgent(t *testing.T) {
+	ds := renderT(t, Options{Name: "mesh", Namespace: "net-system"})
+	sa := find[*corev1.ServiceAccount](t, ds)
+	d := find[*appsv1.DaemonSet](t, ds)
+	vap := find[*admissionv1.ValidatingAdmissionPolicy](t, ds)
+	bind := find[*admissionv1.ValidatingAdmissionPolicyBinding](t, ds)
+	ns := find[*corev1.Namespace](t, ds)
+	if sa.Name != "mesh-wgmesh" || sa.Namespace != "net-system" || d.Spec.Template.Spec.ServiceAccountName != sa.Name || ns.Name != "net-system" {
+		t.Errorf("service account %s/%s, DaemonSet uses %q, namespace %s", sa.Namespace, sa.Name, d.Spec.Template.Spec.ServiceAccountName, ns.Name)
+	}
+	if want := "request.userInfo.username == 'system:serviceaccount:net-system:mesh-wgmesh'"; vap.Spec.MatchConditions[0].Expression != want {
+		t.Errorf("policy matches %s, want %s", vap.Spec.MatchConditions[0].Expression, want)
+	}
+	if bind.Spec.PolicyName != vap.Name || vap.Name != "mesh-wgmesh-own-node-annotations" {
+		t.Errorf("binding %s names policy %s", bind.Name, bind.Spec.PolicyName)
+	}
+	// fullnameOverride wins.
+	d = find[*appsv1.DaemonSet](t, renderT(t, Options{Name: "mesh", Values: values(t, "fullnameOverride: wgmesh")}))
+	if d.Name != "wgmesh" {
+		t.Errorf("fullnameOverride: DaemonSet %s", d.Name)
+	}
+}
