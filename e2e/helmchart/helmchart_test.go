@@ -413,7 +413,7 @@ func TestSchemaRejectsBadValues(t *testing.T) {
 	}
 	// The boundaries themselves are accepted.
 	for _, ok := range []string{"agent: {listenPort: 1}", "agent: {listenPort: 65535, mtu: 1280}", "agent: {ipv6: false, mtu: 576}",
-		"agent: {keepalive: 25}", "agent: {routeTable: 1, hostRouteTable: 4294967295}"} {
+		"agent: {keepalive: 25}", "agent: {routeTable: 1, hostRouteTable: 4294967295}", "agent: {fwmark: 0x2000}"} {
 		if _, err := Render(Options{Values: values(t, ok)}); err != nil {
 			t.Errorf("values %s: %v", ok, err)
 		}

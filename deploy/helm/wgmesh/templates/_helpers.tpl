@@ -50,7 +50,7 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | 
 {{- end }}
 
 {{/*
-wgmesh.serviceAccount is the agent's service account user name, which the
+wgmesh.serviceAccountUser is the agent's service account user name, which the
 admission policy matches.
 */}}
 {{- define "wgmesh.serviceAccountUser" -}}
