@@ -9,7 +9,7 @@ LDFLAGS      := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 # tens of MiB through userspace WireGuard on a shared 2-core machine.
 TEST_TIMEOUT ?= 20m
 
-.PHONY: help build test unit e2e demo demo-k8s bench lint fuzz graph-example clean
+.PHONY: help build test unit e2e demo demo-k8s bench lint fuzz graph-example manifests clean
 
 help:
 	@echo "make demo      live 3-node encrypted mesh in network namespaces (root)"
@@ -18,6 +18,7 @@ help:
 	@echo "make bench     benchmarks; writes bench/RESULTS.md"
 	@echo "make lint      gofmt + go vet"
 	@echo "make e2e       end-to-end scenarios against a real kube-apiserver"
+	@echo "make manifests regenerate deploy/kubernetes (the kustomize base) from the Helm chart deploy/helm/wgmesh"
 	@echo "make graph-example  redraw docs/mesh.svg (the README's picture) from the graph golden test (needs Graphviz)"
 
 build:
@@ -59,6 +60,12 @@ fuzz:
 graph-example:
 	$(GO) test -count=1 -run '^TestGraphGolden$$' ./cmd/wgmesh -update
 	dot -Tsvg cmd/wgmesh/testdata/graph/local.dot -o docs/mesh.svg
+
+# The kustomize base is the Helm chart rendered with its default values (and
+# the chart's alert rules a copy of deploy/monitoring/alerts.yaml); the Helm
+# SDK lives in the e2e module. e2e/helmchart's tests fail when they differ.
+manifests:
+	cd e2e && $(GO) run ./cmd/manifests --root $(CURDIR)
 
 clean:
 	rm -rf bin

@@ -1,5 +1,7 @@
-// Package deploy holds wgmesh's deployment artefacts: the kustomize base in
-// kubernetes/ (namespace, RBAC, DaemonSet, admission policy), the uninstall
+// Package deploy holds wgmesh's deployment artefacts: the Helm chart in
+// helm/wgmesh, the kustomize base in kubernetes/ (namespace, RBAC, DaemonSet,
+// admission policy; generated from the chart's defaults by `make
+// manifests`, e2e/cmd/manifests), the uninstall
 // base in kubernetes/uninstall/ (a DaemonSet that runs `wgmesh cleanup` on
 // every node) and the Dockerfile. The Go package exists so that tests can
 // render the bases with the kustomize engine kubectl embeds, decode every
@@ -25,6 +27,17 @@ import (
 //
 //go:embed kubernetes
 var Kubernetes embed.FS
+
+// Chart holds the Helm chart, rooted at ChartDir. The "all:" prefix keeps
+// templates/_helpers.tpl and .helmignore, which embed skips otherwise. The
+// Helm SDK that renders it lives in the e2e module (its dependencies would
+// nearly double this module's graph): e2e/helmchart.
+//
+//go:embed all:helm/wgmesh
+var Chart embed.FS
+
+// ChartDir is the chart's directory inside Chart and inside deploy/.
+const ChartDir = "helm/wgmesh"
 
 // Names the manifests use.
 const (

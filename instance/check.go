@@ -66,7 +66,8 @@ func (c *Claim) Close() error {
 //     routes are still in place);
 //   - any other WireGuard device, kernel or userspace (wgctrl), listening
 //     on p.ListenPort: another wgmesh instance, or Calico, Flannel, Kilo,
-//     KubeSpan, wg-quick, which all default to 51820.
+//     KubeSpan, wg-quick, which all default to 51820 (the agent's default,
+//     51822, keeps clear of them; --listen-port 51820 meets them).
 //
 // p's own interface is skipped (the device package refuses it when it is
 // not wgmesh's). Every clash is reported, joined, each wrapping ErrClash

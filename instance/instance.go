@@ -11,7 +11,7 @@
 //
 // The instance's parameters are recorded in the link alias (IFLA_IFALIAS)
 // of its interface, e.g. "wgmesh table=51820 hosttable=51821 pref=99
-// mark=0x2000 port=51820", so that another instance and `wgmesh cleanup` can read them
+// mark=0x2000 port=51822", so that another instance and `wgmesh cleanup` can read them
 // without a running agent. Versions before this one wrote the bare alias
 // "wgmesh": such an interface is wgmesh's, with unknown parameters.
 package instance
@@ -47,7 +47,7 @@ type Params struct {
 
 // Alias renders p as the link alias of its interface: AliasTag followed by
 // the known (non-zero) parameters as key=value words, for example
-// "wgmesh table=51820 hosttable=51821 pref=99 mark=0x2000 port=51820". The interface name
+// "wgmesh table=51820 hosttable=51821 pref=99 mark=0x2000 port=51822". The interface name
 // is not part of it (the alias belongs to the interface).
 func (p Params) Alias() string {
 	var b strings.Builder

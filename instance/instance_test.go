@@ -105,6 +105,14 @@ func TestCheck(t *testing.T) {
 		want    []string // substrings of the error; none: no clash
 	}{
 		{name: "different table and port", p: me, links: links, ports: map[string]int{"wgmesh0": 51820}},
+		// The agent's default port (cmd/wgmesh defaultListenPort) next to
+		// Flannel's or Calico's WireGuard on 51820 (IPv4) and 51821 (IPv6).
+		{name: "default port next to the CNIs' 51820 and 51821", p: Params{Interface: "wgmesh0", Table: 51820, ListenPort: 51822},
+			links: []linkInfo{{Name: "flannel-wg", Kind: "wireguard"}, {Name: "flannel-wg-v6", Kind: "wireguard"}},
+			ports: map[string]int{"flannel-wg": 51820, "flannel-wg-v6": 51821}},
+		{name: "default port taken", p: Params{Interface: "wgmesh0", Table: 51820, ListenPort: 51822},
+			links: []linkInfo{{Name: "wg0", Kind: "wireguard"}}, ports: map[string]int{"wg0": 51822},
+			want: []string{"listen port 51822 is used by WireGuard interface wg0 (not wgmesh's): pick another --listen-port"}},
 		{name: "same table", p: Params{Interface: "wgmesh1", Table: 51820, ListenPort: 51821}, links: links,
 			running: map[string]int{"wgmesh0": 4242},
 			want:    []string{"route table 51820 is used by wgmesh instance wgmesh0 (agent pid 4242): pick another --route-table"}},

@@ -104,8 +104,9 @@ func TestPrivilegedAgentPeersFile(t *testing.T) {
 		if err != nil {
 			t.Fatalf("keygen %s: %v", n.name, err)
 		}
-		fmt.Fprintf(&peers, "  - name: %s\n    publicKey: %q\n    endpoint: \"%s:51820\"\n    podCIDRs: [%q]\n    hostIPs: [%q]\n",
-			n.name, strings.TrimSpace(string(out)), n.underlay, n.cidr, n.underlay)
+		// The agents run with the default --listen-port.
+		fmt.Fprintf(&peers, "  - name: %s\n    publicKey: %q\n    endpoint: \"%s:%d\"\n    podCIDRs: [%q]\n    hostIPs: [%q]\n",
+			n.name, strings.TrimSpace(string(out)), n.underlay, defaultListenPort, n.cidr, n.underlay)
 	}
 	peersFile := filepath.Join(dir, "peers.yaml")
 	if err := os.WriteFile(peersFile, []byte(peers.String()), 0o644); err != nil {

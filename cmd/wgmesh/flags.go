@@ -21,8 +21,16 @@ import (
 
 // Defaults of the agent flags that no other package owns.
 const (
-	// defaultListenPort is WireGuard's customary port.
-	defaultListenPort = 51820
+	// defaultListenPort is the UDP port of the WireGuard interface. Not
+	// WireGuard's customary 51820: Calico (IPv4; 51821 for IPv6), Flannel
+	// (51820, 51821 for IPv6), Kilo and Talos' KubeSpan default to it, and
+	// a Calico release in eBPF mode drops UDP 51820 from hosts it does not
+	// know, so a node running one of them next to wgmesh would either
+	// refuse to start (the port is taken, instance.Check) or lose the
+	// mesh's handshakes. 51822 is the first port after the 51820-51821
+	// pair they use; Cilium uses 51871. README, "Running next to other software", lists
+	// them. mesh/kube.DefaultListenPort must agree (a test checks).
+	defaultListenPort = 51822
 	// maxKeepalive is the largest persistent keepalive WireGuard accepts
 	// (a 16-bit number of seconds).
 	maxKeepalive = 65535 * time.Second

@@ -17,6 +17,7 @@ import (
 
 	"github.com/wgmesh/wgmesh/device"
 	"github.com/wgmesh/wgmesh/mesh"
+	"github.com/wgmesh/wgmesh/mesh/kube"
 	"github.com/wgmesh/wgmesh/mesh/metrics"
 )
 
@@ -137,9 +138,12 @@ func TestAgentFlagsValidate(t *testing.T) {
 		t.Fatalf("defaults in a cluster: %v", err)
 	}
 	if c.NodeName != "node-1" || c.Source != sourceInCluster || c.Interface != "wgmesh0" || c.Backend != device.ChoiceAuto ||
-		c.ListenPort != 51820 || c.KeyFile != mesh.DefaultKeyFile || c.MTU != 0 || c.Table != 51820 || c.HostTable != 51821 || c.Priority != 99 ||
+		c.ListenPort != 51822 || c.KeyFile != mesh.DefaultKeyFile || c.MTU != 0 || c.Table != 51820 || c.HostTable != 51821 || c.Priority != 99 ||
 		c.FwMark != 0x2000 || c.MetricsAddr != ":9587" || c.Endpoint.IsValid() || c.DisableOffloads {
 		t.Errorf("defaults: %+v", c)
+	}
+	if c.ListenPort != kube.DefaultListenPort {
+		t.Errorf("--listen-port default %d, kube.DefaultListenPort %d: want one default port", c.ListenPort, kube.DefaultListenPort)
 	}
 	if !c.Derive.IPv4 || !c.Derive.IPv6 || c.Derive.HostEncryption || c.Derive.AllowUnencrypted ||
 		c.Derive.Keepalive != 0 || c.Derive.TunnelAddress != mesh.TunnelAddressAuto || c.Derive.Unmanaged != nil || c.Derive.ClusterCIDRs != nil {

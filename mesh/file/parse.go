@@ -437,7 +437,7 @@ func parseEndpoint(s string) (netip.AddrPort, string) {
 	a := ep.Addr()
 	switch {
 	case ep.Port() == 0:
-		return netip.AddrPort{}, fmt.Sprintf("%q has port 0; use the port the agent listens on (default 51820)", s)
+		return netip.AddrPort{}, fmt.Sprintf("%q has port 0; use the port the agent listens on (default 51822)", s)
 	case a.Zone() != "":
 		return netip.AddrPort{}, fmt.Sprintf("%q has an IPv6 zone; use a routable address", s)
 	case a.IsUnspecified() || a.IsMulticast():

@@ -8,7 +8,7 @@
 //	nodes:
 //	  - name: host-a
 //	    publicKey: "<base64>"          # optional for the agent's own entry; must match its key if set
-//	    endpoint: "198.18.0.1:51820"   # IP:port; [v6]:port for IPv6
+//	    endpoint: "198.18.0.1:51822"   # IP:port; [v6]:port for IPv6
 //	    podCIDRs: ["10.244.1.0/24", "fd00:10:244:1::/64"]
 //	    hostIPs: ["198.18.0.1"]
 //	    labels: {role: edge}           # optional, matched by --unmanaged-nodes

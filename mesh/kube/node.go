@@ -32,8 +32,10 @@ const (
 // annotationPrefix selects the annotations the informer keeps.
 const annotationPrefix = "wgmesh.io/"
 
-// DefaultListenPort is the WireGuard port used when Options.ListenPort is 0.
-const DefaultListenPort = 51820
+// DefaultListenPort is the WireGuard port used when Options.ListenPort is 0:
+// the agent's --listen-port default (cmd/wgmesh, which says why it is not
+// 51820).
+const DefaultListenPort = 51822
 
 // maxShown bounds how much of a malformed value a Problem detail quotes: an
 // annotation may be up to 256 KiB and Events should stay readable.

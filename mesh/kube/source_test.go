@@ -350,14 +350,14 @@ func TestPublish(t *testing.T) {
 		port         int
 		wantEndpoint string // "" = no endpoint annotation
 	}{
-		{"InternalIP and default port", fatNode("self", nil, "198.18.0.1"), mesh.Self{}, 0, "198.18.0.1:51820"},
+		{"InternalIP and default port", fatNode("self", nil, "198.18.0.1"), mesh.Self{}, 0, "198.18.0.1:51822"},
 		{"IPv4 preferred", fatNode("self", nil, "fd00:198:18::1", "198.18.0.1"), mesh.Self{}, 4000, "198.18.0.1:4000"},
-		{"IPv6 only", fatNode("self", nil, "fd00:198:18::1"), mesh.Self{}, 0, "[fd00:198:18::1]:51820"},
+		{"IPv6 only", fatNode("self", nil, "fd00:198:18::1"), mesh.Self{}, 0, "[fd00:198:18::1]:51822"},
 		{"explicit endpoint", fatNode("self", nil, "198.18.0.1"), mesh.Self{Endpoint: netip.MustParseAddrPort("198.18.5.5:6000")}, 0, "198.18.5.5:6000"},
 		{"explicit address, listen port", fatNode("self", nil, "198.18.0.1"), mesh.Self{Endpoint: netip.AddrPortFrom(netip.MustParseAddr("198.18.5.5"), 0)}, 7000, "198.18.5.5:7000"},
 		{"force-endpoint honoured", fatNode("self", map[string]string{AnnotationForceEndpoint: "198.18.9.9:9999"}, "198.18.0.1"),
 			mesh.Self{Endpoint: netip.MustParseAddrPort("198.18.5.5:6000")}, 0, "198.18.9.9:9999"},
-		{"malformed force-endpoint ignored", fatNode("self", map[string]string{AnnotationForceEndpoint: "nope"}, "198.18.0.1"), mesh.Self{}, 0, "198.18.0.1:51820"},
+		{"malformed force-endpoint ignored", fatNode("self", map[string]string{AnnotationForceEndpoint: "nope"}, "198.18.0.1"), mesh.Self{}, 0, "198.18.0.1:51822"},
 		{"no address at all", fatNode("self", nil), mesh.Self{}, 0, ""},
 	}
 	for _, tt := range tests {
@@ -499,20 +499,20 @@ func TestRepublish(t *testing.T) {
 			return a[AnnotationPublicKey] == key.String() && a[AnnotationEndpoint] == endpoint && a[AnnotationBackend] == "kernel"
 		}
 	}
-	eventually(t, "published", published(testKey(1), "198.18.0.1:51820"))
+	eventually(t, "published", published(testKey(1), "198.18.0.1:51822"))
 
 	// Someone removes our annotations: they come back.
 	if err := RemoveAnnotations(ctx, client, "self"); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "republished after removal", published(testKey(1), "198.18.0.1:51820"))
+	eventually(t, "republished after removal", published(testKey(1), "198.18.0.1:51822"))
 
 	// Someone overwrites the key: it is restored.
 	patch := []byte(`{"metadata":{"annotations":{"` + AnnotationPublicKey + `":"` + testKey(5).String() + `"}}}`)
 	if _, err := client.CoreV1().Nodes().Patch(ctx, "self", types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "republished after overwrite", published(testKey(1), "198.18.0.1:51820"))
+	eventually(t, "republished after overwrite", published(testKey(1), "198.18.0.1:51822"))
 
 	// The user sets force-endpoint: the endpoint annotation follows.
 	patch = []byte(`{"metadata":{"annotations":{"` + AnnotationForceEndpoint + `":"198.18.4.4:4444"}}}`)

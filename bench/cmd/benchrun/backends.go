@@ -141,7 +141,7 @@ func wgmeshVariant(id, name, bin string, v variant, extra ...string) backend {
 			args := append([]string{bin, "agent", "--node-name", "bench-" + side, "--peers-file", peersFile,
 				"--key-file", filepath.Join(l.dir, side, "private.key"), "--interface", l.ifName(side),
 				"--backend", "userspace", "--mtu", fmt.Sprint(tunnelMTU), "--tunnel-address", own,
-				"--metrics-addr", "127.0.0.1:9587", "--ipv6=false"}, extra...)
+				"--metrics-addr", "127.0.0.1:9587", "--ipv6=false", "--listen-port", fmt.Sprint(wgPort)}, extra...)
 			c, err := l.start(side, v.env, args...)
 			if err != nil {
 				return "", nil, err
