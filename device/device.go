@@ -121,6 +121,12 @@ type Device interface {
 	// Stats returns per-peer counters and handshake times, sorted by public
 	// key.
 	Stats(ctx context.Context) ([]PeerStats, error)
+	// Offloads reports, for the userspace backend, whether its data path
+	// uses TUN GSO writes and UDP GSO sends (OffloadTUNGSO, then
+	// OffloadUDPGSO) and, when not, why; it falls back from either by
+	// itself when the kernel refuses it at run time. The kernel backend
+	// returns nil. Safe for concurrent use, also after Close.
+	Offloads() []OffloadState
 	// Close releases the device: wireguard-go and the UAPI socket stop, the
 	// interface and its routes stay (a userspace interface then drops every
 	// packet until an agent re-attaches). Idempotent.

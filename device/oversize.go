@@ -20,6 +20,12 @@ import (
 // happens for a family, batches to that family are sent datagram by
 // datagram, which the kernel fragments, until the bind is opened again.
 //
+// The same fallback covers a kernel that refuses UDP GSO batches with
+// EINVAL; a refusal with EIO (no checksum offload on the NIC) is handled by
+// wireguard-go's StdNetBind itself, which stops coalescing and says so with
+// conn.ErrUDPGSODisabled. Either way the bind records the fallback in the
+// device's offload state (Device.Offloads), for status and metrics.
+//
 // Wrapping the bind costs wireguard-go's sticky-source route listener (it
 // runs only for a bare *conn.StdNetBind); a source address made stale by a
 // route change is then cleared by the handshake retry timer instead, a few
@@ -27,14 +33,15 @@ import (
 type oversizeBind struct {
 	conn.Bind
 	log *slog.Logger
+	off *offloadTracker
 	// split[0] is set for IPv4 endpoints, split[1] for IPv6 ones.
 	split [2]atomic.Bool
 }
 
 var _ conn.Bind = (*oversizeBind)(nil)
 
-func newOversizeBind(b conn.Bind, log *slog.Logger) *oversizeBind {
-	return &oversizeBind{Bind: b, log: log}
+func newOversizeBind(b conn.Bind, log *slog.Logger, off *offloadTracker) *oversizeBind {
+	return &oversizeBind{Bind: b, log: log, off: off}
 }
 
 // Open implements conn.Bind; a new socket may see another route, so the
@@ -42,6 +49,7 @@ func newOversizeBind(b conn.Bind, log *slog.Logger) *oversizeBind {
 func (b *oversizeBind) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
 	b.split[0].Store(false)
 	b.split[1].Store(false)
+	b.off.reopened(OffloadUDPGSO)
 	return b.Bind.Open(port)
 }
 
@@ -55,13 +63,32 @@ func (b *oversizeBind) Send(bufs [][]byte, ep conn.Endpoint) error {
 		return b.sendEach(bufs, ep)
 	}
 	err := b.Bind.Send(bufs, ep)
-	if len(bufs) < 2 || !errors.Is(err, unix.EMSGSIZE) {
+	var disabled conn.ErrUDPGSODisabled
+	if errors.As(err, &disabled) {
+		// The library has stopped coalescing on this socket and sent the
+		// batch again; it logs only at verbose level.
+		b.off.fellBack(OffloadUDPGSO, "the kernel refused a UDP GSO send ("+disabled.Error()+"); sending datagrams one by one")
+		b.log.Warn("the kernel refused a UDP GSO send (the NIC may lack TX checksum offload): wireguard-go sends datagrams one by one on this socket",
+			"endpoint", ep.DstToString(), "err", disabled.RetryErr)
+	}
+	if len(bufs) < 2 {
+		return err
+	}
+	var msg, reason string
+	switch {
+	case errors.Is(err, unix.EMSGSIZE):
+		msg = "UDP GSO batches to the peers exceed the underlay's MTU (tunnel MTU plus encapsulation is larger): " +
+			"sending datagrams one by one, the kernel fragments them; raise the underlay MTU to restore full speed"
+		reason = "UDP GSO batches exceed the underlay's MTU (EMSGSIZE); sending datagrams one by one, fragmented"
+	case errors.Is(err, unix.EINVAL):
+		msg = "the kernel refused a UDP GSO batch: sending datagrams one by one until the socket is reopened"
+		reason = "the kernel refused a UDP GSO batch (EINVAL); sending datagrams one by one"
+	default:
 		return err
 	}
 	if !b.split[fam].Swap(true) {
-		b.log.Warn("UDP GSO batches to the peers exceed the underlay's MTU (tunnel MTU plus encapsulation is larger): "+
-			"sending datagrams one by one, the kernel fragments them; raise the underlay MTU to restore full speed",
-			"endpoint", ep.DstToString(), "err", err)
+		b.off.fellBack(OffloadUDPGSO, reason)
+		b.log.Warn(msg, "endpoint", ep.DstToString(), "err", err)
 	}
 	// Datagrams before the refused one may have left already; sending
 	// them again is harmless, the peer's replay window drops duplicates.

@@ -37,6 +37,7 @@ type userspace struct {
 	uapi     net.Listener
 	served   chan struct{} // closed when the UAPI accept loop ends
 	conf     *wgconf
+	off      *offloadTracker
 	closing  atomic.Bool
 	once     sync.Once
 	closeErr error
@@ -71,12 +72,14 @@ func openUserspace(ctx context.Context, o Options, e *env, link netlink.Link) (D
 		}
 		bind = conn.NewStdNetBind()
 	}
-	// Batches of datagrams larger than the underlay's MTU must still leave
-	// (see oversizeBind).
-	bind = newOversizeBind(bind, o.Logger)
+	off := newOffloadTracker(tunOffloadAtOpen(o, tdev), udpOffloadAtOpen(o, bind))
+	// Batches of datagrams larger than the underlay's MTU must still leave,
+	// and offloads the kernel refuses are given up for the plain path (see
+	// oversizeBind and offloadTUN).
+	bind = newOversizeBind(bind, o.Logger, off)
 	// From here the wireguard-go device owns tdev and bind: dev.Close closes
 	// both. A persistent TUN survives that; a half-created one is deleted.
-	dev := wgdevice.NewDevice(tdev, bind, newWGLogger(o.Logger))
+	dev := wgdevice.NewDevice(newOffloadTUN(tdev, o.Logger, off), bind, newWGLogger(o.Logger))
 	fail := func(err error) (Device, error) {
 		dev.Close()
 		if created {
@@ -112,6 +115,7 @@ func openUserspace(ctx context.Context, o Options, e *env, link netlink.Link) (D
 		uapi:   uapi,
 		served: make(chan struct{}),
 		conf:   &wgconf{name: o.Name, log: o.Logger, wg: wg},
+		off:    off,
 	}
 	go u.serveUAPI()
 	o.Logger.Info("userspace WireGuard device open",
@@ -350,6 +354,9 @@ func (u *userspace) greet(cfg mesh.DeviceConfig) {
 }
 
 func (u *userspace) Stats(ctx context.Context) ([]PeerStats, error) { return u.conf.stats(ctx) }
+
+// Offloads implements Device.
+func (u *userspace) Offloads() []OffloadState { return u.off.snapshot() }
 
 // Close stops serving UAPI and stops wireguard-go. A kernel TUN interface
 // stays (persistent) with its addresses and routes; packets routed to it are

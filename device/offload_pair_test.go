@@ -1,0 +1,243 @@
+package device_test
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+	"golang.zx2c4.com/wireguard/conn"
+	"golang.zx2c4.com/wireguard/conn/bindtest"
+	"golang.zx2c4.com/wireguard/tun"
+
+	"github.com/wgmesh/wgmesh/device"
+	"github.com/wgmesh/wgmesh/device/devicetest"
+	"github.com/wgmesh/wgmesh/mesh"
+)
+
+// pairBatch is how many packets the fakes below move per call, like TUN
+// TSO and UDP GRO hand wireguard-go batches with offloads on.
+const pairBatch = 8
+
+// refusingTUN is an in-memory TUN that hands wireguard-go whole batches on
+// Read and, like a kernel that rejects coalesced virtio-net GSO writes,
+// refuses every Write of more than one packet with EINVAL (the shape of
+// NativeTun.Write's error); single packets are delivered to out.
+type refusingTUN struct {
+	in     chan [][]byte
+	out    chan []byte
+	events chan tun.Event
+	once   sync.Once
+	closed chan struct{}
+}
+
+func newRefusingTUN() *refusingTUN {
+	t := &refusingTUN{in: make(chan [][]byte, 64), out: make(chan []byte, 4096), events: make(chan tun.Event, 1), closed: make(chan struct{})}
+	t.events <- tun.EventUp
+	return t
+}
+
+func (t *refusingTUN) File() *os.File           { return nil }
+func (t *refusingTUN) MTU() (int, error)        { return 1420, nil }
+func (t *refusingTUN) Name() (string, error)    { return "refusingtun", nil }
+func (t *refusingTUN) Events() <-chan tun.Event { return t.events }
+func (t *refusingTUN) BatchSize() int           { return pairBatch }
+
+func (t *refusingTUN) Close() error {
+	t.once.Do(func() { close(t.closed); close(t.events) })
+	return nil
+}
+
+func (t *refusingTUN) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
+	select {
+	case pkts := <-t.in:
+		n := min(len(pkts), len(bufs))
+		for i := range n {
+			sizes[i] = copy(bufs[i][offset:], pkts[i])
+		}
+		return n, nil
+	case <-t.closed:
+		return 0, os.ErrClosed
+	}
+}
+
+func (t *refusingTUN) Write(bufs [][]byte, offset int) (int, error) {
+	if len(bufs) > 1 {
+		return 0, errors.Join(&os.PathError{Op: "write", Path: "/dev/net/tun", Err: unix.EINVAL})
+	}
+	select {
+	case t.out <- append([]byte(nil), bufs[0][offset:]...):
+	default: // the test reads far fewer than fit
+	}
+	return 1, nil
+}
+
+// batchBinds joins two devices and moves each Send as one batch, which
+// the receiver gets in one call (what UDP GSO and GRO do on a socket).
+type batchBind struct {
+	rx, tx chan [][]byte
+	self   bindtest.ChannelEndpoint
+	mu     sync.Mutex
+	closed chan struct{}
+}
+
+func newBatchBinds() [2]*batchBind {
+	a, b := make(chan [][]byte, 256), make(chan [][]byte, 256)
+	return [2]*batchBind{{rx: a, tx: b, self: 2}, {rx: b, tx: a, self: 1}}
+}
+
+func (c *batchBind) Open(uint16) ([]conn.ReceiveFunc, uint16, error) {
+	c.mu.Lock()
+	c.closed = make(chan struct{})
+	closed := c.closed
+	c.mu.Unlock()
+	recv := func(bufs [][]byte, sizes []int, eps []conn.Endpoint) (int, error) {
+		select {
+		case batch := <-c.rx:
+			n := min(len(batch), len(bufs))
+			for i := range n {
+				sizes[i] = copy(bufs[i], batch[i])
+				eps[i] = c.self
+			}
+			return n, nil
+		case <-closed:
+			return 0, net.ErrClosed
+		}
+	}
+	return []conn.ReceiveFunc{recv}, uint16(c.self), nil
+}
+
+func (c *batchBind) Close() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed != nil {
+		select {
+		case <-c.closed:
+		default:
+			close(c.closed)
+		}
+	}
+	return nil
+}
+
+func (c *batchBind) SetMark(uint32) error { return nil }
+func (c *batchBind) BatchSize() int       { return pairBatch }
+
+func (c *batchBind) Send(bufs [][]byte, _ conn.Endpoint) error {
+	batch := make([][]byte, len(bufs))
+	for i, b := range bufs {
+		batch[i] = append([]byte(nil), b...)
+	}
+	c.mu.Lock()
+	closed := c.closed
+	c.mu.Unlock()
+	select {
+	case c.tx <- batch:
+		return nil
+	case <-closed:
+		return net.ErrClosed
+	}
+}
+
+func (c *batchBind) ParseEndpoint(s string) (conn.Endpoint, error) {
+	ap, err := netip.ParseAddrPort(s)
+	if err != nil {
+		return nil, err
+	}
+	return bindtest.ChannelEndpoint(ap.Port()), nil
+}
+
+// TestOffloadFallbackDeliversBatches is the scenario of a kernel that
+// refuses coalesced TUN writes: two real wireguard-go devices opened by
+// device.Open, joined by batching fakes, the receiving TUN refusing every
+// multi-packet write with EINVAL. All but the first refused batch must
+// arrive. wireguard-go alone (the code before the fallback) loses every
+// batch for as long as it runs.
+func TestOffloadFallbackDeliversBatches(t *testing.T) {
+	devicetest.SkipUnlessUAPIWritable(t)
+	var sfx [3]byte
+	if _, err := rand.Read(sfx[:]); err != nil {
+		t.Fatal(err)
+	}
+	binds := newBatchBinds()
+	tuns := [2]*refusingTUN{newRefusingTUN(), newRefusingTUN()}
+	addr := [2]netip.Addr{netip.MustParseAddr("10.244.1.1"), netip.MustParseAddr("10.244.2.1")}
+	var keys [2]mesh.Key
+	var devs [2]device.Device
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	for i := range devs {
+		k, err := mesh.GeneratePrivateKey()
+		if err != nil {
+			t.Fatal(err)
+		}
+		keys[i] = k
+		d, err := device.Open(ctx, device.Options{
+			Name: fmt.Sprintf("wgmo%s%c", hex.EncodeToString(sfx[:]), 'a'+i), Backend: device.ChoiceUserspace,
+			TUN: tuns[i], Bind: binds[i],
+		})
+		if err != nil {
+			t.Fatalf("open device %d: %v", i, err)
+		}
+		t.Cleanup(func() { d.Close() })
+		devs[i] = d
+	}
+	for i, d := range devs {
+		err := d.Configure(ctx, mesh.DeviceConfig{PrivateKey: keys[i], Peers: []mesh.Peer{{
+			Node: fmt.Sprintf("end%d", 1-i), PublicKey: keys[1-i].PublicKey(),
+			// bindtest's convention: bind 0 reaches bind 1 as port 1.
+			Endpoint:   netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(i+1)),
+			AllowedIPs: []netip.Prefix{netip.PrefixFrom(addr[1-i], 24).Masked()},
+		}}})
+		if err != nil {
+			t.Fatalf("configure device %d: %v", i, err)
+		}
+	}
+
+	// The first packet starts the handshake; wait for it to arrive alone so
+	// that the batches below travel on an established session.
+	tuns[0].in <- [][]byte{devicetest.UDPPacket(addr[0], addr[1], 100)}
+	select {
+	case <-tuns[1].out:
+	case <-ctx.Done():
+		t.Fatal("the handshake packet did not arrive")
+	}
+	const batches = 20
+	for range batches {
+		var b [][]byte
+		for range pairBatch {
+			b = append(b, devicetest.UDPPacket(addr[0], addr[1], 1000))
+		}
+		tuns[0].in <- b
+	}
+	// One refused batch is lost at most; wait for the rest, generously.
+	want := (batches - 1) * pairBatch
+	got := 0
+	timeout := time.NewTimer(30 * time.Second)
+	defer timeout.Stop()
+	for got < want {
+		select {
+		case <-tuns[1].out:
+			got++
+		case <-timeout.C:
+			t.Fatalf("%d of %d packets arrived (at least %d expected): refused TUN batches are lost instead of written packet by packet", got, batches*pairBatch, want)
+		}
+	}
+	t.Logf("%d of %d packets arrived", got, batches*pairBatch)
+	// The receiver says so (status and metrics read this); the sender,
+	// whose TUN took only single packets, still coalesces.
+	if st := devs[1].Offloads(); len(st) != 2 || st[0].Kind != device.OffloadTUNGSO || st[0].Active || st[0].Fallbacks != 1 {
+		t.Errorf("receiver's offloads %+v, want tun_gso inactive after one fallback", st)
+	}
+	if st := devs[0].Offloads(); len(st) != 2 || !st[0].Active || st[0].Fallbacks != 0 {
+		t.Errorf("sender's offloads %+v, want tun_gso active", st)
+	}
+}
