@@ -195,6 +195,7 @@ func (a *app) runAgent(ctx context.Context, cfg agentConfig) (err error) {
 			}
 			return out, err
 		},
+		Offloads: func() []metrics.OffloadStatus { return toMetricsOffloads(dev.Offloads()) },
 		Router: func() metrics.RouterStatus {
 			s := router.Status()
 			return metrics.RouterStatus{LinkMTU: s.LinkMTU, PodMTU: s.PodMTU, IngressDropped: s.IngressDropped,
