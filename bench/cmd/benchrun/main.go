@@ -279,6 +279,14 @@ func experimentBackends(bin string) []backend {
 		wgmeshVariant("X2", "B3 with GOGC=400", bin, variant{env: []string{"GOGC=400"}}),
 		wgmeshVariant("X3", "B3 with TUN txqueuelen 2000", bin, variant{after: [][]string{{"ip", "-n", "{ns}", "link", "set", "{if}", "txqueuelen", "2000"}}}),
 		wgmeshVariant("X4", "B3 with GOGC=100 (Go default)", bin, variant{env: []string{"GOGC=100"}}),
+		// Memory: the Go heap of wireguard-go's 64 KiB packet buffers is
+		// at most twice what is in flight with GOGC=100; a memory limit
+		// makes the collector run before the heap doubles.
+		wgmeshVariant("X6", "B3 with GOMEMLIMIT=96MiB", bin, variant{env: []string{"GOMEMLIMIT=96MiB"}}),
+		wgmeshVariant("X7", "B3 with GOGC=50", bin, variant{env: []string{"GOGC=50"}}),
+		// Latency: a queue the kernel manages (CoDel) on the TUN device
+		// instead of its default FIFO.
+		wgmeshVariant("X8", "B3 with fq_codel on the TUN device", bin, variant{after: [][]string{{"ip", "netns", "exec", "{ns}", "tc", "qdisc", "replace", "dev", "{if}", "root", "fq_codel"}}}),
 	}
 }
 

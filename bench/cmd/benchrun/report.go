@@ -323,6 +323,11 @@ func writeSection(w *strings.Builder, rs []*result, streams int, pinned bool, cr
 		if okx && ok3 && m3 > 0 {
 			line += fmt.Sprintf(", peak RSS %s/B3 = %.2f", r.b.ID, mx/m3)
 		}
+		px, okx := medianP99(r)
+		p3, ok3 := medianP99(r3)
+		if okx && ok3 && p3 > 0 {
+			line += fmt.Sprintf(", RTT p99 %s/B3 = %.2f", r.b.ID, px/p3)
+		}
 		fmt.Fprintln(w, line+" ("+r.b.Name+")")
 	}
 	if r3 := byID["B3"]; r3 != nil && len(r3.samples) > 0 && cryptoGbps > 0 {
