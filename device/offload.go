@@ -115,21 +115,35 @@ func (t *offloadTracker) snapshot() []OffloadState {
 // has already merged them in place); TCP retransmits them.
 //
 // Reads are passed through: what the kernel hands over it also accepts.
+//
+// It is also where the packet windows are kept (see inflight): tx bounds the
+// packets read and not yet sent, rx the packets received and not yet
+// written; both nil without a bound.
 type offloadTUN struct {
 	tun.Device
-	log   *slog.Logger
-	off   *offloadTracker
-	split atomic.Bool
+	log    *slog.Logger
+	off    *offloadTracker
+	tx, rx *inflight
+	split  atomic.Bool
 }
 
 var _ tun.Device = (*offloadTUN)(nil)
 
-func newOffloadTUN(d tun.Device, log *slog.Logger, off *offloadTracker) *offloadTUN {
-	return &offloadTUN{Device: d, log: log, off: off}
+func newOffloadTUN(d tun.Device, log *slog.Logger, off *offloadTracker, tx, rx *inflight) *offloadTUN {
+	return &offloadTUN{Device: d, log: log, off: off, tx: tx, rx: rx}
+}
+
+// Read implements tun.Device; it waits while the tx window is full.
+func (t *offloadTUN) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
+	t.tx.wait()
+	n, err := t.Device.Read(bufs, sizes, offset)
+	t.tx.add(n)
+	return n, err
 }
 
 // Write implements tun.Device.
 func (t *offloadTUN) Write(bufs [][]byte, offset int) (int, error) {
+	defer t.rx.release(len(bufs))
 	if len(bufs) < 2 {
 		return t.Device.Write(bufs, offset)
 	}

@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -28,19 +29,23 @@ import (
 const pairBatch = 8
 
 // refusingTUN is an in-memory TUN that hands wireguard-go whole batches on
-// Read and, like a kernel that rejects coalesced virtio-net GSO writes,
-// refuses every Write of more than one packet with EINVAL (the shape of
-// NativeTun.Write's error); single packets are delivered to out.
+// Read. With refuse set it behaves like a kernel that rejects coalesced
+// virtio-net GSO writes: it refuses every Write of more than one packet with
+// EINVAL (the shape of NativeTun.Write's error). What it takes goes to out;
+// with gate set, a Write first waits until gate is closed.
 type refusingTUN struct {
-	in     chan [][]byte
-	out    chan []byte
-	events chan tun.Event
-	once   sync.Once
-	closed chan struct{}
+	refuse  bool
+	gate    chan struct{}
+	written atomic.Int64
+	in      chan [][]byte
+	out     chan []byte
+	events  chan tun.Event
+	once    sync.Once
+	closed  chan struct{}
 }
 
 func newRefusingTUN() *refusingTUN {
-	t := &refusingTUN{in: make(chan [][]byte, 64), out: make(chan []byte, 4096), events: make(chan tun.Event, 1), closed: make(chan struct{})}
+	t := &refusingTUN{refuse: true, in: make(chan [][]byte, 256), out: make(chan []byte, 4096), events: make(chan tun.Event, 1), closed: make(chan struct{})}
 	t.events <- tun.EventUp
 	return t
 }
@@ -70,14 +75,24 @@ func (t *refusingTUN) Read(bufs [][]byte, sizes []int, offset int) (int, error) 
 }
 
 func (t *refusingTUN) Write(bufs [][]byte, offset int) (int, error) {
-	if len(bufs) > 1 {
+	if t.gate != nil {
+		select {
+		case <-t.gate:
+		case <-t.closed:
+			return 0, os.ErrClosed
+		}
+	}
+	if len(bufs) > 1 && t.refuse {
 		return 0, errors.Join(&os.PathError{Op: "write", Path: "/dev/net/tun", Err: unix.EINVAL})
 	}
-	select {
-	case t.out <- append([]byte(nil), bufs[0][offset:]...):
-	default: // the test reads far fewer than fit
+	for _, b := range bufs {
+		select {
+		case t.out <- append([]byte(nil), b[offset:]...):
+		default: // the test reads far fewer than fit
+		}
 	}
-	return 1, nil
+	t.written.Add(int64(len(bufs)))
+	return len(bufs), nil
 }
 
 // batchBinds joins two devices and moves each Send as one batch, which
@@ -87,6 +102,10 @@ type batchBind struct {
 	self   bindtest.ChannelEndpoint
 	mu     sync.Mutex
 	closed chan struct{}
+	// received counts the datagrams handed to wireguard-go; onReceive,
+	// when set, is called after each receive with the new count.
+	received  atomic.Int64
+	onReceive func(received int64)
 }
 
 func newBatchBinds() [2]*batchBind {
@@ -106,6 +125,9 @@ func (c *batchBind) Open(uint16) ([]conn.ReceiveFunc, uint16, error) {
 			for i := range n {
 				sizes[i] = copy(bufs[i], batch[i])
 				eps[i] = c.self
+			}
+			if r := c.received.Add(int64(n)); c.onReceive != nil {
+				c.onReceive(r)
 			}
 			return n, nil
 		case <-closed:
@@ -155,25 +177,18 @@ func (c *batchBind) ParseEndpoint(s string) (conn.Endpoint, error) {
 	return bindtest.ChannelEndpoint(ap.Port()), nil
 }
 
-// TestOffloadFallbackDeliversBatches is the scenario of a kernel that
-// refuses coalesced TUN writes: two real wireguard-go devices opened by
-// device.Open, joined by batching fakes, the receiving TUN refusing every
-// multi-packet write with EINVAL. All but the first refused batch must
-// arrive. wireguard-go alone (the code before the fallback) loses every
-// batch for as long as it runs.
-func TestOffloadFallbackDeliversBatches(t *testing.T) {
+// openBatchPair opens two userspace devices on tuns and binds, each the
+// other's peer, with the given in-flight bound; closed in t.Cleanup.
+func openBatchPair(ctx context.Context, t *testing.T, tuns [2]*refusingTUN, binds [2]*batchBind, inflight int) ([2]device.Device, [2]netip.Addr) {
+	t.Helper()
 	devicetest.SkipUnlessUAPIWritable(t)
 	var sfx [3]byte
 	if _, err := rand.Read(sfx[:]); err != nil {
 		t.Fatal(err)
 	}
-	binds := newBatchBinds()
-	tuns := [2]*refusingTUN{newRefusingTUN(), newRefusingTUN()}
 	addr := [2]netip.Addr{netip.MustParseAddr("10.244.1.1"), netip.MustParseAddr("10.244.2.1")}
 	var keys [2]mesh.Key
 	var devs [2]device.Device
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
 	for i := range devs {
 		k, err := mesh.GeneratePrivateKey()
 		if err != nil {
@@ -182,7 +197,7 @@ func TestOffloadFallbackDeliversBatches(t *testing.T) {
 		keys[i] = k
 		d, err := device.Open(ctx, device.Options{
 			Name: fmt.Sprintf("wgmo%s%c", hex.EncodeToString(sfx[:]), 'a'+i), Backend: device.ChoiceUserspace,
-			TUN: tuns[i], Bind: binds[i],
+			TUN: tuns[i], Bind: binds[i], InflightPackets: inflight,
 		})
 		if err != nil {
 			t.Fatalf("open device %d: %v", i, err)
@@ -201,6 +216,21 @@ func TestOffloadFallbackDeliversBatches(t *testing.T) {
 			t.Fatalf("configure device %d: %v", i, err)
 		}
 	}
+	return devs, addr
+}
+
+// TestOffloadFallbackDeliversBatches is the scenario of a kernel that
+// refuses coalesced TUN writes: two real wireguard-go devices opened by
+// device.Open, joined by batching fakes, the receiving TUN refusing every
+// multi-packet write with EINVAL. All but the first refused batch must
+// arrive. wireguard-go alone (the code before the fallback) loses every
+// batch for as long as it runs.
+func TestOffloadFallbackDeliversBatches(t *testing.T) {
+	tuns := [2]*refusingTUN{newRefusingTUN(), newRefusingTUN()}
+	binds := newBatchBinds()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	devs, addr := openBatchPair(ctx, t, tuns, binds, 0)
 
 	// The first packet starts the handshake; wait for it to arrive alone so
 	// that the batches below travel on an established session.

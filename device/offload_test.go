@@ -57,7 +57,7 @@ func TestOffloadTUNFallsBackOnEINVAL(t *testing.T) {
 	off := newOffloadTracker(tunOffloadAtOpen(Options{}, inner), OffloadState{Active: true})
 	when := time.Date(2026, 11, 30, 15, 0, 0, 0, time.UTC)
 	off.now = func() time.Time { return when }
-	d := newOffloadTUN(inner, slog.New(slog.NewTextHandler(&logs, nil)), off)
+	d := newOffloadTUN(inner, slog.New(slog.NewTextHandler(&logs, nil)), off, nil, nil)
 	const offset = 16 // wireguard-go's MessageTransportOffsetContent
 
 	if got := off.snapshot()[0]; !got.Active || got.Reason != "" || got.Fallbacks != 0 {
@@ -97,7 +97,7 @@ func TestOffloadTUNFallsBackOnEINVAL(t *testing.T) {
 func TestOffloadTUNKeepsBatchesOnOtherErrors(t *testing.T) {
 	inner := &gsoRefusingTUN{batch: 128, fail: &os.PathError{Op: "write", Path: tunPath, Err: unix.EIO}}
 	off := newOffloadTracker(tunOffloadAtOpen(Options{}, inner), OffloadState{})
-	d := newOffloadTUN(inner, slog.New(slog.DiscardHandler), off)
+	d := newOffloadTUN(inner, slog.New(slog.DiscardHandler), off, nil, nil)
 	for range 2 {
 		inner.calls = 0
 		if _, err := d.Write(packets(0, "a", "b"), 0); !errors.Is(err, unix.EIO) || inner.calls != 1 {

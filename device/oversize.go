@@ -34,6 +34,10 @@ type oversizeBind struct {
 	conn.Bind
 	log *slog.Logger
 	off *offloadTracker
+	// tx and rx are the device's packet windows (see inflight): Send
+	// releases tx, the receive functions wait for and fill rx. Nil: no
+	// bound.
+	tx, rx *inflight
 	// split[0] is set for IPv4 endpoints, split[1] for IPv6 ones.
 	split [2]atomic.Bool
 }
@@ -50,7 +54,19 @@ func (b *oversizeBind) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
 	b.split[0].Store(false)
 	b.split[1].Store(false)
 	b.off.reopened(OffloadUDPGSO)
-	return b.Bind.Open(port)
+	fns, actual, err := b.Bind.Open(port)
+	if b.rx == nil {
+		return fns, actual, err
+	}
+	for i, f := range fns {
+		fns[i] = func(bufs [][]byte, sizes []int, eps []conn.Endpoint) (int, error) {
+			b.rx.wait()
+			n, err := f(bufs, sizes, eps)
+			b.rx.add(n)
+			return n, err
+		}
+	}
+	return fns, actual, err
 }
 
 // Send implements conn.Bind.
@@ -59,6 +75,7 @@ func (b *oversizeBind) Send(bufs [][]byte, ep conn.Endpoint) error {
 	if ep.DstIP().Is6() {
 		fam = 1
 	}
+	defer b.tx.release(len(bufs))
 	if len(bufs) > 1 && b.split[fam].Load() {
 		return b.sendEach(bufs, ep)
 	}

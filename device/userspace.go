@@ -76,10 +76,13 @@ func openUserspace(ctx context.Context, o Options, e *env, link netlink.Link) (D
 	// Batches of datagrams larger than the underlay's MTU must still leave,
 	// and offloads the kernel refuses are given up for the plain path (see
 	// oversizeBind and offloadTUN).
-	bind = newOversizeBind(bind, o.Logger, off)
+	tx, rx := newInflight(o.InflightPackets, inflightStall), newInflight(o.InflightPackets, inflightStall)
+	ob := newOversizeBind(bind, o.Logger, off)
+	ob.tx, ob.rx = tx, rx
+	bind = ob
 	// From here the wireguard-go device owns tdev and bind: dev.Close closes
 	// both. A persistent TUN survives that; a half-created one is deleted.
-	dev := wgdevice.NewDevice(newOffloadTUN(tdev, o.Logger, off), bind, newWGLogger(o.Logger))
+	dev := wgdevice.NewDevice(newOffloadTUN(tdev, o.Logger, off, tx, rx), bind, newWGLogger(o.Logger))
 	fail := func(err error) (Device, error) {
 		dev.Close()
 		if created {

@@ -287,6 +287,9 @@ func experimentBackends(bin string) []backend {
 		// Latency: a queue the kernel manages (CoDel) on the TUN device
 		// instead of its default FIFO.
 		wgmeshVariant("X8", "B3 with fq_codel on the TUN device", bin, variant{after: [][]string{{"ip", "netns", "exec", "{ns}", "tc", "qdisc", "replace", "dev", "{if}", "root", "fq_codel"}}}),
+		// Memory: a bound on the packets wireguard-go holds per direction.
+		wgmeshVariant("X9", "B3 with --inflight-packets=256", bin, variant{}, "--inflight-packets=256"),
+		wgmeshVariant("X10", "B3 with --inflight-packets=1024", bin, variant{}, "--inflight-packets=1024"),
 	}
 }
 

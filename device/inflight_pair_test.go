@@ -1,0 +1,96 @@
+package device_test
+
+import (
+	"context"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/wgmesh/wgmesh/device"
+	"github.com/wgmesh/wgmesh/device/devicetest"
+)
+
+// TestInflightBoundHoldsReceiver is the memory scenario of issue 14: the
+// receiver's TUN stops taking packets while the sender keeps sending.
+// wireguard-go alone pulls every datagram off the socket into a 64 KiB
+// buffer of its own and queues it; with InflightPackets the receiver holds
+// at most the window plus one receive batch and leaves the rest in the
+// socket (here: the bind's channel). Once the TUN takes packets again all
+// arrive. The bound is counted, not timed: the packets wireguard-go has
+// received and not yet written.
+func TestInflightBoundHoldsReceiver(t *testing.T) {
+	const (
+		limit = 128
+		total = 1200 // packets; 75 MiB of wireguard-go buffers if all were held
+		bound = limit + pairBatch
+	)
+	// No stall resets while the test holds the TUN shut, however slow the
+	// machine.
+	defer device.SetInflightStallForTest(time.Hour)()
+	tuns := [2]*refusingTUN{newRefusingTUN(), newRefusingTUN()}
+	tuns[0].refuse, tuns[1].refuse = false, false
+	binds := newBatchBinds()
+	var peak atomic.Int64
+	binds[1].onReceive = func(received int64) {
+		held := received - tuns[1].written.Load()
+		for p := peak.Load(); held > p && !peak.CompareAndSwap(p, held); p = peak.Load() {
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	_, addr := openBatchPair(ctx, t, tuns, binds, limit)
+
+	tuns[0].in <- [][]byte{devicetest.UDPPacket(addr[0], addr[1], 100)}
+	select {
+	case <-tuns[1].out:
+	case <-ctx.Done():
+		t.Fatal("the handshake packet did not arrive")
+	}
+	tuns[1].gate = make(chan struct{})
+	go func() {
+		for range total / pairBatch {
+			var b [][]byte
+			for range pairBatch {
+				b = append(b, devicetest.UDPPacket(addr[0], addr[1], 1000))
+			}
+			select {
+			case tuns[0].in <- b:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	// Wait until the receiver is held back (data waits in its socket, it
+	// received nothing more for a while) or holds more than the bound.
+	var last int64 = -1
+	for {
+		if p := peak.Load(); p > bound {
+			close(tuns[1].gate)
+			t.Fatalf("the receiver holds %d packets it has not written, want at most %d (window %d + one batch of %d)", p, bound, limit, pairBatch)
+		}
+		r := binds[1].received.Load()
+		if r == last && r >= limit && len(binds[1].rx) > 0 {
+			break
+		}
+		last = r
+		select {
+		case <-time.After(50 * time.Millisecond):
+		case <-ctx.Done():
+			t.Fatalf("timed out: received %d, %d batches waiting, peak %d", r, len(binds[1].rx), peak.Load())
+		}
+	}
+	t.Logf("held back at %d packets received, peak %d not written, %d batches waiting in the socket", last, peak.Load(), len(binds[1].rx))
+	close(tuns[1].gate)
+	// Everything arrives once the TUN takes packets again.
+	want := int64(1 + total)
+	for tuns[1].written.Load() < want {
+		select {
+		case <-time.After(10 * time.Millisecond):
+		case <-ctx.Done():
+			t.Fatalf("%d of %d packets written after the TUN opened", tuns[1].written.Load(), want)
+		}
+	}
+	if p := peak.Load(); p > bound {
+		t.Errorf("peak %d packets held, want at most %d", p, bound)
+	}
+}
