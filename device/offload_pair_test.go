@@ -37,11 +37,15 @@ type refusingTUN struct {
 	refuse  bool
 	gate    chan struct{}
 	written atomic.Int64
-	in      chan [][]byte
-	out     chan []byte
-	events  chan tun.Event
-	once    sync.Once
-	closed  chan struct{}
+	// read counts the packets handed to wireguard-go; onRead, when set,
+	// is called after each read with the new count.
+	read   atomic.Int64
+	onRead func(read int64)
+	in     chan [][]byte
+	out    chan []byte
+	events chan tun.Event
+	once   sync.Once
+	closed chan struct{}
 }
 
 func newRefusingTUN() *refusingTUN {
@@ -67,6 +71,9 @@ func (t *refusingTUN) Read(bufs [][]byte, sizes []int, offset int) (int, error) 
 		n := min(len(pkts), len(bufs))
 		for i := range n {
 			sizes[i] = copy(bufs[i][offset:], pkts[i])
+		}
+		if r := t.read.Add(int64(n)); t.onRead != nil {
+			t.onRead(r)
 		}
 		return n, nil
 	case <-t.closed:
@@ -106,6 +113,10 @@ type batchBind struct {
 	// when set, is called after each receive with the new count.
 	received  atomic.Int64
 	onReceive func(received int64)
+	// sent counts the datagrams sent; with sendGate set, a Send first
+	// waits until it is closed.
+	sent     atomic.Int64
+	sendGate chan struct{}
 }
 
 func newBatchBinds() [2]*batchBind {
@@ -161,8 +172,16 @@ func (c *batchBind) Send(bufs [][]byte, _ conn.Endpoint) error {
 	c.mu.Lock()
 	closed := c.closed
 	c.mu.Unlock()
+	if c.sendGate != nil {
+		select {
+		case <-c.sendGate:
+		case <-closed:
+			return net.ErrClosed
+		}
+	}
 	select {
 	case c.tx <- batch:
+		c.sent.Add(int64(len(bufs)))
 		return nil
 	case <-closed:
 		return net.ErrClosed
