@@ -29,15 +29,17 @@ const tunPath = "/dev/net/tun"
 // userspace is wireguard-go on a persistent kernel TUN device (or on an
 // in-memory TUN for tests), with its UAPI socket served for wg(8) and wgctrl.
 type userspace struct {
-	name     string
-	log      *slog.Logger
-	nl       netlinkOps // nil for an in-memory device
-	dev      *wgdevice.Device
-	tun      tun.Device
-	uapi     net.Listener
-	served   chan struct{} // closed when the UAPI accept loop ends
-	conf     *wgconf
-	off      *offloadTracker
+	name   string
+	log    *slog.Logger
+	nl     netlinkOps // nil for an in-memory device
+	dev    *wgdevice.Device
+	tun    tun.Device
+	uapi   net.Listener
+	served chan struct{} // closed when the UAPI accept loop ends
+	conf   *wgconf
+	off    *offloadTracker
+	// tx and rx are the in-flight windows (nil: no bound).
+	tx, rx   *inflight
 	closing  atomic.Bool
 	once     sync.Once
 	closeErr error
@@ -119,6 +121,8 @@ func openUserspace(ctx context.Context, o Options, e *env, link netlink.Link) (D
 		served: make(chan struct{}),
 		conf:   &wgconf{name: o.Name, log: o.Logger, wg: wg},
 		off:    off,
+		tx:     tx,
+		rx:     rx,
 	}
 	go u.serveUAPI()
 	o.Logger.Info("userspace WireGuard device open",
