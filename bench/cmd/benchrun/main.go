@@ -43,10 +43,14 @@ var streamModes = []int{1, 8}
 var startLoad = loadAvg()
 
 type sample struct {
-	gbps       float64
-	cpuPerGB   float64 // tunnel CPU-seconds per GB moved; 0 when no tunnel process
-	hasCPU     bool
-	peakRSS    float64 // MiB, the larger of the tunnel processes' VmHWM
+	gbps     float64
+	cpuPerGB float64 // tunnel CPU-seconds per GB moved; 0 when no tunnel process
+	hasCPU   bool
+	peakRSS  float64 // MiB, the larger of the tunnel processes' VmHWM
+	// rssGrowth is how much that peak grew in the second half of the
+	// transfer, relative to its value halfway (0.1 = 10 %).
+	rssGrowth  float64
+	hasGrowth  bool
 	bytesMoved float64
 	// rttP50 and rttP99 are the ping round trips through the tunnel during
 	// the transfer, in milliseconds; hasRTT is false when no reply came.
@@ -228,8 +232,19 @@ func measure(b backend, pinned bool, d time.Duration, streams int) (sample, erro
 		}
 		pingc <- l.ping(ctx, "a", target, d-time.Second)
 	}()
+	// The peak resident set halfway through, to tell a plateau from
+	// memory still growing at the end.
+	halfc := make(chan float64, 1)
+	go func() {
+		select {
+		case <-time.After(d / 2):
+		case <-ctx.Done():
+		}
+		halfc <- maxPeakRSS(pids)
+	}()
 	raw, err := c.Output()
 	pr := <-pingc
+	half := <-halfc
 	if err != nil {
 		return sample{}, fmt.Errorf("iperf3 client: %w (%s)", err, strings.TrimSpace(string(raw)))
 	}
@@ -262,12 +277,23 @@ func measure(b backend, pinned bool, d time.Duration, streams int) (sample, erro
 		s.hasRTT = true
 		s.rttP50, s.rttP99 = percentile(pr.rtts, 50), percentile(pr.rtts, 99)
 	}
-	for _, p := range pids {
-		if m, err := peakRSSMiB(p); err == nil && m > s.peakRSS {
-			s.peakRSS = m
-		}
+	s.peakRSS = maxPeakRSS(pids)
+	if half > 0 && s.peakRSS > 0 {
+		s.rssGrowth, s.hasGrowth = (s.peakRSS-half)/half, true
 	}
 	return s, nil
+}
+
+// maxPeakRSS is the largest peak resident set of pids in MiB (0: none
+// readable).
+func maxPeakRSS(pids []int) float64 {
+	var m float64
+	for _, p := range pids {
+		if v, err := peakRSSMiB(p); err == nil && v > m {
+			m = v
+		}
+	}
+	return m
 }
 
 // experimentBackends are variants of B3 that change one setting each, run

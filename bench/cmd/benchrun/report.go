@@ -237,12 +237,12 @@ func writeSection(w *strings.Builder, rs []*result, streams int, pinned bool, cr
 	fmt.Fprintf(w, "BK (kernel WireGuard) runs only on a host whose kernel has the WireGuard module; "+
 		"the e2e lab's UML kernel nodes prove the kernel backend's function, never its speed, and are not measured here. "+
 		"RTT is a ping through the same tunnel during the transfer (every %s); loss is the share of its requests unanswered.\n\n", pingInterval)
-	fmt.Fprintf(w, "| id | competitor | Gbit/s min | median | max | tunnel CPU-s/GB (median) | tunnel peak RSS MiB (median) | RTT p50 / p99 ms under load (median) | ping loss | note |\n|---|---|---|---|---|---|---|---|---|---|\n")
+	fmt.Fprintf(w, "| id | competitor | Gbit/s min | median | max | tunnel CPU-s/GB (median) | tunnel peak RSS MiB (median) | peak RSS growth in the 2nd half (median) | RTT p50 / p99 ms under load (median) | ping loss | note |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
 	byID := map[string]*result{}
 	for _, r := range rs {
 		byID[r.b.ID] = r
 		if r.b.skip != "" {
-			fmt.Fprintf(w, "| %s | %s | – | – | – | – | – | – | – | skipped: %s |\n", r.b.ID, r.b.Name, strings.ReplaceAll(r.b.skip, "|", "/"))
+			fmt.Fprintf(w, "| %s | %s | – | – | – | – | – | – | – | – | skipped: %s |\n", r.b.ID, r.b.Name, strings.ReplaceAll(r.b.skip, "|", "/"))
 			continue
 		}
 		var g []float64
@@ -267,6 +267,17 @@ func writeSection(w *strings.Builder, rs []*result, streams int, pinned bool, cr
 		if ok50 && ok99 {
 			rttCol = fmt.Sprintf("%.2f / %.2f", p50, p99)
 		}
+		growthCol := "–"
+		var gr []float64
+		for _, s := range r.samples {
+			if s.hasGrowth {
+				gr = append(gr, s.rssGrowth)
+			}
+		}
+		if len(gr) > 0 {
+			_, m, _ := stats(gr)
+			growthCol = fmt.Sprintf("%+.0f %%", 100*m)
+		}
 		lossCol := "–"
 		if sent > 0 {
 			lossCol = fmt.Sprintf("%.1f %%", 100*float64(lost)/float64(sent))
@@ -275,7 +286,7 @@ func writeSection(w *strings.Builder, rs []*result, streams int, pinned bool, cr
 		if len(r.errs) > 0 {
 			note += "; first error: " + strings.ReplaceAll(r.errs[0], "|", "/")
 		}
-		fmt.Fprintf(w, "| %s | %s | %.2f | %.2f | %.2f | %s | %s | %s | %s | %s |\n", r.b.ID, r.b.Name, lo, med, hi, cpuCol, rssCol, rttCol, lossCol, note)
+		fmt.Fprintf(w, "| %s | %s | %.2f | %.2f | %.2f | %s | %s | %s | %s | %s | %s |\n", r.b.ID, r.b.Name, lo, med, hi, cpuCol, rssCol, growthCol, rttCol, lossCol, note)
 	}
 	fmt.Fprintf(w, "\nRatios: of the medians, and (paired) the median of the per-round ratios, which cancels load that drifts between rounds:\n\n")
 	ratio := func(a, b string) {

@@ -15,9 +15,9 @@ func TestReportSkipsAndRatios(t *testing.T) {
 		t.Fatalf("a missing binary is not skipped: %+v", missing)
 	}
 	b2 := &result{b: backend{ID: "B2", Name: "upstream"}, streams: 1, samples: []sample{
-		{gbps: 2, cpuPerGB: 6, hasCPU: true, peakRSS: 200, round: 0, hasRTT: true, rttP50: 1, rttP99: 10, pingSent: 100, pingLost: 1},
-		{gbps: 3, cpuPerGB: 5, hasCPU: true, peakRSS: 300, round: 1, hasRTT: true, rttP50: 2, rttP99: 20, pingSent: 100},
-		{gbps: 4, cpuPerGB: 4, hasCPU: true, peakRSS: 400, round: 2, hasRTT: true, rttP50: 3, rttP99: 30, pingSent: 100},
+		{gbps: 2, cpuPerGB: 6, hasCPU: true, peakRSS: 200, rssGrowth: 0.1, hasGrowth: true, round: 0, hasRTT: true, rttP50: 1, rttP99: 10, pingSent: 100, pingLost: 1},
+		{gbps: 3, cpuPerGB: 5, hasCPU: true, peakRSS: 300, rssGrowth: 0.2, hasGrowth: true, round: 1, hasRTT: true, rttP50: 2, rttP99: 20, pingSent: 100},
+		{gbps: 4, cpuPerGB: 4, hasCPU: true, peakRSS: 400, rssGrowth: 0, hasGrowth: true, round: 2, hasRTT: true, rttP50: 3, rttP99: 30, pingSent: 100},
 	}}
 	b3 := &result{b: backend{ID: "B3", Name: "wgmesh"}, streams: 1, samples: []sample{
 		{gbps: 2.2, cpuPerGB: 6, hasCPU: true, peakRSS: 220, round: 0, hasRTT: true, rttP50: 0.5, rttP99: 5, pingSent: 100},
@@ -33,16 +33,16 @@ func TestReportSkipsAndRatios(t *testing.T) {
 	out := w.String()
 	for _, want := range []string{
 		"## One TCP stream, unpinned",
-		"| B1 | Debian wireguard-go | – | – | – | – | – | – | – | skipped: ",
-		"| B2 | upstream | 2.00 | 3.00 | 4.00 | 5.00 | 300 | 2.00 / 20.00 | 0.3 % | 3/3 rounds ok |",
+		"| B1 | Debian wireguard-go | – | – | – | – | – | – | – | – | skipped: ",
+		"| B2 | upstream | 2.00 | 3.00 | 4.00 | 5.00 | 300 | +10 % | 2.00 / 20.00 | 0.3 % | 3/3 rounds ok |",
 		// Two samples: the median is their mean; the error is shown, its
 		// pipe escaped so the table survives.
-		"| B3 | wgmesh | 2.20 | 2.75 | 3.30 | 5.50 | 275 | 1.00 / 10.00 | 0.0 % | 2/3 rounds ok; first error: round 3: iperf3 / failed |",
+		"| B3 | wgmesh | 2.20 | 2.75 | 3.30 | 5.50 | 275 | – | 1.00 / 10.00 | 0.0 % | 2/3 rounds ok; first error: round 3: iperf3 / failed |",
 		"- RTT p50 under load B3/B2 = 0.50 (paired 0.62 over 2 rounds)",
 		"- RTT p99 under load B3/B2 = 0.50 (paired 0.62 over 2 rounds)",
 		"- B3/B5: n/a (a competitor was skipped or failed)",
 		"## 8 parallel TCP streams, unpinned",
-		"| B3 | wgmesh | 5.00 | 5.00 | 5.00 | 4.00 | 500 | – | – | 1/1 rounds ok |",
+		"| B3 | wgmesh | 5.00 | 5.00 | 5.00 | 4.00 | 500 | – | – | – | 1/1 rounds ok |",
 		"- B3/B1: n/a (a competitor was skipped or failed)",
 		"- B3/B2 = 0.92 (paired 1.10 over 2 rounds)",
 		"- CPU-s/GB B3/B2 = 1.10 (paired 1.00 over 2 rounds) (target ≤ 1)",
