@@ -20,9 +20,11 @@ import (
 // out, in the socket's receive buffer on the way in.
 //
 // The count is kept at the edges of the library, so it cannot see packets
-// the library drops in between (no session, a removed peer, a replayed or
-// forged datagram, handshake messages): those are never released and
-// would shrink the window for good. So a wait that sees no release for
+// the library drops in between (on the way out: packets to a peer without
+// a session beyond the 128 it stages, or to a removed peer; on the way in:
+// replayed, forged or misrouted datagrams; handshake messages and
+// keepalives are not counted at all): those are never released and would
+// shrink the window for good. So a wait that sees no release for
 // stall assumes the rest leaked and starts the count afresh; the cost is
 // one pause of stall, never a stuck data path.
 type inflight struct {

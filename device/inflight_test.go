@@ -93,3 +93,18 @@ func TestInflightConcurrent(t *testing.T) {
 		t.Errorf("%d stall resets", w.resets.Load())
 	}
 }
+
+// TestDataPacketsCountsTransportOnly: only transport messages with a
+// payload count in the rx window; a handshake message or a keepalive never
+// reaches the TUN and would never be released.
+func TestDataPacketsCountsTransportOnly(t *testing.T) {
+	mk := func(typ byte, size int) []byte { b := make([]byte, 2048); b[0] = typ; return b[:size] }
+	bufs := [][]byte{mk(4, 1452), mk(1, 148), mk(2, 92), mk(4, 32), mk(3, 64), mk(4, 33)}
+	sizes := make([]int, len(bufs))
+	for i, b := range bufs {
+		sizes[i] = len(b)
+	}
+	if n := dataPackets(bufs, sizes); n != 2 {
+		t.Errorf("dataPackets = %d, want 2 (the two transport messages with payload)", n)
+	}
+}

@@ -62,7 +62,7 @@ func (b *oversizeBind) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
 		fns[i] = func(bufs [][]byte, sizes []int, eps []conn.Endpoint) (int, error) {
 			b.rx.wait()
 			n, err := f(bufs, sizes, eps)
-			b.rx.add(n)
+			b.rx.add(dataPackets(bufs[:n], sizes[:n]))
 			return n, err
 		}
 	}
@@ -110,6 +110,29 @@ func (b *oversizeBind) Send(bufs [][]byte, ep conn.Endpoint) error {
 	// Datagrams before the refused one may have left already; sending
 	// them again is harmless, the peer's replay window drops duplicates.
 	return b.sendEach(bufs, ep)
+}
+
+// WireGuard message framing (the protocol's, as wireguard-go's device
+// package defines it): a transport data message starts with type 4 and has
+// a 16-byte header and a 16-byte tag around its payload; with no payload it
+// is a keepalive.
+const (
+	messageTransportType = 4
+	messageKeepaliveSize = 32
+)
+
+// dataPackets counts the datagrams that wireguard-go will write to the TUN
+// if they decrypt: transport messages with a payload. Handshake messages
+// and keepalives never reach the TUN, so counting them in the rx window
+// would leak.
+func dataPackets(bufs [][]byte, sizes []int) int {
+	n := 0
+	for i, b := range bufs {
+		if sizes[i] > messageKeepaliveSize && len(b) > 0 && b[0] == messageTransportType {
+			n++
+		}
+	}
+	return n
 }
 
 // sendEach sends bufs one datagram per call, so none is coalesced; it
