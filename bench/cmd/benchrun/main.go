@@ -316,6 +316,10 @@ func experimentBackends(bin string) []backend {
 		// Memory: a bound on the packets wireguard-go holds per direction.
 		wgmeshVariant("X9", "B3 with --inflight-packets=256", bin, variant{}, "--inflight-packets=256"),
 		wgmeshVariant("X10", "B3 with --inflight-packets=1024", bin, variant{}, "--inflight-packets=1024"),
+		// Both: the excess the window leaves in the TUN queue is managed by
+		// CoDel instead of waiting in a FIFO.
+		wgmeshVariant("X11", "B3 with --inflight-packets=256 and fq_codel on the TUN device", bin,
+			variant{after: [][]string{{"ip", "netns", "exec", "{ns}", "tc", "qdisc", "replace", "dev", "{if}", "root", "fq_codel"}}}, "--inflight-packets=256"),
 	}
 }
 
