@@ -141,7 +141,7 @@ func main() {
 			}
 			for i := range backends {
 				if !keep[backends[i].ID] && backends[i].skip == "" {
-					backends[i].skip = "not selected (--only " + *only + ")"
+					backends[i].skip = notSelected + " (--only " + *only + ")"
 				}
 			}
 		}
@@ -341,6 +341,9 @@ func totalCPU(pids []int) float64 {
 	}
 	return t
 }
+
+// notSelected starts the skip reason of a competitor --only left out.
+const notSelected = "not selected"
 
 // parseStreams reads --streams: a comma-separated list of 1-128.
 func parseStreams(v string) ([]int, error) {

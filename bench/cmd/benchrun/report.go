@@ -240,6 +240,9 @@ func writeSection(w *strings.Builder, rs []*result, streams int, pinned bool, cr
 	fmt.Fprintf(w, "| id | competitor | Gbit/s min | median | max | tunnel CPU-s/GB (median) | tunnel peak RSS MiB (median) | peak RSS growth in the 2nd half (median) | RTT p50 / p99 ms under load (median) | ping loss | note |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
 	byID := map[string]*result{}
 	for _, r := range rs {
+		if strings.HasPrefix(r.b.skip, notSelected) {
+			continue // left out on purpose (--only): not a finding
+		}
 		byID[r.b.ID] = r
 		if r.b.skip != "" {
 			fmt.Fprintf(w, "| %s | %s | – | – | – | – | – | – | – | – | skipped: %s |\n", r.b.ID, r.b.Name, strings.ReplaceAll(r.b.skip, "|", "/"))
