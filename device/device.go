@@ -78,6 +78,14 @@ type Options struct {
 	// wireguard-go has no switch for UDP GRO on its receive socket, which
 	// stays on. Meant for benchmarks; userspace backend only.
 	DisableOffloads bool
+	// InflightPackets bounds, per direction, the packets wireguard-go holds
+	// between taking them in and handing them on (TUN read to UDP send,
+	// UDP receive to TUN write); 0 means no bound (wireguard-go's own
+	// behaviour). Each held packet costs a 64 KiB buffer, so the bound
+	// caps that memory at about 2 × (InflightPackets + 128) × 64 KiB;
+	// the excess waits in the TUN queue and the socket buffer, in the
+	// kernel. Userspace backend only.
+	InflightPackets int
 	// Alias is the link alias the interface carries: the instance's
 	// parameters as instance.Params.Alias renders them; "" means the bare
 	// "wgmesh". It must mark the interface as wgmesh's (first word
@@ -121,6 +129,12 @@ type Device interface {
 	// Stats returns per-peer counters and handshake times, sorted by public
 	// key.
 	Stats(ctx context.Context) ([]PeerStats, error)
+	// Offloads reports, for the userspace backend, whether its data path
+	// uses TUN GSO writes and UDP GSO sends (OffloadTUNGSO, then
+	// OffloadUDPGSO) and, when not, why; it falls back from either by
+	// itself when the kernel refuses it at run time. The kernel backend
+	// returns nil. Safe for concurrent use, also after Close.
+	Offloads() []OffloadState
 	// Close releases the device: wireguard-go and the UAPI socket stop, the
 	// interface and its routes stay (a userspace interface then drops every
 	// packet until an agent re-attaches). Idempotent.
@@ -212,6 +226,9 @@ func (o Options) withDefaults() (Options, error) {
 	}
 	if o.TUN != nil && o.Backend == ChoiceKernel {
 		return o, fmt.Errorf("device %s: options: an in-memory TUN needs the userspace backend, not kernel", o.Name)
+	}
+	if o.InflightPackets < 0 {
+		return o, fmt.Errorf("device %s: in-flight packets %d: want 0 (no bound) or more", o.Name, o.InflightPackets)
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)

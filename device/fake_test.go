@@ -182,6 +182,7 @@ func (s *stubDevice) Configure(context.Context, mesh.DeviceConfig) error { retur
 func (s *stubDevice) Name() string                                       { return s.name }
 func (s *stubDevice) Backend() mesh.Backend                              { return mesh.BackendUserspace }
 func (s *stubDevice) Stats(context.Context) ([]PeerStats, error)         { return nil, nil }
+func (s *stubDevice) Offloads() []OffloadState                           { return nil }
 func (s *stubDevice) Close() error                                       { return nil }
 func (s *stubDevice) Destroy() error                                     { return nil }
 

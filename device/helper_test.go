@@ -51,6 +51,7 @@ type helperConfig struct {
 	// Backend is a Choice; "" means userspace.
 	Backend         Choice
 	DisableOffloads bool
+	InflightPackets int
 	// Destroy removes the interface on SIGTERM instead of closing.
 	Destroy        bool
 	PrivateKeyFile string
@@ -133,7 +134,7 @@ func helperDevice(path string) error {
 	if hc.Backend == "" {
 		hc.Backend = ChoiceUserspace
 	}
-	d, err := Open(ctx, Options{Name: hc.Name, Backend: hc.Backend, DisableOffloads: hc.DisableOffloads, Logger: logger})
+	d, err := Open(ctx, Options{Name: hc.Name, Backend: hc.Backend, DisableOffloads: hc.DisableOffloads, InflightPackets: hc.InflightPackets, Logger: logger})
 	if err != nil {
 		return err
 	}
@@ -148,6 +149,20 @@ func helperDevice(path string) error {
 	}
 	fmt.Printf("ready %d\n", ifi.Index)
 	<-sig
+	// The offload state at the end, for the test to read from stderr.
+	for _, o := range d.Offloads() {
+		fmt.Fprintf(os.Stderr, "offload %s active=%v fallbacks=%d reason=%q\n", o.Kind, o.Active, o.Fallbacks, o.Reason)
+	}
+	if u, ok := d.(*userspace); ok {
+		for _, w := range []struct {
+			dir string
+			w   *inflight
+		}{{"tx", u.tx}, {"rx", u.rx}} {
+			if w.w != nil {
+				fmt.Fprintf(os.Stderr, "inflight %s limit=%d peak=%d resets=%d\n", w.dir, w.w.limit, w.w.peak.Load(), w.w.resets.Load())
+			}
+		}
+	}
 	if hc.Destroy {
 		return d.Destroy()
 	}

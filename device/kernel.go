@@ -85,6 +85,10 @@ func (k *kernel) Configure(ctx context.Context, cfg mesh.DeviceConfig) error {
 
 func (k *kernel) Stats(ctx context.Context) ([]PeerStats, error) { return k.conf.stats(ctx) }
 
+// Offloads implements Device: the kernel module's offloads are the
+// kernel's own business, nothing for the agent to fall back from.
+func (k *kernel) Offloads() []OffloadState { return nil }
+
 func (k *kernel) Close() error {
 	k.once.Do(func() { k.closeErr = k.conf.close() })
 	return k.closeErr

@@ -48,7 +48,7 @@ func endpoint(t *testing.T, s string) conn.Endpoint {
 func TestOversizeBind(t *testing.T) {
 	var logs bytes.Buffer
 	inner := &mtuBind{mtu: 4}
-	b := newOversizeBind(inner, slog.New(slog.NewTextHandler(&logs, nil)))
+	b := newOversizeBind(inner, slog.New(slog.NewTextHandler(&logs, nil)), newOffloadTracker(OffloadState{}, OffloadState{Active: true}))
 	v4, v6 := endpoint(t, "198.18.0.2:51820"), endpoint(t, "[2001:db8::2]:51820")
 	big := [][]byte{[]byte("aaaaa"), []byte("bbbbb"), []byte("ccccc")}
 	small := [][]byte{[]byte("aa"), []byte("bb")}
@@ -91,7 +91,7 @@ func TestOversizeBind(t *testing.T) {
 		t.Errorf("after Open: err %v, %d calls; want the batch tried once, then 3 sends", err, inner.calls)
 	}
 	// Other errors are returned as they are, without a retry.
-	b2 := newOversizeBind(errBind{&mtuBind{mtu: 4}}, slog.New(slog.DiscardHandler))
+	b2 := newOversizeBind(errBind{&mtuBind{mtu: 4}}, slog.New(slog.DiscardHandler), newOffloadTracker(OffloadState{}, OffloadState{Active: true}))
 	if err := b2.Send(big, v4); err == nil || !strings.Contains(err.Error(), "network is unreachable") {
 		t.Errorf("Send with ENETUNREACH: err %v", err)
 	}

@@ -167,6 +167,55 @@ func TestPrivilegedUserspaceTransfer(t *testing.T) {
 	}
 }
 
+// TestPrivilegedInflightTransfer moves TCP both ways through two userspace
+// devices whose in-flight windows are small enough to be full most of the
+// time (64 packets per direction): the bound must hold on the kernel's TUN
+// and sockets, lose nothing and never need its stall reset. The offload state the
+// devices report at the end is logged (a kernel that refused GSO shows
+// here).
+func TestPrivilegedInflightTransfer(t *testing.T) {
+	m := newMeshLab(t)
+	var hs []*helperProc
+	for i := range m.spec {
+		hc := m.helperConfig(i)
+		hc.InflightPackets = 64
+		h, _ := m.startDevice(t, i, hc)
+		hs = append(hs, h)
+		m.addressAndRoute(t, i)
+	}
+	m.WaitPing(t, 0, m.spec[1].inner, 20*time.Second)
+	transfer(t, m.Lab, 0, 1, netip.AddrPortFrom(m.spec[1].inner, 5207), transferSize)
+	transfer(t, m.Lab, 1, 0, netip.AddrPortFrom(m.spec[0].inner, 5208), transferSize)
+	for i, h := range hs {
+		h.stop(t)
+		if err := h.wait(t, 10*time.Second); err != nil {
+			t.Fatalf("closing helper %d: %v\n%s", i, err, h.stderr)
+		}
+		var lines []string
+		windows := 0
+		for _, l := range strings.Split(h.stderr.String(), "\n") {
+			if strings.HasPrefix(l, "offload ") {
+				lines = append(lines, l)
+			}
+			var dir string
+			var limit, peak, resets int
+			if n, _ := fmt.Sscanf(l, "inflight %s limit=%d peak=%d resets=%d", &dir, &limit, &peak, &resets); n == 4 {
+				windows++
+				lines = append(lines, l)
+				// One read takes in at most a batch of 128 (wireguard-go's
+				// IdealBatchSize) beyond the window.
+				if peak > limit+128 || resets != 0 {
+					t.Errorf("device %d %s window: peak %d (limit %d + 128), %d stall resets; want within the bound and none", i, dir, peak, limit, resets)
+				}
+			}
+		}
+		if len(lines) != 4 || windows != 2 {
+			t.Errorf("device %d reported %d offload and window lines, want 2 + 2:\n%s", i, len(lines), h.stderr)
+		}
+		t.Logf("device %d: %s", i, strings.Join(lines, "; "))
+	}
+}
+
 // TestPrivilegedInteropWireguardGo pairs a wgmesh device with Debian's
 // wireguard-go configured by wg(8): ping and TCP work in both directions.
 func TestPrivilegedInteropWireguardGo(t *testing.T) {
@@ -372,6 +421,16 @@ func TestPrivilegedDisableOffloads(t *testing.T) {
 	first.stop(t)
 	if err := first.wait(t, 10*time.Second); err != nil {
 		t.Fatalf("closing helper: %v\n%s", err, first.stderr)
+	}
+	// The device says why it does not use the offloads (status and
+	// metrics read this).
+	for _, want := range []string{
+		`offload tun_gso active=false fallbacks=0 reason="off by configuration (--offloads=false)`,
+		`offload udp_gso active=false fallbacks=0 reason="unused (--offloads=false)`,
+	} {
+		if !strings.Contains(first.stderr.String(), want) {
+			t.Errorf("offloads-off device did not report %q:\n%s", want, first.stderr)
+		}
 	}
 	_, idx := m.startDevice(t, 0, m.helperConfig(0))
 	if idx != index {

@@ -29,14 +29,17 @@ const tunPath = "/dev/net/tun"
 // userspace is wireguard-go on a persistent kernel TUN device (or on an
 // in-memory TUN for tests), with its UAPI socket served for wg(8) and wgctrl.
 type userspace struct {
-	name     string
-	log      *slog.Logger
-	nl       netlinkOps // nil for an in-memory device
-	dev      *wgdevice.Device
-	tun      tun.Device
-	uapi     net.Listener
-	served   chan struct{} // closed when the UAPI accept loop ends
-	conf     *wgconf
+	name   string
+	log    *slog.Logger
+	nl     netlinkOps // nil for an in-memory device
+	dev    *wgdevice.Device
+	tun    tun.Device
+	uapi   net.Listener
+	served chan struct{} // closed when the UAPI accept loop ends
+	conf   *wgconf
+	off    *offloadTracker
+	// tx and rx are the in-flight windows (nil: no bound).
+	tx, rx   *inflight
 	closing  atomic.Bool
 	once     sync.Once
 	closeErr error
@@ -71,12 +74,17 @@ func openUserspace(ctx context.Context, o Options, e *env, link netlink.Link) (D
 		}
 		bind = conn.NewStdNetBind()
 	}
-	// Batches of datagrams larger than the underlay's MTU must still leave
-	// (see oversizeBind).
-	bind = newOversizeBind(bind, o.Logger)
+	off := newOffloadTracker(tunOffloadAtOpen(o, tdev), udpOffloadAtOpen(o, bind))
+	// Batches of datagrams larger than the underlay's MTU must still leave,
+	// and offloads the kernel refuses are given up for the plain path (see
+	// oversizeBind and offloadTUN).
+	tx, rx := newInflight(o.InflightPackets, inflightStall), newInflight(o.InflightPackets, inflightStall)
+	ob := newOversizeBind(bind, o.Logger, off)
+	ob.tx, ob.rx = tx, rx
+	bind = ob
 	// From here the wireguard-go device owns tdev and bind: dev.Close closes
 	// both. A persistent TUN survives that; a half-created one is deleted.
-	dev := wgdevice.NewDevice(tdev, bind, newWGLogger(o.Logger))
+	dev := wgdevice.NewDevice(newOffloadTUN(tdev, o.Logger, off, tx, rx), bind, newWGLogger(o.Logger))
 	fail := func(err error) (Device, error) {
 		dev.Close()
 		if created {
@@ -112,6 +120,9 @@ func openUserspace(ctx context.Context, o Options, e *env, link netlink.Link) (D
 		uapi:   uapi,
 		served: make(chan struct{}),
 		conf:   &wgconf{name: o.Name, log: o.Logger, wg: wg},
+		off:    off,
+		tx:     tx,
+		rx:     rx,
 	}
 	go u.serveUAPI()
 	o.Logger.Info("userspace WireGuard device open",
@@ -350,6 +361,9 @@ func (u *userspace) greet(cfg mesh.DeviceConfig) {
 }
 
 func (u *userspace) Stats(ctx context.Context) ([]PeerStats, error) { return u.conf.stats(ctx) }
+
+// Offloads implements Device.
+func (u *userspace) Offloads() []OffloadState { return u.off.snapshot() }
 
 // Close stops serving UAPI and stops wireguard-go. A kernel TUN interface
 // stays (persistent) with its addresses and routes; packets routed to it are

@@ -133,8 +133,11 @@ func (a *app) runAgent(ctx context.Context, cfg agentConfig) (err error) {
 	// dropped).
 	_, lerr := netlink.LinkByName(cfg.Interface)
 	created := lerr != nil
-	dev, err := device.Open(ctx, device.Options{Name: cfg.Interface, Backend: cfg.Backend, MTU: cfg.MTU, DisableOffloads: cfg.DisableOffloads,
-		Alias: inst.Alias(), Logger: log})
+	dev, err := device.Open(ctx, device.Options{
+		Name: cfg.Interface, Backend: cfg.Backend, MTU: cfg.MTU,
+		DisableOffloads: cfg.DisableOffloads, InflightPackets: cfg.InflightPackets,
+		Alias: inst.Alias(), Logger: log,
+	})
 	if err != nil {
 		return fmt.Errorf("open WireGuard interface %s (--interface, --backend): %w", cfg.Interface, err)
 	}
@@ -195,6 +198,7 @@ func (a *app) runAgent(ctx context.Context, cfg agentConfig) (err error) {
 			}
 			return out, err
 		},
+		Offloads: func() []metrics.OffloadStatus { return toMetricsOffloads(dev.Offloads()) },
 		Router: func() metrics.RouterStatus {
 			s := router.Status()
 			return metrics.RouterStatus{LinkMTU: s.LinkMTU, PodMTU: s.PodMTU, IngressDropped: s.IngressDropped,

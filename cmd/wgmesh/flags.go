@@ -47,6 +47,7 @@ type agentFlags struct {
 	iface            string
 	backend          string
 	offloads         bool
+	inflightPackets  int
 	listenPort       int
 	endpoint         string
 	keyFile          string
@@ -84,6 +85,9 @@ type agentConfig struct {
 	Backend    device.Choice
 	// DisableOffloads opens the userspace TUN without TSO/GRO.
 	DisableOffloads bool
+	// InflightPackets bounds the packets the userspace data path holds
+	// per direction (device.Options.InflightPackets); 0: no bound.
+	InflightPackets int
 	ListenPort      int
 	// Endpoint overrides the published endpoint; zero lets the source choose.
 	Endpoint netip.AddrPort
@@ -116,6 +120,7 @@ func (f *agentFlags) register(fs *pflag.FlagSet, getenv func(string) string) {
 	fs.StringVar(&f.iface, "interface", device.DefaultName, "WireGuard interface name")
 	fs.StringVar(&f.backend, "backend", string(device.ChoiceAuto), "WireGuard backend: auto (kernel if available), userspace or kernel")
 	fs.BoolVar(&f.offloads, "offloads", true, "userspace backend: TUN segmentation offloads (TSO/GRO); turn off only to work around a kernel's TUN offload bugs")
+	fs.IntVar(&f.inflightPackets, "inflight-packets", 0, "userspace backend: most packets wireguard-go holds per direction (each in a 64 KiB buffer), the rest waits in the kernel's TUN queue and socket buffer; bounds the agent's memory under load; 0 = no bound")
 	fs.IntVar(&f.listenPort, "listen-port", defaultListenPort, "UDP port the interface listens on (1-65535)")
 	fs.StringVar(&f.endpoint, "endpoint", "", "endpoint to publish, IP or IP:port (default: the Node's InternalIP and --listen-port; with --peers-file, the file's entry)")
 	fs.StringVar(&f.keyFile, "key-file", mesh.DefaultKeyFile, "private key file, created (0600) if absent; a file readable by group or others is refused")
@@ -190,6 +195,10 @@ func (f *agentFlags) validate(inCluster bool) (agentConfig, error) {
 		return c, usagef("--backend %q: want auto, userspace or kernel", f.backend)
 	}
 	c.DisableOffloads = !f.offloads
+	if f.inflightPackets < 0 {
+		return c, usagef("--inflight-packets %d: want 0 (no bound) or more", f.inflightPackets)
+	}
+	c.InflightPackets = f.inflightPackets
 
 	if c.ListenPort < 1 || c.ListenPort > 65535 {
 		return c, usagef("--listen-port %d: want 1-65535", c.ListenPort)

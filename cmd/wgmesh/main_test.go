@@ -77,6 +77,7 @@ func TestAgentFlagErrors(t *testing.T) {
 		{"route table main", append(peers, "--route-table=254"), nil, "--route-table"},
 		{"route table negative", append(peers, "--route-table=-1"), nil, "--route-table"},
 		{"listen port", append(peers, "--listen-port=70000"), nil, "--listen-port"},
+		{"inflight packets", append(peers, "--inflight-packets=-1"), nil, "--inflight-packets -1: want 0 (no bound) or more"},
 		{"mtu", append(peers, "--mtu=1000"), nil, "--mtu"},
 		{"mtu below IPv6 minimum", append(peers, "--mtu=1240"), nil, "--mtu 1240: tunnel MTU 1240 < 1280 needed for IPv6; "},
 		{"mtu below IPv4 minimum", append(peers, "--ipv6=false", "--mtu=500"), nil, "tunnel MTU 500 < 576"},
@@ -139,7 +140,7 @@ func TestAgentFlagsValidate(t *testing.T) {
 	}
 	if c.NodeName != "node-1" || c.Source != sourceInCluster || c.Interface != "wgmesh0" || c.Backend != device.ChoiceAuto ||
 		c.ListenPort != 51822 || c.KeyFile != mesh.DefaultKeyFile || c.MTU != 0 || c.Table != 51820 || c.HostTable != 51821 || c.Priority != 99 ||
-		c.FwMark != 0x2000 || c.MetricsAddr != ":9587" || c.Endpoint.IsValid() || c.DisableOffloads {
+		c.FwMark != 0x2000 || c.MetricsAddr != ":9587" || c.Endpoint.IsValid() || c.DisableOffloads || c.InflightPackets != 0 {
 		t.Errorf("defaults: %+v", c)
 	}
 	if c.ListenPort != kube.DefaultListenPort {
@@ -155,7 +156,7 @@ func TestAgentFlagsValidate(t *testing.T) {
 		"--listen-port=51821", "--endpoint=198.18.0.1", "--key-file=/tmp/k", "--mtu=1400", "--host-encryption",
 		"--allow-unencrypted", "--ipv6=false", "--keepalive=25", "--route-table=1000", "--host-route-table=900", "--rule-priority=150",
 		"--fwmark=0x400000", "--tunnel-address=10.244.1.1", "--unmanaged-nodes=kubernetes.io/os=windows",
-		"--metrics-addr=127.0.0.1:9999", "--offloads=false", "--cluster-cidrs=10.244.0.0/16, 10.245.0.0/16")
+		"--metrics-addr=127.0.0.1:9999", "--offloads=false", "--inflight-packets=512", "--cluster-cidrs=10.244.0.0/16, 10.245.0.0/16")
 	if err != nil {
 		t.Fatalf("all flags: %v", err)
 	}
@@ -163,7 +164,7 @@ func TestAgentFlagsValidate(t *testing.T) {
 	if c.NodeName != "host-a" || c.Source != sourcePeersFile || c.PeersFile != "/etc/wgmesh/peers.yaml" ||
 		c.Interface != "wg7" || c.Backend != device.ChoiceUserspace || c.ListenPort != 51821 || c.Endpoint != want ||
 		c.KeyFile != "/tmp/k" || c.MTU != 1400 || c.Table != 1000 || c.HostTable != 900 || c.Priority != 150 || c.FwMark != 0x400000 ||
-		c.MetricsAddr != "127.0.0.1:9999" || !c.DisableOffloads {
+		c.MetricsAddr != "127.0.0.1:9999" || !c.DisableOffloads || c.InflightPackets != 512 {
 		t.Errorf("all flags: %+v", c)
 	}
 	d := c.Derive

@@ -173,6 +173,40 @@ func toMetricsStats(p device.PeerStats) metrics.PeerStats {
 	}
 }
 
+// toMetricsOffloads converts the device's offload state; nil (kernel
+// backend) stays nil.
+func toMetricsOffloads(states []device.OffloadState) []metrics.OffloadStatus {
+	if len(states) == 0 {
+		return nil
+	}
+	out := make([]metrics.OffloadStatus, 0, len(states))
+	for _, o := range states {
+		s := metrics.OffloadStatus{Kind: string(o.Kind), Active: o.Active, Reason: o.Reason, Fallbacks: o.Fallbacks}
+		if !o.Since.IsZero() {
+			t := o.Since.UTC()
+			s.LastFallback = &t
+		}
+		out = append(out, s)
+	}
+	return out
+}
+
+// offloadText is one offload's line in `wgmesh status`.
+func offloadText(o metrics.OffloadStatus, now time.Time) string {
+	v := "on"
+	if !o.Active {
+		v = "OFF: " + o.Reason
+	}
+	if o.Fallbacks > 0 {
+		v += fmt.Sprintf(" (the kernel refused it %d time(s)", o.Fallbacks)
+		if o.LastFallback != nil {
+			v += ", last " + age(now.Sub(*o.LastFallback)) + " ago"
+		}
+		v += ")"
+	}
+	return v
+}
+
 // printStatus writes the kubectl-like view of st.
 func printStatus(w io.Writer, st metrics.Status, now time.Time) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
@@ -232,6 +266,9 @@ func printStatus(w io.Writer, st metrics.Status, now time.Time) error {
 		}
 		kv("Dropped plaintext", fmt.Sprintf("%d packets (strict ingress filter)", st.IngressDropped))
 		kv("Dropped egress", fmt.Sprintf("%d packets (to remote pods outside the tunnel: egress guard)", st.EgressDropped))
+		for _, o := range st.Offloads {
+			kv("Offload "+o.Kind, offloadText(o, now))
+		}
 		if len(st.Unencrypted) > 0 {
 			kv("UNENCRYPTED nodes", strings.Join(st.Unencrypted, ", "))
 		} else {

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wgmesh/wgmesh/device"
 	"github.com/wgmesh/wgmesh/mesh/metrics"
 )
 
@@ -75,5 +76,46 @@ func TestPrintClusterRanges(t *testing.T) {
 	printClusterRanges(&buf, metrics.Status{AgentRunning: true, LastReconcile: last, ClusterCIDRs: []string{"10.244.0.0/16"}})
 	if want := "Local agent covers the cluster ranges 10.244.0.0/16."; !strings.Contains(buf.String(), want) {
 		t.Errorf("verify's local view lacks %q: %s", want, buf.String())
+	}
+}
+
+// TestPrintOffloads: status shows each offload of the userspace data path,
+// and when the data path fell back from one, why and when.
+func TestPrintOffloads(t *testing.T) {
+	now := time.Date(2026, 11, 30, 15, 10, 0, 0, time.UTC)
+	last := now.Add(-3 * time.Minute)
+	st := metrics.Status{Interface: "wgmesh0", AgentRunning: true, Strict: true, Offloads: []metrics.OffloadStatus{
+		{Kind: "tun_gso", Reason: "the kernel refused a coalesced TUN write (write /dev/net/tun: invalid argument); writing packets one by one", Fallbacks: 1, LastFallback: &last},
+		{Kind: "udp_gso", Active: true},
+	}}
+	var buf bytes.Buffer
+	if err := printStatus(&buf, st, now); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		"Offload tun_gso:    OFF: the kernel refused a coalesced TUN write (write /dev/net/tun: invalid argument); writing packets one by one (the kernel refused it 1 time(s), last 3m0s ago)",
+		"Offload udp_gso:    on\n",
+	} {
+		if !strings.Contains(buf.String(), want) {
+			t.Errorf("status lacks %q:\n%s", want, buf.String())
+		}
+	}
+}
+
+// TestToMetricsOffloads: the agent's conversion keeps every field and
+// leaves the kernel backend's nil alone.
+func TestToMetricsOffloads(t *testing.T) {
+	if got := toMetricsOffloads(nil); got != nil {
+		t.Errorf("kernel backend: %v, want nil", got)
+	}
+	when := time.Date(2026, 11, 30, 16, 0, 0, 0, time.FixedZone("CET", 3600))
+	got := toMetricsOffloads([]device.OffloadState{
+		{Kind: device.OffloadTUNGSO, Reason: "r", Fallbacks: 2, Since: when},
+		{Kind: device.OffloadUDPGSO, Active: true},
+	})
+	if len(got) != 2 || got[0].Kind != "tun_gso" || got[0].Active || got[0].Reason != "r" || got[0].Fallbacks != 2 ||
+		got[0].LastFallback == nil || !got[0].LastFallback.Equal(when) || got[0].LastFallback.Location() != time.UTC ||
+		got[1].Kind != "udp_gso" || !got[1].Active || got[1].LastFallback != nil {
+		t.Errorf("converted %+v", got)
 	}
 }

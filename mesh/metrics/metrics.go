@@ -59,6 +59,23 @@ type RouterStatus struct {
 	Warnings []string
 }
 
+// OffloadStatus is one offload of the userspace data path as the device
+// reports it (device.OffloadState; cmd/wgmesh converts).
+type OffloadStatus struct {
+	// Kind is tun_gso (coalesced GSO writes to the TUN device) or udp_gso
+	// (UDP GSO sends).
+	Kind string `json:"kind"`
+	// Active is true while the data path uses the offload.
+	Active bool `json:"active"`
+	// Reason says why it is not in use (configuration, kernel support, or
+	// the kernel's refusal at run time); empty while Active.
+	Reason string `json:"reason,omitempty"`
+	// Fallbacks counts the run-time fallbacks since the device opened.
+	Fallbacks uint64 `json:"fallbacks"`
+	// LastFallback is when the last one happened; absent when none did.
+	LastFallback *time.Time `json:"lastFallback,omitempty"`
+}
+
 // Options configure a Metrics. Every func is optional; a nil func means the
 // information is not available and is left out.
 type Options struct {
@@ -79,6 +96,10 @@ type Options struct {
 	Stats func(ctx context.Context) ([]PeerStats, error)
 	// Router reads the router's status; called on every scrape and /status.
 	Router func() RouterStatus
+	// Offloads reads the data path's offload state (userspace backend
+	// only; nil or an empty result for the kernel backend); called on every
+	// scrape and /status.
+	Offloads func() []OffloadStatus
 	// PublicKey returns the local node's current public key.
 	PublicKey func() (mesh.Key, error)
 	// Ready reports whether the agent is ready: device up, source synced and
@@ -311,6 +332,10 @@ var (
 		"Unix time the peers file was last read validly (0: never).", nil, nil)
 	descRangesPending = prometheus.NewDesc(Namespace+"_cluster_cidrs_pending",
 		"1 while the cluster's pod ranges from kubeadm's networking.podSubnet are still being read (retried in the background), else 0.", nil, nil)
+	descOffload = prometheus.NewDesc(Namespace+"_datapath_offload",
+		"1 while the userspace data path uses the offload (tun_gso: coalesced GSO writes to the TUN device; udp_gso: UDP GSO sends), 0 when it is off by configuration, not offered by the kernel, or was refused by the kernel at run time and the data path fell back to one packet at a time.", []string{"kind"}, nil)
+	descOffloadFallbacks = prometheus.NewDesc(Namespace+"_datapath_offload_fallbacks_total",
+		"Times the userspace data path stopped using the offload because the kernel refused it (EINVAL, EIO, EMSGSIZE).", []string{"kind"}, nil)
 	// staleReasons are always exported, 0 or 1, so that an alert on
 	// wgmesh_stale > 0 has a series from the first scrape.
 	staleReasons        = []mesh.ConditionReason{mesh.ConditionSourceInvalid, mesh.ConditionSelfMismatch, mesh.ConditionPublishFailed}
@@ -332,6 +357,8 @@ func (c *scrapeCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descStale
 	ch <- descSourceSuccess
 	ch <- descRangesPending
+	ch <- descOffload
+	ch <- descOffloadFallbacks
 }
 
 func (c *scrapeCollector) Collect(ch chan<- prometheus.Metric) {
@@ -344,6 +371,16 @@ func (c *scrapeCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descIngressDropped, prometheus.CounterValue, float64(rs.IngressDropped))
 		ch <- prometheus.MustNewConstMetric(descEgressDropped, prometheus.CounterValue, float64(rs.EgressDropped))
 		ch <- prometheus.MustNewConstMetric(descRoutingWarnings, prometheus.GaugeValue, float64(len(rs.Warnings)))
+	}
+	if m.o.Offloads != nil {
+		for _, o := range m.o.Offloads() {
+			v := 0.0
+			if o.Active {
+				v = 1
+			}
+			ch <- prometheus.MustNewConstMetric(descOffload, prometheus.GaugeValue, v, o.Kind)
+			ch <- prometheus.MustNewConstMetric(descOffloadFallbacks, prometheus.CounterValue, float64(o.Fallbacks), o.Kind)
+		}
 	}
 	if m.o.Conditions != nil {
 		active := map[mesh.ConditionReason]bool{}

@@ -50,6 +50,9 @@ type Status struct {
 	// EgressDropped counts packets to remote pod CIDRs the egress guard
 	// dropped because they were about to leave outside the tunnel.
 	EgressDropped uint64 `json:"egressDroppedPackets"`
+	// Offloads is the userspace data path's offload state (tun_gso, then
+	// udp_gso); absent for the kernel backend and without an agent.
+	Offloads []OffloadStatus `json:"offloads,omitempty"`
 	// RoutingWarnings are the router's problems that did not fail the last
 	// reconcile (see RouterStatus.Warnings).
 	RoutingWarnings []string `json:"routingWarnings,omitempty"`
@@ -184,6 +187,9 @@ func (m *Metrics) Status(ctx context.Context) (Status, error) {
 		rs := m.o.Router()
 		st.LinkMTU, st.PodMTU, st.IngressDropped, st.EgressDropped = rs.LinkMTU, rs.PodMTU, rs.IngressDropped, rs.EgressDropped
 		st.RoutingWarnings = slices.Clone(rs.Warnings)
+	}
+	if m.o.Offloads != nil {
+		st.Offloads = m.o.Offloads()
 	}
 	if m.o.ClusterRangesPending != nil {
 		if p, why := m.o.ClusterRangesPending(); p {

@@ -9,6 +9,7 @@
 //	B2 upstream wireguard-go, built from the exact module version in go.mod
 //	B3 the wgmesh agent (userspace backend, offloads on)
 //	B4 the wgmesh agent with offloads off
+//	B5 wireguard-go 0.0.20230223, the version Kilo's userspace sidecar ships
 //	BK the wgmesh agent with kernel WireGuard (only where the host has the module)
 //
 // It also measures the ChaCha20-Poly1305 bound of this machine, runs the Go
@@ -27,30 +28,43 @@ import (
 	"path/filepath"
 	"runtime"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 )
 
 func ctxBG() context.Context { return context.Background() }
 
-// streams is the number of parallel TCP streams of each iperf3 run.
-var streams = 1
+// streamModes are the numbers of parallel TCP streams measured, each a
+// section of the report.
+var streamModes = []int{1, 8}
 
 // startLoad is the load average when the harness started.
 var startLoad = loadAvg()
 
 type sample struct {
-	gbps       float64
-	cpuPerGB   float64 // tunnel CPU-seconds per GB moved; 0 when no tunnel process
-	hasCPU     bool
-	peakRSS    float64 // MiB, the larger of the tunnel processes' VmHWM
+	gbps     float64
+	cpuPerGB float64 // tunnel CPU-seconds per GB moved; 0 when no tunnel process
+	hasCPU   bool
+	peakRSS  float64 // MiB, the larger of the tunnel processes' VmHWM
+	// rssGrowth is how much that peak grew in the second half of the
+	// transfer, relative to its value halfway (0.1 = 10 %).
+	rssGrowth  float64
+	hasGrowth  bool
 	bytesMoved float64
-	round      int // which interleaved round, for paired ratios
+	// rttP50 and rttP99 are the ping round trips through the tunnel during
+	// the transfer, in milliseconds; hasRTT is false when no reply came.
+	rttP50, rttP99 float64
+	hasRTT         bool
+	// pingSent and pingLost count the echo requests of that ping.
+	pingSent, pingLost int
+	round              int // which interleaved round, for paired ratios
 }
 
 type result struct {
 	b       backend
 	pinned  bool
+	streams int
 	samples []sample
 	errs    []string
 }
@@ -65,12 +79,14 @@ func main() {
 	only := flag.String("only", "", "comma-separated competitor IDs to run (e.g. B2,B3); empty runs all")
 	alt := flag.String("alt-wgmesh", "", "a second wgmesh binary (e.g. built another way) run as competitor X5 next to B3")
 	experiments := flag.Bool("experiments", false, "also run the agent tuning experiments X1… (environment and link settings), for before/after measurements")
-	flag.IntVar(&streams, "streams", 1, "parallel TCP streams per iperf3 run (iperf3 -P); the issue's comparison is one stream")
+	streamsFlag := flag.String("streams", "1,8", "comma-separated numbers of parallel TCP streams per iperf3 run (iperf3 -P), each measured in its own interleaved rounds")
 	flag.Parse()
-	if streams < 1 || streams > 128 {
-		log.Fatalf("--streams %d: want 1-128", streams)
-	}
 	log.SetFlags(0)
+	sm, err := parseStreams(*streamsFlag)
+	if err != nil {
+		log.Fatal(err)
+	}
+	streamModes = sm
 
 	report := &strings.Builder{}
 	var results []*result
@@ -92,6 +108,11 @@ func main() {
 			backends = append(backends, backend{ID: "B2", Name: "upstream wireguard-go", skip: err.Error()})
 		} else {
 			backends = append(backends, wireguardGoBackend("B2", "upstream wireguard-go "+wireguardVersion(), upstream))
+		}
+		if kilo, err := buildPinnedWireguardGo(kiloWireguardGo); err != nil {
+			backends = append(backends, backend{ID: "B5", Name: "wireguard-go " + kiloWireguardGo + " (Kilo's userspace sidecar)", skip: err.Error()})
+		} else {
+			backends = append(backends, wireguardGoBackend("B5", "wireguard-go "+kiloWireguardGo+" (Kilo's userspace sidecar)", kilo))
 		}
 		backends = append(backends, wgmeshBackend("B3", "wgmesh agent (userspace, offloads on)", *wgmesh))
 		b4 := wgmeshBackend("B4", "wgmesh agent (userspace, offloads off)", *wgmesh, "--offloads=false")
@@ -120,7 +141,7 @@ func main() {
 			}
 			for i := range backends {
 				if !keep[backends[i].ID] && backends[i].skip == "" {
-					backends[i].skip = "not selected (--only " + *only + ")"
+					backends[i].skip = notSelected + " (--only " + *only + ")"
 				}
 			}
 		}
@@ -128,29 +149,32 @@ func main() {
 		if *pinned && runtime.NumCPU() >= 2 {
 			modes = append(modes, true)
 		}
-		for _, pin := range modes {
-			var rs []*result
-			for _, b := range backends {
-				rs = append(rs, &result{b: b, pinned: pin})
-			}
-			for r := 0; r < *rounds; r++ {
-				for _, res := range rs {
-					if res.b.skip != "" {
-						continue
-					}
-					s, err := measure(res.b, pin, *duration)
-					if err != nil {
-						log.Printf("%s round %d: %v", res.b.ID, r+1, err)
-						res.errs = append(res.errs, err.Error())
-						continue
-					}
-					s.round = r
-					log.Printf("%s pinned=%v round %d: %.2f Gbit/s, %.2f tunnel CPU-s/GB", res.b.ID, pin, r+1, s.gbps, s.cpuPerGB)
-					res.samples = append(res.samples, s)
+		for _, st := range streamModes {
+			for _, pin := range modes {
+				var rs []*result
+				for _, b := range backends {
+					rs = append(rs, &result{b: b, pinned: pin, streams: st})
 				}
-				crypto = append(crypto, chachaBound(time.Second))
+				for r := 0; r < *rounds; r++ {
+					for _, res := range rs {
+						if res.b.skip != "" {
+							continue
+						}
+						s, err := measure(res.b, pin, *duration, st)
+						if err != nil {
+							log.Printf("%s streams=%d pinned=%v round %d: %v", res.b.ID, st, pin, r+1, err)
+							res.errs = append(res.errs, err.Error())
+							continue
+						}
+						s.round = r
+						log.Printf("%s streams=%d pinned=%v round %d: %.2f Gbit/s, %.2f tunnel CPU-s/GB, %.0f MiB, RTT p50 %.2f p99 %.2f ms (%d/%d lost)",
+							res.b.ID, st, pin, r+1, s.gbps, s.cpuPerGB, s.peakRSS, s.rttP50, s.rttP99, s.pingLost, s.pingSent)
+						res.samples = append(res.samples, s)
+					}
+					crypto = append(crypto, chachaBound(time.Second))
+				}
+				results = append(results, rs...)
 			}
-			results = append(results, rs...)
 		}
 	}
 
@@ -174,9 +198,10 @@ func main() {
 	fmt.Print(report.String())
 }
 
-// measure sets up a fresh lab for one competitor, runs one iperf3 stream and
-// tears the lab down again.
-func measure(b backend, pinned bool, d time.Duration) (sample, error) {
+// measure sets up a fresh lab for one competitor, runs iperf3 with streams
+// parallel TCP streams and a ping on the same path, and tears the lab down
+// again.
+func measure(b backend, pinned bool, d time.Duration, streams int) (sample, error) {
 	l, err := newLab(pinned)
 	if err != nil {
 		return sample{}, err
@@ -196,7 +221,30 @@ func measure(b backend, pinned bool, d time.Duration) (sample, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), d+30*time.Second)
 	defer cancel()
 	c := l.command(ctx, "a", nil, "iperf3", "-c", target, "-t", fmt.Sprint(int(d.Seconds())), "-O", "1", "-J", "-P", fmt.Sprint(streams))
+	// The ping starts when iperf3's omitted first second (-O 1, slow start)
+	// is over and ends with the transfer: it sees the queues the streams
+	// fill.
+	pingc := make(chan pingResult, 1)
+	go func() {
+		select {
+		case <-time.After(time.Second):
+		case <-ctx.Done():
+		}
+		pingc <- l.ping(ctx, "a", target, d-time.Second)
+	}()
+	// The peak resident set halfway through, to tell a plateau from
+	// memory still growing at the end.
+	halfc := make(chan float64, 1)
+	go func() {
+		select {
+		case <-time.After(d / 2):
+		case <-ctx.Done():
+		}
+		halfc <- maxPeakRSS(pids)
+	}()
 	raw, err := c.Output()
+	pr := <-pingc
+	half := <-halfc
 	if err != nil {
 		return sample{}, fmt.Errorf("iperf3 client: %w (%s)", err, strings.TrimSpace(string(raw)))
 	}
@@ -221,12 +269,31 @@ func measure(b backend, pinned bool, d time.Duration) (sample, error) {
 		s.hasCPU = true
 		s.cpuPerGB = (after - before) / (s.bytesMoved / 1e9)
 	}
-	for _, p := range pids {
-		if m, err := peakRSSMiB(p); err == nil && m > s.peakRSS {
-			s.peakRSS = m
-		}
+	if pr.err != nil {
+		return sample{}, fmt.Errorf("ping under load: %w", pr.err)
+	}
+	s.pingSent, s.pingLost = pr.sent, pr.sent-len(pr.rtts)
+	if len(pr.rtts) > 0 {
+		s.hasRTT = true
+		s.rttP50, s.rttP99 = percentile(pr.rtts, 50), percentile(pr.rtts, 99)
+	}
+	s.peakRSS = maxPeakRSS(pids)
+	if half > 0 && s.peakRSS > 0 {
+		s.rssGrowth, s.hasGrowth = (s.peakRSS-half)/half, true
 	}
 	return s, nil
+}
+
+// maxPeakRSS is the largest peak resident set of pids in MiB (0: none
+// readable).
+func maxPeakRSS(pids []int) float64 {
+	var m float64
+	for _, p := range pids {
+		if v, err := peakRSSMiB(p); err == nil && v > m {
+			m = v
+		}
+	}
+	return m
 }
 
 // experimentBackends are variants of B3 that change one setting each, run
@@ -238,6 +305,21 @@ func experimentBackends(bin string) []backend {
 		wgmeshVariant("X2", "B3 with GOGC=400", bin, variant{env: []string{"GOGC=400"}}),
 		wgmeshVariant("X3", "B3 with TUN txqueuelen 2000", bin, variant{after: [][]string{{"ip", "-n", "{ns}", "link", "set", "{if}", "txqueuelen", "2000"}}}),
 		wgmeshVariant("X4", "B3 with GOGC=100 (Go default)", bin, variant{env: []string{"GOGC=100"}}),
+		// Memory: the Go heap of wireguard-go's 64 KiB packet buffers is
+		// at most twice what is in flight with GOGC=100; a memory limit
+		// makes the collector run before the heap doubles.
+		wgmeshVariant("X6", "B3 with GOMEMLIMIT=96MiB", bin, variant{env: []string{"GOMEMLIMIT=96MiB"}}),
+		wgmeshVariant("X7", "B3 with GOGC=50", bin, variant{env: []string{"GOGC=50"}}),
+		// Latency: a queue the kernel manages (CoDel) on the TUN device
+		// instead of its default FIFO.
+		wgmeshVariant("X8", "B3 with fq_codel on the TUN device", bin, variant{after: [][]string{{"ip", "netns", "exec", "{ns}", "tc", "qdisc", "replace", "dev", "{if}", "root", "fq_codel"}}}),
+		// Memory: a bound on the packets wireguard-go holds per direction.
+		wgmeshVariant("X9", "B3 with --inflight-packets=256", bin, variant{}, "--inflight-packets=256"),
+		wgmeshVariant("X10", "B3 with --inflight-packets=1024", bin, variant{}, "--inflight-packets=1024"),
+		// Both: the excess the window leaves in the TUN queue is managed by
+		// CoDel instead of waiting in a FIFO.
+		wgmeshVariant("X11", "B3 with --inflight-packets=256 and fq_codel on the TUN device", bin,
+			variant{after: [][]string{{"ip", "netns", "exec", "{ns}", "tc", "qdisc", "replace", "dev", "{if}", "root", "fq_codel"}}}, "--inflight-packets=256"),
 	}
 }
 
@@ -258,6 +340,22 @@ func totalCPU(pids []int) float64 {
 		}
 	}
 	return t
+}
+
+// notSelected starts the skip reason of a competitor --only left out.
+const notSelected = "not selected"
+
+// parseStreams reads --streams: a comma-separated list of 1-128.
+func parseStreams(v string) ([]int, error) {
+	var out []int
+	for _, f := range strings.Split(v, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 1 || n > 128 {
+			return nil, fmt.Errorf("--streams %q: want a comma-separated list of 1-128", v)
+		}
+		out = append(out, n)
+	}
+	return out, nil
 }
 
 // buildUpstream builds wireguard-go's own main package at the exact version

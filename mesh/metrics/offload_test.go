@@ -1,0 +1,68 @@
+package metrics
+
+import (
+	"context"
+	"encoding/json"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// TestOffloads: the data path's offload state shows in /status and as
+// wgmesh_datapath_offload (1 in use, 0 not) and
+// wgmesh_datapath_offload_fallbacks_total, by kind; without the func (kernel
+// backend) neither is exported.
+func TestOffloads(t *testing.T) {
+	var mu sync.Mutex
+	when := time.Date(2026, 11, 30, 15, 0, 0, 0, time.UTC)
+	state := []OffloadStatus{{Kind: "tun_gso", Active: true}, {Kind: "udp_gso", Active: true}}
+	m := New(Options{Offloads: func() []OffloadStatus {
+		mu.Lock()
+		defer mu.Unlock()
+		return append([]OffloadStatus(nil), state...)
+	}})
+	fams := scrape(t, m.Handler())
+	if got := series(fams, "wgmesh_datapath_offload"); len(got) != 2 || got["tun_gso"] != 1 || got["udp_gso"] != 1 {
+		t.Errorf("wgmesh_datapath_offload = %v, want both 1", got)
+	}
+	if got := series(fams, "wgmesh_datapath_offload_fallbacks_total"); len(got) != 2 || got["tun_gso"] != 0 {
+		t.Errorf("wgmesh_datapath_offload_fallbacks_total = %v, want both 0", got)
+	}
+
+	mu.Lock()
+	state[0] = OffloadStatus{Kind: "tun_gso", Reason: "the kernel refused a coalesced TUN write (write /dev/net/tun: invalid argument); writing packets one by one", Fallbacks: 1, LastFallback: &when}
+	mu.Unlock()
+	fams = scrape(t, m.Handler())
+	if got := series(fams, "wgmesh_datapath_offload"); got["tun_gso"] != 0 || got["udp_gso"] != 1 {
+		t.Errorf("after the fallback: wgmesh_datapath_offload = %v, want tun_gso 0, udp_gso 1", got)
+	}
+	if got := series(fams, "wgmesh_datapath_offload_fallbacks_total"); got["tun_gso"] != 1 {
+		t.Errorf("after the fallback: fallbacks = %v, want tun_gso 1", got)
+	}
+	st, err := m.Status(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := json.Marshal(st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		`"offloads":[{"kind":"tun_gso","active":false,"reason":"the kernel refused a coalesced TUN write`,
+		`"fallbacks":1,"lastFallback":"2026-11-30T15:00:00Z"},{"kind":"udp_gso","active":true,"fallbacks":0}]`,
+	} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("/status lacks %s:\n%s", want, b)
+		}
+	}
+
+	plain := New(Options{})
+	fams = scrape(t, plain.Handler())
+	if got := series(fams, "wgmesh_datapath_offload"); len(got) != 0 {
+		t.Errorf("without Offloads: %v, want no series", got)
+	}
+	if st, _ := plain.Status(context.Background()); st.Offloads != nil {
+		t.Errorf("without Offloads: /status has %v", st.Offloads)
+	}
+}
