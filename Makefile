@@ -49,11 +49,12 @@ demo-k8s: build
 bench: build
 	$(GO) run ./bench/cmd/benchrun --wgmesh $(CURDIR)/$(BIN) --out bench/RESULTS.md
 
+# Both modules: the e2e module holds the lab's parsers and the Helm chart's.
 fuzz:
-	@for pkg in $$($(GO) list ./...); do \
+	@for mod in . e2e; do ( cd $$mod && for pkg in $$($(GO) list ./...); do \
 	  for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz'); do \
 	    echo "fuzz $$pkg $$f"; $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime 20s $$pkg || exit 1; \
-	  done; done
+	  done; done ) || exit 1; done
 
 # The README's picture is the golden local view of `wgmesh graph`, rendered
 # by Graphviz: the same renderer the command uses, on fixed input.

@@ -13,7 +13,7 @@ import (
 )
 
 // TestMain starts the UML kernel builds in the background when the whole
-// package runs as root (no -run): on a cold cache they then overlap the
+// package runs as root (no -run, no -list): on a cold cache they then overlap the
 // scenarios before the kernel ones, which mostly wait on agents and
 // kubelets, instead of running after them (≈ 25 min of a 2-core machine for
 // the three kernels). The kernel tests call uml.Build themselves and wait
@@ -31,7 +31,7 @@ func TestMain(m *testing.M) {
 
 func prebuildKernels(ctx context.Context) <-chan struct{} {
 	done := make(chan struct{})
-	if os.Geteuid() != 0 || testing.Short() || flag.Lookup("test.run").Value.String() != "" {
+	if os.Geteuid() != 0 || testing.Short() || flag.Lookup("test.run").Value.String() != "" || flag.Lookup("test.list").Value.String() != "" {
 		close(done)
 		return done
 	}
