@@ -1,15 +1,21 @@
 package mesh
 
 import (
-	"bytes"
 	"cmp"
-	"encoding/binary"
 	"fmt"
 	"net/netip"
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/wgmesh/wgmesh/internal/prefixes"
 )
+
+// This file holds Derive's rules, read top to bottom in the order Derive
+// applies them: who is a peer, conflicts, keep-outside addresses, claims
+// and their overlaps, cluster ranges, and what gets built. The machinery
+// that keeps them fast at thousands of nodes (sorted indexes, merges) is in
+// derive_index.go and internal/prefixes; it decides nothing.
 
 // Reasons Derive reports in addition to those declared with Problem. Sources
 // never produce them: Kubernetes names are unique and non-empty, and the
@@ -152,7 +158,7 @@ type deriver struct {
 	keep []keepOut
 	// keepKeys holds keep's addresses in the same order, as pointer-free
 	// keys that searchKeep compares without calls.
-	keepKeys []addrKey
+	keepKeys []prefixes.Key
 
 	// cluster are the cluster ranges in force: Options.ClusterCIDRs that
 	// are valid, of an enabled family, not inside a pod CIDR claim and not
@@ -228,37 +234,6 @@ const (
 	keepOption = -2 // Options.KeepOutside
 )
 
-func (d *deriver) problem(node string, r Reason, format string, args ...any) {
-	d.problems = append(d.problems, Problem{Node: node, Reason: r, Detail: fmt.Sprintf(format, args...)})
-}
-
-// copyProblems carries a source's problems into the output, naming the node
-// when the source left it out.
-func (d *deriver) copyProblems(n *Node) {
-	for _, p := range n.Problems {
-		if p.Node == "" {
-			p.Node = n.Name
-		}
-		d.problems = append(d.problems, p)
-	}
-}
-
-// familyEnabled reports whether a's family is switched on; a must be unmapped.
-func (d *deriver) familyEnabled(a netip.Addr) bool {
-	if a.Is4() {
-		return d.o.IPv4
-	}
-	return a.Is6() && d.o.IPv6
-}
-
-// consequence says what happens to a left-out node's pod traffic.
-func (d *deriver) consequence() string {
-	if d.o.AllowUnencrypted {
-		return "its pod traffic is sent unencrypted (allow-unencrypted)"
-	}
-	return "its pod CIDRs are unreachable until this is fixed (strict mode)"
-}
-
 func (d *deriver) collectSelf(self Node, nodes []Node) {
 	d.ownPods = append(d.ownPods, self.PodCIDRs...)
 	d.ownHosts = append(d.ownHosts, self.HostIPs...)
@@ -283,17 +258,6 @@ func (d *deriver) collectSelf(self Node, nodes []Node) {
 		d.problem(d.selfName, ReasonSelfMissing,
 			"the local node %q is not in the node list; peers are derived without its entry", d.selfName)
 	}
-}
-
-// hasReason reports whether the source already reported r for n.
-func hasReason(n *Node, r Reason) bool {
-	return slices.ContainsFunc(n.Problems, func(p Problem) bool { return p.Reason == r })
-}
-
-// usableEndpointAddr reports whether a can be a node's address on the
-// underlay.
-func usableEndpointAddr(a netip.Addr) bool {
-	return a.IsValid() && !a.IsUnspecified() && !a.IsMulticast()
 }
 
 func (d *deriver) collectOthers(nodes []Node) {
@@ -364,10 +328,6 @@ func (d *deriver) findConflicts() {
 		}
 	}
 	name := func(i int) string { return d.cands[i].node.Name }
-	keyHeads := make([]uint64, len(d.cands))
-	for _, i := range managed {
-		keyHeads[i] = binary.BigEndian.Uint64(d.cands[i].node.PublicKey[:8])
-	}
 
 	d.groups(managed, func(i int) bool { return name(i) != "" },
 		func(a, b int) int { return strings.Compare(name(a), name(b)) },
@@ -383,14 +343,7 @@ func (d *deriver) findConflicts() {
 	hasSelfKey := func(i int) bool {
 		return d.cands[i].keyOK && !d.selfKey.IsZero() && d.cands[i].node.PublicKey == d.selfKey
 	}
-	d.groups(managed, func(i int) bool { return d.cands[i].keyOK && !hasSelfKey(i) },
-		func(a, b int) int {
-			// The keys' leading bytes as integers decide almost always.
-			if ha, hb := keyHeads[a], keyHeads[b]; ha != hb {
-				return cmp.Compare(ha, hb)
-			}
-			return bytes.Compare(d.cands[a].node.PublicKey[:], d.cands[b].node.PublicKey[:])
-		},
+	d.groups(managed, func(i int) bool { return d.cands[i].keyOK && !hasSelfKey(i) }, d.byKey(managed),
 		func(group []int) {
 			keeper := d.senior(group)
 			for _, i := range group {
@@ -403,29 +356,7 @@ func (d *deriver) findConflicts() {
 		})
 	d.settleSelfKey(managed, hasSelfKey)
 
-	// Pointer-free keys of the endpoints' addresses compare without calls;
-	// only equal ones need the zone and port, which is
-	// netip.AddrPort.Compare's order.
-	epKeys := make([]addrKey, len(d.cands))
-	for _, i := range managed {
-		if d.cands[i].endpointOK {
-			epKeys[i] = keyOf(d.cands[i].endpoint.Addr())
-		}
-	}
-	d.groups(managed, func(i int) bool { return d.cands[i].endpointOK },
-		func(a, b int) int {
-			if ka, kb := epKeys[a], epKeys[b]; ka != kb {
-				if ka.less(kb) {
-					return -1
-				}
-				return 1
-			}
-			ea, eb := d.cands[a].endpoint, d.cands[b].endpoint
-			if c := strings.Compare(ea.Addr().Zone(), eb.Addr().Zone()); c != 0 {
-				return c
-			}
-			return cmp.Compare(ea.Port(), eb.Port())
-		},
+	d.groups(managed, func(i int) bool { return d.cands[i].endpointOK }, d.byEndpoint(managed),
 		func(group []int) {
 			for k, i := range group {
 				d.problem(name(i), ReasonDuplicateEndpoint, "endpoint %s is also published by %s; %s",
@@ -526,33 +457,6 @@ func older(at time.Time, an string, bt time.Time, bn string) bool {
 	return an < bn
 }
 
-// groups sorts the members of idx that pass keep by cmpFn and calls settle
-// with each group of two or more equal ones, sorted by name.
-func (d *deriver) groups(idx []int, keep func(int) bool, cmpFn func(a, b int) int, settle func(group []int)) {
-	s := make([]int, 0, len(idx))
-	for _, i := range idx {
-		if keep(i) {
-			s = append(s, i)
-		}
-	}
-	slices.SortFunc(s, func(a, b int) int {
-		if c := cmpFn(a, b); c != 0 {
-			return c
-		}
-		return strings.Compare(d.cands[a].node.Name, d.cands[b].node.Name)
-	})
-	for start := 0; start < len(s); {
-		end := start + 1
-		for end < len(s) && cmpFn(s[start], s[end]) == 0 {
-			end++
-		}
-		if end-start > 1 {
-			settle(s[start:end])
-		}
-		start = end
-	}
-}
-
 // otherNames lists the names of group except its k-th member, sorted (group
 // is sorted by name within equal keys), at most maxNamesInDetail of them.
 func (d *deriver) otherNames(group []int, k int) string {
@@ -623,33 +527,10 @@ func (d *deriver) collectKeepOutside() {
 		}
 		return compareBool(a.host, b.host)
 	})
-	d.keepKeys = make([]addrKey, len(d.keep))
+	d.keepKeys = make([]prefixes.Key, len(d.keep))
 	for i := range d.keep {
-		d.keepKeys[i] = keyOf(d.keep[i].addr)
+		d.keepKeys[i] = prefixes.AddrKey(d.keep[i].addr)
 	}
-}
-
-// addrKey is an address without its zone, ordered like netip.Addr.Compare
-// orders addresses: by length, then by value.
-type addrKey struct {
-	hi, lo uint64
-	bits   int
-}
-
-func keyOf(a netip.Addr) addrKey {
-	b := a.As16()
-	return addrKey{hi: binary.BigEndian.Uint64(b[:8]), lo: binary.BigEndian.Uint64(b[8:]), bits: a.BitLen()}
-}
-
-// less reports whether k orders before o.
-func (k addrKey) less(o addrKey) bool {
-	if k.bits != o.bits {
-		return k.bits < o.bits
-	}
-	if k.hi != o.hi {
-		return k.hi < o.hi
-	}
-	return k.lo < o.lo
 }
 
 // keepName is the name of the node whose endpoint k is ("" for options).
@@ -676,38 +557,6 @@ func (d *deriver) describeKeep(k keepOut) string {
 		return fmt.Sprintf("the local node's %s %s", what, k.addr)
 	}
 	return fmt.Sprintf("the keep-outside (API server) address %s", k.addr)
-}
-
-// searchKeep returns the index of the first keep-outside address >= a.
-func (d *deriver) searchKeep(a netip.Addr) int {
-	if a.Zone() != "" {
-		i, _ := slices.BinarySearchFunc(d.keep, a, func(k keepOut, a netip.Addr) int { return k.addr.Compare(a) })
-		return i
-	}
-	// Without a zone, a orders after every address whose key is less, and
-	// not after any other: zoned addresses order after their unzoned form.
-	q := keyOf(a)
-	lo, hi := 0, len(d.keepKeys)
-	for lo < hi {
-		m := int(uint(lo+hi) >> 1)
-		if d.keepKeys[m].less(q) {
-			lo = m + 1
-		} else {
-			hi = m
-		}
-	}
-	return lo
-}
-
-// isEndpointOrOption reports whether a is an endpoint or an option's
-// keep-outside address (host IPs do not count: they may be claims).
-func (d *deriver) isEndpointOrOption(a netip.Addr) bool {
-	for i := d.searchKeep(a); i < len(d.keep) && d.keep[i].addr == a; i++ {
-		if !d.keep[i].host {
-			return true
-		}
-	}
-	return false
 }
 
 func (d *deriver) collectClaims() {
@@ -771,7 +620,7 @@ func (d *deriver) appendClaims(dst []claim, owner int, name string, pods []netip
 	}
 	mine := cs[start:]
 	slices.SortFunc(mine, func(a, b claim) int {
-		if c := comparePrefix(a.prefix, b.prefix); c != 0 {
+		if c := prefixes.Compare(a.prefix, b.prefix); c != 0 {
 			return c
 		}
 		return compareBool(a.host, b.host)
@@ -791,24 +640,6 @@ func (d *deriver) appendClaims(dst []claim, owner int, name string, pods []netip
 		kept++
 	}
 	return cs[:start+kept]
-}
-
-// ownOverlap returns an own claim overlapping p and whether that claim
-// contains p. Own claims are sorted and pairwise disjoint, so the only
-// candidates are the one starting where p starts, the last one starting
-// before p (which may contain p) and the first one starting after p (which
-// p may contain).
-func (d *deriver) ownOverlap(p netip.Prefix) (o claim, inside, ok bool) {
-	i, found := slices.BinarySearchFunc(d.own, p.Addr(), func(c claim, a netip.Addr) int { return c.prefix.Addr().Compare(a) })
-	switch {
-	case found:
-		return d.own[i], d.own[i].prefix.Bits() <= p.Bits(), true
-	case i > 0 && d.own[i-1].prefix.Contains(p.Addr()):
-		return d.own[i-1], true, true
-	case i < len(d.own) && p.Contains(d.own[i].prefix.Addr()):
-		return d.own[i], false, true
-	}
-	return claim{}, false, false
 }
 
 // checkOwnAndKeepOutside drops claims that overlap the local node's or
@@ -862,64 +693,32 @@ func (d *deriver) blocked() string {
 }
 
 // sweepOverlaps marks every claim that overlaps another node's claim as
-// contested in O(n log n): in a list sorted by start address, shorter prefix
-// first, two prefixes overlap only if one contains the other, so a stack of
-// nested prefixes finds every overlap. Claims of one node are disjoint, so
-// every overlap found is between two nodes.
+// contested, and reports it naming one claim it overlaps. Claims of one
+// node are disjoint, so every overlap is between two nodes. It also sets
+// d.order, the order build visits the claims in.
 func (d *deriver) sweepOverlaps() {
-	// Pointer-free copies of the prefixes compare without calls; prefixes
-	// carry no zone, so the keys order them as comparePrefix does.
-	type prefixKey struct {
-		addr addrKey
-		bits int
+	d.order = d.sortClaims()
+	sorted := make([]netip.Prefix, len(d.order))
+	for k, i := range d.order {
+		sorted[k] = d.claims[i].prefix
 	}
-	keys := make([]prefixKey, len(d.claims))
-	for i := range d.claims {
-		p := d.claims[i].prefix
-		keys[i] = prefixKey{addr: keyOf(p.Addr()), bits: p.Bits()}
-	}
-	order := d.sortClaims(func(a, b int) int {
-		ka, kb := &keys[a], &keys[b]
-		switch {
-		case ka.addr != kb.addr:
-			if ka.addr.less(kb.addr) {
-				return -1
-			}
-			return 1
-		case ka.bits != kb.bits:
-			return cmp.Compare(ka.bits, kb.bits)
-		}
-		ca, cb := &d.claims[a], &d.claims[b]
-		// Equal prefixes: order by owner so the partner named in a
-		// Problem does not depend on the input order.
-		if c := strings.Compare(d.cands[ca.owner].node.Name, d.cands[cb.owner].node.Name); c != 0 {
-			return c
-		}
-		return compareBool(ca.host, cb.host)
-	})
-	d.order = order
 	// partner remembers one overlapping claim per claim for the Problem.
 	partner := make([]int, len(d.claims))
-	var stack []int
-	for _, i := range order {
-		c := &d.claims[i]
-		for len(stack) > 0 && !d.claims[stack[len(stack)-1]].prefix.Contains(c.prefix.Addr()) {
-			stack = stack[:len(stack)-1]
+	for k, pk := range prefixes.Parents(sorted) {
+		if pk < 0 {
+			continue
 		}
-		if len(stack) > 0 {
-			// Every claim below the top is already contested: it was when
-			// the second claim was pushed onto it.
-			top := stack[len(stack)-1]
-			c.contested = true
-			partner[i] = top
-			if !d.claims[top].contested {
-				partner[top] = i
-			}
-			d.claims[top].contested = true
+		i, top := d.order[k], d.order[pk]
+		// Every claim containing top is already contested: it was when
+		// top was found inside it.
+		d.claims[i].contested = true
+		partner[i] = top
+		if !d.claims[top].contested {
+			partner[top] = i
 		}
-		stack = append(stack, i)
+		d.claims[top].contested = true
 	}
-	for _, i := range order {
+	for _, i := range d.order {
 		c := d.claims[i]
 		if !c.contested {
 			continue
@@ -927,62 +726,6 @@ func (d *deriver) sweepOverlaps() {
 		o := d.claims[partner[i]]
 		d.problem(d.cands[c.owner].node.Name, ReasonCIDROverlap, "%s overlaps %s of node %q; neither claim is programmed",
 			describe(c), describe(o), d.cands[o.owner].node.Name)
-	}
-}
-
-// maxRuns bounds the number of sorted runs sortClaims merges; nodes with
-// more claims than that are rare, and a plain sort serves them.
-const maxRuns = 8
-
-// sortClaims returns the indexes of d.claims sorted by compare. Run r holds
-// every node's r-th claim: a node's claims are sorted, and clusters hand
-// out pod CIDRs and host IPs in order, so each run is often sorted already
-// (which the sort finds in linear time) and merging a few runs costs far
-// fewer comparisons than sorting everything at once. Claims that compare
-// equal are interchangeable in every output, so which comes first does not
-// matter.
-func (d *deriver) sortClaims(compare func(a, b int) int) []int {
-	order := make([]int, 0, len(d.claims))
-	runs := 0
-	for i := range d.cands {
-		runs = max(runs, d.cands[i].claimEnd-d.cands[i].claimStart)
-	}
-	if runs <= 1 || runs > maxRuns {
-		for i := range d.claims {
-			order = append(order, i)
-		}
-		slices.SortFunc(order, compare)
-		return order
-	}
-	// ends[r] is where run r ends in order; it starts where run r-1 ends.
-	ends := make([]int, runs)
-	for r := range runs {
-		start := len(order)
-		for i := range d.cands {
-			if c := &d.cands[i]; c.claimStart+r < c.claimEnd {
-				order = append(order, c.claimStart+r)
-			}
-		}
-		slices.SortFunc(order[start:], compare)
-		ends[r] = len(order)
-	}
-	heads := make([]int, runs)
-	for r := 1; r < runs; r++ {
-		heads[r] = ends[r-1]
-	}
-	merged := make([]int, 0, len(order))
-	for {
-		best := -1
-		for r := range runs {
-			if heads[r] < ends[r] && (best < 0 || compare(order[heads[r]], order[heads[best]]) < 0) {
-				best = r
-			}
-		}
-		if best < 0 {
-			return merged
-		}
-		merged = append(merged, order[heads[best]])
-		heads[best]++
 	}
 }
 
@@ -994,33 +737,33 @@ func describe(c claim) string {
 	return "pod CIDR " + c.prefix.String()
 }
 
-// underlay lists the local node's own addresses for Desired.Underlay: the
-// agent's own endpoint's address, then the other entries' endpoint
-// addresses, then the host IPs; valid, unmapped, once each. Each group after
-// the first is sorted, so that the order of the input (entries named like
-// the local node) does not matter.
-func (d *deriver) underlay() []netip.Addr {
-	var out []netip.Addr
-	add := func(as []netip.Addr) {
-		var group []netip.Addr
-		for _, a := range as {
-			if a = a.Unmap(); a.IsValid() && !a.IsUnspecified() && !slices.Contains(out, a) && !slices.Contains(group, a) {
-				group = append(group, a)
-			}
+// collectCluster picks the cluster ranges in force (see deriver.cluster)
+// and marks the keep-outside addresses inside them. A range inside or equal
+// to a node's pod CIDR adds nothing (that node's route, whatever its kind,
+// covers it) and would cut a hole into a local or a peer's CIDR, so it is
+// ignored.
+func (d *deriver) collectCluster() {
+	var cs []netip.Prefix
+	for _, p := range d.o.ClusterCIDRs {
+		if !p.IsValid() || p.Addr().Is4In6() || p.Bits() == 0 || !d.familyEnabled(p.Addr()) {
+			continue
 		}
-		slices.SortFunc(group, netip.Addr.Compare)
-		out = append(out, group...)
+		p = p.Masked()
+		inside := func(c claim) bool { return c.prefix.Bits() <= p.Bits() && c.prefix.Contains(p.Addr()) }
+		if slices.ContainsFunc(d.own, inside) || slices.ContainsFunc(d.claims, inside) {
+			continue
+		}
+		cs = append(cs, p)
 	}
-	// selfEndpoints[0] is the agent's own (collectSelf), the rest the
-	// entries'.
-	eps := make([]netip.Addr, len(d.selfEndpoints))
-	for i, ep := range d.selfEndpoints {
-		eps[i] = ep.Addr()
+	d.cluster = prefixes.Outermost(cs)
+	for _, p := range d.cluster {
+		for k := d.searchKeep(p.Addr()); k < len(d.keep) && p.Contains(d.keep[k].addr); k++ {
+			// The local node's addresses included: usually local (the
+			// local table answers first), but a published endpoint may be
+			// a NAT's address, which the range must not swallow.
+			d.keep[k].inRange = true
+		}
 	}
-	add(eps[:1])
-	add(eps[1:])
-	add(d.ownHosts)
-	return out
 }
 
 // build turns the resolved claims into the Desired state. Claims are
@@ -1202,33 +945,22 @@ func (d *deriver) build() Desired {
 	return out
 }
 
-// collectCluster picks the cluster ranges in force (see deriver.cluster)
-// and marks the keep-outside addresses inside them. A range inside or equal
-// to a node's pod CIDR adds nothing (that node's route, whatever its kind,
-// covers it) and would cut a hole into a local or a peer's CIDR, so it is
-// ignored.
-func (d *deriver) collectCluster() {
-	var cs []netip.Prefix
-	for _, p := range d.o.ClusterCIDRs {
-		if !p.IsValid() || p.Addr().Is4In6() || p.Bits() == 0 || !d.familyEnabled(p.Addr()) {
-			continue
-		}
-		p = p.Masked()
-		inside := func(c claim) bool { return c.prefix.Bits() <= p.Bits() && c.prefix.Contains(p.Addr()) }
-		if slices.ContainsFunc(d.own, inside) || slices.ContainsFunc(d.claims, inside) {
-			continue
-		}
-		cs = append(cs, p)
+// needsKeepRoute reports whether the keep-outside address k gets a Throw
+// route.
+func (d *deriver) needsKeepRoute(k *keepOut) bool {
+	if !d.familyEnabled(k.addr) {
+		return false
 	}
-	d.cluster = outermost(cs)
-	for _, p := range d.cluster {
-		for k := d.searchKeep(p.Addr()); k < len(d.keep) && p.Contains(d.keep[k].addr); k++ {
-			// The local node's addresses included: usually local (the
-			// local table answers first), but a published endpoint may be
-			// a NAT's address, which the range must not swallow.
-			d.keep[k].inRange = true
-		}
+	if k.cand == keepSelf {
+		// Local addresses need no route, unless a cluster range would
+		// hold them (see collectCluster).
+		return k.inRange && !d.o.AllowUnencrypted
 	}
+	hostEnc := d.o.HostEncryption && !k.host && (k.cand == keepOption || d.cands[k.cand].isPeer())
+	// With AllowUnencrypted the wider claim's route is a Throw already,
+	// and so are the cluster ranges'.
+	inBlocked := (k.route || (k.inRange && !d.viaTunnel(k))) && !d.o.AllowUnencrypted
+	return hostEnc || inBlocked
 }
 
 // viaTunnel reports whether the keep-outside address k has a ViaTunnel
@@ -1271,125 +1003,9 @@ func (d *deriver) guardCluster(encrypt []netip.Prefix, routes []Route) []netip.P
 		}
 	}
 	for _, c := range d.cluster {
-		encrypt = subtractPrefixes(encrypt, c, holes)
+		encrypt = prefixes.Subtract(encrypt, c, holes)
 	}
-	return outermost(encrypt)
-}
-
-// outermost sorts ps in place and drops every prefix inside (or equal to)
-// another; it returns ps shortened.
-func outermost(ps []netip.Prefix) []netip.Prefix {
-	slices.SortFunc(ps, comparePrefix)
-	kept := ps[:0]
-	for _, p := range ps {
-		// Sorted by address, shorter first: a prefix inside another follows
-		// it directly or after prefixes inside it too.
-		if n := len(kept); n > 0 && kept[n-1].Contains(p.Addr()) {
-			continue
-		}
-		kept = append(kept, p)
-	}
-	return kept
-}
-
-// subtractPrefixes appends to dst the prefixes that cover r except the
-// holes: r itself if no hole overlaps it, nothing if one contains it, else
-// both halves, each minus the holes. Only holes overlapping r are passed
-// on, so the cost is O(holes × prefix length).
-func subtractPrefixes(dst []netip.Prefix, r netip.Prefix, holes []netip.Prefix) []netip.Prefix {
-	var in []netip.Prefix
-	for _, h := range holes {
-		if h.Overlaps(r) {
-			if h.Bits() <= r.Bits() {
-				return dst
-			}
-			in = append(in, h)
-		}
-	}
-	if len(in) == 0 {
-		return append(dst, r)
-	}
-	lo := netip.PrefixFrom(r.Addr(), r.Bits()+1)
-	dst = subtractPrefixes(dst, lo, in)
-	return subtractPrefixes(dst, netip.PrefixFrom(upperHalf(r), r.Bits()+1), in)
-}
-
-// upperHalf returns the first address of the upper half of the masked
-// prefix p (p.Bits() < its address's length).
-func upperHalf(p netip.Prefix) netip.Addr {
-	bit := p.Bits()
-	if p.Addr().Is4() {
-		b := p.Addr().As4()
-		b[bit/8] |= 0x80 >> (bit % 8)
-		return netip.AddrFrom4(b)
-	}
-	b := p.Addr().As16()
-	b[bit/8] |= 0x80 >> (bit % 8)
-	return netip.AddrFrom16(b)
-}
-
-// needsKeepRoute reports whether the keep-outside address k gets a Throw
-// route.
-func (d *deriver) needsKeepRoute(k *keepOut) bool {
-	if !d.familyEnabled(k.addr) {
-		return false
-	}
-	if k.cand == keepSelf {
-		// Local addresses need no route, unless a cluster range would
-		// hold them (see collectCluster).
-		return k.inRange && !d.o.AllowUnencrypted
-	}
-	hostEnc := d.o.HostEncryption && !k.host && (k.cand == keepOption || d.cands[k.cand].isPeer())
-	// With AllowUnencrypted the wider claim's route is a Throw already,
-	// and so are the cluster ranges'.
-	inBlocked := (k.route || (k.inRange && !d.viaTunnel(k))) && !d.o.AllowUnencrypted
-	return hostEnc || inBlocked
-}
-
-// routeMerger merges routes sorted by destination into one list with one
-// route per destination: the fixed lists, in which on equal destinations
-// the earlier list wins, and the routes passed to add in order, which lose
-// to both.
-type routeMerger struct {
-	out   []Route
-	fixed [3][]Route
-}
-
-// add emits the fixed routes up to r's destination, then r unless one of
-// them or an earlier r had its destination.
-func (m *routeMerger) add(r Route) {
-	m.flush(&r.Dst)
-	m.emit(r)
-}
-
-// finish emits the remaining fixed routes and returns the merged list.
-func (m *routeMerger) finish() []Route {
-	m.flush(nil)
-	return m.out
-}
-
-// flush emits the fixed routes whose destination orders before or equal to
-// *upTo, or all of them if upTo is nil.
-func (m *routeMerger) flush(upTo *netip.Prefix) {
-	for {
-		best := -1
-		for i, l := range m.fixed {
-			if len(l) > 0 && (best < 0 || comparePrefix(l[0].Dst, m.fixed[best][0].Dst) < 0) {
-				best = i
-			}
-		}
-		if best < 0 || (upTo != nil && comparePrefix(m.fixed[best][0].Dst, *upTo) > 0) {
-			return
-		}
-		m.emit(m.fixed[best][0])
-		m.fixed[best] = m.fixed[best][1:]
-	}
-}
-
-func (m *routeMerger) emit(r Route) {
-	if n := len(m.out); n == 0 || m.out[n-1].Dst != r.Dst {
-		m.out = append(m.out, r)
-	}
+	return prefixes.Outermost(encrypt)
 }
 
 // addresses picks the tunnel addresses of the local interface.
@@ -1427,25 +1043,76 @@ func (d *deriver) addresses() []netip.Prefix {
 			addrs = append(addrs, netip.PrefixFrom(a, a.BitLen()))
 		}
 	}
-	slices.SortFunc(addrs, comparePrefix)
-	return slices.Compact(addrs)
+	return prefixes.Sort(addrs)
 }
 
-// comparePrefix orders prefixes by address, then by length, as
-// Desired.Routes promises.
-func comparePrefix(a, b netip.Prefix) int {
-	if c := a.Addr().Compare(b.Addr()); c != 0 {
-		return c
+// underlay lists the local node's own addresses for Desired.Underlay: the
+// agent's own endpoint's address, then the other entries' endpoint
+// addresses, then the host IPs; valid, unmapped, once each. Each group after
+// the first is sorted, so that the order of the input (entries named like
+// the local node) does not matter.
+func (d *deriver) underlay() []netip.Addr {
+	var out []netip.Addr
+	add := func(as []netip.Addr) {
+		var group []netip.Addr
+		for _, a := range as {
+			if a = a.Unmap(); a.IsValid() && !a.IsUnspecified() && !slices.Contains(out, a) && !slices.Contains(group, a) {
+				group = append(group, a)
+			}
+		}
+		slices.SortFunc(group, netip.Addr.Compare)
+		out = append(out, group...)
 	}
-	return cmp.Compare(a.Bits(), b.Bits())
+	// selfEndpoints[0] is the agent's own (collectSelf), the rest the
+	// entries'.
+	eps := make([]netip.Addr, len(d.selfEndpoints))
+	for i, ep := range d.selfEndpoints {
+		eps[i] = ep.Addr()
+	}
+	add(eps[:1])
+	add(eps[1:])
+	add(d.ownHosts)
+	return out
 }
 
-func compareBool(a, b bool) int {
-	switch {
-	case a == b:
-		return 0
-	case !a:
-		return -1
+func (d *deriver) problem(node string, r Reason, format string, args ...any) {
+	d.problems = append(d.problems, Problem{Node: node, Reason: r, Detail: fmt.Sprintf(format, args...)})
+}
+
+// copyProblems carries a source's problems into the output, naming the node
+// when the source left it out.
+func (d *deriver) copyProblems(n *Node) {
+	for _, p := range n.Problems {
+		if p.Node == "" {
+			p.Node = n.Name
+		}
+		d.problems = append(d.problems, p)
 	}
-	return 1
+}
+
+// familyEnabled reports whether a's family is switched on; a must be unmapped.
+func (d *deriver) familyEnabled(a netip.Addr) bool {
+	if a.Is4() {
+		return d.o.IPv4
+	}
+	return a.Is6() && d.o.IPv6
+}
+
+// consequence says what happens to a left-out node's pod traffic.
+func (d *deriver) consequence() string {
+	if d.o.AllowUnencrypted {
+		return "its pod traffic is sent unencrypted (allow-unencrypted)"
+	}
+	return "its pod CIDRs are unreachable until this is fixed (strict mode)"
+}
+
+// hasReason reports whether the source already reported r for n.
+func hasReason(n *Node, r Reason) bool {
+	return slices.ContainsFunc(n.Problems, func(p Problem) bool { return p.Reason == r })
+}
+
+// usableEndpointAddr reports whether a can be a node's address on the
+// underlay.
+func usableEndpointAddr(a netip.Addr) bool {
+	return a.IsValid() && !a.IsUnspecified() && !a.IsMulticast()
 }

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/wgmesh/wgmesh/internal/prefixes"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata")
@@ -1045,7 +1047,7 @@ func checkInvariants(t *testing.T, self Node, nodes []Node, o Options, d Desired
 			if !famOK(p.Addr()) {
 				t.Errorf("%s: %s is of a disabled family", what, p)
 			}
-			if i > 0 && comparePrefix(ps[i-1], p) >= 0 {
+			if i > 0 && prefixes.Compare(ps[i-1], p) >= 0 {
 				t.Errorf("%s: %s after %s: not sorted or duplicate", what, p, ps[i-1])
 			}
 		}
