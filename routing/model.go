@@ -8,6 +8,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/wgmesh/wgmesh/internal/prefixes"
 )
 
 // This file models the OS state the router reads and writes. The kernel
@@ -463,21 +465,18 @@ func (s ours) render(iface string) string {
 	return strings.Join(out, "\n") + "\n"
 }
 
+// sortedPrefixes returns ps sorted by family as the rendered commands are
+// (familyOf: an IPv4-mapped address counts as IPv4), then in prefixes'
+// order.
 func sortedPrefixes(ps []netip.Prefix) []netip.Prefix {
 	ps = slices.Clone(ps)
-	slices.SortFunc(ps, comparePrefix)
+	slices.SortFunc(ps, func(a, b netip.Prefix) int {
+		if c := cmp.Compare(familyOf(a.Addr()), familyOf(b.Addr())); c != 0 {
+			return c
+		}
+		return prefixes.Compare(a, b)
+	})
 	return ps
-}
-
-// comparePrefix orders IPv4 before IPv6, then by address and length.
-func comparePrefix(a, b netip.Prefix) int {
-	if c := cmp.Compare(familyOf(a.Addr()), familyOf(b.Addr())); c != 0 {
-		return c
-	}
-	if c := a.Addr().Compare(b.Addr()); c != 0 {
-		return c
-	}
-	return cmp.Compare(a.Bits(), b.Bits())
 }
 
 func sortedRules(rs []rule) []rule {
@@ -514,7 +513,7 @@ func compareRoutes(a, b route) int {
 	if c := cmp.Compare(a.Table, b.Table); c != 0 {
 		return c
 	}
-	if c := comparePrefix(a.Dst, b.Dst); c != 0 {
+	if c := prefixes.Compare(a.Dst, b.Dst); c != 0 {
 		return c
 	}
 	if c := cmp.Compare(a.Metric, b.Metric); c != 0 {

@@ -1,12 +1,12 @@
 package routing
 
 import (
-	"encoding/binary"
 	"fmt"
 	"log/slog"
 	"net/netip"
 	"slices"
 
+	"github.com/wgmesh/wgmesh/internal/prefixes"
 	"github.com/wgmesh/wgmesh/mesh"
 )
 
@@ -253,7 +253,8 @@ func (o Options) wantFilter(d mesh.Desired) *filter {
 }
 
 // strictlySortedDsts reports whether the valid destinations of rs, masked,
-// are in strictly increasing order, which rules out duplicates.
+// are in strictly increasing order (Derive's: prefixes.Compare), which
+// rules out duplicates.
 func strictlySortedDsts(rs []mesh.Route) bool {
 	var prev netip.Prefix
 	for _, r := range rs {
@@ -261,7 +262,7 @@ func strictlySortedDsts(rs []mesh.Route) bool {
 			continue
 		}
 		dst := r.Dst.Masked()
-		if prev.IsValid() && comparePrefix(prev, dst) >= 0 {
+		if prev.IsValid() && prefixes.Compare(prev, dst) >= 0 {
 			return false
 		}
 		prev = dst
@@ -537,32 +538,19 @@ func plan(iface string, have, want ours) []op {
 // one destination (other tables or metrics, or differences the model does
 // not hold, such as TOS), so each destination leads to a chain of indexes.
 type routeIndex struct {
-	head map[dstKey]int32
+	head map[prefixes.Key]int32
 	// next[i] is the next index with the destination of route i, -1 at
 	// the end.
 	next []int32
 }
 
-// dstKey is a destination prefix as a map key without pointers (a
-// netip.Addr holds one), which makes it cheap to hash and spares the
-// garbage collector from scanning the map.
-type dstKey struct{ hi, lo, meta uint64 }
-
-func dstKeyOf(p netip.Prefix) dstKey {
-	a := p.Addr()
-	b := a.As16()
-	meta := uint64(p.Bits() + 1) // -1 for an invalid prefix
-	if a.Is4() {
-		meta |= 1 << 8
-	}
-	return dstKey{binary.BigEndian.Uint64(b[:8]), binary.BigEndian.Uint64(b[8:]), meta}
-}
-
 func indexRoutes(rs []route) routeIndex {
-	x := routeIndex{head: make(map[dstKey]int32, len(rs)), next: make([]int32, len(rs))}
+	// Keyed without pointers: cheap to hash, and the garbage collector
+	// does not scan the map.
+	x := routeIndex{head: make(map[prefixes.Key]int32, len(rs)), next: make([]int32, len(rs))}
 	// Backwards, so that each chain runs in list order.
 	for i := len(rs) - 1; i >= 0; i-- {
-		k := dstKeyOf(rs[i].Dst)
+		k := prefixes.KeyOf(rs[i].Dst)
 		if j, ok := x.head[k]; ok {
 			x.next[i] = j
 		} else {
@@ -575,7 +563,7 @@ func indexRoutes(rs []route) routeIndex {
 
 // first is the first index of a route to dst, -1 if there is none.
 func (x routeIndex) first(dst netip.Prefix) int32 {
-	if i, ok := x.head[dstKeyOf(dst)]; ok {
+	if i, ok := x.head[prefixes.KeyOf(dst)]; ok {
 		return i
 	}
 	return -1
