@@ -2,7 +2,6 @@ package device
 
 import (
 	"bytes"
-	"encoding/binary"
 	"fmt"
 	"net"
 	"net/netip"
@@ -11,6 +10,7 @@ import (
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"github.com/wgmesh/wgmesh/internal/prefixes"
 	"github.com/wgmesh/wgmesh/mesh"
 )
 
@@ -82,21 +82,11 @@ func diff(cur *wgtypes.Device, want mesh.DeviceConfig, sent map[wgtypes.Key]neti
 	for i := range cur.Peers {
 		index[cur.Peers[i].PublicKey] = int32(i)
 	}
-	// A device without peers gets every one added, which validate does
-	// best: scan pays off only when most peers are matched.
-	var wants []wantPeer
-	var gone []wgtypes.Key
-	ok := false
-	if len(index) > 0 {
-		wants, gone, ok = scan(cur, want, sent, index)
+	v, err := validate(want, cur, index)
+	if err != nil {
+		return plan{}, err
 	}
-	if !ok {
-		var err error
-		if wants, err = validate(want); err != nil {
-			return plan{}, err
-		}
-		gone = goneKeys(index, wants)
-	}
+	wants, gone := pending(cur, want, v, sent, index)
 
 	var p plan
 	withdraw := &wgtypes.Config{}
@@ -118,7 +108,7 @@ func diff(cur *wgtypes.Device, want mesh.DeviceConfig, sent map[wgtypes.Key]neti
 		p.Summary.FwMark = true
 	}
 
-	// Peers scan found in sync are not in wants; they count as unchanged.
+	// Peers pending found in sync are not in wants; they count as unchanged.
 	p.Summary.Unchanged = len(want.Peers) - len(wants)
 	var scratch []netip.Prefix
 	for _, w := range wants {
@@ -152,12 +142,11 @@ func diff(cur *wgtypes.Device, want mesh.DeviceConfig, sent map[wgtypes.Key]neti
 			pc.AllowedIPs = ipNets(gained)
 			update = true
 		}
-		roamed := c.Endpoint != nil && sent[w.key] == w.peer.Endpoint
-		if w.peer.Endpoint.IsValid() && !sameEndpoint(c.Endpoint, w.peer.Endpoint) && !roamed {
+		if endpointChanged(c, w.key, w.peer.Endpoint, sent) {
 			pc.Endpoint = udpAddr(w.peer.Endpoint)
 			update = true
 		}
-		if int(c.PersistentKeepaliveInterval/time.Second) != w.ka {
+		if keepaliveChanged(c, w.ka) {
 			d := time.Duration(w.ka) * time.Second
 			pc.PersistentKeepaliveInterval = &d
 			update = true
@@ -192,129 +181,80 @@ func diff(cur *wgtypes.Device, want mesh.DeviceConfig, sent map[wgtypes.Key]neti
 	return p, nil
 }
 
-// goneKeys returns the keys of index that no peer of wants (sorted by key)
-// has, sorted. Only when some current peer matched no desired one is
-// wants searched for them, so a resync pays nothing here.
-func goneKeys(index map[wgtypes.Key]int32, wants []wantPeer) []wgtypes.Key {
-	matched := 0
-	for _, w := range wants {
-		if _, ok := index[w.key]; ok {
-			matched++
-		}
+// endpointChanged reports whether the current peer c (key k) must be set
+// to the desired endpoint ep (unmapped): ep is valid, c is elsewhere, and c
+// was not roamed there from the endpoint this process last wrote (sent).
+func endpointChanged(c *wgtypes.Peer, k wgtypes.Key, ep netip.AddrPort, sent map[wgtypes.Key]netip.AddrPort) bool {
+	if !ep.IsValid() || sameEndpoint(c.Endpoint, ep) {
+		return false
 	}
-	if matched == len(index) {
-		return nil
-	}
-	var gone []wgtypes.Key
-	for k := range index {
-		if _, found := slices.BinarySearchFunc(wants, k, compareKey); !found {
-			gone = append(gone, k)
-		}
-	}
-	slices.SortFunc(gone, func(a, b wgtypes.Key) int { return bytes.Compare(a[:], b[:]) })
-	return gone
+	// The roaming lookup last: it is needed only when the endpoint differs.
+	roamed := c.Endpoint != nil && sent[k] == ep
+	return !roamed
 }
 
-// scan is diff's fast path for the common reconcile, where few peers or
-// none changed. It applies validate's checks and diff's comparisons in one
-// pass over the desired peers in their given order, and returns only the
-// peers that are new or may differ (validated, normalized, sorted by key,
-// as validate would return them), and the current peers that are gone
-// (sorted by key). Peers in sync cost a map lookup per key and prefix: no
-// sort, no conversion to slices. Whenever it is unsure (an invalid
-// configuration, a key listed twice, a prefix listed for two peers) it
-// returns ok false, and diff takes the general path, which decides and
-// reports exactly as before.
-func scan(cur *wgtypes.Device, want mesh.DeviceConfig, sent map[wgtypes.Key]netip.AddrPort, index map[wgtypes.Key]int32) (wants []wantPeer, gone []wgtypes.Key, ok bool) {
-	if want.PrivateKey.IsZero() || want.ListenPort < 0 || want.ListenPort > 65535 {
-		return nil, nil, false
-	}
-	matched := make([]bool, len(cur.Peers))
-	nmatched := 0
-	// IPv4 prefixes, most of a cluster's, fit a uint64 key, which the
-	// runtime's maps hash fastest.
-	total4, total := 0, 0
-	for i := range want.Peers {
-		for _, pfx := range want.Peers[i].AllowedIPs {
-			if pfx.Addr().Is4() || pfx.Addr().Is4In6() {
-				total4++
-			} else {
-				total++
-			}
-		}
-	}
-	owner4 := make(map[uint64]int32, total4)
-	owner := make(map[prefixKey]int32, total)
-	// The normalized prefixes of every peer returned, carved out of one
-	// array as in validate.
-	var prefixes []netip.Prefix
-	self := want.PrivateKey.PublicKey()
-	var wantBuf, haveBuf []netip.Prefix
+// keepaliveChanged reports whether the current peer c's keepalive differs
+// from ka seconds.
+func keepaliveChanged(c *wgtypes.Peer, ka int) bool {
+	return int(c.PersistentKeepaliveInterval/time.Second) != ka
+}
+
+// pending is diff's fast path, and only speed: of the validated desired
+// peers it drops those diff would find unchanged (allowed IPs, endpoint and
+// keepalive as desired) before any sorting or copying, and returns the
+// others normalized, with their allowed IPs sorted and unique, ordered by
+// key; and the current peers that are gone, sorted by key. The common
+// reconcile, where few peers or none changed, then costs a map lookup and
+// a small comparison per peer.
+func pending(cur *wgtypes.Device, want mesh.DeviceConfig, v valid, sent map[wgtypes.Key]netip.AddrPort, index map[wgtypes.Key]int32) (wants []wantPeer, gone []wgtypes.Key) {
+	// Sized for the peers sure to be new; the prefixes of every peer
+	// returned are carved out of one array.
+	wants = make([]wantPeer, 0, len(want.Peers)-v.matched)
+	all := make([]netip.Prefix, 0, v.newPrefixes)
+	var buf, haveBuf []netip.Prefix
 	for i := range want.Peers {
 		pe := &want.Peers[i]
-		if pe.PublicKey.IsZero() || pe.PublicKey == self ||
-			pe.Keepalive < 0 || pe.Keepalive > 65535*time.Second ||
-			(pe.Endpoint.IsValid() && pe.Endpoint.Port() == 0) {
-			return nil, nil, false
-		}
-		key := wgtypes.Key(pe.PublicKey)
-		wantBuf = wantBuf[:0]
-		for _, pfx := range pe.AllowedIPs {
-			if !pfx.IsValid() {
-				return nil, nil, false
-			}
-			pfx = normPrefix(pfx)
-			if !claim(owner4, owner, pfx, int32(i), wantBuf) {
-				return nil, nil, false
-			}
-			wantBuf = append(wantBuf, pfx)
-		}
-		ep := netip.AddrPortFrom(pe.Endpoint.Addr().Unmap(), pe.Endpoint.Port())
+		buf = appendNormalized(buf[:0], pe.AllowedIPs)
+		k := wgtypes.Key(pe.PublicKey)
 		ka := int(pe.Keepalive / time.Second)
-		j, found := index[key]
-		if found {
-			if matched[j] {
-				return nil, nil, false
-			}
-			matched[j] = true
-			nmatched++
+		ep := netip.AddrPortFrom(pe.Endpoint.Addr().Unmap(), pe.Endpoint.Port())
+		if j, found := index[k]; found {
 			c := &cur.Peers[j]
-			// The roaming lookup last: it is needed only when the
-			// endpoint differs.
-			if samePrefixes(c.AllowedIPs, wantBuf, &haveBuf) &&
-				(!ep.IsValid() || sameEndpoint(c.Endpoint, ep) || (c.Endpoint != nil && sent[key] == ep)) &&
-				int(c.PersistentKeepaliveInterval/time.Second) == ka {
+			if samePrefixes(c.AllowedIPs, buf, &haveBuf) && !endpointChanged(c, k, ep, sent) && !keepaliveChanged(c, ka) {
 				continue
 			}
 		}
-		w := wantPeer{peer: *pe, key: key, ka: ka}
+		w := wantPeer{peer: *pe, key: k, ka: ka}
 		w.peer.Endpoint = ep
-		if len(wantBuf) > 0 {
-			start := len(prefixes)
-			prefixes = append(prefixes, wantBuf...)
-			n := len(prefixes)
-			w.allowed = sortPrefixes(prefixes[start:n:n])
+		if len(buf) > 0 {
+			start := len(all)
+			all = append(all, buf...)
+			// Capped, so that no append to one peer's prefixes can
+			// overwrite the next peer's.
+			w.allowed = prefixes.Sort(all[start:len(all):len(all)])
 		}
 		wants = append(wants, w)
 	}
-	if nmatched < len(index) {
+	if v.matched < len(index) {
 		for j := range cur.Peers {
 			k := cur.Peers[j].PublicKey
-			if !matched[j] && index[k] == int32(j) {
+			if v.claimedBy[j] < 0 && index[k] == int32(j) {
 				gone = append(gone, k)
 			}
 		}
 		slices.SortFunc(gone, func(a, b wgtypes.Key) int { return bytes.Compare(a[:], b[:]) })
 	}
-	// A key listed twice that is not a current peer's shows up as
-	// neighbours once sorted.
-	wants = sortByKey(wants)
-	for i := 1; i < len(wants); i++ {
-		if wants[i].key == wants[i-1].key {
-			return nil, nil, false
+	return sortByKey(wants), gone
+}
+
+// appendNormalized appends the valid prefixes of ps, normalized, to dst.
+func appendNormalized(dst, ps []netip.Prefix) []netip.Prefix {
+	for _, p := range ps {
+		if p.IsValid() {
+			dst = append(dst, normPrefix(p))
 		}
 	}
-	return wants, gone, true
+	return dst
 }
 
 // samePrefixes reports whether the valid prefixes of have, as a set, equal
@@ -326,7 +266,7 @@ func samePrefixes(have []net.IPNet, want []netip.Prefix, buf *[]netip.Prefix) bo
 	if len(have) > small || len(want) > small {
 		h := appendCurrentPrefixes((*buf)[:0], have)
 		*buf = h
-		return slices.Equal(h, sortPrefixes(slices.Clone(want)))
+		return slices.Equal(h, prefixes.Sort(slices.Clone(want)))
 	}
 	var arr [small]netip.Prefix
 	h := arr[:0]
@@ -348,131 +288,137 @@ func samePrefixes(have []net.IPNet, want []netip.Prefix, buf *[]netip.Prefix) bo
 	return true
 }
 
-// prefixKey is a prefix as a map key without pointers: cheaper to hash
-// than netip.Prefix, and a map of them is not scanned by the collector.
-// The address's 16-byte form and the bit length with the family tell
-// prefixes apart (a normalized prefix carries no zone).
-type prefixKey struct {
-	hi, lo uint64
-	bits   uint64 // bit length, plus 1<<8 for IPv4
+// valid is what validate learnt of a desired configuration.
+type valid struct {
+	// claimedBy[j] is the desired peer with the key of the current peer j
+	// (the index's last of that key), -1 if none; matched counts them.
+	claimedBy []int32
+	matched   int
+	// newPrefixes counts the allowed IPs of desired peers that are not
+	// current peers.
+	newPrefixes int
 }
 
-// claim records peer as the owner of the normalized prefix p, in owner4
-// for IPv4 and owner for IPv6, and reports false if another peer owns it.
-// earlier holds the peer's prefixes claimed so far.
-func claim(owner4 map[uint64]int32, owner map[prefixKey]int32, p netip.Prefix, peer int32, earlier []netip.Prefix) bool {
-	if len(earlier) <= 8 {
-		// One hash operation rather than a lookup and an insert: a
-		// prefix repeated within the peer is found in earlier, so a
-		// map that does not grow means another peer has it.
-		if slices.Contains(earlier, p) {
-			return true
-		}
-		if p.Addr().Is4() {
-			n := len(owner4)
-			owner4[key4(p)] = peer
-			return len(owner4) > n
-		}
-		n := len(owner)
-		owner[keyOf(p)] = peer
-		return len(owner) > n
-	}
-	if p.Addr().Is4() {
-		k := key4(p)
-		if o, dup := owner4[k]; dup && o != peer {
-			return false
-		}
-		owner4[k] = peer
-		return true
-	}
-	k := keyOf(p)
-	if o, dup := owner[k]; dup && o != peer {
-		return false
-	}
-	owner[k] = peer
-	return true
-}
-
-// key4 is an IPv4 prefix as a map key: the address and the bit length.
-func key4(p netip.Prefix) uint64 {
-	a := p.Addr().As4()
-	return uint64(binary.BigEndian.Uint32(a[:]))<<8 | uint64(p.Bits())
-}
-
-func keyOf(p netip.Prefix) prefixKey {
-	a := p.Addr()
-	b := a.As16()
-	k := prefixKey{hi: binary.BigEndian.Uint64(b[:8]), lo: binary.BigEndian.Uint64(b[8:]), bits: uint64(p.Bits())}
-	if a.Is4() {
-		k.bits |= 1 << 8
-	}
-	return k
-}
-
-// validate checks the desired configuration and returns its peers
-// normalized and sorted by public key. It rejects what WireGuard would
-// silently resolve in a way nobody asked for: a peer listed twice, a prefix
-// given to two peers (the last would win), a peer with the device's own key
-// (wireguard-go drops it, so every Configure would re-add it).
-func validate(want mesh.DeviceConfig) ([]wantPeer, error) {
+// validate is the one check of a desired configuration. It rejects what
+// WireGuard would silently resolve in a way nobody asked for: a peer listed
+// twice, a prefix given to two peers (the last would win), a peer with the
+// device's own key (wireguard-go drops it, so every Configure would re-add
+// it). The first problem in the given order is the one reported. cur and
+// index (its peers by key) only make a repeated key cheap to find.
+func validate(want mesh.DeviceConfig, cur *wgtypes.Device, index map[wgtypes.Key]int32) (valid, error) {
 	if want.PrivateKey.IsZero() {
-		return nil, fmt.Errorf("private key is empty; the agent must load or create a key first")
+		return valid{}, fmt.Errorf("private key is empty; the agent must load or create a key first")
 	}
 	if want.ListenPort < 0 || want.ListenPort > 65535 {
-		return nil, fmt.Errorf("listen port %d: want 0..65535", want.ListenPort)
+		return valid{}, fmt.Errorf("listen port %d: want 0..65535", want.ListenPort)
 	}
 	self := want.PrivateKey.PublicKey()
-	seen := make(map[mesh.Key]string, len(want.Peers))
-	total := 0
-	for _, pe := range want.Peers {
-		total += len(pe.AllowedIPs)
+	total4, total := 0, 0
+	for i := range want.Peers {
+		for _, pfx := range want.Peers[i].AllowedIPs {
+			if pfx.Addr().Is4() || pfx.Addr().Is4In6() {
+				total4++
+			} else {
+				total++
+			}
+		}
 	}
-	// Sized up front, and every peer's prefixes carved out of one array:
-	// at thousands of peers, map growth and one slice per peer were most
-	// of the cost of a resync.
-	owner := make(map[netip.Prefix]string, total)
-	prefixes := make([]netip.Prefix, 0, total)
-	out := make([]wantPeer, 0, len(want.Peers))
-	for _, pe := range want.Peers {
-		name := pe.Node
-		if name == "" {
-			name = pe.PublicKey.String()
+	v := valid{claimedBy: make([]int32, len(cur.Peers))}
+	for j := range v.claimedBy {
+		v.claimedBy[j] = -1
+	}
+	// Keys of current peers are found repeated through claimedBy; only
+	// new ones need this map.
+	var seen map[wgtypes.Key]int32
+	// Sized up front and keyed without pointers: at thousands of peers,
+	// map growth and hashing were most of the cost of a resync. IPv4
+	// prefixes, most of a cluster's, have keys packed in a uint64.
+	claimed4 := make(map[uint64]struct{}, total4)
+	claimed := make(map[prefixes.Key]struct{}, total)
+	var mine []netip.Prefix
+	for i := range want.Peers {
+		pe := &want.Peers[i]
+		key := wgtypes.Key(pe.PublicKey)
+		first := int32(-1)
+		j, current := index[key]
+		if current {
+			first = v.claimedBy[j]
+		} else if f, ok := seen[key]; ok {
+			first = f
 		}
 		switch {
 		case pe.PublicKey.IsZero():
-			return nil, fmt.Errorf("peer %s: public key is empty", name)
+			return valid{}, fmt.Errorf("peer %s: public key is empty", peerName(pe))
 		case pe.PublicKey == self:
-			return nil, fmt.Errorf("peer %s: has this device's own public key", name)
-		case seen[pe.PublicKey] != "":
-			return nil, fmt.Errorf("peers %s and %s have the same public key", seen[pe.PublicKey], name)
+			return valid{}, fmt.Errorf("peer %s: has this device's own public key", peerName(pe))
+		case first >= 0:
+			return valid{}, fmt.Errorf("peers %s and %s have the same public key", peerName(&want.Peers[first]), peerName(pe))
 		case pe.Keepalive < 0 || pe.Keepalive > 65535*time.Second:
-			return nil, fmt.Errorf("peer %s: keepalive %v: want 0..65535s", name, pe.Keepalive)
+			return valid{}, fmt.Errorf("peer %s: keepalive %v: want 0..65535s", peerName(pe), pe.Keepalive)
 		case pe.Endpoint.IsValid() && pe.Endpoint.Port() == 0:
-			return nil, fmt.Errorf("peer %s: endpoint %v has port 0", name, pe.Endpoint)
+			return valid{}, fmt.Errorf("peer %s: endpoint %v has port 0", peerName(pe), pe.Endpoint)
 		}
-		seen[pe.PublicKey] = name
-		w := wantPeer{peer: pe, key: wgtypes.Key(pe.PublicKey), ka: int(pe.Keepalive / time.Second)}
-		start := len(prefixes)
+		if current {
+			v.claimedBy[j] = int32(i)
+			v.matched++
+		} else {
+			if seen == nil {
+				seen = make(map[wgtypes.Key]int32)
+			}
+			seen[key] = int32(i)
+			v.newPrefixes += len(pe.AllowedIPs)
+		}
+		mine = mine[:0]
 		for _, pfx := range pe.AllowedIPs {
 			if !pfx.IsValid() {
-				return nil, fmt.Errorf("peer %s: invalid allowed IP prefix %v", name, pfx)
+				return valid{}, fmt.Errorf("peer %s: invalid allowed IP prefix %v", peerName(pe), pfx)
 			}
 			pfx = normPrefix(pfx)
-			if o, dup := owner[pfx]; dup && o != name {
-				return nil, fmt.Errorf("allowed IP %v is claimed by peers %s and %s", pfx, o, name)
+			// One hash operation: a map that does not grow has seen the
+			// prefix before, and only then is its earlier claimant
+			// looked for.
+			var again bool
+			if k := prefixes.KeyOf(pfx); pfx.Addr().Is4() {
+				k4, _ := k.Packed4()
+				n := len(claimed4)
+				claimed4[k4] = struct{}{}
+				again = len(claimed4) == n
+			} else {
+				n := len(claimed)
+				claimed[k] = struct{}{}
+				again = len(claimed) == n
 			}
-			owner[pfx] = name
-			prefixes = append(prefixes, pfx)
+			if again && !slices.Contains(mine, pfx) {
+				if o := lastClaimant(want.Peers[:i], pfx); o != peerName(pe) {
+					return valid{}, fmt.Errorf("allowed IP %v is claimed by peers %s and %s", pfx, o, peerName(pe))
+				}
+			}
+			mine = append(mine, pfx)
 		}
-		if n := len(prefixes); n > start {
-			// Capped, so that no append to one peer's prefixes can
-			// overwrite the next peer's.
-			w.allowed = sortPrefixes(prefixes[start:n:n])
-		}
-		w.peer.Endpoint = netip.AddrPortFrom(pe.Endpoint.Addr().Unmap(), pe.Endpoint.Port())
-		out = append(out, w)
 	}
-	return sortByKey(out), nil
+	return v, nil
+}
+
+// peerName names a desired peer in errors: its node, else its public key.
+func peerName(pe *mesh.Peer) string {
+	if pe.Node != "" {
+		return pe.Node
+	}
+	return pe.PublicKey.String()
+}
+
+// lastClaimant is the name of the last of the validated peers before
+// that claims p (normalized). Peers of one name may share a prefix:
+// WireGuard sees one owner either way.
+func lastClaimant(before []mesh.Peer, p netip.Prefix) string {
+	for k := len(before) - 1; k >= 0; k-- {
+		for _, q := range before[k].AllowedIPs {
+			if normPrefix(q) == p {
+				return peerName(&before[k])
+			}
+		}
+	}
+	return ""
 }
 
 // sortByKey returns peers ordered by public key. It sorts indexes and
@@ -494,8 +440,6 @@ func sortByKey(peers []wantPeer) []wantPeer {
 	}
 	return out
 }
-
-func compareKey(a wantPeer, k wgtypes.Key) int { return bytes.Compare(a.key[:], k[:]) }
 
 func newPeerConfig(w wantPeer) wgtypes.PeerConfig {
 	pc := wgtypes.PeerConfig{
@@ -559,19 +503,7 @@ func appendCurrentPrefixes(out []netip.Prefix, nets []net.IPNet) []netip.Prefix 
 			out = append(out, p)
 		}
 	}
-	return sortPrefixes(out)
-}
-
-func comparePrefix(a, b netip.Prefix) int {
-	if c := a.Addr().Compare(b.Addr()); c != 0 {
-		return c
-	}
-	return a.Bits() - b.Bits()
-}
-
-func sortPrefixes(ps []netip.Prefix) []netip.Prefix {
-	slices.SortFunc(ps, comparePrefix)
-	return slices.Compact(ps)
+	return prefixes.Sort(out)
 }
 
 // intersect returns the prefixes of have that are also in want, and whether
@@ -580,7 +512,7 @@ func sortPrefixes(ps []netip.Prefix) []netip.Prefix {
 // then), so the common unchanged peer costs no allocation.
 func intersect(have, want []netip.Prefix) (kept []netip.Prefix, lost bool) {
 	for _, p := range have {
-		if _, found := slices.BinarySearchFunc(want, p, comparePrefix); !found {
+		if _, found := slices.BinarySearchFunc(want, p, prefixes.Compare); !found {
 			lost = true
 			break
 		}
@@ -589,7 +521,7 @@ func intersect(have, want []netip.Prefix) (kept []netip.Prefix, lost bool) {
 		return nil, false
 	}
 	for _, p := range have {
-		if _, found := slices.BinarySearchFunc(want, p, comparePrefix); found {
+		if _, found := slices.BinarySearchFunc(want, p, prefixes.Compare); found {
 			kept = append(kept, p)
 		}
 	}
@@ -599,7 +531,7 @@ func intersect(have, want []netip.Prefix) (kept []netip.Prefix, lost bool) {
 // subtract returns the prefixes of a that are not in b (both sorted, unique).
 func subtract(a, b []netip.Prefix) (rest []netip.Prefix) {
 	for _, p := range a {
-		if _, found := slices.BinarySearchFunc(b, p, comparePrefix); !found {
+		if _, found := slices.BinarySearchFunc(b, p, prefixes.Compare); !found {
 			rest = append(rest, p)
 		}
 	}

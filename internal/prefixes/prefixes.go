@@ -53,6 +53,17 @@ func KeyOf(p netip.Prefix) Key {
 // addresses without their zones.
 func AddrKey(a netip.Addr) Key { return KeyOf(netip.PrefixFrom(a, a.BitLen())) }
 
+// Packed4 returns the key of an IPv4 prefix packed into a uint64 (the
+// address and the length), which the runtime's maps hash fastest and store
+// in half the space; ok is false for any other prefix.
+func (k Key) Packed4() (packed uint64, ok bool) {
+	if k.alen != 32 {
+		return 0, false
+	}
+	// lo is ::ffff:a.b.c.d's low half: the address in its low 32 bits.
+	return k.lo<<8 | uint64(k.bits), true
+}
+
 // Compare orders k and o as Compare orders their prefixes.
 func (k Key) Compare(o Key) int {
 	switch {

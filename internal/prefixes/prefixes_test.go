@@ -83,6 +83,11 @@ func check(t *testing.T, ps []netip.Prefix) {
 			if got := KeyOf(a).Compare(KeyOf(b)); got != want {
 				t.Fatalf("KeyOf(%v).Compare(KeyOf(%v)) = %d, want %d", a, b, got, want)
 			}
+			pa, okA := KeyOf(a).Packed4()
+			pb, okB := KeyOf(b).Packed4()
+			if okA != (a.Addr().Is4()) || (okA && okB && (pa == pb) != (a == b)) {
+				t.Fatalf("Packed4 of %v, %v = %#x %v, %#x %v", a, b, pa, okA, pb, okB)
+			}
 			if (KeyOf(a) == KeyOf(b)) != (a == b) {
 				t.Fatalf("KeyOf(%v) == KeyOf(%v) is %v, the prefixes' == %v", a, b, KeyOf(a) == KeyOf(b), a == b)
 			}
