@@ -698,13 +698,9 @@ func (d *deriver) blocked() string {
 // d.order, the order build visits the claims in.
 func (d *deriver) sweepOverlaps() {
 	d.order = d.sortClaims()
-	sorted := make([]netip.Prefix, len(d.order))
-	for k, i := range d.order {
-		sorted[k] = d.claims[i].prefix
-	}
 	// partner remembers one overlapping claim per claim for the Problem.
 	partner := make([]int, len(d.claims))
-	for k, pk := range prefixes.Parents(sorted) {
+	for k, pk := range prefixes.Parents(d.order, func(i int) netip.Prefix { return d.claims[i].prefix }) {
 		if pk < 0 {
 			continue
 		}

@@ -92,16 +92,19 @@ func Search(sorted []Key, k Key) int {
 	return lo
 }
 
-// Parents returns, for each prefix of sorted (ordered by Compare, repeats
-// allowed), the index of the innermost earlier prefix that contains it (or
-// equals it), or -1 if none does. Two prefixes overlap only if one contains
-// the other, so every overlap in the list is a prefix and one of its
-// parent's chain; a stack of nested prefixes finds them in one pass.
-func Parents(sorted []netip.Prefix) []int {
+// Parents returns, for each item of sorted (ordered by Compare of their
+// prefixes, repeats allowed), the index of the innermost earlier item whose
+// prefix contains (or equals) its own, or -1 if none does. Two prefixes
+// overlap only if one contains the other, so every overlap in the list is
+// an item and one of its parent's chain; a stack of nested prefixes finds
+// them in one pass. prefix gives an item's prefix, so that callers need
+// not copy theirs.
+func Parents[T any](sorted []T, prefix func(T) netip.Prefix) []int {
 	parents := make([]int, len(sorted))
 	var stack []int
-	for i, p := range sorted {
-		for len(stack) > 0 && !sorted[stack[len(stack)-1]].Contains(p.Addr()) {
+	for i, x := range sorted {
+		a := prefix(x).Addr()
+		for len(stack) > 0 && !prefix(sorted[stack[len(stack)-1]]).Contains(a) {
 			stack = stack[:len(stack)-1]
 		}
 		parents[i] = -1

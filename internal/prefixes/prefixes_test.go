@@ -101,7 +101,7 @@ func check(t *testing.T, ps []netip.Prefix) {
 	}
 	sorted := slices.Clone(valid)
 	slices.SortStableFunc(sorted, Compare)
-	parents := Parents(sorted)
+	parents := Parents(sorted, func(p netip.Prefix) netip.Prefix { return p })
 	for i := range sorted {
 		if want := refParent(sorted, i); parents[i] != want {
 			t.Fatalf("Parents(%v)[%d] = %d, want %d", sorted, i, parents[i], want)
