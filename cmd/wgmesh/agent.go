@@ -17,6 +17,7 @@ import (
 	"github.com/wgmesh/wgmesh/device"
 	"github.com/wgmesh/wgmesh/instance"
 	"github.com/wgmesh/wgmesh/mesh"
+	"github.com/wgmesh/wgmesh/mesh/agent"
 	"github.com/wgmesh/wgmesh/mesh/file"
 	"github.com/wgmesh/wgmesh/mesh/kube"
 	"github.com/wgmesh/wgmesh/mesh/metrics"
@@ -117,7 +118,7 @@ func (a *app) runAgent(ctx context.Context, cfg agentConfig) (err error) {
 
 	// The key is needed before anything else can be published; failing
 	// here leaves the host untouched.
-	keys := mesh.NewKeyStore(cfg.KeyFile)
+	keys := agent.NewKeyStore(cfg.KeyFile)
 	if _, _, err := keys.LoadOrCreate(); err != nil {
 		return fmt.Errorf("private key (--key-file): %w", err)
 	}
@@ -179,7 +180,7 @@ func (a *app) runAgent(ctx context.Context, cfg agentConfig) (err error) {
 		return fmt.Errorf("routing for %s (--route-table, --host-route-table, --rule-priority, --fwmark, --mtu): %w", cfg.Interface, err)
 	}
 
-	var rec *mesh.Reconciler
+	var rec *agent.Reconciler
 	m := metrics.New(metrics.Options{
 		NodeName:   cfg.NodeName,
 		Interface:  cfg.Interface,
@@ -209,7 +210,7 @@ func (a *app) runAgent(ctx context.Context, cfg agentConfig) (err error) {
 			return k.PublicKey(), err
 		},
 		Ready: func() bool { return rec != nil && rec.Ready() },
-		Conditions: func() []mesh.Condition {
+		Conditions: func() []agent.Condition {
 			if rec == nil {
 				return nil
 			}
@@ -222,16 +223,16 @@ func (a *app) runAgent(ctx context.Context, cfg agentConfig) (err error) {
 			}
 			return false, ""
 		},
-		SourceState: func() (mesh.SourceState, bool) {
-			if sr, ok := src.(mesh.StateReporter); ok {
+		SourceState: func() (agent.SourceState, bool) {
+			if sr, ok := src.(agent.StateReporter); ok {
 				return sr.State(), true
 			}
-			return mesh.SourceState{}, false
+			return agent.SourceState{}, false
 		},
 		Logger: log.With("component", "metrics"),
 	})
 
-	rec, err = mesh.NewReconciler(mesh.ReconcilerOptions{
+	rec, err = agent.New(agent.Options{
 		NodeName:   cfg.NodeName,
 		Source:     src,
 		Device:     dev,
@@ -294,7 +295,7 @@ func (a *app) runAgent(ctx context.Context, cfg agentConfig) (err error) {
 // cfg.Underlay is only --endpoint's address: the own entry's endpoint and
 // InternalIP reach the router with every reconcile (mesh.Desired.Underlay),
 // so an address the source learns after the start is used too.
-func (a *app) newSource(ctx context.Context, cfg *agentConfig, log *slog.Logger) (mesh.Source, error) {
+func (a *app) newSource(ctx context.Context, cfg *agentConfig, log *slog.Logger) (agent.Source, error) {
 	cfg.Underlay = cfg.Endpoint.Addr()
 	if cfg.Source == sourcePeersFile {
 		s, err := file.New(file.Options{Path: cfg.PeersFile, NodeName: cfg.NodeName, Logger: log})

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/wgmesh/wgmesh/mesh"
+	"github.com/wgmesh/wgmesh/mesh/agent"
 )
 
 // recDevice and recRouter record what the reconciler asks for.
@@ -53,7 +54,7 @@ func (recRouter) Apply(ctx context.Context, d mesh.Desired) error { return nil }
 // file source: file edits reach the device, an invalid edit changes nothing.
 func TestReconcilerWithFileSource(t *testing.T) {
 	dir := t.TempDir()
-	keys := mesh.NewKeyStore(filepath.Join(dir, "private.key"))
+	keys := agent.NewKeyStore(filepath.Join(dir, "private.key"))
 	priv, _, err := keys.LoadOrCreate()
 	if err != nil {
 		t.Fatal(err)
@@ -72,7 +73,7 @@ func TestReconcilerWithFileSource(t *testing.T) {
 		t.Fatal(err)
 	}
 	dev := &recDevice{}
-	rec, err := mesh.NewReconciler(mesh.ReconcilerOptions{
+	rec, err := agent.New(agent.Options{
 		NodeName: "host-a", Source: src, Device: dev, Router: recRouter{}, Keys: keys,
 		Derive: mesh.Options{IPv4: true, IPv6: true}, ListenPort: 51820, Resync: 50 * time.Millisecond,
 		Debounce: 10 * time.Millisecond, MinBackoff: 20 * time.Millisecond, MaxBackoff: 50 * time.Millisecond, Logger: log,

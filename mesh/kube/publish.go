@@ -11,7 +11,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/wgmesh/wgmesh/mesh"
+	"github.com/wgmesh/wgmesh/mesh/agent"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -40,7 +40,7 @@ const republishRetry = 30 * time.Second
 // Self is remembered: when the own Node's annotations later diverge from it
 // (someone removed or edited them, or an InternalIP appeared), Run publishes
 // again.
-func (s *Source) Publish(ctx context.Context, self mesh.Self) error {
+func (s *Source) Publish(ctx context.Context, self agent.Self) error {
 	if self.Name != "" && self.Name != s.o.NodeName {
 		return fmt.Errorf("kube source: cannot publish node %q: this agent runs on node %q", self.Name, s.o.NodeName)
 	}
@@ -91,7 +91,7 @@ func (s *Source) publishCurrent(ctx context.Context) error {
 
 // desiredAnnotations computes what the own Node's annotations must say for
 // self; haveEndpoint is false when no endpoint can be determined.
-func (s *Source) desiredAnnotations(n *corev1.Node, self mesh.Self) (want map[string]string, haveEndpoint bool) {
+func (s *Source) desiredAnnotations(n *corev1.Node, self agent.Self) (want map[string]string, haveEndpoint bool) {
 	want = map[string]string{AnnotationPublicKey: self.PublicKey.String()}
 	if self.Backend != "" {
 		want[AnnotationBackend] = string(self.Backend)
@@ -104,7 +104,7 @@ func (s *Source) desiredAnnotations(n *corev1.Node, self mesh.Self) (want map[st
 }
 
 // endpointFor picks the endpoint to publish; see Publish.
-func (s *Source) endpointFor(n *corev1.Node, self mesh.Self) (netip.AddrPort, bool) {
+func (s *Source) endpointFor(n *corev1.Node, self agent.Self) (netip.AddrPort, bool) {
 	if f := strings.TrimSpace(n.Annotations[AnnotationForceEndpoint]); f != "" {
 		if ep, err := ParseEndpoint(f); err == nil {
 			return ep, true

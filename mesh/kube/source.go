@@ -1,4 +1,4 @@
-// Package kube is the Kubernetes node source of wgmesh: a mesh.Source that
+// Package kube is the Kubernetes node source of wgmesh: a agent.Source that
 // watches Node objects with a client-go informer, publishes the local agent's
 // identity as annotations on its own Node, reports problems as Events on the
 // offending Node, and offers the cluster-wide Verify and the uninstall helper
@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/wgmesh/wgmesh/mesh"
+	"github.com/wgmesh/wgmesh/mesh/agent"
 	"golang.org/x/time/rate"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -74,7 +75,7 @@ type Options struct {
 // flood the API server from thousands of agents.
 const DefaultReportInterval = 10 * time.Minute
 
-// Source is the Kubernetes mesh.Source. Create it with New, start it with
+// Source is the Kubernetes agent.Source. Create it with New, start it with
 // Run; Publish and Report may be called from any goroutine.
 type Source struct {
 	o        Options
@@ -95,7 +96,7 @@ type Source struct {
 
 	pubMu sync.Mutex // serialises patches of the own Node
 	mu    sync.Mutex
-	self  *mesh.Self // last Self given to Publish; nil before the first
+	self  *agent.Self // last Self given to Publish; nil before the first
 	// reported remembers when each (node, reason, detail) was last reported.
 	reported map[mesh.Problem]time.Time
 	now      func() time.Time
@@ -117,7 +118,7 @@ type Source struct {
 	closed      bool // guarded by mu; no Events after Close
 }
 
-var _ mesh.Source = (*Source)(nil)
+var _ agent.Source = (*Source)(nil)
 
 // New creates a Source; nothing talks to the API server before Run or
 // Publish.

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/wgmesh/wgmesh/mesh"
+	"github.com/wgmesh/wgmesh/mesh/agent"
 	"golang.org/x/time/rate"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -346,19 +347,19 @@ func TestPublish(t *testing.T) {
 	tests := []struct {
 		name         string
 		node         *corev1.Node
-		self         mesh.Self
+		self         agent.Self
 		port         int
 		wantEndpoint string // "" = no endpoint annotation
 	}{
-		{"InternalIP and default port", fatNode("self", nil, "198.18.0.1"), mesh.Self{}, 0, "198.18.0.1:51822"},
-		{"IPv4 preferred", fatNode("self", nil, "fd00:198:18::1", "198.18.0.1"), mesh.Self{}, 4000, "198.18.0.1:4000"},
-		{"IPv6 only", fatNode("self", nil, "fd00:198:18::1"), mesh.Self{}, 0, "[fd00:198:18::1]:51822"},
-		{"explicit endpoint", fatNode("self", nil, "198.18.0.1"), mesh.Self{Endpoint: netip.MustParseAddrPort("198.18.5.5:6000")}, 0, "198.18.5.5:6000"},
-		{"explicit address, listen port", fatNode("self", nil, "198.18.0.1"), mesh.Self{Endpoint: netip.AddrPortFrom(netip.MustParseAddr("198.18.5.5"), 0)}, 7000, "198.18.5.5:7000"},
+		{"InternalIP and default port", fatNode("self", nil, "198.18.0.1"), agent.Self{}, 0, "198.18.0.1:51822"},
+		{"IPv4 preferred", fatNode("self", nil, "fd00:198:18::1", "198.18.0.1"), agent.Self{}, 4000, "198.18.0.1:4000"},
+		{"IPv6 only", fatNode("self", nil, "fd00:198:18::1"), agent.Self{}, 0, "[fd00:198:18::1]:51822"},
+		{"explicit endpoint", fatNode("self", nil, "198.18.0.1"), agent.Self{Endpoint: netip.MustParseAddrPort("198.18.5.5:6000")}, 0, "198.18.5.5:6000"},
+		{"explicit address, listen port", fatNode("self", nil, "198.18.0.1"), agent.Self{Endpoint: netip.AddrPortFrom(netip.MustParseAddr("198.18.5.5"), 0)}, 7000, "198.18.5.5:7000"},
 		{"force-endpoint honoured", fatNode("self", map[string]string{AnnotationForceEndpoint: "198.18.9.9:9999"}, "198.18.0.1"),
-			mesh.Self{Endpoint: netip.MustParseAddrPort("198.18.5.5:6000")}, 0, "198.18.9.9:9999"},
-		{"malformed force-endpoint ignored", fatNode("self", map[string]string{AnnotationForceEndpoint: "nope"}, "198.18.0.1"), mesh.Self{}, 0, "198.18.0.1:51822"},
-		{"no address at all", fatNode("self", nil), mesh.Self{}, 0, ""},
+			agent.Self{Endpoint: netip.MustParseAddrPort("198.18.5.5:6000")}, 0, "198.18.9.9:9999"},
+		{"malformed force-endpoint ignored", fatNode("self", map[string]string{AnnotationForceEndpoint: "nope"}, "198.18.0.1"), agent.Self{}, 0, "198.18.0.1:51822"},
+		{"no address at all", fatNode("self", nil), agent.Self{}, 0, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -408,10 +409,10 @@ func TestPublishRejects(t *testing.T) {
 	client := fake.NewClientset(fatNode("self", nil, "198.18.0.1"))
 	s := newSource(t, client, nil)
 	ctx := context.Background()
-	if err := s.Publish(ctx, mesh.Self{Name: "self"}); err == nil {
+	if err := s.Publish(ctx, agent.Self{Name: "self"}); err == nil {
 		t.Error("published the zero key")
 	}
-	if err := s.Publish(ctx, mesh.Self{Name: "other", PublicKey: testKey(1)}); err == nil || !strings.Contains(err.Error(), `"other"`) {
+	if err := s.Publish(ctx, agent.Self{Name: "other", PublicKey: testKey(1)}); err == nil || !strings.Contains(err.Error(), `"other"`) {
 		t.Errorf("publishing for another node: err = %v", err)
 	}
 	if n := len(client.Actions()); n != 0 {
@@ -419,7 +420,7 @@ func TestPublishRejects(t *testing.T) {
 	}
 
 	missing := newSource(t, fake.NewClientset(), nil)
-	err := missing.Publish(ctx, mesh.Self{PublicKey: testKey(1)})
+	err := missing.Publish(ctx, agent.Self{PublicKey: testKey(1)})
 	if err == nil || !apierrors.IsNotFound(err) || !strings.Contains(err.Error(), `node "self"`) {
 		t.Errorf("publish to a missing node: err = %v", err)
 	}
@@ -444,7 +445,7 @@ func TestPublishRetriesTransientErrors(t *testing.T) {
 				return false, nil, nil
 			})
 			s := newSource(t, client, nil)
-			if err := s.Publish(context.Background(), mesh.Self{PublicKey: testKey(1)}); err != nil {
+			if err := s.Publish(context.Background(), agent.Self{PublicKey: testKey(1)}); err != nil {
 				t.Fatal(err)
 			}
 			if n := attempts.Load(); n != 3 {
@@ -465,7 +466,7 @@ func TestPublishRetriesTransientErrors(t *testing.T) {
 		return true, nil, apierrors.NewForbidden(schema.GroupResource{Resource: "nodes"}, "self", errors.New("no RBAC"))
 	})
 	s := newSource(t, client, nil)
-	err := s.Publish(context.Background(), mesh.Self{PublicKey: testKey(1)})
+	err := s.Publish(context.Background(), agent.Self{PublicKey: testKey(1)})
 	if !apierrors.IsForbidden(err) || !strings.Contains(err.Error(), "RBAC") || attempts.Load() != 1 {
 		t.Errorf("forbidden: err = %v after %d attempts", err, attempts.Load())
 	}
@@ -477,7 +478,7 @@ func TestPublishRetriesTransientErrors(t *testing.T) {
 		return true, nil, apierrors.NewServiceUnavailable("down")
 	})
 	s = newSource(t, client, nil)
-	err = s.Publish(context.Background(), mesh.Self{PublicKey: testKey(1)})
+	err = s.Publish(context.Background(), agent.Self{PublicKey: testKey(1)})
 	if !apierrors.IsServiceUnavailable(err) || attempts.Load() != int64(fastBackoff.Steps) {
 		t.Errorf("unavailable: err = %v after %d attempts, want %d", err, attempts.Load(), fastBackoff.Steps)
 	}
@@ -489,7 +490,7 @@ func TestRepublish(t *testing.T) {
 	s := newSource(t, client, nil)
 	s.republishLimit = rate.NewLimiter(rate.Inf, 1)
 	start(t, client, s)
-	self := mesh.Self{PublicKey: testKey(1), Backend: mesh.BackendKernel}
+	self := agent.Self{PublicKey: testKey(1), Backend: mesh.BackendKernel}
 	if err := s.Publish(ctx, self); err != nil {
 		t.Fatal(err)
 	}
@@ -522,7 +523,7 @@ func TestRepublish(t *testing.T) {
 	eventually(t, "endpoint follows force-endpoint", published(testKey(1), "198.18.4.4:4444"))
 
 	// A rotated key is what gets restored from then on.
-	if err := s.Publish(ctx, mesh.Self{PublicKey: testKey(2), Backend: mesh.BackendKernel}); err != nil {
+	if err := s.Publish(ctx, agent.Self{PublicKey: testKey(2), Backend: mesh.BackendKernel}); err != nil {
 		t.Fatal(err)
 	}
 	if err := RemoveAnnotations(ctx, client, "self"); err != nil {

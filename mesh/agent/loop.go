@@ -1,9 +1,18 @@
-package mesh
+// Package agent runs one node's part of the mesh: the reconcile loop
+// (Reconciler) that turns a source's nodes into a WireGuard configuration
+// and routes with mesh.Derive, the key store that keeps the node's private
+// key on disk, and the ports the loop reaches the world through: a
+// NodeSource it reads, a Publisher it announces this node through, a Device
+// and a Router it applies to. Adapters live elsewhere: mesh/kube and
+// mesh/file are sources, device and routing the data plane, mesh/metrics a
+// StatusSink. The pure model and Derive stay in package mesh.
+package agent
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/wgmesh/wgmesh/mesh"
 	"log/slog"
 	"math/rand/v2"
 	"net/netip"
@@ -18,7 +27,7 @@ import (
 	"github.com/fsnotify/fsnotify"
 )
 
-// Defaults for the zero values of ReconcilerOptions.
+// Defaults for the zero values of Options.
 const (
 	// DefaultResync is the period of the full reconcile that repairs state
 	// someone changed by hand (a deleted route, a removed peer).
@@ -38,9 +47,9 @@ const (
 // for sources that do not signal Changes when they become synced.
 const syncPoll = time.Second
 
-// ReconcilerOptions configure a Reconciler. NodeName, Source, Device, Router
+// Options configure a Reconciler. NodeName, Source, Device, Router
 // and Keys are required.
-type ReconcilerOptions struct {
+type Options struct {
 	// NodeName is the local node's name in the Source.
 	NodeName string
 	Source   Source
@@ -51,7 +60,7 @@ type ReconcilerOptions struct {
 	// Keys holds the private key; it is created on first start.
 	Keys *KeyStore
 	// Derive steers Derive.
-	Derive Options
+	Derive mesh.Options
 	// ListenPort is the device's UDP port.
 	ListenPort int
 	// FwMark marks the device's encrypted packets so they skip the wgmesh
@@ -61,7 +70,7 @@ type ReconcilerOptions struct {
 	// source choose (the Node's InternalIP).
 	Endpoint netip.AddrPort
 	// Backend is published as this node's backend.
-	Backend Backend
+	Backend mesh.Backend
 	// Resync is the full reconcile period; 0 means DefaultResync.
 	Resync time.Duration
 	// Debounce is the delay between a source change and the reconcile; 0
@@ -90,7 +99,7 @@ type ReconcilerOptions struct {
 //     and routes stay, so packets keep flowing encrypted or are dropped, and
 //     the next agent takes over. Removal is `wgmesh cleanup`'s business.
 type Reconciler struct {
-	o      ReconcilerOptions
+	o      Options
 	log    *slog.Logger
 	reload chan struct{}
 
@@ -105,8 +114,8 @@ type Reconciler struct {
 	pubSince time.Time
 }
 
-// NewReconciler checks o and fills its defaults.
-func NewReconciler(o ReconcilerOptions) (*Reconciler, error) {
+// New checks o and fills its defaults.
+func New(o Options) (*Reconciler, error) {
 	var missing []string
 	for name, isNil := range map[string]bool{
 		"NodeName": o.NodeName == "", "Source": o.Source == nil, "Device": o.Device == nil,
@@ -232,7 +241,7 @@ func (r *Reconciler) Run(ctx context.Context) error {
 // loop is the state of one Run, owned by its goroutine.
 type loop struct {
 	r   *Reconciler
-	key Key
+	key mesh.Key
 
 	keyWatch   *fsnotify.Watcher
 	keyErr     string // last key file error logged, to log each distinct one once
@@ -242,7 +251,7 @@ type loop struct {
 	failures    int // consecutive failed applies
 	needPublish bool
 	pubFailures int
-	lastDesired *Desired
+	lastDesired *mesh.Desired
 
 	debounce, retry, publish, keyDebounce *time.Timer
 	debounceArmed                         bool
@@ -478,7 +487,7 @@ func (l *loop) reconcile(ctx context.Context) {
 	}
 
 	start := time.Now()
-	self := Node{Name: r.o.NodeName, PublicKey: l.key.PublicKey(), Endpoint: r.o.Endpoint}
+	self := mesh.Node{Name: r.o.NodeName, PublicKey: l.key.PublicKey(), Endpoint: r.o.Endpoint}
 	o := r.o.Derive
 	if cr, ok := r.o.Source.(ClusterRanger); ok {
 		// The source's ranges (peers file, cluster configuration) add to
@@ -487,12 +496,12 @@ func (l *loop) reconcile(ctx context.Context) {
 			o.ClusterCIDRs = append(slices.Clone(o.ClusterCIDRs), cs...)
 		}
 	}
-	d := Derive(self, r.o.Source.Nodes(), o)
+	d := mesh.Derive(self, r.o.Source.Nodes(), o)
 	var errs []error
 	// The device goes first: a route into the tunnel for a peer not yet
 	// configured drops packets; it never leaks them. A device failure does
 	// not stop the router: converge as far as possible.
-	cfg := DeviceConfig{PrivateKey: l.key, ListenPort: r.o.ListenPort, FwMark: r.o.FwMark, Peers: d.Peers}
+	cfg := mesh.DeviceConfig{PrivateKey: l.key, ListenPort: r.o.ListenPort, FwMark: r.o.FwMark, Peers: d.Peers}
 	if err := r.o.Device.Configure(ctx, cfg); err != nil {
 		errs = append(errs, fmt.Errorf("configure the WireGuard device: %w", err))
 	}

@@ -1,4 +1,4 @@
-package mesh
+package agent
 
 import (
 	"errors"
@@ -33,7 +33,7 @@ func TestReconcilerConditions(t *testing.T) {
 	fs.publishErr = errs
 	src := &stateSource{fakeSource: fs}
 	fs.set(recSelf())
-	g := newRig(t, fs, func(o *ReconcilerOptions) { o.Source = src })
+	g := newRig(t, fs, func(o *Options) { o.Source = src })
 	g.start(t)
 	recUntil(t, "a PublishFailed condition", func() bool {
 		cs := g.rec.Conditions()

@@ -1,9 +1,10 @@
-package mesh
+package agent
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/wgmesh/wgmesh/mesh"
 	"io"
 	"log/slog"
 	"net/netip"
@@ -23,18 +24,18 @@ const rwait = 10 * time.Second
 // fakeSource is a Source driven by the test.
 type fakeSource struct {
 	mu         sync.Mutex
-	nodes      []Node
+	nodes      []mesh.Node
 	synced     bool
 	changes    chan struct{}
 	published  []Self
 	publishErr []error // returned by successive Publish calls, then nil
-	reports    [][]Problem
+	reports    [][]mesh.Problem
 	reloads    int
 	running    bool
 	runErr     chan error // Run returns what is sent here
 }
 
-func newFakeSource(nodes ...Node) *fakeSource {
+func newFakeSource(nodes ...mesh.Node) *fakeSource {
 	return &fakeSource{nodes: nodes, changes: make(chan struct{}, 1), runErr: make(chan error, 1)}
 }
 
@@ -61,7 +62,7 @@ func (s *fakeSource) Synced() bool {
 	return s.synced
 }
 
-func (s *fakeSource) Nodes() []Node {
+func (s *fakeSource) Nodes() []mesh.Node {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return slices.Clone(s.nodes)
@@ -81,7 +82,7 @@ func (s *fakeSource) Publish(ctx context.Context, self Self) error {
 	return nil
 }
 
-func (s *fakeSource) Report(p []Problem) {
+func (s *fakeSource) Report(p []mesh.Problem) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.reports = append(s.reports, slices.Clone(p))
@@ -94,7 +95,7 @@ func (s *fakeSource) Reload() {
 }
 
 // set replaces the nodes, marks the source synced and signals Changes.
-func (s *fakeSource) set(nodes ...Node) {
+func (s *fakeSource) set(nodes ...mesh.Node) {
 	s.mu.Lock()
 	s.nodes, s.synced = nodes, true
 	s.mu.Unlock()
@@ -108,10 +109,10 @@ func (s *fakeSource) signal() {
 	}
 }
 
-func (s *fakeSource) publishedKeys() []Key {
+func (s *fakeSource) publishedKeys() []mesh.Key {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	var out []Key
+	var out []mesh.Key
 	for _, p := range s.published {
 		out = append(out, p.PublicKey)
 	}
@@ -137,11 +138,11 @@ func (d *destructive) record(name string) error {
 type fakeDevice struct {
 	destructive
 	mu      sync.Mutex
-	configs []DeviceConfig
+	configs []mesh.DeviceConfig
 	fail    func(n int) error
 }
 
-func (d *fakeDevice) Configure(ctx context.Context, cfg DeviceConfig) error {
+func (d *fakeDevice) Configure(ctx context.Context, cfg mesh.DeviceConfig) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	n := len(d.configs)
@@ -161,11 +162,11 @@ func (d *fakeDevice) count() int {
 	return len(d.configs)
 }
 
-func (d *fakeDevice) lastConfig() DeviceConfig {
+func (d *fakeDevice) lastConfig() mesh.DeviceConfig {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if len(d.configs) == 0 {
-		return DeviceConfig{}
+		return mesh.DeviceConfig{}
 	}
 	return d.configs[len(d.configs)-1]
 }
@@ -175,11 +176,11 @@ type fakeRouter struct {
 	destructive
 	mu      sync.Mutex
 	applies []time.Time
-	state   *Desired
+	state   *mesh.Desired
 	fail    func(n int) error
 }
 
-func (r *fakeRouter) Apply(ctx context.Context, d Desired) error {
+func (r *fakeRouter) Apply(ctx context.Context, d mesh.Desired) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	n := len(r.applies)
@@ -207,7 +208,7 @@ func (r *fakeRouter) times() []time.Time {
 	return slices.Clone(r.applies)
 }
 
-func (r *fakeRouter) current() *Desired {
+func (r *fakeRouter) current() *mesh.Desired {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.state
@@ -243,14 +244,14 @@ type rig struct {
 }
 
 // newRig builds a reconciler with short timings; edit adjusts the options.
-func newRig(t *testing.T, src *fakeSource, edit func(*ReconcilerOptions)) *rig {
+func newRig(t *testing.T, src *fakeSource, edit func(*Options)) *rig {
 	t.Helper()
 	g := &rig{src: src, dev: &fakeDevice{}, router: &fakeRouter{}, sink: &fakeSink{},
 		keys: NewKeyStore(filepath.Join(t.TempDir(), "private.key"))}
-	o := ReconcilerOptions{
+	o := Options{
 		NodeName: "self", Source: src, Device: g.dev, Router: g.router, Sink: g.sink, Keys: g.keys,
-		Derive:     Options{IPv4: true, IPv6: true},
-		ListenPort: 51820, FwMark: 0x20000, Backend: BackendUserspace,
+		Derive:     mesh.Options{IPv4: true, IPv6: true},
+		ListenPort: 51820, FwMark: 0x20000, Backend: mesh.BackendUserspace,
 		Endpoint: netip.MustParseAddrPort("198.18.0.1:51820"),
 		Resync:   time.Hour, Debounce: 10 * time.Millisecond,
 		MinBackoff: 20 * time.Millisecond, MaxBackoff: 80 * time.Millisecond,
@@ -259,7 +260,7 @@ func newRig(t *testing.T, src *fakeSource, edit func(*ReconcilerOptions)) *rig {
 	if edit != nil {
 		edit(&o)
 	}
-	rec, err := NewReconciler(o)
+	rec, err := New(o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -302,27 +303,27 @@ func recUntil(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-func recPubKey(t *testing.T) Key {
+func recPubKey(t *testing.T) mesh.Key {
 	t.Helper()
-	k, err := GeneratePrivateKey()
+	k, err := mesh.GeneratePrivateKey()
 	if err != nil {
 		t.Fatal(err)
 	}
 	return k.PublicKey()
 }
 
-func recSelf() Node {
-	return Node{Name: "self", Endpoint: netip.MustParseAddrPort("198.18.0.1:51820"),
+func recSelf() mesh.Node {
+	return mesh.Node{Name: "self", Endpoint: netip.MustParseAddrPort("198.18.0.1:51820"),
 		PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.1.0/24")}}
 }
 
-func recPeer(t *testing.T, name string, i int) Node {
-	return Node{Name: name, PublicKey: recPubKey(t),
+func recPeer(t *testing.T, name string, i int) mesh.Node {
+	return mesh.Node{Name: name, PublicKey: recPubKey(t),
 		Endpoint: netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 18, 0, byte(i)}), 51820),
 		PodCIDRs: []netip.Prefix{netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 244, byte(i), 0}), 24)}}
 }
 
-func recPeerNames(peers []Peer) string {
+func recPeerNames(peers []mesh.Peer) string {
 	var out []string
 	for _, p := range peers {
 		out = append(out, p.Node)
@@ -331,12 +332,12 @@ func recPeerNames(peers []Peer) string {
 }
 
 func TestNewReconcilerChecksOptions(t *testing.T) {
-	_, err := NewReconciler(ReconcilerOptions{ListenPort: 51820})
+	_, err := New(Options{ListenPort: 51820})
 	if err == nil || !strings.Contains(err.Error(), "Device, Keys, NodeName, Router, Source are required") {
 		t.Errorf("err = %v", err)
 	}
 	src := newFakeSource()
-	_, err = NewReconciler(ReconcilerOptions{NodeName: "n", Source: src, Device: &fakeDevice{}, Router: &fakeRouter{}, Keys: NewKeyStore("k")})
+	_, err = New(Options{NodeName: "n", Source: src, Device: &fakeDevice{}, Router: &fakeRouter{}, Keys: NewKeyStore("k")})
 	if err == nil || !strings.Contains(err.Error(), "listen port 0") {
 		t.Errorf("err = %v", err)
 	}
@@ -390,13 +391,13 @@ func TestReconcilerSyncWithoutSignal(t *testing.T) {
 func TestReconcilerDebounces(t *testing.T) {
 	src := newFakeSource()
 	src.set(recSelf())
-	g := newRig(t, src, func(o *ReconcilerOptions) { o.Debounce = 300 * time.Millisecond })
+	g := newRig(t, src, func(o *Options) { o.Debounce = 300 * time.Millisecond })
 	g.start(t)
 	recUntil(t, "the first apply", func() bool { return g.router.count() >= 1 })
 	time.Sleep(400 * time.Millisecond) // let the change signalled by set settle
 	base := g.router.count()
 
-	nodes := []Node{recSelf()}
+	nodes := []mesh.Node{recSelf()}
 	for i := 2; i < 12; i++ {
 		nodes = append(nodes, recPeer(t, "peer-"+string(rune('a'+i)), i))
 		src.set(slices.Clone(nodes)...)
@@ -418,7 +419,7 @@ func TestReconcilerDebounces(t *testing.T) {
 func TestReconcilerResyncRepairs(t *testing.T) {
 	src := newFakeSource()
 	src.set(recSelf(), recPeer(t, "peer-b", 2))
-	g := newRig(t, src, func(o *ReconcilerOptions) { o.Resync = 30 * time.Millisecond })
+	g := newRig(t, src, func(o *Options) { o.Resync = 30 * time.Millisecond })
 	g.start(t)
 	recUntil(t, "the first apply", func() bool { return g.router.current() != nil })
 	g.router.mu.Lock()
@@ -433,7 +434,7 @@ var errRecRoute = errors.New("netlink: file exists")
 func TestReconcilerBacksOffAndRecovers(t *testing.T) {
 	src := newFakeSource()
 	src.set(recSelf(), recPeer(t, "peer-b", 2))
-	g := newRig(t, src, func(o *ReconcilerOptions) { o.MinBackoff, o.MaxBackoff = 40*time.Millisecond, 100*time.Millisecond })
+	g := newRig(t, src, func(o *Options) { o.MinBackoff, o.MaxBackoff = 40*time.Millisecond, 100*time.Millisecond })
 	g.router.fail = func(n int) error {
 		if n < 4 {
 			return errRecRoute
@@ -491,7 +492,7 @@ func TestReconcilerDeviceFailureStillRoutes(t *testing.T) {
 }
 
 func TestBackoff(t *testing.T) {
-	r, err := NewReconciler(ReconcilerOptions{NodeName: "n", Source: newFakeSource(), Device: &fakeDevice{}, Router: &fakeRouter{},
+	r, err := New(Options{NodeName: "n", Source: newFakeSource(), Device: &fakeDevice{}, Router: &fakeRouter{},
 		Keys: NewKeyStore("k"), ListenPort: 1})
 	if err != nil {
 		t.Fatal(err)
@@ -517,7 +518,7 @@ func TestBackoff(t *testing.T) {
 func TestReconcilerBadNodeDoesNotBlockOthers(t *testing.T) {
 	good := recPeer(t, "peer-b", 2)
 	keyless := recPeer(t, "peer-c", 3)
-	keyless.PublicKey = Key{}
+	keyless.PublicKey = mesh.Key{}
 	clash := recPeer(t, "peer-d", 4)
 	clash.PodCIDRs = []netip.Prefix{netip.MustParsePrefix("10.244.5.0/24")}
 	clash2 := recPeer(t, "peer-e", 5)
@@ -534,14 +535,14 @@ func TestReconcilerBadNodeDoesNotBlockOthers(t *testing.T) {
 	src.mu.Lock()
 	reports := src.reports
 	src.mu.Unlock()
-	reasons := map[string][]Reason{}
+	reasons := map[string][]mesh.Reason{}
 	for _, p := range reports[len(reports)-1] {
 		reasons[p.Node] = append(reasons[p.Node], p.Reason)
 	}
-	if !slices.Contains(reasons["peer-c"], ReasonNoKey) {
+	if !slices.Contains(reasons["peer-c"], mesh.ReasonNoKey) {
 		t.Errorf("no NoKey problem for peer-c: %v", reasons)
 	}
-	if !slices.Contains(reasons["peer-d"], ReasonCIDROverlap) && !slices.Contains(reasons["peer-e"], ReasonCIDROverlap) {
+	if !slices.Contains(reasons["peer-d"], mesh.ReasonCIDROverlap) && !slices.Contains(reasons["peer-e"], mesh.ReasonCIDROverlap) {
 		t.Errorf("no CIDROverlap problem for peer-d/peer-e: %v", reasons)
 	}
 	for _, p := range g.dev.lastConfig().Peers {
@@ -677,7 +678,7 @@ func TestReconcilerSourceStops(t *testing.T) {
 func TestReconcilerRefusesExposedKey(t *testing.T) {
 	src := newFakeSource()
 	g := newRig(t, src, nil)
-	priv, err := GeneratePrivateKey()
+	priv, err := mesh.GeneratePrivateKey()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -709,7 +710,7 @@ func (s rangedSource) ClusterCIDRs() []netip.Prefix { return s.ranges }
 // the local node known already drops the rest of the range.
 func TestReconcilerAddsSourceClusterRanges(t *testing.T) {
 	src := rangedSource{fakeSource: newFakeSource(), ranges: []netip.Prefix{netip.MustParsePrefix("fd00:10:244::/48")}}
-	g := newRig(t, src.fakeSource, func(o *ReconcilerOptions) {
+	g := newRig(t, src.fakeSource, func(o *Options) {
 		o.Source = src
 		o.Derive.ClusterCIDRs = []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}
 	})

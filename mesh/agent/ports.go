@@ -1,7 +1,8 @@
-package mesh
+package agent
 
 import (
 	"context"
+	"github.com/wgmesh/wgmesh/mesh"
 	"net/netip"
 	"time"
 )
@@ -17,7 +18,7 @@ type Source interface {
 	Synced() bool
 	// Nodes returns a snapshot of all nodes, including the local one. After a
 	// lost watch it keeps returning the last known state.
-	Nodes() []Node
+	Nodes() []mesh.Node
 	// Changes is signalled (coalesced, never blocking the sender) whenever
 	// Nodes may have changed.
 	Changes() <-chan struct{}
@@ -28,22 +29,22 @@ type Source interface {
 	Publish(ctx context.Context, self Self) error
 	// Report surfaces the current problems (Events, logs), rate-limited by
 	// the source; called after every reconcile with the full list.
-	Report(problems []Problem)
+	Report(problems []mesh.Problem)
 }
 
 // Self is what the local agent publishes about itself.
 type Self struct {
 	Name      string
-	PublicKey Key
+	PublicKey mesh.Key
 	Endpoint  netip.AddrPort // zero: let the source choose (e.g. InternalIP)
-	Backend   Backend
+	Backend   mesh.Backend
 }
 
 // Device configures the local WireGuard interface. device.Device satisfies it.
 type Device interface {
 	// Configure makes the interface's WireGuard state equal cfg, touching only
 	// what differs: unchanged peers keep their sessions.
-	Configure(ctx context.Context, cfg DeviceConfig) error
+	Configure(ctx context.Context, cfg mesh.DeviceConfig) error
 }
 
 // Router programs the routing table, policy rules, interface addresses and
@@ -51,14 +52,14 @@ type Device interface {
 type Router interface {
 	// Apply makes the OS state equal d, adding before deleting, and returns
 	// every failure joined (it converges as far as it can).
-	Apply(ctx context.Context, d Desired) error
+	Apply(ctx context.Context, d mesh.Desired) error
 }
 
 // Result is the outcome of one reconcile, for status and metrics.
 type Result struct {
 	Time     time.Time
 	Duration time.Duration
-	Desired  Desired
+	Desired  mesh.Desired
 	// Err is nil when both device and router applied cleanly.
 	Err error
 }
@@ -115,4 +116,14 @@ type Condition struct {
 	Message string
 	// Since is when the condition began.
 	Since time.Time
+}
+
+// ClusterRanger is implemented by sources that know the cluster's pod
+// ranges themselves: the peers file's clusterCIDRs field, the cluster's
+// kubeadm configuration. The reconciler adds them to
+// Options.ClusterCIDRs on every reconcile.
+type ClusterRanger interface {
+	// ClusterCIDRs returns the ranges of the configuration in force (nil:
+	// none known). The caller must not modify the slice.
+	ClusterCIDRs() []netip.Prefix
 }
