@@ -91,10 +91,7 @@ type agentConfig struct {
 	InflightPackets int
 	ListenPort      int
 	// Endpoint overrides the published endpoint; zero lets the source choose.
-	Endpoint netip.AddrPort
-	// Underlay is the address whose interface carries the tunnel (for the
-	// MTU): the endpoint's, filled in at start-up.
-	Underlay    netip.Addr
+	Endpoint    netip.AddrPort
 	KeyFile     string
 	MTU         int
 	Table       int
@@ -103,8 +100,9 @@ type agentConfig struct {
 	FwMark      uint32
 	MetricsAddr string
 	// Derive carries host encryption, families, keepalive, tunnel address
-	// and the unmanaged-node selector. KeepOutside is filled at start-up from
-	// the API server address.
+	// and the unmanaged-node selector. KeepOutside stays empty: what the
+	// source learns at start (the API server's addresses) is added in
+	// runAgent, which never changes agentConfig.
 	Derive mesh.Options
 	// Unmanaged is the parsed --unmanaged-nodes selector (nil: none), kept
 	// for logging.

@@ -12,7 +12,7 @@ import (
 
 // newKubeSource is the Kubernetes source of nodes for the agent; it also
 // reads the cluster's pod ranges from kubeadm's ClusterConfiguration.
-func newKubeSource(client kubernetes.Interface, cfg *agentConfig, log *slog.Logger) (agent.Source, error) {
+func newKubeSource(client kubernetes.Interface, cfg agentConfig, log *slog.Logger) (agent.Source, error) {
 	s, err := kube.New(kube.Options{Client: client, NodeName: cfg.NodeName, ListenPort: cfg.ListenPort, Logger: log,
 		// kubeadm's pod range joins --cluster-cidrs once read; the read is
 		// retried in the background, so an API server unreachable at

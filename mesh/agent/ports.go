@@ -7,11 +7,13 @@ import (
 	"time"
 )
 
-// Source delivers the cluster's nodes to the reconciler: mesh/kube (Node
-// objects and annotations) or mesh/file (the peers file).
-type Source interface {
+// NodeSource is what the loop reads: the cluster's nodes, from mesh/kube
+// (Node objects and annotations) or mesh/file (the peers file). A source may
+// also offer Reloader, ClusterRanger and StateReporter; the loop uses them
+// when it does.
+type NodeSource interface {
 	// Run starts watching and blocks until ctx is done or watching fails for
-	// good. It is called once.
+	// good. It is called once, by the Reconciler.
 	Run(ctx context.Context) error
 	// Synced reports whether the source has delivered a complete view at
 	// least once. The reconciler never removes peers or routes before that.
@@ -22,14 +24,44 @@ type Source interface {
 	// Changes is signalled (coalesced, never blocking the sender) whenever
 	// Nodes may have changed.
 	Changes() <-chan struct{}
-	// Publish makes the local node's identity known to the other nodes
-	// (annotations on the own Node; for the peers file, a check that the
-	// file's entry agrees). It is called after start and after each key
-	// rotation, and must be idempotent.
+}
+
+// Publisher is what the loop announces: this node's identity (Self) and the
+// problems of the last reconcile. A publisher may also offer Republisher.
+type Publisher interface {
+	// Publish makes one attempt to make the local node's identity known to
+	// the other nodes (annotations on the own Node; for the peers file, a
+	// check that the file's entry agrees) and returns its error. It must be
+	// idempotent and must not retry: the Reconciler owns the retries (with
+	// backoff, and the PublishFailed condition while they fail), so that
+	// there is one schedule and one place that knows publishing is failing.
 	Publish(ctx context.Context, self Self) error
 	// Report surfaces the current problems (Events, logs), rate-limited by
-	// the source; called after every reconcile with the full list.
+	// the publisher; called after every reconcile with the full list.
 	Report(problems []mesh.Problem)
+}
+
+// Source is a NodeSource that is also the Publisher of this node, as
+// mesh/kube and mesh/file are.
+type Source interface {
+	NodeSource
+	Publisher
+}
+
+// Reloader is a NodeSource that can re-read its input on request (the peers
+// file on SIGHUP).
+type Reloader interface {
+	// Reload asks the source to re-read its input soon; it never blocks.
+	Reload()
+}
+
+// Republisher is a Publisher that notices when what it published was undone
+// (someone removed or edited the own Node's annotations).
+type Republisher interface {
+	// Republish is signalled (coalesced) when the last published Self is no
+	// longer in place; the Reconciler then publishes it again, with its
+	// retries.
+	Republish() <-chan struct{}
 }
 
 // Self is what the local agent publishes about itself.
@@ -87,7 +119,7 @@ type SourceState struct {
 	SelfErr error
 }
 
-// StateReporter is implemented by Sources that know whether the view in
+// StateReporter is a NodeSource that knows whether the view in
 // force is their current input.
 type StateReporter interface {
 	State() SourceState
@@ -118,10 +150,9 @@ type Condition struct {
 	Since time.Time
 }
 
-// ClusterRanger is implemented by sources that know the cluster's pod
-// ranges themselves: the peers file's clusterCIDRs field, the cluster's
-// kubeadm configuration. The reconciler adds them to
-// Options.ClusterCIDRs on every reconcile.
+// ClusterRanger is a NodeSource that knows the cluster's pod ranges itself:
+// the peers file's clusterCIDRs field, the cluster's kubeadm configuration.
+// The reconciler adds them to mesh.Options.ClusterCIDRs on every reconcile.
 type ClusterRanger interface {
 	// ClusterCIDRs returns the ranges of the configuration in force (nil:
 	// none known). The caller must not modify the slice.

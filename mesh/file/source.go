@@ -102,6 +102,7 @@ type Source struct {
 var (
 	_ agent.Source        = (*Source)(nil)
 	_ agent.StateReporter = (*Source)(nil)
+	_ agent.Reloader      = (*Source)(nil)
 )
 
 // New returns a Source for o.Path. It does not read the file; Run does.
