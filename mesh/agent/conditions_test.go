@@ -2,12 +2,13 @@ package agent_test
 
 import (
 	"errors"
-	"github.com/wgmesh/wgmesh/mesh/agent"
-	"github.com/wgmesh/wgmesh/mesh/agent/agenttest"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/wgmesh/wgmesh/mesh/agent"
+	"github.com/wgmesh/wgmesh/mesh/agent/agenttest"
 )
 
 // stateSource is a fakeSource that also reports a SourceState.

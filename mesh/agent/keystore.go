@@ -3,13 +3,14 @@ package agent
 import (
 	"errors"
 	"fmt"
-	"github.com/wgmesh/wgmesh/mesh"
 	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
+
+	"github.com/wgmesh/wgmesh/mesh"
 )
 
 // DefaultKeyFile is where the agent keeps its private key: on the node's disk,

@@ -2,7 +2,6 @@ package agent
 
 import (
 	"errors"
-	"github.com/wgmesh/wgmesh/mesh"
 	"io/fs"
 	"os"
 	"os/exec"
@@ -10,6 +9,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/wgmesh/wgmesh/mesh"
 )
 
 func keyPath(t *testing.T) string {

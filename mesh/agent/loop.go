@@ -12,7 +12,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/wgmesh/wgmesh/mesh"
 	"log/slog"
 	"math/rand/v2"
 	"net/netip"
@@ -25,6 +24,8 @@ import (
 	"time"
 
 	"github.com/fsnotify/fsnotify"
+
+	"github.com/wgmesh/wgmesh/mesh"
 )
 
 // Defaults for the zero values of Options.

@@ -4,9 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/wgmesh/wgmesh/mesh"
-	"github.com/wgmesh/wgmesh/mesh/agent"
-	"github.com/wgmesh/wgmesh/mesh/agent/agenttest"
 	"io"
 	"log/slog"
 	"net/netip"
@@ -16,6 +13,10 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/wgmesh/wgmesh/mesh"
+	"github.com/wgmesh/wgmesh/mesh/agent"
+	"github.com/wgmesh/wgmesh/mesh/agent/agenttest"
 )
 
 // rwait bounds every wait in the reconciler tests; generous for a busy

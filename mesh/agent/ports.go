@@ -2,9 +2,10 @@ package agent
 
 import (
 	"context"
-	"github.com/wgmesh/wgmesh/mesh"
 	"net/netip"
 	"time"
+
+	"github.com/wgmesh/wgmesh/mesh"
 )
 
 // NodeSource is what the loop reads: the cluster's nodes, from mesh/kube

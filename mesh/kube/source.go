@@ -1,4 +1,4 @@
-// Package kube is the Kubernetes node source of wgmesh: a agent.Source that
+// Package kube is the Kubernetes node source of wgmesh: an agent.Source that
 // watches Node objects with a client-go informer, publishes the local agent's
 // identity as annotations on its own Node, reports problems as Events on the
 // offending Node, and offers the cluster-wide Verify and the uninstall helper
@@ -74,8 +74,9 @@ type Options struct {
 // flood the API server from thousands of agents.
 const DefaultReportInterval = 10 * time.Minute
 
-// Source is the Kubernetes agent.Source. Create it with New, start it with
-// Run; Publish and Report may be called from any goroutine.
+// Source is the Kubernetes agent.Source and agent.Republisher. Create it
+// with New, start it with Run; Publish and Report may be called from any
+// goroutine.
 type Source struct {
 	o        Options
 	log      *slog.Logger
