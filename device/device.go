@@ -121,7 +121,7 @@ type Device interface {
 	// instant in between). A peer's endpoint is written when the desired
 	// one changes, not when WireGuard roamed the peer to the source address
 	// of its authenticated packets (NAT). Errors are *Error values.
-	mesh.Device
+	Configure(ctx context.Context, cfg mesh.DeviceConfig) error
 	// Name is the interface name.
 	Name() string
 	// Backend is the implementation in use.

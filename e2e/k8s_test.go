@@ -26,6 +26,7 @@ import (
 	"github.com/wgmesh/wgmesh/deploy"
 	"github.com/wgmesh/wgmesh/e2e/apiserver"
 	"github.com/wgmesh/wgmesh/mesh"
+	meshagent "github.com/wgmesh/wgmesh/mesh/agent"
 	"github.com/wgmesh/wgmesh/mesh/kube"
 )
 
@@ -256,7 +257,7 @@ func TestK8sKubeSourceAgainstAPIServer(t *testing.T) {
 
 	src := k8sRunSource(t, ctx, agent, "node-a")
 	keyA := k8sTestKey(t).PublicKey()
-	self := mesh.Self{Name: "node-a", PublicKey: keyA, Backend: mesh.BackendUserspace}
+	self := meshagent.Self{Name: "node-a", PublicKey: keyA, Backend: mesh.BackendUserspace}
 	if err := src.Publish(ctx, self); err != nil {
 		t.Fatalf("publish node-a's identity as the agent: %v", err)
 	}

@@ -6,16 +6,6 @@ import (
 	"strings"
 )
 
-// ClusterRanger is implemented by sources that know the cluster's pod
-// ranges themselves: the peers file's clusterCIDRs field, the cluster's
-// kubeadm configuration. The reconciler adds them to
-// Options.ClusterCIDRs on every reconcile.
-type ClusterRanger interface {
-	// ClusterCIDRs returns the ranges of the configuration in force (nil:
-	// none known). The caller must not modify the slice.
-	ClusterCIDRs() []netip.Prefix
-}
-
 // ParseClusterCIDR parses one cluster pod range such as 10.244.0.0/16 or
 // fd00:10:244::/48, in canonical form. Errors say why: not a prefix, host
 // bits set (naming the masked form), an IPv4-mapped IPv6 prefix, or a

@@ -1,11 +1,12 @@
 // Package mesh is the pure core of wgmesh: the data model (Node, Peer, Route,
 // Problem, Desired), the Derive function that turns a set of Nodes into the
-// desired WireGuard and routing state, the key store, and the reconcile loop
-// that drives the outside world through the small interfaces declared here.
+// desired WireGuard and routing state, and the WireGuard key type.
 //
-// Package mesh never imports client-go, netlink, wgctrl or nftables; a test
-// enforces it. The sources (mesh/kube, mesh/file), the device and the router
-// satisfy the interfaces in this package and cmd/wgmesh plugs them together.
+// Package mesh does no I/O and starts no goroutines: no files, sockets,
+// clocks to wait on, client-go, netlink, wgctrl or nftables; a test enforces
+// it. The reconcile loop, the key file and the ports to the outside world are
+// in mesh/agent; the sources (mesh/kube, mesh/file), the device and the
+// router are adapters, and cmd/wgmesh plugs them together.
 package mesh
 
 import (

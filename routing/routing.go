@@ -288,7 +288,9 @@ func (o Options) logger() *slog.Logger {
 //     restore.
 //   - Status is cheap and safe to call concurrently with Apply.
 type Router interface {
-	mesh.Router
+	// Apply makes the OS state equal d, adding before deleting, and returns
+	// every failure joined (it converges as far as it can).
+	Apply(ctx context.Context, d mesh.Desired) error
 	Cleanup(ctx context.Context) error
 	Status() Status
 }

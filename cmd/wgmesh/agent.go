@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"os/signal"
 	"syscall"
@@ -17,6 +18,7 @@ import (
 	"github.com/wgmesh/wgmesh/device"
 	"github.com/wgmesh/wgmesh/instance"
 	"github.com/wgmesh/wgmesh/mesh"
+	"github.com/wgmesh/wgmesh/mesh/agent"
 	"github.com/wgmesh/wgmesh/mesh/file"
 	"github.com/wgmesh/wgmesh/mesh/kube"
 	"github.com/wgmesh/wgmesh/mesh/metrics"
@@ -115,17 +117,26 @@ func (a *app) runAgent(ctx context.Context, cfg agentConfig) (err error) {
 	}
 	warnPreviousRun(log, inst)
 
-	// The key is needed before anything else can be published; failing
-	// here leaves the host untouched.
-	keys := mesh.NewKeyStore(cfg.KeyFile)
-	if _, _, err := keys.LoadOrCreate(); err != nil {
-		return fmt.Errorf("private key (--key-file): %w", err)
+	// The key is read here, once, before anything else can be published;
+	// failing here leaves the host untouched. From then on the reconciler
+	// holds the key in use and follows the file's rotations.
+	keys := agent.NewKeyStore(cfg.KeyFile)
+	key, createdKey, err := keys.LoadOrCreate()
+	if err != nil {
+		return fmt.Errorf("private key (--key-file): %w; fix or remove the key file (removing it gives this node a new identity)", err)
+	}
+	if createdKey {
+		log.Info("created a new private key", "keyFile", keys.Path(), "publicKey", key.PublicKey().String())
+	} else {
+		log.Info("loaded the private key", "keyFile", keys.Path(), "publicKey", key.PublicKey().String())
 	}
 
-	src, err := a.newSource(ctx, &cfg, log)
+	src, err := a.newSource(ctx, cfg, log)
 	if err != nil {
 		return err
 	}
+	derive := cfg.Derive
+	derive.KeepOutside = src.KeepOutside
 
 	// An interface this run creates is removed again if the start fails
 	// before the reconciler runs: a failed start leaves nothing behind. An
@@ -163,23 +174,12 @@ func (a *app) runAgent(ctx context.Context, cfg agentConfig) (err error) {
 	}()
 	log.Info("WireGuard interface ready", "interface", dev.Name(), "backend", dev.Backend())
 
-	router, err := routing.New(routing.Options{
-		Interface:    cfg.Interface,
-		Table:        cfg.Table,
-		HostTable:    cfg.HostTable,
-		Priority:     cfg.Priority,
-		FwMark:       cfg.FwMark,
-		IPv4:         cfg.Derive.IPv4,
-		IPv6:         cfg.Derive.IPv6,
-		MTU:          cfg.MTU,
-		UnderlayAddr: cfg.Underlay,
-		Logger:       log,
-	})
+	router, err := routing.New(routerOptions(cfg, log))
 	if err != nil {
 		return fmt.Errorf("routing for %s (--route-table, --host-route-table, --rule-priority, --fwmark, --mtu): %w", cfg.Interface, err)
 	}
 
-	var rec *mesh.Reconciler
+	var rec *agent.Reconciler
 	m := metrics.New(metrics.Options{
 		NodeName:   cfg.NodeName,
 		Interface:  cfg.Interface,
@@ -204,41 +204,47 @@ func (a *app) runAgent(ctx context.Context, cfg agentConfig) (err error) {
 			return metrics.RouterStatus{LinkMTU: s.LinkMTU, PodMTU: s.PodMTU, IngressDropped: s.IngressDropped,
 				EgressDropped: s.EgressDropped, Warnings: s.Warnings}
 		},
+		// The key in use, which the reconciler holds (not a fresh read
+		// of the file, which may hold a rotation not yet applied).
 		PublicKey: func() (mesh.Key, error) {
-			k, err := keys.Load()
-			return k.PublicKey(), err
+			if rec == nil {
+				return key.PublicKey(), nil
+			}
+			return rec.PublicKey(), nil
 		},
 		Ready: func() bool { return rec != nil && rec.Ready() },
-		Conditions: func() []mesh.Condition {
+		Conditions: func() []agent.Condition {
 			if rec == nil {
 				return nil
 			}
 			return rec.Conditions()
 		},
 		ClusterRangesPending: func() (bool, string) {
-			if ks, ok := src.(*kube.Source); ok {
+			if ks, ok := src.Source.(*kube.Source); ok {
 				st := ks.ClusterRanges()
 				return st.Pending, st.Detail
 			}
 			return false, ""
 		},
-		SourceState: func() (mesh.SourceState, bool) {
-			if sr, ok := src.(mesh.StateReporter); ok {
+		SourceState: func() (agent.SourceState, bool) {
+			if sr, ok := src.Source.(agent.StateReporter); ok {
 				return sr.State(), true
 			}
-			return mesh.SourceState{}, false
+			return agent.SourceState{}, false
 		},
 		Logger: log.With("component", "metrics"),
 	})
 
-	rec, err = mesh.NewReconciler(mesh.ReconcilerOptions{
+	rec, err = agent.New(agent.Options{
 		NodeName:   cfg.NodeName,
-		Source:     src,
+		Nodes:      src.Source,
+		Publisher:  src.Source,
 		Device:     dev,
 		Router:     router,
 		Sink:       m,
+		Key:        key,
 		Keys:       keys,
-		Derive:     cfg.Derive,
+		Derive:     derive,
 		ListenPort: cfg.ListenPort,
 		FwMark:     cfg.FwMark,
 		Endpoint:   cfg.Endpoint,
@@ -288,28 +294,60 @@ func (a *app) runAgent(ctx context.Context, cfg agentConfig) (err error) {
 	return errors.Join(errs...)
 }
 
-// newSource builds the source of nodes cfg selects. In Kubernetes mode it
-// also fills cfg.Derive.KeepOutside with the API server's addresses.
-//
-// cfg.Underlay is only --endpoint's address: the own entry's endpoint and
-// InternalIP reach the router with every reconcile (mesh.Desired.Underlay),
-// so an address the source learns after the start is used too.
-func (a *app) newSource(ctx context.Context, cfg *agentConfig, log *slog.Logger) (mesh.Source, error) {
-	cfg.Underlay = cfg.Endpoint.Addr()
+// startedSource is the source of nodes cfg selects, with the facts about
+// this node it learned while starting.
+type startedSource struct {
+	agent.Source
+	// KeepOutside are addresses that must never be routed into the tunnel
+	// (the API server's: the agent needs it to learn the peers); nil for the
+	// peers file.
+	KeepOutside []netip.Addr
+}
+
+// newSource builds the source of nodes cfg selects. It reads cfg and
+// returns what it learned; the caller builds the other parts' options
+// from both (routerOptions, the reconciler's Derive options).
+func (a *app) newSource(ctx context.Context, cfg agentConfig, log *slog.Logger) (startedSource, error) {
 	if cfg.Source == sourcePeersFile {
 		s, err := file.New(file.Options{Path: cfg.PeersFile, NodeName: cfg.NodeName, Logger: log})
 		if err != nil {
-			return nil, fmt.Errorf("--peers-file: %w", err)
+			return startedSource{}, fmt.Errorf("--peers-file: %w", err)
 		}
-		return s, nil
+		return startedSource{Source: s}, nil
 	}
 	client, rc, err := kubeClient(cfg.Kubeconfig)
 	if err != nil {
-		return nil, err
+		return startedSource{}, err
 	}
-	cfg.Derive.KeepOutside = apiServerAddrs(ctx, rc.Host, log)
-	log.Info("Kubernetes API server", "host", rc.Host, "keptOutsideTunnel", cfg.Derive.KeepOutside)
-	return newKubeSource(client, cfg, log)
+	keep := apiServerAddrs(ctx, rc.Host, log)
+	log.Info("Kubernetes API server", "host", rc.Host, "keptOutsideTunnel", keep)
+	s, err := newKubeSource(client, cfg, log)
+	if err != nil {
+		return startedSource{}, err
+	}
+	return startedSource{Source: s, KeepOutside: keep}, nil
+}
+
+// routerOptions are the router's options, from the flags alone: the one
+// place they are put together.
+//
+// The underlay address (whose interface's MTU bounds the tunnel's) is
+// --endpoint's at start; the own entry's endpoint and InternalIP reach the
+// router with every reconcile (mesh.Desired.Underlay), so an address the
+// source learns after the start is used too.
+func routerOptions(cfg agentConfig, log *slog.Logger) routing.Options {
+	return routing.Options{
+		Interface:    cfg.Interface,
+		Table:        cfg.Table,
+		HostTable:    cfg.HostTable,
+		Priority:     cfg.Priority,
+		FwMark:       cfg.FwMark,
+		IPv4:         cfg.Derive.IPv4,
+		IPv6:         cfg.Derive.IPv6,
+		MTU:          cfg.MTU,
+		UnderlayAddr: cfg.Endpoint.Addr(),
+		Logger:       log,
+	}
 }
 
 // warnPreviousRun warns when the instance's interface records (in its alias)

@@ -251,7 +251,7 @@ func TestClusterRangesFromKubeadm(t *testing.T) {
 	log := slog.New(slog.DiscardHandler)
 	cfg := agentConfig{NodeName: "node1", ListenPort: 51820, Derive: mesh.Options{IPv4: true, IPv6: true,
 		ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16"), netip.MustParsePrefix("10.245.0.0/16")}}}
-	src, err := newKubeSource(fake.NewClientset(cm), &cfg, log)
+	src, err := newKubeSource(fake.NewClientset(cm), cfg, log)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -275,5 +275,49 @@ func TestClusterRangesFromKubeadm(t *testing.T) {
 	d := mesh.Derive(mesh.Node{Name: "node1"}, nil, o)
 	if got := fmt.Sprint(d.ClusterCIDRs); got != "[10.244.0.0/16 10.245.0.0/16 fd00:10:244::/48]" {
 		t.Errorf("cluster ranges %s", got)
+	}
+}
+
+// TestPrivilegedAgentRefusesExposedKey: the agent reads its key once, before
+// it changes the host; a key file others can read fails the start, naming
+// the file (never the key), and leaves no interface behind. (This guarantee
+// was the reconciler's until the key moved to one place in runAgent.)
+func TestPrivilegedAgentRefusesExposedKey(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for network namespaces")
+	}
+	id := fmt.Sprintf("%d", os.Getpid()%100000)
+	ns, iface := "wgmk"+id, "wgmk"+id
+	exec.Command("ip", "netns", "del", ns).Run() // a killed earlier run
+	ip(t, "netns", "add", ns)
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
+	dir := t.TempDir()
+	priv, err := mesh.GeneratePrivateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyFile := filepath.Join(dir, "private.key")
+	if err := os.WriteFile(keyFile, []byte(priv.String()+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	peersFile := filepath.Join(dir, "peers.yaml")
+	peers := "nodes:\n  - name: host-a\n    endpoint: \"198.18.7.1:51820\"\n    podCIDRs: [\"10.244.71.0/24\"]\n"
+	if err := os.WriteFile(peersFile, []byte(peers), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd := nsCmd(ns, "agent", "--node-name", "host-a", "--peers-file", peersFile, "--key-file", keyFile,
+		"--interface", iface, "--backend", "userspace", "--ipv6=false", "--metrics-addr", "")
+	out, err := cmd.CombinedOutput()
+	if err == nil {
+		t.Fatalf("agent started with a 0644 key file:\n%s", out)
+	}
+	if !strings.Contains(string(out), keyFile) || !strings.Contains(string(out), "group or others") {
+		t.Errorf("the error does not name the key file and the reason:\n%s", out)
+	}
+	if strings.Contains(string(out), priv.String()) {
+		t.Error("the private key is in the output")
+	}
+	if err := exec.Command("ip", "-n", ns, "link", "show", iface).Run(); err == nil {
+		t.Errorf("interface %s exists after the refused start", iface)
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/wgmesh/wgmesh/device"
 	"github.com/wgmesh/wgmesh/instance"
 	"github.com/wgmesh/wgmesh/mesh"
+	"github.com/wgmesh/wgmesh/mesh/agent"
 	"github.com/wgmesh/wgmesh/mesh/kube"
 	"github.com/wgmesh/wgmesh/routing"
 )
@@ -168,7 +169,7 @@ wgmesh did not create.`,
 	f.StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig for --remove-annotations (default: $KUBECONFIG, then ~/.kube/config, then in-cluster, as kubectl)")
 	f.StringVar(&nodeName, "node-name", a.getenv("NODE_NAME"), "Node whose annotations --remove-annotations removes (default $NODE_NAME)")
 	f.BoolVar(&removeKey, "remove-key", false, "also remove the private key file (--key-file); refused if the file is not a WireGuard private key")
-	f.StringVar(&keyFile, "key-file", mesh.DefaultKeyFile, "the agent's --key-file, for --remove-key")
+	f.StringVar(&keyFile, "key-file", agent.DefaultKeyFile, "the agent's --key-file, for --remove-key")
 	return cmd
 }
 

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/wgmesh/wgmesh/mesh"
+	"github.com/wgmesh/wgmesh/mesh/agent"
 )
 
 // TestRemoveKeyFile: --remove-key removes a WireGuard private key file
@@ -17,7 +17,7 @@ import (
 func TestRemoveKeyFile(t *testing.T) {
 	dir := t.TempDir()
 	key := filepath.Join(dir, "private.key")
-	if _, _, err := mesh.NewKeyStore(key).LoadOrCreate(); err != nil {
+	if _, _, err := agent.NewKeyStore(key).LoadOrCreate(); err != nil {
 		t.Fatal(err)
 	}
 	if removed, err := removeKeyFile(key); err != nil || !removed {

@@ -15,6 +15,7 @@ import (
 
 	"github.com/wgmesh/wgmesh/device"
 	"github.com/wgmesh/wgmesh/mesh"
+	"github.com/wgmesh/wgmesh/mesh/agent"
 	"github.com/wgmesh/wgmesh/mesh/metrics"
 	"github.com/wgmesh/wgmesh/routing"
 )
@@ -90,10 +91,7 @@ type agentConfig struct {
 	InflightPackets int
 	ListenPort      int
 	// Endpoint overrides the published endpoint; zero lets the source choose.
-	Endpoint netip.AddrPort
-	// Underlay is the address whose interface carries the tunnel (for the
-	// MTU): the endpoint's, filled in at start-up.
-	Underlay    netip.Addr
+	Endpoint    netip.AddrPort
 	KeyFile     string
 	MTU         int
 	Table       int
@@ -102,8 +100,9 @@ type agentConfig struct {
 	FwMark      uint32
 	MetricsAddr string
 	// Derive carries host encryption, families, keepalive, tunnel address
-	// and the unmanaged-node selector. KeepOutside is filled at start-up from
-	// the API server address.
+	// and the unmanaged-node selector. KeepOutside stays empty: what the
+	// source learns at start (the API server's addresses) is added in
+	// runAgent, which never changes agentConfig.
 	Derive mesh.Options
 	// Unmanaged is the parsed --unmanaged-nodes selector (nil: none), kept
 	// for logging.
@@ -123,7 +122,7 @@ func (f *agentFlags) register(fs *pflag.FlagSet, getenv func(string) string) {
 	fs.IntVar(&f.inflightPackets, "inflight-packets", 0, "userspace backend: most packets wireguard-go holds per direction (each in a 64 KiB buffer), the rest waits in the kernel's TUN queue and socket buffer; bounds the agent's memory under load; 0 = no bound")
 	fs.IntVar(&f.listenPort, "listen-port", defaultListenPort, "UDP port the interface listens on (1-65535)")
 	fs.StringVar(&f.endpoint, "endpoint", "", "endpoint to publish, IP or IP:port (default: the Node's InternalIP and --listen-port; with --peers-file, the file's entry)")
-	fs.StringVar(&f.keyFile, "key-file", mesh.DefaultKeyFile, "private key file, created (0600) if absent; a file readable by group or others is refused")
+	fs.StringVar(&f.keyFile, "key-file", agent.DefaultKeyFile, "private key file, created (0600) if absent; a file readable by group or others is refused")
 	fs.IntVar(&f.mtu, "mtu", 0, "interface MTU; 0 = underlay MTU minus WireGuard overhead (the underlay is the peers file entry's endpoint address, else the default route); a fixed MTU must be 1280-65535 with IPv6, 576-65535 without")
 	fs.BoolVar(&f.hostEncryption, "host-encryption", false, "also encrypt traffic between the nodes' own addresses (InternalIP)")
 	fs.BoolVar(&f.allowUnencrypted, "allow-unencrypted", false, "send pod traffic to nodes without a key in plaintext instead of dropping it (reported loudly)")

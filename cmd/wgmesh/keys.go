@@ -7,7 +7,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/wgmesh/wgmesh/mesh"
+	"github.com/wgmesh/wgmesh/mesh/agent"
 )
 
 func (a *app) keygenCommand() *cobra.Command {
@@ -20,7 +20,7 @@ format of 'wg genkey') and prints the public key. An existing key is kept, so
 keygen is safe to run on every boot; use rotate-key to replace it.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			priv, created, err := mesh.NewKeyStore(keyFile).LoadOrCreate()
+			priv, created, err := agent.NewKeyStore(keyFile).LoadOrCreate()
 			if err != nil {
 				return err
 			}
@@ -31,7 +31,7 @@ keygen is safe to run on every boot; use rotate-key to replace it.`,
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&keyFile, "key-file", mesh.DefaultKeyFile, "private key file")
+	cmd.Flags().StringVar(&keyFile, "key-file", agent.DefaultKeyFile, "private key file")
 	return cmd
 }
 
@@ -42,7 +42,7 @@ func (a *app) pubkeyCommand() *cobra.Command {
 		Short: "Print the public key of the private key file",
 		Args:  noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			priv, err := mesh.NewKeyStore(keyFile).Load()
+			priv, err := agent.NewKeyStore(keyFile).Load()
 			if errors.Is(err, fs.ErrNotExist) {
 				return fmt.Errorf("%w (create it with 'wgmesh keygen --key-file %s')", err, keyFile)
 			}
@@ -53,7 +53,7 @@ func (a *app) pubkeyCommand() *cobra.Command {
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&keyFile, "key-file", mesh.DefaultKeyFile, "private key file")
+	cmd.Flags().StringVar(&keyFile, "key-file", agent.DefaultKeyFile, "private key file")
 	return cmd
 }
 
@@ -69,7 +69,7 @@ reconcile. Traffic to this node is dropped, never sent in plaintext, until the
 peers have the new key.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			priv, err := mesh.NewKeyStore(keyFile).Rotate()
+			priv, err := agent.NewKeyStore(keyFile).Rotate()
 			if err != nil {
 				return err
 			}
@@ -78,6 +78,6 @@ peers have the new key.`,
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&keyFile, "key-file", mesh.DefaultKeyFile, "private key file")
+	cmd.Flags().StringVar(&keyFile, "key-file", agent.DefaultKeyFile, "private key file")
 	return cmd
 }

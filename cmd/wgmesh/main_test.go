@@ -17,6 +17,7 @@ import (
 
 	"github.com/wgmesh/wgmesh/device"
 	"github.com/wgmesh/wgmesh/mesh"
+	"github.com/wgmesh/wgmesh/mesh/agent"
 	"github.com/wgmesh/wgmesh/mesh/kube"
 	"github.com/wgmesh/wgmesh/mesh/metrics"
 )
@@ -139,7 +140,7 @@ func TestAgentFlagsValidate(t *testing.T) {
 		t.Fatalf("defaults in a cluster: %v", err)
 	}
 	if c.NodeName != "node-1" || c.Source != sourceInCluster || c.Interface != "wgmesh0" || c.Backend != device.ChoiceAuto ||
-		c.ListenPort != 51822 || c.KeyFile != mesh.DefaultKeyFile || c.MTU != 0 || c.Table != 51820 || c.HostTable != 51821 || c.Priority != 99 ||
+		c.ListenPort != 51822 || c.KeyFile != agent.DefaultKeyFile || c.MTU != 0 || c.Table != 51820 || c.HostTable != 51821 || c.Priority != 99 ||
 		c.FwMark != 0x2000 || c.MetricsAddr != ":9587" || c.Endpoint.IsValid() || c.DisableOffloads || c.InflightPackets != 0 {
 		t.Errorf("defaults: %+v", c)
 	}
@@ -327,7 +328,7 @@ func agentServer(t *testing.T) (addr string, m *metrics.Metrics) {
 		},
 		Ready: func() bool { return true },
 	})
-	m.Observe(mesh.Result{Time: time.Now(), Desired: mesh.Desired{
+	m.Observe(agent.Result{Time: time.Now(), Desired: mesh.Desired{
 		Peers:       []mesh.Peer{{Node: "node-b", PublicKey: k}},
 		Unencrypted: []string{"win-1"},
 		Problems: []mesh.Problem{{Node: "node-c", Reason: mesh.ReasonDuplicateEndpoint, Detail: "endpoint shared"},

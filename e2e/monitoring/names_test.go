@@ -20,6 +20,7 @@ import (
 
 	"github.com/wgmesh/wgmesh/deploy/monitoring"
 	"github.com/wgmesh/wgmesh/mesh"
+	"github.com/wgmesh/wgmesh/mesh/agent"
 	"github.com/wgmesh/wgmesh/mesh/metrics"
 )
 
@@ -44,12 +45,12 @@ func exported(t *testing.T) map[string][]string {
 		Router:     func() metrics.RouterStatus { return metrics.RouterStatus{IngressDropped: 1, EgressDropped: 1} },
 		PublicKey:  func() (mesh.Key, error) { return k, nil },
 		Ready:      func() bool { return true },
-		Conditions: func() []mesh.Condition { return nil },
-		SourceState: func() (mesh.SourceState, bool) {
-			return mesh.SourceState{LastSuccess: time.Unix(1, 0)}, true
+		Conditions: func() []agent.Condition { return nil },
+		SourceState: func() (agent.SourceState, bool) {
+			return agent.SourceState{LastSuccess: time.Unix(1, 0)}, true
 		},
 	})
-	m.Observe(mesh.Result{Time: time.Now(), Duration: time.Millisecond, Desired: mesh.Desired{
+	m.Observe(agent.Result{Time: time.Now(), Duration: time.Millisecond, Desired: mesh.Desired{
 		Peers: []mesh.Peer{{Node: "node2", PublicKey: k, Endpoint: netip.MustParseAddrPort("198.18.0.12:51820")}},
 	}})
 	fams, err := m.Registry().Gather()

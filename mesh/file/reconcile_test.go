@@ -6,54 +6,19 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/wgmesh/wgmesh/mesh"
+	"github.com/wgmesh/wgmesh/mesh/agent"
+	"github.com/wgmesh/wgmesh/mesh/agent/agenttest"
 )
-
-// recDevice and recRouter record what the reconciler asks for.
-type recDevice struct {
-	mu  sync.Mutex
-	cfg []mesh.DeviceConfig
-}
-
-func (d *recDevice) Configure(ctx context.Context, cfg mesh.DeviceConfig) error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	d.cfg = append(d.cfg, cfg)
-	return nil
-}
-
-func (d *recDevice) peers() string {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if len(d.cfg) == 0 {
-		return "<not configured>"
-	}
-	var names []string
-	for _, p := range d.cfg[len(d.cfg)-1].Peers {
-		names = append(names, p.Node)
-	}
-	return strings.Join(names, ",")
-}
-
-func (d *recDevice) count() int {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return len(d.cfg)
-}
-
-type recRouter struct{}
-
-func (recRouter) Apply(ctx context.Context, d mesh.Desired) error { return nil }
 
 // TestReconcilerWithFileSource runs the real reconciler on the real peers
 // file source: file edits reach the device, an invalid edit changes nothing.
 func TestReconcilerWithFileSource(t *testing.T) {
 	dir := t.TempDir()
-	keys := mesh.NewKeyStore(filepath.Join(dir, "private.key"))
+	keys := agent.NewKeyStore(filepath.Join(dir, "private.key"))
 	priv, _, err := keys.LoadOrCreate()
 	if err != nil {
 		t.Fatal(err)
@@ -71,9 +36,9 @@ func TestReconcilerWithFileSource(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dev := &recDevice{}
-	rec, err := mesh.NewReconciler(mesh.ReconcilerOptions{
-		NodeName: "host-a", Source: src, Device: dev, Router: recRouter{}, Keys: keys,
+	dev := &agenttest.Device{}
+	rec, err := agent.New(agent.Options{
+		NodeName: "host-a", Nodes: src, Publisher: src, Device: dev, Router: &agenttest.Router{}, Key: priv, Keys: keys,
 		Derive: mesh.Options{IPv4: true, IPv6: true}, ListenPort: 51820, Resync: 50 * time.Millisecond,
 		Debounce: 10 * time.Millisecond, MinBackoff: 20 * time.Millisecond, MaxBackoff: 50 * time.Millisecond, Logger: log,
 	})
@@ -90,20 +55,20 @@ func TestReconcilerWithFileSource(t *testing.T) {
 		}
 	}()
 
-	eventually(t, "host-b configured", func() bool { return dev.peers() == "host-b" && rec.Ready() })
+	eventually(t, "host-b configured", func() bool { return dev.PeerNames() == "host-b" && rec.Ready() })
 	if !strings.Contains(logs.String(), "published this node's identity") {
 		t.Errorf("publish did not succeed:\n%s", logs)
 	}
 
 	writeAtomic(t, path, "nodes:\n"+self+peer("host-b", keyA, "2")+peer("host-c", keyB, "3"))
-	eventually(t, "host-c configured", func() bool { return dev.peers() == "host-b,host-c" })
+	eventually(t, "host-c configured", func() bool { return dev.PeerNames() == "host-b,host-c" })
 
 	// An invalid edit (host bits set) leaves host-c in place through resyncs.
 	writeAtomic(t, path, "nodes:\n"+self+peer("host-b", keyA, "2")+strings.Replace(peer("host-c", keyB, "3"), ".0/24", ".1/24", 1))
 	eventually(t, "the invalid edit noticed", func() bool { return src.Err() != nil })
-	n := dev.count()
-	eventually(t, "resyncs", func() bool { return dev.count() >= n+2 })
-	if got := dev.peers(); got != "host-b,host-c" {
+	n := dev.Count()
+	eventually(t, "resyncs", func() bool { return dev.Count() >= n+2 })
+	if got := dev.PeerNames(); got != "host-b,host-c" {
 		t.Errorf("after an invalid edit: peers %q, want the last good host-b,host-c", got)
 	}
 	if !slices.ContainsFunc(strings.Split(logs.String(), "\n"), func(l string) bool {

@@ -40,6 +40,7 @@ import (
 	"github.com/fsnotify/fsnotify"
 
 	"github.com/wgmesh/wgmesh/mesh"
+	"github.com/wgmesh/wgmesh/mesh/agent"
 )
 
 // Defaults for the zero values of Options.
@@ -74,7 +75,7 @@ type Options struct {
 	ReportEvery time.Duration
 }
 
-// Source is the mesh.Source backed by a peers file.
+// Source is the agent.Source backed by a peers file.
 type Source struct {
 	o       Options
 	log     *slog.Logger
@@ -87,11 +88,11 @@ type Source struct {
 	cluster  []netip.Prefix // the clusterCIDRs of the file in force
 	synced   bool
 	loadedAt time.Time
-	lastData []byte     // last content read, valid or not: unchanged content is not parsed or logged again
-	lastErr  error      // why the last read failed; nil when the file in force is the current one
-	errSince time.Time  // when lastErr began
-	entryErr error      // why the file in force disagrees with what the agent published; nil when it agrees
-	self     *mesh.Self // what the agent last published, to check later versions of the file
+	lastData []byte      // last content read, valid or not: unchanged content is not parsed or logged again
+	lastErr  error       // why the last read failed; nil when the file in force is the current one
+	errSince time.Time   // when lastErr began
+	entryErr error       // why the file in force disagrees with what the agent published; nil when it agrees
+	self     *agent.Self // what the agent last published, to check later versions of the file
 
 	reportMu   sync.Mutex
 	reported   map[mesh.Problem]bool
@@ -99,8 +100,9 @@ type Source struct {
 }
 
 var (
-	_ mesh.Source        = (*Source)(nil)
-	_ mesh.StateReporter = (*Source)(nil)
+	_ agent.Source        = (*Source)(nil)
+	_ agent.StateReporter = (*Source)(nil)
+	_ agent.Reloader      = (*Source)(nil)
 )
 
 // New returns a Source for o.Path. It does not read the file; Run does.
@@ -303,11 +305,11 @@ func (s *Source) setErr(err error) {
 
 // State reports whether the file in force is the file on disk, when it was
 // last read validly, and whether it agrees with this agent's identity. It
-// implements mesh.StateReporter.
-func (s *Source) State() mesh.SourceState {
+// implements agent.StateReporter.
+func (s *Source) State() agent.SourceState {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	st := mesh.SourceState{LastSuccess: s.loadedAt, SelfErr: s.entryErr}
+	st := agent.SourceState{LastSuccess: s.loadedAt, SelfErr: s.entryErr}
 	if s.lastErr != nil {
 		st.Err = fmt.Errorf("%w; %s", s.lastErr, s.keeping())
 		st.FailingSince = s.errSince
@@ -369,14 +371,14 @@ func (s *Source) Nodes() []mesh.Node {
 }
 
 // ClusterCIDRs returns the clusterCIDRs field of the last valid file (nil
-// if it has none): mesh.ClusterRanger.
+// if it has none): agent.ClusterRanger.
 func (s *Source) ClusterCIDRs() []netip.Prefix {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return slices.Clone(s.cluster)
 }
 
-var _ mesh.ClusterRanger = (*Source)(nil)
+var _ agent.ClusterRanger = (*Source)(nil)
 
 // Changes is signalled after every load of a valid file.
 func (s *Source) Changes() <-chan struct{} { return s.changes }
@@ -385,7 +387,7 @@ func (s *Source) Changes() <-chan struct{} { return s.changes }
 // way other hosts learn the node's key, so an entry with a different key is
 // an error (the agent must not run with a key nobody knows), and a missing
 // key or entry is logged with the public key to add.
-func (s *Source) Publish(ctx context.Context, self mesh.Self) error {
+func (s *Source) Publish(ctx context.Context, self agent.Self) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if !s.synced {
@@ -415,7 +417,7 @@ func (s *Source) Publish(ctx context.Context, self mesh.Self) error {
 // checkEntry compares the file's entry for the local node with what the
 // agent publishes: a different key is an error, a missing key or another
 // endpoint is logged.
-func (s *Source) checkEntry(entry mesh.Node, self mesh.Self) error {
+func (s *Source) checkEntry(entry mesh.Node, self agent.Self) error {
 	switch {
 	case entry.PublicKey.IsZero():
 		s.log.Warn("the peers file entry of this node has no publicKey; add it on every host so they can reach this node",

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/wgmesh/wgmesh/mesh"
+	"github.com/wgmesh/wgmesh/mesh/agent"
 )
 
 // wait bounds every wait for the Source; generous because the test machine
@@ -228,7 +229,7 @@ func TestSourceInvalidAtStart(t *testing.T) {
 	if !strings.Contains(h.logs.String(), "no configuration is in force yet") {
 		t.Errorf("log does not say nothing is in force:\n%s", h.logs)
 	}
-	err := h.src.Publish(context.Background(), mesh.Self{Name: "host-a"})
+	err := h.src.Publish(context.Background(), agent.Self{Name: "host-a"})
 	if err == nil || !strings.Contains(err.Error(), path) {
 		t.Errorf("Publish before a valid file = %v, want an error naming the file", err)
 	}
@@ -353,7 +354,7 @@ func TestPublish(t *testing.T) {
 	}
 	pub := priv.PublicKey()
 	other := mustKey(t, keyB)
-	self := mesh.Self{Name: "host-a", PublicKey: pub, Endpoint: netip.MustParseAddrPort("198.18.0.1:51820")}
+	self := agent.Self{Name: "host-a", PublicKey: pub, Endpoint: netip.MustParseAddrPort("198.18.0.1:51820")}
 	tests := []struct {
 		name    string
 		file    string
@@ -408,7 +409,7 @@ func TestPublishedKeyCheckedOnReload(t *testing.T) {
 	writeAtomic(t, path, "nodes:\n  - name: host-a\n    publicKey: \""+priv.PublicKey().String()+"\"\n")
 	h := start(t, path, 0)
 	h.changed(t)
-	if err := h.src.Publish(context.Background(), mesh.Self{Name: "host-a", PublicKey: priv.PublicKey()}); err != nil {
+	if err := h.src.Publish(context.Background(), agent.Self{Name: "host-a", PublicKey: priv.PublicKey()}); err != nil {
 		t.Fatal(err)
 	}
 	if strings.Contains(h.logs.String(), "no longer matches") {

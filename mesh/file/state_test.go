@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/wgmesh/wgmesh/mesh"
+	"github.com/wgmesh/wgmesh/mesh/agent"
 )
 
 // TestSourceState: State says when the file was last read validly, why
@@ -27,7 +28,7 @@ func TestSourceState(t *testing.T) {
 	if st.LastSuccess.IsZero() || st.Err != nil || st.SelfErr != nil {
 		t.Fatalf("after a valid file: %+v", st)
 	}
-	if err := h.src.Publish(context.Background(), mesh.Self{Name: "host-a", PublicKey: priv.PublicKey()}); err != nil {
+	if err := h.src.Publish(context.Background(), agent.Self{Name: "host-a", PublicKey: priv.PublicKey()}); err != nil {
 		t.Fatal(err)
 	}
 

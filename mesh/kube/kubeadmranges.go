@@ -10,7 +10,7 @@ import (
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 
-	"github.com/wgmesh/wgmesh/mesh"
+	"github.com/wgmesh/wgmesh/mesh/agent"
 )
 
 // Retry pacing of the background read of kubeadm's pod range (Options.
@@ -52,7 +52,7 @@ type ClusterRangeState struct {
 }
 
 // ClusterCIDRs returns kubeadm's pod ranges once the background read has
-// found them (mesh.ClusterRanger); nil before, and without
+// found them (agent.ClusterRanger); nil before, and without
 // Options.KubeadmRanges.
 func (s *Source) ClusterCIDRs() []netip.Prefix {
 	s.rangeMu.Lock()
@@ -60,7 +60,7 @@ func (s *Source) ClusterCIDRs() []netip.Prefix {
 	return s.ranges.CIDRs
 }
 
-var _ mesh.ClusterRanger = (*Source)(nil)
+var _ agent.ClusterRanger = (*Source)(nil)
 
 // ClusterRanges returns the state of the background read of kubeadm's pod
 // range; the zero value without Options.KubeadmRanges.
@@ -88,7 +88,7 @@ func (s *Source) setRanges(st ClusterRangeState) {
 
 // kubeadmLoop reads kubeadm's pod range until it is read or definitely
 // absent, then signals Changes so the next reconcile applies it. Transient
-// failures are retried with the reconciler's backoff (mesh.Backoff) capped
+// failures are retried with the reconciler's backoff (agent.Backoff) capped
 // at KubeadmMaxBackoff, Forbidden with one capped at KubeadmForbiddenRetry;
 // each failure kind is logged when it begins, not per
 // attempt.
@@ -118,14 +118,14 @@ func (s *Source) kubeadmLoop(ctx context.Context) {
 			return
 		case apierrors.IsForbidden(err):
 			forbidden++
-			kind, wait = "forbidden", mesh.Backoff(forbidden, s.o.KubeadmMinBackoff, s.o.KubeadmForbiddenRetry)
+			kind, wait = "forbidden", agent.Backoff(forbidden, s.o.KubeadmMinBackoff, s.o.KubeadmForbiddenRetry)
 		case errors.Is(err, ErrKubeadmUnusable):
 			s.setRanges(ClusterRangeState{Detail: err.Error() + ": not used, only --cluster-cidrs applies"})
 			s.log.Warn("cannot use the cluster's kubeadm pod range; only --cluster-cidrs applies", "error", err)
 			return
 		default:
 			transient++
-			kind, wait = "transient", mesh.Backoff(transient, s.o.KubeadmMinBackoff, s.o.KubeadmMaxBackoff)
+			kind, wait = "transient", agent.Backoff(transient, s.o.KubeadmMinBackoff, s.o.KubeadmMaxBackoff)
 		}
 		detail := fmt.Sprintf("%v (%d attempts); retrying in %s", err, attempt, wait.Round(time.Second))
 		if kind == "forbidden" {

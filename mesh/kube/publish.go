@@ -11,7 +11,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/wgmesh/wgmesh/mesh"
+	"github.com/wgmesh/wgmesh/mesh/agent"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -24,23 +24,21 @@ import (
 // managed fields.
 const fieldManager = "wgmesh"
 
-// republishRetry is how long the automatic re-publishing waits after a
-// failed attempt before trying again.
-const republishRetry = 30 * time.Second
-
 // Publish writes self as annotations on the own Node with a merge patch:
 // the public key, the endpoint and the backend. The endpoint is, in order of
 // preference, the user's wgmesh.io/force-endpoint, self.Endpoint (a zero
 // port means Options.ListenPort), or the Node's first InternalIP (IPv4
 // preferred) with Options.ListenPort; with none of them the endpoint
 // annotation is left as it is. Annotations that already hold the wanted value
-// are not written, and none are ever removed. Transient API errors are
-// retried for a few seconds; the caller retries after that.
+// are not written, and none are ever removed.
+//
+// Publish makes one attempt (a GET and at most one PATCH) and does not retry:
+// the agent's loop owns the retries of publishing (agent.Publisher).
 //
 // Self is remembered: when the own Node's annotations later diverge from it
-// (someone removed or edited them, or an InternalIP appeared), Run publishes
-// again.
-func (s *Source) Publish(ctx context.Context, self mesh.Self) error {
+// (someone removed or edited them, or an InternalIP appeared), Republish is
+// signalled so that the loop publishes again.
+func (s *Source) Publish(ctx context.Context, self agent.Self) error {
 	if self.Name != "" && self.Name != s.o.NodeName {
 		return fmt.Errorf("kube source: cannot publish node %q: this agent runs on node %q", self.Name, s.o.NodeName)
 	}
@@ -66,9 +64,8 @@ func (s *Source) publishCurrent(ctx context.Context) error {
 	if self == nil {
 		return nil
 	}
-	nodes := s.o.Client.CoreV1().Nodes()
-	err := retry(ctx, s.backoff, func(ctx context.Context) error {
-		n, err := nodes.Get(ctx, s.o.NodeName, metav1.GetOptions{})
+	err := func() error {
+		n, err := s.o.Client.CoreV1().Nodes().Get(ctx, s.o.NodeName, metav1.GetOptions{})
 		if err != nil {
 			return err
 		}
@@ -82,7 +79,7 @@ func (s *Source) publishCurrent(ctx context.Context) error {
 			return nil
 		}
 		return patchAnnotations(ctx, s.o.Client, s.o.NodeName, diff)
-	})
+	}()
 	if err != nil {
 		return fmt.Errorf("kube source: publish annotations on node %q: %w", s.o.NodeName, explain(err))
 	}
@@ -91,7 +88,7 @@ func (s *Source) publishCurrent(ctx context.Context) error {
 
 // desiredAnnotations computes what the own Node's annotations must say for
 // self; haveEndpoint is false when no endpoint can be determined.
-func (s *Source) desiredAnnotations(n *corev1.Node, self mesh.Self) (want map[string]string, haveEndpoint bool) {
+func (s *Source) desiredAnnotations(n *corev1.Node, self agent.Self) (want map[string]string, haveEndpoint bool) {
 	want = map[string]string{AnnotationPublicKey: self.PublicKey.String()}
 	if self.Backend != "" {
 		want[AnnotationBackend] = string(self.Backend)
@@ -104,7 +101,7 @@ func (s *Source) desiredAnnotations(n *corev1.Node, self mesh.Self) (want map[st
 }
 
 // endpointFor picks the endpoint to publish; see Publish.
-func (s *Source) endpointFor(n *corev1.Node, self mesh.Self) (netip.AddrPort, bool) {
+func (s *Source) endpointFor(n *corev1.Node, self agent.Self) (netip.AddrPort, bool) {
 	if f := strings.TrimSpace(n.Annotations[AnnotationForceEndpoint]); f != "" {
 		if ep, err := ParseEndpoint(f); err == nil {
 			return ep, true
@@ -149,7 +146,7 @@ func patchAnnotations(ctx context.Context, client kubernetes.Interface, node str
 	return err
 }
 
-// ownNodeChanged wakes the republish loop (coalesced, never blocking the
+// ownNodeChanged wakes the divergence check (coalesced, never blocking the
 // informer).
 func (s *Source) ownNodeChanged() {
 	select {
@@ -158,52 +155,56 @@ func (s *Source) ownNodeChanged() {
 	}
 }
 
-// republishLoop publishes the last Self again whenever the own Node, as the
-// informer sees it, no longer carries it.
-func (s *Source) republishLoop(ctx context.Context) {
-	timer := time.NewTimer(0)
-	timer.Stop()
-	defer timer.Stop()
+// Republish is signalled (coalesced) when the own Node, as the informer
+// sees it, no longer carries the last published Self: agent.Republisher.
+func (s *Source) Republish() <-chan struct{} { return s.lost }
+
+// divergenceLoop signals Republish whenever the own Node diverges from the
+// last published Self, at most as often as republishLimit allows: a fight
+// with another writer of our annotations must not hammer the API server.
+func (s *Source) divergenceLoop(ctx context.Context) {
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-s.republish:
-		case <-timer.C:
 		}
-		if err := s.republishIfDiverged(ctx); err != nil && ctx.Err() == nil {
-			s.log.Warn("cannot restore this node's wgmesh annotations; retrying", "node", s.o.NodeName, "error", err, "retryIn", republishRetry)
-			timer.Reset(republishRetry)
+		diff := s.diverged()
+		if len(diff) == 0 {
+			continue
+		}
+		if err := s.republishLimit.Wait(ctx); err != nil {
+			return
+		}
+		s.log.Info("this node's wgmesh annotations differ from what this agent publishes; asking to publish again",
+			"node", s.o.NodeName, "annotations", diff)
+		select {
+		case s.lost <- struct{}{}:
+		default:
 		}
 	}
 }
 
-func (s *Source) republishIfDiverged(ctx context.Context) error {
+// diverged returns the annotations of the own Node in the informer's store
+// that differ from the last published Self, sorted; nil before the first
+// Publish or when they agree.
+func (s *Source) diverged() []string {
 	s.mu.Lock()
 	self := s.self
 	s.mu.Unlock()
 	if self == nil {
-		return nil // the reconciler has not published yet
+		return nil // the loop has not published yet
 	}
 	obj, ok, err := s.informer.GetStore().GetByKey(s.o.NodeName)
 	if err != nil || !ok {
-		return err
+		return nil
 	}
 	n, ok := obj.(*corev1.Node)
 	if !ok {
 		return nil
 	}
 	want, _ := s.desiredAnnotations(n, *self)
-	diff := changedAnnotations(n, want)
-	if len(diff) == 0 {
-		return nil
-	}
-	if err := s.republishLimit.Wait(ctx); err != nil {
-		return err
-	}
-	s.log.Info("this node's wgmesh annotations differ from what this agent publishes; publishing again",
-		"node", s.o.NodeName, "annotations", slices.Sorted(maps.Keys(diff)))
-	return s.publishCurrent(ctx)
+	return slices.Sorted(maps.Keys(changedAnnotations(n, want)))
 }
 
 // RemoveAnnotations deletes the annotations the agent writes (public key,

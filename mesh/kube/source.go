@@ -1,4 +1,4 @@
-// Package kube is the Kubernetes node source of wgmesh: a mesh.Source that
+// Package kube is the Kubernetes node source of wgmesh: an agent.Source that
 // watches Node objects with a client-go informer, publishes the local agent's
 // identity as annotations on its own Node, reports problems as Events on the
 // offending Node, and offers the cluster-wide Verify and the uninstall helper
@@ -23,12 +23,12 @@ import (
 	"time"
 
 	"github.com/wgmesh/wgmesh/mesh"
+	"github.com/wgmesh/wgmesh/mesh/agent"
 	"golang.org/x/time/rate"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
@@ -74,8 +74,9 @@ type Options struct {
 // flood the API server from thousands of agents.
 const DefaultReportInterval = 10 * time.Minute
 
-// Source is the Kubernetes mesh.Source. Create it with New, start it with
-// Run; Publish and Report may be called from any goroutine.
+// Source is the Kubernetes agent.Source and agent.Republisher. Create it
+// with New, start it with Run; Publish and Report may be called from any
+// goroutine.
 type Source struct {
 	o        Options
 	log      *slog.Logger
@@ -85,17 +86,16 @@ type Source struct {
 	started  atomic.Bool
 
 	// republish is signalled when the own Node's annotations may have
-	// diverged from the last published Self.
-	republish chan struct{}
+	// diverged from the last published Self; lost (Republish) when they
+	// have.
+	republish, lost chan struct{}
 	// republishLimit keeps a fight with another writer of our annotations
 	// from hammering the API server.
 	republishLimit *rate.Limiter
-	// backoff paces the retries of one patch.
-	backoff wait.Backoff
 
 	pubMu sync.Mutex // serialises patches of the own Node
 	mu    sync.Mutex
-	self  *mesh.Self // last Self given to Publish; nil before the first
+	self  *agent.Self // last Self given to Publish; nil before the first
 	// reported remembers when each (node, reason, detail) was last reported.
 	reported map[mesh.Problem]time.Time
 	now      func() time.Time
@@ -117,7 +117,10 @@ type Source struct {
 	closed      bool // guarded by mu; no Events after Close
 }
 
-var _ mesh.Source = (*Source)(nil)
+var (
+	_ agent.Source      = (*Source)(nil)
+	_ agent.Republisher = (*Source)(nil)
+)
 
 // New creates a Source; nothing talks to the API server before Run or
 // Publish.
@@ -156,9 +159,9 @@ func New(o Options) (*Source, error) {
 		log:       log.With("component", "kube"),
 		changes:   make(chan struct{}, 1),
 		republish: make(chan struct{}, 1),
+		lost:      make(chan struct{}, 1),
 		// Three immediate republishes, then one every ten seconds.
 		republishLimit: rate.NewLimiter(rate.Every(10*time.Second), 3),
-		backoff:        wait.Backoff{Duration: 200 * time.Millisecond, Factor: 2, Jitter: 0.2, Steps: 5},
 		reported:       make(map[mesh.Problem]time.Time),
 		byName:         make(map[string]mesh.Node),
 		now:            time.Now,
@@ -211,7 +214,7 @@ func New(o Options) (*Source, error) {
 	return s, nil
 }
 
-// Run runs the informer, the automatic re-publishing and (with
+// Run runs the informer, the watch for a diverging own Node (Republish) and (with
 // Options.KubeadmRanges) the read of kubeadm's pod range until ctx is done,
 // then releases the event broadcaster. It returns nil on cancellation: a
 // lost watch is retried by the informer forever, keeping the last state.
@@ -224,7 +227,7 @@ func (s *Source) Run(ctx context.Context) error {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		s.republishLoop(ctx)
+		s.divergenceLoop(ctx)
 	}()
 	if s.o.KubeadmRanges {
 		wg.Add(1)

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/wgmesh/wgmesh/mesh"
+	"github.com/wgmesh/wgmesh/mesh/agent"
 	"golang.org/x/time/rate"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -22,7 +23,6 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes/fake"
 	ktesting "k8s.io/client-go/testing"
@@ -36,9 +36,6 @@ const waitFor = 20 * time.Second
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 
-// fastBackoff keeps retry tests quick.
-var fastBackoff = wait.Backoff{Duration: time.Millisecond, Factor: 2, Steps: 4}
-
 func newSource(t *testing.T, client *fake.Clientset, mod func(*Options)) *Source {
 	t.Helper()
 	o := Options{Client: client, NodeName: "self", Logger: quiet, Recorder: record.NewFakeRecorder(100)}
@@ -49,7 +46,6 @@ func newSource(t *testing.T, client *fake.Clientset, mod func(*Options)) *Source
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.backoff = fastBackoff
 	return s
 }
 
@@ -346,19 +342,19 @@ func TestPublish(t *testing.T) {
 	tests := []struct {
 		name         string
 		node         *corev1.Node
-		self         mesh.Self
+		self         agent.Self
 		port         int
 		wantEndpoint string // "" = no endpoint annotation
 	}{
-		{"InternalIP and default port", fatNode("self", nil, "198.18.0.1"), mesh.Self{}, 0, "198.18.0.1:51822"},
-		{"IPv4 preferred", fatNode("self", nil, "fd00:198:18::1", "198.18.0.1"), mesh.Self{}, 4000, "198.18.0.1:4000"},
-		{"IPv6 only", fatNode("self", nil, "fd00:198:18::1"), mesh.Self{}, 0, "[fd00:198:18::1]:51822"},
-		{"explicit endpoint", fatNode("self", nil, "198.18.0.1"), mesh.Self{Endpoint: netip.MustParseAddrPort("198.18.5.5:6000")}, 0, "198.18.5.5:6000"},
-		{"explicit address, listen port", fatNode("self", nil, "198.18.0.1"), mesh.Self{Endpoint: netip.AddrPortFrom(netip.MustParseAddr("198.18.5.5"), 0)}, 7000, "198.18.5.5:7000"},
+		{"InternalIP and default port", fatNode("self", nil, "198.18.0.1"), agent.Self{}, 0, "198.18.0.1:51822"},
+		{"IPv4 preferred", fatNode("self", nil, "fd00:198:18::1", "198.18.0.1"), agent.Self{}, 4000, "198.18.0.1:4000"},
+		{"IPv6 only", fatNode("self", nil, "fd00:198:18::1"), agent.Self{}, 0, "[fd00:198:18::1]:51822"},
+		{"explicit endpoint", fatNode("self", nil, "198.18.0.1"), agent.Self{Endpoint: netip.MustParseAddrPort("198.18.5.5:6000")}, 0, "198.18.5.5:6000"},
+		{"explicit address, listen port", fatNode("self", nil, "198.18.0.1"), agent.Self{Endpoint: netip.AddrPortFrom(netip.MustParseAddr("198.18.5.5"), 0)}, 7000, "198.18.5.5:7000"},
 		{"force-endpoint honoured", fatNode("self", map[string]string{AnnotationForceEndpoint: "198.18.9.9:9999"}, "198.18.0.1"),
-			mesh.Self{Endpoint: netip.MustParseAddrPort("198.18.5.5:6000")}, 0, "198.18.9.9:9999"},
-		{"malformed force-endpoint ignored", fatNode("self", map[string]string{AnnotationForceEndpoint: "nope"}, "198.18.0.1"), mesh.Self{}, 0, "198.18.0.1:51822"},
-		{"no address at all", fatNode("self", nil), mesh.Self{}, 0, ""},
+			agent.Self{Endpoint: netip.MustParseAddrPort("198.18.5.5:6000")}, 0, "198.18.9.9:9999"},
+		{"malformed force-endpoint ignored", fatNode("self", map[string]string{AnnotationForceEndpoint: "nope"}, "198.18.0.1"), agent.Self{}, 0, "198.18.0.1:51822"},
+		{"no address at all", fatNode("self", nil), agent.Self{}, 0, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -408,10 +404,10 @@ func TestPublishRejects(t *testing.T) {
 	client := fake.NewClientset(fatNode("self", nil, "198.18.0.1"))
 	s := newSource(t, client, nil)
 	ctx := context.Background()
-	if err := s.Publish(ctx, mesh.Self{Name: "self"}); err == nil {
+	if err := s.Publish(ctx, agent.Self{Name: "self"}); err == nil {
 		t.Error("published the zero key")
 	}
-	if err := s.Publish(ctx, mesh.Self{Name: "other", PublicKey: testKey(1)}); err == nil || !strings.Contains(err.Error(), `"other"`) {
+	if err := s.Publish(ctx, agent.Self{Name: "other", PublicKey: testKey(1)}); err == nil || !strings.Contains(err.Error(), `"other"`) {
 		t.Errorf("publishing for another node: err = %v", err)
 	}
 	if n := len(client.Actions()); n != 0 {
@@ -419,67 +415,47 @@ func TestPublishRejects(t *testing.T) {
 	}
 
 	missing := newSource(t, fake.NewClientset(), nil)
-	err := missing.Publish(ctx, mesh.Self{PublicKey: testKey(1)})
+	err := missing.Publish(ctx, agent.Self{PublicKey: testKey(1)})
 	if err == nil || !apierrors.IsNotFound(err) || !strings.Contains(err.Error(), `node "self"`) {
 		t.Errorf("publish to a missing node: err = %v", err)
 	}
 }
 
-func TestPublishRetriesTransientErrors(t *testing.T) {
+// TestPublishMakesOneAttempt: Publish does not retry (the agent's loop
+// owns the retries of publishing): a transient error is returned after one
+// patch, explained, and the next call succeeds.
+func TestPublishMakesOneAttempt(t *testing.T) {
 	for _, tt := range []struct {
-		name string
-		err  error
+		name  string
+		err   error
+		check func(error) bool
+		hint  string
 	}{
-		{"conflict", apierrors.NewConflict(schema.GroupResource{Resource: "nodes"}, "self", errors.New("changed"))},
-		{"internal", apierrors.NewInternalError(errors.New("etcd leader changed"))},
-		{"throttled", apierrors.NewTooManyRequests("slow down", 0)},
+		{"internal", apierrors.NewInternalError(errors.New("etcd leader changed")), apierrors.IsInternalError, "etcd"},
+		{"unavailable", apierrors.NewServiceUnavailable("down"), apierrors.IsServiceUnavailable, "down"},
+		{"forbidden", apierrors.NewForbidden(schema.GroupResource{Resource: "nodes"}, "self", errors.New("no RBAC")), apierrors.IsForbidden, "RBAC"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			client := fake.NewClientset(fatNode("self", nil, "198.18.0.1"))
 			var attempts atomic.Int64
 			client.PrependReactor("patch", "nodes", func(ktesting.Action) (bool, runtime.Object, error) {
-				if attempts.Add(1) <= 2 {
+				if attempts.Add(1) == 1 {
 					return true, nil, tt.err
 				}
 				return false, nil, nil
 			})
 			s := newSource(t, client, nil)
-			if err := s.Publish(context.Background(), mesh.Self{PublicKey: testKey(1)}); err != nil {
-				t.Fatal(err)
+			err := s.Publish(context.Background(), agent.Self{PublicKey: testKey(1)})
+			if !tt.check(err) || !strings.Contains(err.Error(), tt.hint) || attempts.Load() != 1 {
+				t.Fatalf("err = %v after %d attempts, want the %s error after one", err, attempts.Load(), tt.name)
 			}
-			if n := attempts.Load(); n != 3 {
-				t.Errorf("%d patch attempts, want 3", n)
+			if err := s.Publish(context.Background(), agent.Self{PublicKey: testKey(1)}); err != nil {
+				t.Fatal(err)
 			}
 			if got := annotations(t, client, "self")[AnnotationPublicKey]; got != testKey(1).String() {
 				t.Errorf("key annotation = %q", got)
 			}
 		})
-	}
-
-	// A permanent error is returned at once, and persistent transient ones
-	// after the backoff's steps.
-	client := fake.NewClientset(fatNode("self", nil, "198.18.0.1"))
-	var attempts atomic.Int64
-	client.PrependReactor("patch", "nodes", func(ktesting.Action) (bool, runtime.Object, error) {
-		attempts.Add(1)
-		return true, nil, apierrors.NewForbidden(schema.GroupResource{Resource: "nodes"}, "self", errors.New("no RBAC"))
-	})
-	s := newSource(t, client, nil)
-	err := s.Publish(context.Background(), mesh.Self{PublicKey: testKey(1)})
-	if !apierrors.IsForbidden(err) || !strings.Contains(err.Error(), "RBAC") || attempts.Load() != 1 {
-		t.Errorf("forbidden: err = %v after %d attempts", err, attempts.Load())
-	}
-
-	client = fake.NewClientset(fatNode("self", nil, "198.18.0.1"))
-	attempts.Store(0)
-	client.PrependReactor("patch", "nodes", func(ktesting.Action) (bool, runtime.Object, error) {
-		attempts.Add(1)
-		return true, nil, apierrors.NewServiceUnavailable("down")
-	})
-	s = newSource(t, client, nil)
-	err = s.Publish(context.Background(), mesh.Self{PublicKey: testKey(1)})
-	if !apierrors.IsServiceUnavailable(err) || attempts.Load() != int64(fastBackoff.Steps) {
-		t.Errorf("unavailable: err = %v after %d attempts, want %d", err, attempts.Load(), fastBackoff.Steps)
 	}
 }
 
@@ -489,10 +465,32 @@ func TestRepublish(t *testing.T) {
 	s := newSource(t, client, nil)
 	s.republishLimit = rate.NewLimiter(rate.Inf, 1)
 	start(t, client, s)
-	self := mesh.Self{PublicKey: testKey(1), Backend: mesh.BackendKernel}
-	if err := s.Publish(ctx, self); err != nil {
-		t.Fatal(err)
+	// The loop's part: publish the current Self whenever Republish is
+	// signalled, retrying (here: at once) until it succeeds.
+	var cur atomic.Pointer[agent.Self]
+	publish := func(self agent.Self) {
+		cur.Store(&self)
+		if err := s.Publish(ctx, self); err != nil {
+			t.Fatal(err)
+		}
 	}
+	loopCtx, stop := context.WithCancel(ctx)
+	loopDone := make(chan struct{})
+	go func() {
+		defer close(loopDone)
+		for {
+			select {
+			case <-loopCtx.Done():
+				return
+			case <-s.Republish():
+				for s.Publish(loopCtx, *cur.Load()) != nil && loopCtx.Err() == nil {
+				}
+			}
+		}
+	}()
+	defer func() { stop(); <-loopDone }()
+	self := agent.Self{PublicKey: testKey(1), Backend: mesh.BackendKernel}
+	publish(self)
 	published := func(key mesh.Key, endpoint string) func() bool {
 		return func() bool {
 			a := annotations(t, client, "self")
@@ -522,9 +520,7 @@ func TestRepublish(t *testing.T) {
 	eventually(t, "endpoint follows force-endpoint", published(testKey(1), "198.18.4.4:4444"))
 
 	// A rotated key is what gets restored from then on.
-	if err := s.Publish(ctx, mesh.Self{PublicKey: testKey(2), Backend: mesh.BackendKernel}); err != nil {
-		t.Fatal(err)
-	}
+	publish(agent.Self{PublicKey: testKey(2), Backend: mesh.BackendKernel})
 	if err := RemoveAnnotations(ctx, client, "self"); err != nil {
 		t.Fatal(err)
 	}

@@ -1,6 +1,6 @@
 // Package metrics exposes what the wgmesh agent knows about itself: a
 // Prometheus registry (its own, never the global one), the /healthz, /readyz
-// and /status endpoints, and a mesh.StatusSink that records every reconcile.
+// and /status endpoints, and a agent.StatusSink that records every reconcile.
 //
 // Per-peer series are not kept in vectors that would need pruning: a custom
 // collector reads the device's peer statistics at scrape time and names each
@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/wgmesh/wgmesh/mesh"
+	"github.com/wgmesh/wgmesh/mesh/agent"
 )
 
 // Namespace prefixes every wgmesh metric name.
@@ -103,16 +104,16 @@ type Options struct {
 	// PublicKey returns the local node's current public key.
 	PublicKey func() (mesh.Key, error)
 	// Ready reports whether the agent is ready: device up, source synced and
-	// last apply successful (mesh.Reconciler.Ready).
+	// last apply successful (agent.Reconciler.Ready).
 	Ready func() bool
 	// Conditions returns why the configuration in force is stale
-	// (mesh.Reconciler.Conditions). Any condition makes the agent not
+	// (agent.Reconciler.Conditions). Any condition makes the agent not
 	// ready; /readyz, /status and wgmesh_stale report them.
-	Conditions func() []mesh.Condition
+	Conditions func() []agent.Condition
 	// SourceState reads the source's state, for
 	// wgmesh_source_last_success_timestamp_seconds; ok is false for sources
 	// that do not report one (Kubernetes).
-	SourceState func() (st mesh.SourceState, ok bool)
+	SourceState func() (st agent.SourceState, ok bool)
 	// ClusterRangesPending reports whether the source's cluster pod ranges
 	// (kubeadm's networking.podSubnet) are still being read, and why;
 	// /status's clusterCIDRsPending and wgmesh_cluster_cidrs_pending.
@@ -124,7 +125,7 @@ type Options struct {
 }
 
 // Metrics is the agent's observability surface. It implements
-// mesh.StatusSink; all methods are safe for concurrent use.
+// agent.StatusSink; all methods are safe for concurrent use.
 type Metrics struct {
 	o   Options
 	log *slog.Logger
@@ -138,13 +139,13 @@ type Metrics struct {
 	reconcileTime prometheus.Histogram
 
 	mu   sync.Mutex
-	last *mesh.Result
+	last *agent.Result
 	// nodeOf maps a peer's public key to its node name, from the last
 	// reconcile's Desired.
 	nodeOf map[mesh.Key]string
 }
 
-var _ mesh.StatusSink = (*Metrics)(nil)
+var _ agent.StatusSink = (*Metrics)(nil)
 
 // Reconcile results, the values of the wgmesh_reconcile_total result label.
 const (
@@ -241,8 +242,8 @@ func (m *Metrics) zeroProblems() {
 // Registry returns the registry holding every wgmesh metric.
 func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
 
-// Observe records one reconcile result. It implements mesh.StatusSink.
-func (m *Metrics) Observe(r mesh.Result) {
+// Observe records one reconcile result. It implements agent.StatusSink.
+func (m *Metrics) Observe(r agent.Result) {
 	result := ResultSuccess
 	if r.Err != nil {
 		result = ResultError
@@ -276,18 +277,18 @@ func (m *Metrics) Observe(r mesh.Result) {
 }
 
 // Last returns the last observed result and whether there was one.
-func (m *Metrics) Last() (mesh.Result, bool) {
+func (m *Metrics) Last() (agent.Result, bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.last == nil {
-		return mesh.Result{}, false
+		return agent.Result{}, false
 	}
 	return *m.last, true
 }
 
 // conditions returns the current stale conditions (none without
 // Options.Conditions).
-func (m *Metrics) conditions() []mesh.Condition {
+func (m *Metrics) conditions() []agent.Condition {
 	if m.o.Conditions == nil {
 		return nil
 	}
@@ -296,7 +297,7 @@ func (m *Metrics) conditions() []mesh.Condition {
 
 // ready is Options.Ready and no stale condition: an agent whose input is
 // not in force is not ready (README, "Metrics", says why).
-func (m *Metrics) ready(conds []mesh.Condition) bool {
+func (m *Metrics) ready(conds []agent.Condition) bool {
 	if m.o.Ready != nil && !m.o.Ready() {
 		return false
 	}
@@ -338,7 +339,7 @@ var (
 		"Times the userspace data path stopped using the offload because the kernel refused it (EINVAL, EIO, EMSGSIZE).", []string{"kind"}, nil)
 	// staleReasons are always exported, 0 or 1, so that an alert on
 	// wgmesh_stale > 0 has a series from the first scrape.
-	staleReasons        = []mesh.ConditionReason{mesh.ConditionSourceInvalid, mesh.ConditionSelfMismatch, mesh.ConditionPublishFailed}
+	staleReasons        = []agent.ConditionReason{agent.ConditionSourceInvalid, agent.ConditionSelfMismatch, agent.ConditionPublishFailed}
 	descRoutingWarnings = prometheus.NewDesc(Namespace+"_routing_warnings",
 		"Problems of the last routing apply that did not fail it but leave the host short of the intended state (see wgmesh status).", nil, nil)
 )
@@ -383,7 +384,7 @@ func (c *scrapeCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 	}
 	if m.o.Conditions != nil {
-		active := map[mesh.ConditionReason]bool{}
+		active := map[agent.ConditionReason]bool{}
 		for _, c := range m.o.Conditions() {
 			active[c.Reason] = true
 		}

@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/common/model"
 
 	"github.com/wgmesh/wgmesh/mesh"
+	"github.com/wgmesh/wgmesh/mesh/agent"
 )
 
 // fakeDevice serves PeerStats like device.Device.Stats would.
@@ -131,7 +132,7 @@ func TestPeerSeriesFollowPeers(t *testing.T) {
 		t.Errorf("wgmesh_routing_warnings = %v, want 2", got)
 	}
 
-	m.Observe(mesh.Result{Desired: desired(
+	m.Observe(agent.Result{Desired: desired(
 		mesh.Peer{Node: "node-a", PublicKey: kA},
 		mesh.Peer{Node: "node-b", PublicKey: kB},
 	), Duration: 3 * time.Millisecond})
@@ -156,7 +157,7 @@ func TestPeerSeriesFollowPeers(t *testing.T) {
 	}
 
 	// node-b leaves the mesh: its series vanish with the next scrape.
-	m.Observe(mesh.Result{Desired: desired(mesh.Peer{Node: "node-a", PublicKey: kA})})
+	m.Observe(agent.Result{Desired: desired(mesh.Peer{Node: "node-a", PublicKey: kA})})
 	dev.set([]PeerStats{{PublicKey: kA, ReceiveBytes: 150}}, nil)
 	fams = scrape(t, h)
 	if diff := cmp.Diff(map[string]float64{"node-a": 150}, series(fams, "wgmesh_peer_receive_bytes_total")); diff != "" {
@@ -187,7 +188,7 @@ func TestDuplicateNodeNamesDoNotBreakScrape(t *testing.T) {
 	dev := &fakeDevice{}
 	dev.set([]PeerStats{{PublicKey: kA, ReceiveBytes: 1}, {PublicKey: kB, ReceiveBytes: 2}}, nil)
 	m := New(Options{Stats: dev.Stats})
-	m.Observe(mesh.Result{Desired: desired(mesh.Peer{Node: "same", PublicKey: kA}, mesh.Peer{Node: "same", PublicKey: kB})})
+	m.Observe(agent.Result{Desired: desired(mesh.Peer{Node: "same", PublicKey: kA}, mesh.Peer{Node: "same", PublicKey: kB})})
 	if got := series(scrape(t, m.Handler()), "wgmesh_peer_receive_bytes_total"); len(got) != 1 {
 		t.Errorf("series for duplicated node: %v, want exactly one", got)
 	}
@@ -196,7 +197,7 @@ func TestDuplicateNodeNamesDoNotBreakScrape(t *testing.T) {
 func TestReconcileProblemsAndUnencrypted(t *testing.T) {
 	m := New(Options{})
 	h := m.Handler()
-	m.Observe(mesh.Result{Duration: 2 * time.Millisecond, Desired: mesh.Desired{
+	m.Observe(agent.Result{Duration: 2 * time.Millisecond, Desired: mesh.Desired{
 		Unencrypted: []string{"win-1", "win-2"},
 		Problems: []mesh.Problem{
 			{Node: "a", Reason: mesh.ReasonNoKey},
@@ -204,7 +205,7 @@ func TestReconcileProblemsAndUnencrypted(t *testing.T) {
 			{Node: "c", Reason: mesh.ReasonCIDROverlap},
 		},
 	}})
-	m.Observe(mesh.Result{Duration: 40 * time.Millisecond, Err: errors.New("route 10.244.2.0/24: file exists")})
+	m.Observe(agent.Result{Duration: 40 * time.Millisecond, Err: errors.New("route 10.244.2.0/24: file exists")})
 	fams := scrape(t, h)
 	// The second result had no problems: reasons from the first must be gone.
 	if got := nonzero(series(fams, "wgmesh_problems")); len(got) != 0 {
@@ -221,7 +222,7 @@ func TestReconcileProblemsAndUnencrypted(t *testing.T) {
 		t.Errorf("nodes_unencrypted = %v, want 0 after the second result", got)
 	}
 
-	m.Observe(mesh.Result{Desired: mesh.Desired{
+	m.Observe(agent.Result{Desired: mesh.Desired{
 		Unencrypted: []string{"win-1"},
 		Problems: []mesh.Problem{{Node: "a", Reason: mesh.ReasonNoKey}, {Node: "b", Reason: mesh.ReasonNoKey},
 			{Node: "c", Reason: mesh.ReasonDuplicateEndpoint}, {Node: "d", Reason: mesh.ReasonDuplicateEndpoint}},
@@ -256,7 +257,7 @@ func TestHealthAndReadiness(t *testing.T) {
 	if code, _ := get(PathReadyz); code != http.StatusServiceUnavailable {
 		t.Errorf("%s before ready = %d, want 503", PathReadyz, code)
 	}
-	m.Observe(mesh.Result{Err: errors.New("configure wgmesh0: no such device")})
+	m.Observe(agent.Result{Err: errors.New("configure wgmesh0: no such device")})
 	if code, body := get(PathReadyz); code != http.StatusServiceUnavailable || !strings.Contains(body, "no such device") {
 		t.Errorf("%s after failed apply = %d %q, want 503 naming the error", PathReadyz, code, body)
 	}
@@ -316,7 +317,7 @@ func TestStatusSchema(t *testing.T) {
 		PublicKey: func() (mesh.Key, error) { return kSelf, nil },
 		Ready:     func() bool { return true },
 	})
-	m.Observe(mesh.Result{
+	m.Observe(agent.Result{
 		Time: time.Date(2026, 1, 2, 3, 4, 0, 0, time.UTC), Duration: 1500 * time.Millisecond,
 		Desired: mesh.Desired{
 			Peers: []mesh.Peer{{Node: "node-a", PublicKey: kA, AllowedIPs: []netip.Prefix{
@@ -455,7 +456,7 @@ func TestClusterRangesPending(t *testing.T) {
 	mu.Lock()
 	pending, why = false, ""
 	mu.Unlock()
-	m.Observe(mesh.Result{Desired: mesh.Desired{ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}}})
+	m.Observe(agent.Result{Desired: mesh.Desired{ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}}})
 	st, _ = m.Status(context.Background())
 	if st.ClusterCIDRsPending != "" || len(st.ClusterCIDRs) != 1 {
 		t.Errorf("after the read: pending %q, ranges %v", st.ClusterCIDRsPending, st.ClusterCIDRs)

@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/wgmesh/wgmesh/mesh"
+	"github.com/wgmesh/wgmesh/mesh/agent"
 )
 
 // TestStaleConfiguration: a stale condition (the peers file on disk is
@@ -19,12 +19,12 @@ import (
 // the last good configuration answered ready with no word about it.
 func TestStaleConfiguration(t *testing.T) {
 	var mu sync.Mutex
-	var conds []mesh.Condition
+	var conds []agent.Condition
 	loaded := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 	m := New(Options{
 		Ready:       func() bool { return true },
-		Conditions:  func() []mesh.Condition { mu.Lock(); defer mu.Unlock(); return conds },
-		SourceState: func() (mesh.SourceState, bool) { return mesh.SourceState{LastSuccess: loaded}, true },
+		Conditions:  func() []agent.Condition { mu.Lock(); defer mu.Unlock(); return conds },
+		SourceState: func() (agent.SourceState, bool) { return agent.SourceState{LastSuccess: loaded}, true },
 	})
 	h := m.Handler()
 	readyz := func() (int, string) {
@@ -45,7 +45,7 @@ func TestStaleConfiguration(t *testing.T) {
 
 	since := loaded.Add(time.Minute)
 	mu.Lock()
-	conds = []mesh.Condition{{Reason: mesh.ConditionPublishFailed, Message: "peers file /etc/wgmesh/peers.yaml: node \"host-a\" has publicKey X", Since: since}}
+	conds = []agent.Condition{{Reason: agent.ConditionPublishFailed, Message: "peers file /etc/wgmesh/peers.yaml: node \"host-a\" has publicKey X", Since: since}}
 	mu.Unlock()
 	code, body := readyz()
 	if code != http.StatusServiceUnavailable || !strings.Contains(body, "stale: PublishFailed: peers file /etc/wgmesh/peers.yaml") {

@@ -75,7 +75,7 @@ type Status struct {
 	Coverage []CoverageStatus `json:"coverage,omitempty"`
 }
 
-// ConditionStatus is one mesh.Condition.
+// ConditionStatus is one agent.Condition.
 type ConditionStatus struct {
 	// Reason is SourceInvalid, SelfMismatch or PublishFailed.
 	Reason  string `json:"reason"`

@@ -1,4 +1,4 @@
-package mesh
+package agent
 
 import (
 	"errors"
@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+
+	"github.com/wgmesh/wgmesh/mesh"
 )
 
 // DefaultKeyFile is where the agent keeps its private key: on the node's disk,
@@ -48,7 +50,7 @@ func (s *KeyStore) Path() string { return s.path }
 // Load reads the private key. A missing file yields an error wrapping
 // fs.ErrNotExist; a file with group or other permission bits, or one that
 // does not hold exactly one valid key, is refused.
-func (s *KeyStore) Load() (Key, error) {
+func (s *KeyStore) Load() (mesh.Key, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.load()
@@ -59,20 +61,20 @@ func (s *KeyStore) Load() (Key, error) {
 // is an error and is never replaced: the peers know this node by its key.
 // If another process creates the file at the same time, both end up with the
 // key that reached the disk first.
-func (s *KeyStore) LoadOrCreate() (priv Key, created bool, err error) {
+func (s *KeyStore) LoadOrCreate() (priv mesh.Key, created bool, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	k, err := s.load()
 	if err == nil || !errors.Is(err, fs.ErrNotExist) {
 		return k, false, err
 	}
-	k, err = GeneratePrivateKey()
+	k, err = mesh.GeneratePrivateKey()
 	if err != nil {
-		return Key{}, false, fmt.Errorf("key file %s: %w", s.path, err)
+		return mesh.Key{}, false, fmt.Errorf("key file %s: %w", s.path, err)
 	}
 	won, err := s.write(k, false)
 	if err != nil {
-		return Key{}, false, err
+		return mesh.Key{}, false, err
 	}
 	if !won {
 		// Someone else created it between our load and our write.
@@ -85,51 +87,51 @@ func (s *KeyStore) LoadOrCreate() (priv Key, created bool, err error) {
 // Rotate replaces the key with a new random one, atomically, and returns it.
 // The old key is gone once Rotate returns; the caller publishes the new
 // public key.
-func (s *KeyStore) Rotate() (Key, error) {
+func (s *KeyStore) Rotate() (mesh.Key, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	k, err := GeneratePrivateKey()
+	k, err := mesh.GeneratePrivateKey()
 	if err != nil {
-		return Key{}, fmt.Errorf("key file %s: %w", s.path, err)
+		return mesh.Key{}, fmt.Errorf("key file %s: %w", s.path, err)
 	}
 	if _, err := s.write(k, true); err != nil {
-		return Key{}, err
+		return mesh.Key{}, err
 	}
 	return k, nil
 }
 
-func (s *KeyStore) load() (Key, error) {
+func (s *KeyStore) load() (mesh.Key, error) {
 	f, err := os.Open(s.path)
 	if err != nil {
-		return Key{}, fmt.Errorf("read key file: %w", err)
+		return mesh.Key{}, fmt.Errorf("read key file: %w", err)
 	}
 	defer f.Close()
 	// Check the opened file, not the path, so a swap in between cannot
 	// slip an exposed file past the check.
 	st, err := f.Stat()
 	if err != nil {
-		return Key{}, fmt.Errorf("read key file: %w", err)
+		return mesh.Key{}, fmt.Errorf("read key file: %w", err)
 	}
 	if !st.Mode().IsRegular() {
-		return Key{}, fmt.Errorf("key file %s is not a regular file (%s); point --key-file at a file", s.path, st.Mode().Type())
+		return mesh.Key{}, fmt.Errorf("key file %s is not a regular file (%s); point --key-file at a file", s.path, st.Mode().Type())
 	}
 	if perm := st.Mode().Perm(); perm&0o077 != 0 {
-		return Key{}, fmt.Errorf("key file %s has mode %#o and is accessible by group or others, so the key may be exposed: run \"chmod 600 %s\" (for a Secret volume set defaultMode: 0400), and rotate the key if others could read it", s.path, perm, s.path)
+		return mesh.Key{}, fmt.Errorf("key file %s has mode %#o and is accessible by group or others, so the key may be exposed: run \"chmod 600 %s\" (for a Secret volume set defaultMode: 0400), and rotate the key if others could read it", s.path, perm, s.path)
 	}
 	data, err := io.ReadAll(io.LimitReader(f, maxKeyFileSize+1))
 	if err != nil {
-		return Key{}, fmt.Errorf("read key file %s: %w", s.path, err)
+		return mesh.Key{}, fmt.Errorf("read key file %s: %w", s.path, err)
 	}
 	if len(data) > maxKeyFileSize {
-		return Key{}, fmt.Errorf("key file %s is corrupt: larger than %d bytes; it is not replaced automatically, move it away to create a new key", s.path, maxKeyFileSize)
+		return mesh.Key{}, fmt.Errorf("key file %s is corrupt: larger than %d bytes; it is not replaced automatically, move it away to create a new key", s.path, maxKeyFileSize)
 	}
 	// ParseKey's error never contains its input.
-	k, err := ParseKey(strings.TrimSpace(string(data)))
+	k, err := mesh.ParseKey(strings.TrimSpace(string(data)))
 	if err != nil {
-		return Key{}, fmt.Errorf("key file %s is corrupt: %w; it is not replaced automatically, restore it or move it away to create a new key", s.path, err)
+		return mesh.Key{}, fmt.Errorf("key file %s is corrupt: %w; it is not replaced automatically, restore it or move it away to create a new key", s.path, err)
 	}
 	if k.IsZero() {
-		return Key{}, fmt.Errorf("key file %s is corrupt: it holds an all-zero key; move it away to create a new key", s.path)
+		return mesh.Key{}, fmt.Errorf("key file %s is corrupt: it holds an all-zero key; move it away to create a new key", s.path)
 	}
 	return k, nil
 }
@@ -144,7 +146,7 @@ var (
 // system, so the final step is atomic), synced before and after it is put in
 // place. With replace it renames over an existing file; without, it hard-links
 // the file into place, which fails if one exists (won is then false).
-func (s *KeyStore) write(k Key, replace bool) (won bool, err error) {
+func (s *KeyStore) write(k mesh.Key, replace bool) (won bool, err error) {
 	dir := filepath.Dir(s.path)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return false, fmt.Errorf("create key directory %s: %w", dir, err)
@@ -181,7 +183,7 @@ func (s *KeyStore) write(k Key, replace bool) (won bool, err error) {
 	return true, nil
 }
 
-func writeAndSync(f *os.File, k Key) error {
+func writeAndSync(f *os.File, k mesh.Key) error {
 	// CreateTemp already uses 0600; say so explicitly in case of an odd umask
 	// or file system.
 	err := f.Chmod(0o600)

@@ -1,4 +1,4 @@
-package mesh
+package agent
 
 import (
 	"errors"
@@ -9,6 +9,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/wgmesh/wgmesh/mesh"
 )
 
 func keyPath(t *testing.T) string {
@@ -200,7 +202,7 @@ func TestRotate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	seen := map[Key]bool{old: true}
+	seen := map[mesh.Key]bool{old: true}
 	for range 5 {
 		k, err := s.Rotate()
 		if err != nil {
@@ -330,7 +332,7 @@ func TestFailedCreateLeavesNothingBehind(t *testing.T) {
 func TestConcurrentCreateAgrees(t *testing.T) {
 	path := keyPath(t)
 	const n = 8
-	keys := make([]Key, n)
+	keys := make([]mesh.Key, n)
 	errs := make([]error, n)
 	var created int
 	var mu sync.Mutex
@@ -437,4 +439,11 @@ func TestLoadFollowsSecretVolumeSymlink(t *testing.T) {
 	if k.PublicKey().String() != keyVectors[1].pub {
 		t.Error("loaded key does not match the vector")
 	}
+}
+
+// keyVectors are private keys with the public keys `wg pubkey` gives for
+// them (the same vectors as package mesh's key tests).
+var keyVectors = []struct{ priv, pub string }{
+	{"2POeogxgDFSEvluf+v1KS9HLiyiJeMeIpVL9Wcho7H4=", "XuJc3jW/4bJb6kVoROnwqaVZ+crhC1YcYGEHiDsfOEk="},
+	{"GOV4+OLf/tlnneeUP42RsnmOZlY7osuKRoKjN6h3tl4=", "djpKU0V+UxSVDRPcumOYaDiINZaEbfAqJ0Eb/oi/ukE="},
 }

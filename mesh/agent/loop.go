@@ -1,4 +1,12 @@
-package mesh
+// Package agent runs one node's part of the mesh: the reconcile loop
+// (Reconciler) that turns a source's nodes into a WireGuard configuration
+// and routes with mesh.Derive, the key store that keeps the node's private
+// key on disk, and the ports the loop reaches the world through: a
+// NodeSource it reads, a Publisher it announces this node through, a Device
+// and a Router it applies to. Adapters live elsewhere: mesh/kube and
+// mesh/file are sources, device and routing the data plane, mesh/metrics a
+// StatusSink. The pure model and Derive stay in package mesh.
+package agent
 
 import (
 	"context"
@@ -16,9 +24,11 @@ import (
 	"time"
 
 	"github.com/fsnotify/fsnotify"
+
+	"github.com/wgmesh/wgmesh/mesh"
 )
 
-// Defaults for the zero values of ReconcilerOptions.
+// Defaults for the zero values of Options.
 const (
 	// DefaultResync is the period of the full reconcile that repairs state
 	// someone changed by hand (a deleted route, a removed peer).
@@ -34,24 +44,32 @@ const (
 	DefaultMaxBackoff = 30 * time.Second
 )
 
-// syncPoll is how often the loop checks Source.Synced before the first sync,
+// syncPoll is how often the loop checks NodeSource.Synced before the first sync,
 // for sources that do not signal Changes when they become synced.
 const syncPoll = time.Second
 
-// ReconcilerOptions configure a Reconciler. NodeName, Source, Device, Router
-// and Keys are required.
-type ReconcilerOptions struct {
-	// NodeName is the local node's name in the Source.
+// Options configure a Reconciler. NodeName, Nodes, Publisher, Device,
+// Router, Key and Keys are required.
+type Options struct {
+	// NodeName is the local node's name in the source.
 	NodeName string
-	Source   Source
-	Device   Device
-	Router   Router
+	// Nodes is what the loop reads; Publisher is what it announces this node
+	// and the problems through. One Source usually serves as both.
+	Nodes     NodeSource
+	Publisher Publisher
+	Device    Device
+	Router    Router
 	// Sink receives every reconcile Result; optional.
 	Sink StatusSink
-	// Keys holds the private key; it is created on first start.
+	// Key is the private key at start, as Keys.LoadOrCreate returned it:
+	// the caller reads it before changing the host, so that a bad key file
+	// fails the start with nothing changed. From then on the Reconciler
+	// holds the key in use (PublicKey).
+	Key mesh.Key
+	// Keys is the key file, watched for rotations (`wgmesh rotate-key`).
 	Keys *KeyStore
 	// Derive steers Derive.
-	Derive Options
+	Derive mesh.Options
 	// ListenPort is the device's UDP port.
 	ListenPort int
 	// FwMark marks the device's encrypted packets so they skip the wgmesh
@@ -61,7 +79,7 @@ type ReconcilerOptions struct {
 	// source choose (the Node's InternalIP).
 	Endpoint netip.AddrPort
 	// Backend is published as this node's backend.
-	Backend Backend
+	Backend mesh.Backend
 	// Resync is the full reconcile period; 0 means DefaultResync.
 	Resync time.Duration
 	// Debounce is the delay between a source change and the reconcile; 0
@@ -75,22 +93,25 @@ type ReconcilerOptions struct {
 }
 
 // Reconciler is the agent's control loop: it derives the desired state from
-// the Source's nodes and the local key, and makes the Device and the Router
+// the NodeSource's nodes and the local key, and makes the Device and the Router
 // match it, on every change, every Resync and after every key rotation.
 //
 // Its rules:
-//   - nothing is applied before Source.Synced: an agent restarting next to a
+//   - nothing is applied before NodeSource.Synced: an agent restarting next to a
 //     working data plane must not prune peers and routes it has not yet
 //     learned again (the old state keeps forwarding, encrypted);
 //   - a failed apply is retried with exponential backoff, and both the device
 //     and the router are always attempted (converge as far as possible);
-//   - the public key is published at start and after every rotation, retried
-//     until it succeeds;
+//   - the public key is published at start, after every rotation and when the
+//     Publisher reports it undone (Republisher), retried with backoff until it
+//     succeeds. The loop is the only layer that retries a publish: it alone
+//     knows a failure is stale state (the PublishFailed condition) and it
+//     retries sooner when the source changes (the peers file got the key).
 //   - Run never tears down the data plane: on shutdown the interface, peers
 //     and routes stay, so packets keep flowing encrypted or are dropped, and
 //     the next agent takes over. Removal is `wgmesh cleanup`'s business.
 type Reconciler struct {
-	o      ReconcilerOptions
+	o      Options
 	log    *slog.Logger
 	reload chan struct{}
 
@@ -99,18 +120,19 @@ type Reconciler struct {
 
 	mu   sync.Mutex
 	last Result
+	key  mesh.Key // the private key in use; the loop's copy is l.key
 	// pubErr is the last publish failure, nil after a success; pubSince
 	// is when the failures began.
 	pubErr   error
 	pubSince time.Time
 }
 
-// NewReconciler checks o and fills its defaults.
-func NewReconciler(o ReconcilerOptions) (*Reconciler, error) {
+// New checks o and fills its defaults.
+func New(o Options) (*Reconciler, error) {
 	var missing []string
 	for name, isNil := range map[string]bool{
-		"NodeName": o.NodeName == "", "Source": o.Source == nil, "Device": o.Device == nil,
-		"Router": o.Router == nil, "Keys": o.Keys == nil,
+		"NodeName": o.NodeName == "", "Nodes": o.Nodes == nil, "Publisher": o.Publisher == nil,
+		"Device": o.Device == nil, "Router": o.Router == nil, "Key": o.Key.IsZero(), "Keys": o.Keys == nil,
 	} {
 		if isNil {
 			missing = append(missing, name)
@@ -144,19 +166,29 @@ func NewReconciler(o ReconcilerOptions) (*Reconciler, error) {
 	}
 	return &Reconciler{
 		o:      o,
+		key:    o.Key,
 		log:    log.With("component", "reconciler", "node", o.NodeName),
 		reload: make(chan struct{}, 1),
 	}, nil
 }
 
 // Reload re-reads the key file and asks the source to re-read its input (if
-// it has a Reload method), then reconciles: the SIGHUP handler. It never
+// it is a Reloader), then reconciles: the SIGHUP handler. It never
 // blocks and may be called before Run.
 func (r *Reconciler) Reload() {
 	select {
 	case r.reload <- struct{}{}:
 	default:
 	}
+}
+
+// PublicKey returns the public key of the private key in use: the one the
+// device has (or is about to get) and the one published. It follows
+// rotations once the loop has picked them up.
+func (r *Reconciler) PublicKey() mesh.Key {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.key.PublicKey()
 }
 
 // Ready reports whether the source has synced and the last apply succeeded.
@@ -169,7 +201,7 @@ func (r *Reconciler) Ready() bool { return r.ready.Load() }
 // agent is not ready while any condition holds (see cmd/wgmesh).
 func (r *Reconciler) Conditions() []Condition {
 	var cs []Condition
-	if sr, ok := r.o.Source.(StateReporter); ok {
+	if sr, ok := r.o.Nodes.(StateReporter); ok {
 		st := sr.State()
 		if st.Err != nil {
 			cs = append(cs, Condition{Reason: ConditionSourceInvalid, Message: st.Err.Error(), Since: st.FailingSince})
@@ -195,24 +227,15 @@ func (r *Reconciler) Last() Result {
 	return r.last
 }
 
-// Run loads (or creates) the key, runs the Source, and reconciles until ctx
-// is done; then it returns nil, leaving the data plane in place. Run starts
-// Source.Run itself: callers must not run the Source. It returns an error if
-// the key cannot be loaded or the Source stops on its own. Run may be called
-// only once.
+// Run runs the NodeSource and reconciles until ctx is done; then it returns
+// nil, leaving the data plane in place. Run starts Nodes.Run itself: callers
+// must not run the source. It returns an error if the source stops on its
+// own. Run may be called only once.
 func (r *Reconciler) Run(ctx context.Context) error {
 	if !r.running.CompareAndSwap(false, true) {
 		return errors.New("reconciler: Run called twice")
 	}
-	priv, created, err := r.o.Keys.LoadOrCreate()
-	if err != nil {
-		return fmt.Errorf("reconciler: %w; fix or remove the key file (removing it gives this node a new identity)", err)
-	}
-	if created {
-		r.log.Info("created a new private key", "keyFile", r.o.Keys.Path(), "publicKey", priv.PublicKey().String())
-	} else {
-		r.log.Info("loaded the private key", "keyFile", r.o.Keys.Path(), "publicKey", priv.PublicKey().String())
-	}
+	priv := r.o.Key
 
 	var wg sync.WaitGroup
 	defer wg.Wait()
@@ -222,7 +245,7 @@ func (r *Reconciler) Run(ctx context.Context) error {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		srcDone <- r.o.Source.Run(ctx)
+		srcDone <- r.o.Nodes.Run(ctx)
 	}()
 
 	l := &loop{r: r, key: priv, needPublish: true}
@@ -232,7 +255,7 @@ func (r *Reconciler) Run(ctx context.Context) error {
 // loop is the state of one Run, owned by its goroutine.
 type loop struct {
 	r   *Reconciler
-	key Key
+	key mesh.Key
 
 	keyWatch   *fsnotify.Watcher
 	keyErr     string // last key file error logged, to log each distinct one once
@@ -242,7 +265,7 @@ type loop struct {
 	failures    int // consecutive failed applies
 	needPublish bool
 	pubFailures int
-	lastDesired *Desired
+	lastDesired *mesh.Desired
 
 	debounce, retry, publish, keyDebounce *time.Timer
 	debounceArmed                         bool
@@ -270,6 +293,10 @@ func (l *loop) run(ctx context.Context, srcDone <-chan error) error {
 	if l.keyWatch != nil {
 		keyEvents, keyErrs = l.keyWatch.Events, l.keyWatch.Errors
 	}
+	var republish <-chan struct{}
+	if rp, ok := r.o.Publisher.(Republisher); ok {
+		republish = rp.Republish()
+	}
 
 	l.doPublish(ctx)
 	l.reconcile(ctx)
@@ -286,7 +313,7 @@ func (l *loop) run(ctx context.Context, srcDone <-chan error) error {
 				err = errors.New("it returned without error")
 			}
 			return fmt.Errorf("reconciler: the node source stopped: %w", err)
-		case <-r.o.Source.Changes():
+		case <-r.o.Nodes.Changes():
 			// A publish waiting for its backoff may succeed now (the peers
 			// file got this node's new key): try at once, so that the
 			// PublishFailed condition clears with the fix.
@@ -307,6 +334,14 @@ func (l *loop) run(ctx context.Context, srcDone <-chan error) error {
 			}
 		case <-l.publish.C:
 			l.doPublish(ctx)
+		case <-republish:
+			// What was published was undone: publish again, unless a
+			// retry is already pending (it publishes the same Self).
+			if !l.needPublish {
+				r.log.Info("this node's published identity was changed by someone else; publishing it again")
+				l.needPublish, l.pubFailures = true, 0
+				l.doPublish(ctx)
+			}
 		case ev, ok := <-keyEvents:
 			if !ok {
 				keyEvents = nil
@@ -326,7 +361,7 @@ func (l *loop) run(ctx context.Context, srcDone <-chan error) error {
 			l.checkKey(ctx)
 		case <-r.reload:
 			r.log.Info("reload requested: re-reading the key file and the node source")
-			if s, ok := r.o.Source.(interface{ Reload() }); ok {
+			if s, ok := r.o.Nodes.(Reloader); ok {
 				s.Reload()
 			}
 			if !l.checkKey(ctx) {
@@ -394,6 +429,9 @@ func (l *loop) checkKey(ctx context.Context) bool {
 		return false
 	}
 	l.key = k
+	r.mu.Lock()
+	r.key = k
+	r.mu.Unlock()
 	r.log.Info("private key changed: reconfiguring the device and publishing the new public key", "publicKey", k.PublicKey().String())
 	// A rotation must reach the device now, even during a backoff.
 	l.reconcile(ctx)
@@ -411,7 +449,7 @@ func (l *loop) doPublish(ctx context.Context) {
 		return
 	}
 	self := Self{Name: r.o.NodeName, PublicKey: l.key.PublicKey(), Endpoint: r.o.Endpoint, Backend: r.o.Backend}
-	if err := r.o.Source.Publish(ctx, self); err != nil {
+	if err := r.o.Publisher.Publish(ctx, self); err != nil {
 		if ctx.Err() != nil {
 			return
 		}
@@ -459,7 +497,7 @@ func (l *loop) reconcile(ctx context.Context) {
 		return
 	}
 	if !l.synced {
-		if !r.o.Source.Synced() {
+		if !r.o.Nodes.Synced() {
 			if !l.waitLogged {
 				l.waitLogged = true
 				r.log.Info("waiting for the node source to sync before changing the data plane")
@@ -478,21 +516,21 @@ func (l *loop) reconcile(ctx context.Context) {
 	}
 
 	start := time.Now()
-	self := Node{Name: r.o.NodeName, PublicKey: l.key.PublicKey(), Endpoint: r.o.Endpoint}
+	self := mesh.Node{Name: r.o.NodeName, PublicKey: l.key.PublicKey(), Endpoint: r.o.Endpoint}
 	o := r.o.Derive
-	if cr, ok := r.o.Source.(ClusterRanger); ok {
+	if cr, ok := r.o.Nodes.(ClusterRanger); ok {
 		// The source's ranges (peers file, cluster configuration) add to
 		// the flag's: the union is what no unknown node may leak into.
 		if cs := cr.ClusterCIDRs(); len(cs) > 0 {
 			o.ClusterCIDRs = append(slices.Clone(o.ClusterCIDRs), cs...)
 		}
 	}
-	d := Derive(self, r.o.Source.Nodes(), o)
+	d := mesh.Derive(self, r.o.Nodes.Nodes(), o)
 	var errs []error
 	// The device goes first: a route into the tunnel for a peer not yet
 	// configured drops packets; it never leaks them. A device failure does
 	// not stop the router: converge as far as possible.
-	cfg := DeviceConfig{PrivateKey: l.key, ListenPort: r.o.ListenPort, FwMark: r.o.FwMark, Peers: d.Peers}
+	cfg := mesh.DeviceConfig{PrivateKey: l.key, ListenPort: r.o.ListenPort, FwMark: r.o.FwMark, Peers: d.Peers}
 	if err := r.o.Device.Configure(ctx, cfg); err != nil {
 		errs = append(errs, fmt.Errorf("configure the WireGuard device: %w", err))
 	}
@@ -503,7 +541,7 @@ func (l *loop) reconcile(ctx context.Context) {
 	if err != nil && ctx.Err() != nil {
 		return // shutting down: the error is the cancellation, not a result
 	}
-	r.o.Source.Report(d.Problems)
+	r.o.Publisher.Report(d.Problems)
 	res := Result{Time: start, Duration: time.Since(start), Desired: d, Err: err}
 	r.mu.Lock()
 	r.last = res
