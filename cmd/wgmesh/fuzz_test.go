@@ -33,12 +33,25 @@ func FuzzAgentFlags(f *testing.F) {
 		{"0x20000", "first", "", "0", "", ":9587", "--peers-file=p\n--mtu=1240\n--ipv6=false", false},
 		{"0x20000", "first", "", "0", "", ":9587", "--peers-file=p\n--cluster-cidrs=10.244.0.0/16, fd00:10:244::/48", false},
 		{"0x20000", "first", "", "0", "", ":9587", "--peers-file=p\n--ipv6=false\n--cluster-cidrs=10.244.0.1/16,::/0,fd00::/8,,", false},
-		// The packages' rules, each at or past a bound.
-		{"0x3000", "auto", "", "65536", "198.18.0.1:0", ":9587", "--peers-file=p\n--mtu=1279", false},
-		{"0x2000", "fd00::1", "", "1.5s", "[fe80::1%eth0]:1", ":9587", "--peers-file=p\n--ipv6=false\n--mtu=575", false},
-		{"0x2000", "10.244.1.1,::ffff:10.0.0.1", "", "65535", "::ffff:198.18.0.1%eth0", ":9587", "--peers-file=p\n--interface=wg%0\n--backend=", false},
-		{"0x80000000", "auto", "", "0", "198.18.0.1", ":9587", "--peers-file=p\n--route-table=4294967295\n--host-route-table=254\n--inflight-packets=-1", false},
-		{"1", "first", "", "0", "", ":9587", "--peers-file=p\n--ipv4=false\n--cluster-cidrs=10.244.0.0/16\n--mtu=67", false},
+		// The packages' rules, one at or past a bound in each seed, so that
+		// every field's error is seen mapped to its flag.
+		{"0x2000", "auto", "", "65536", "", ":9587", "--peers-file=p", false},
+		{"0x2000", "auto", "", "1.5s", "", ":9587", "--peers-file=p", false},
+		{"0x2000", "auto", "", "65535", "198.18.0.1:0", ":9587", "--peers-file=p", false},
+		{"0x2000", "auto", "", "0", "[fe80::1%eth0]:1", ":9587", "--peers-file=p", false},
+		{"0x2000", "auto", "", "0", "::ffff:198.18.0.1%eth0", ":9587", "--peers-file=p", false},
+		{"0x2000", "auto", "", "0", "", ":9587", "--peers-file=p\n--mtu=1279", false},
+		{"0x2000", "auto", "", "0", "", ":9587", "--peers-file=p\n--ipv6=false\n--mtu=575", false},
+		{"0x2000", "auto", "", "0", "", ":9587", "--peers-file=p\n--mtu=67", false},
+		{"0x3000", "auto", "", "0", "", ":9587", "--peers-file=p", false},
+		{"0x2000", "auto", "", "0", "", ":9587", "--peers-file=p\n--interface=wg%0", false},
+		{"0x2000", "auto", "", "0", "", ":9587", "--peers-file=p\n--backend=", false},
+		{"0x2000", "auto", "", "0", "", ":9587", "--peers-file=p\n--inflight-packets=-1", false},
+		{"0x2000", "fd00::1", "", "0", "", ":9587", "--peers-file=p\n--ipv6=false", false},
+		{"0x2000", "10.244.1.1,::ffff:10.0.0.1", "", "0", "", ":9587", "--peers-file=p", false},
+		{"0x80000000", "auto", "", "0", "198.18.0.1", ":9587", "--peers-file=p\n--route-table=4294967295\n--host-route-table=254", false},
+		{"0x80000000", "auto", "", "0", "", ":9587", "--peers-file=p\n--route-table=4294967296", false},
+		{"1", "first", "", "0", "", ":9587", "--peers-file=p\n--ipv4=false\n--cluster-cidrs=10.244.0.0/16", false},
 	} {
 		f.Add(s.fwmark, s.tunnel, s.unmanaged, s.keepalive, s.endpoint, s.metricsAddr, s.extra, s.inCluster)
 	}
