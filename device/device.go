@@ -61,7 +61,7 @@ const DefaultMTU = 1420
 // instance's parameters after it.
 const linkAlias = instance.AliasTag
 
-// Options configure Open.
+// Options configure Open, which checks them with Validate first.
 type Options struct {
 	// Name is the interface name; "" means DefaultName.
 	Name string
