@@ -22,7 +22,6 @@ package device
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"net/netip"
 	"time"
@@ -62,7 +61,7 @@ const DefaultMTU = 1420
 // instance's parameters after it.
 const linkAlias = instance.AliasTag
 
-// Options configure Open.
+// Options configure Open, which checks them with Validate first.
 type Options struct {
 	// Name is the interface name; "" means DefaultName.
 	Name string
@@ -188,51 +187,4 @@ func Inspect(name string) (Info, error) {
 // first.
 func Remove(name string) error {
 	return remove(name, systemEnv())
-}
-
-// withDefaults fills zero fields and validates the rest.
-func (o Options) withDefaults() (Options, error) {
-	if o.Name == "" {
-		o.Name = DefaultName
-	}
-	if err := validateName(o.Name); err != nil {
-		return o, err
-	}
-	switch o.Backend {
-	case "":
-		o.Backend = ChoiceAuto
-	case ChoiceAuto, ChoiceUserspace, ChoiceKernel:
-	default:
-		return o, fmt.Errorf("device %s: backend %q: want auto, userspace or kernel", o.Name, o.Backend)
-	}
-	if o.MTU == 0 {
-		o.MTU = DefaultMTU
-	}
-	// Only what a link can take: 68 is the smallest MTU the kernel gives a
-	// link IPv4 at all, 65535 the largest a TUN device and the wireguard
-	// link accept. Which MTU the mesh may use (at least 1280 with IPv6) is
-	// routing.CheckMTU's rule, applied before the device is opened.
-	if o.MTU < 68 || o.MTU > 65535 {
-		return o, fmt.Errorf("device %s: MTU %d: want 68..65535", o.Name, o.MTU)
-	}
-	if o.Alias == "" {
-		o.Alias = linkAlias
-	}
-	if _, ours := instance.ParseAlias(o.Alias); !ours || len(o.Alias) > 255 {
-		return o, fmt.Errorf("device %s: alias %q: must start with the word %q and fit 255 bytes", o.Name, o.Alias, instance.AliasTag)
-	}
-	if (o.TUN == nil) != (o.Bind == nil) {
-		return o, fmt.Errorf("device %s: options: TUN and Bind must be set together", o.Name)
-	}
-	if o.TUN != nil && o.Backend == ChoiceKernel {
-		return o, fmt.Errorf("device %s: options: an in-memory TUN needs the userspace backend, not kernel", o.Name)
-	}
-	if o.InflightPackets < 0 {
-		return o, fmt.Errorf("device %s: in-flight packets %d: want 0 (no bound) or more", o.Name, o.InflightPackets)
-	}
-	if o.Logger == nil {
-		o.Logger = slog.New(slog.DiscardHandler)
-	}
-	o.Logger = o.Logger.With("component", "device", "interface", o.Name)
-	return o, nil
 }

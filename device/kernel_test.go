@@ -176,7 +176,7 @@ func TestOptionsValidation(t *testing.T) {
 	}{
 		{Options{Name: "this-name-is-too-long"}, "21 bytes, the kernel allows 15"},
 		{Options{Name: "a/b"}, "not allowed"},
-		{Options{Backend: "fast"}, `backend "fast"`},
+		{Options{Backend: "fast"}, `Backend "fast"`},
 		{Options{MTU: 67}, "MTU 67"},
 		{Options{MTU: 70000}, "MTU 70000"},
 		{Options{Backend: ChoiceKernel, TUN: tuntest.NewChannelTUN().TUN(), Bind: nil}, "TUN and Bind must be set together"},
@@ -244,7 +244,7 @@ func TestAlias(t *testing.T) {
 	if !slices.Contains(nl.ops, "alias wga1 "+alias) {
 		t.Errorf("adopted interface: ops %q lack the alias update", nl.ops)
 	}
-	if _, err := open(context.Background(), Options{Name: "wga2", Alias: "flannel"}, fakeEnv(nl, wg)); err == nil || !strings.Contains(err.Error(), `alias "flannel"`) {
+	if _, err := open(context.Background(), Options{Name: "wga2", Alias: "flannel"}, fakeEnv(nl, wg)); err == nil || !strings.Contains(err.Error(), `Alias "flannel"`) {
 		t.Errorf("open with a foreign alias = %v, want refusal", err)
 	}
 }

@@ -5,31 +5,19 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+
+	"github.com/wgmesh/wgmesh/internal/option"
 )
 
 // maxNameLen is IFNAMSIZ (16) minus the terminating NUL.
-const maxNameLen = 15
+const maxNameLen = option.MaxInterfaceName
 
-// validateName accepts what the kernel accepts as an interface name
-// (dev_valid_name) and what is safe as a UAPI socket file name: 1..15 bytes,
-// not "." or "..", no '/', ':' (alias syntax), whitespace or control bytes.
+// validateName applies the interface-name rule (option.InterfaceName: what
+// the kernel accepts and what is safe as a UAPI socket file name) for the
+// functions that take a bare name (Remove, Inspect).
 func validateName(name string) error {
-	bad := func(why string) error {
-		return fmt.Errorf("interface name %q: %s; use 1-15 letters, digits, '-', '_' or '.'", name, why)
-	}
-	switch {
-	case name == "":
-		return bad("empty")
-	case len(name) > maxNameLen:
-		return bad(fmt.Sprintf("%d bytes, the kernel allows %d", len(name), maxNameLen))
-	case name == "." || name == "..":
-		return bad("reserved")
-	}
-	for i := 0; i < len(name); i++ {
-		c := name[i]
-		if c <= ' ' || c >= 0x7f || c == '/' || c == ':' || c == '%' {
-			return bad(fmt.Sprintf("byte %q not allowed", c))
-		}
+	if err := option.InterfaceName(name); err != nil {
+		return fmt.Errorf("interface name %q: %w", name, err)
 	}
 	return nil
 }

@@ -13,15 +13,11 @@ import (
 // destination no node claims unreachable, the underlay included).
 func ParseClusterCIDR(s string) (netip.Prefix, error) {
 	p, err := netip.ParsePrefix(s)
-	switch {
-	case err != nil:
+	if err != nil {
 		return netip.Prefix{}, fmt.Errorf("%q is not a CIDR prefix such as 10.244.0.0/16 or fd00:10:244::/48", s)
-	case p.Addr().Is4In6():
-		return netip.Prefix{}, fmt.Errorf("%q is an IPv4-mapped IPv6 prefix; write the IPv4 prefix", s)
-	case p != p.Masked():
-		return netip.Prefix{}, fmt.Errorf("%q has host bits set; did you mean %s?", s, p.Masked())
-	case p.Bits() == 0:
-		return netip.Prefix{}, fmt.Errorf("%q covers a whole address family; give the cluster's pod range", s)
+	}
+	if why := clusterCIDRProblem(p); why != "" {
+		return netip.Prefix{}, fmt.Errorf("%q %s", s, why)
 	}
 	return p, nil
 }

@@ -222,7 +222,8 @@ const (
 	TunnelAddressFixed TunnelAddressMode = "fixed"
 )
 
-// Options steer Derive.
+// Options steer Derive. Validate is the rule for them as an operator gives
+// them (Derive itself skips what it cannot use).
 type Options struct {
 	IPv4, IPv6       bool
 	HostEncryption   bool

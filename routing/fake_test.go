@@ -535,7 +535,7 @@ func TestOptionsValidate(t *testing.T) {
 			t.Errorf("Fake with %+v applied invalid options", o)
 		}
 	}
-	if err := DefaultOptions().validate(); err != nil {
+	if err := DefaultOptions().Validate(); err != nil {
 		t.Errorf("DefaultOptions invalid: %v", err)
 	}
 }

@@ -91,41 +91,6 @@ func TestNoHostWideKnobs(t *testing.T) {
 	}
 }
 
-// TestCheckMTU: one rule for a fixed MTU, and the errors name value, floor
-// and remedy.
-func TestCheckMTU(t *testing.T) {
-	for _, c := range []struct {
-		mtu  int
-		ipv6 bool
-		err  string
-	}{
-		{0, true, ""},
-		{0, false, ""},
-		{1280, true, ""},
-		{65535, true, ""},
-		{576, false, ""},
-		{1240, false, ""},
-		{1279, true, "tunnel MTU 1279 < 1280 needed for IPv6; set it to 1280 or more"},
-		{1240, true, "--ipv6=false"},
-		{575, false, "tunnel MTU 575 < 576"},
-		{-1, false, "tunnel MTU -1: want 0 (automatic) or 576-65535"},
-		{65536, true, "tunnel MTU 65536: want 0 (automatic) or 1280-65535"},
-	} {
-		err := CheckMTU(c.mtu, c.ipv6)
-		switch {
-		case c.err == "" && err != nil:
-			t.Errorf("CheckMTU(%d, ipv6 %v) = %v, want nil", c.mtu, c.ipv6, err)
-		case c.err != "" && (err == nil || !strings.Contains(err.Error(), c.err)):
-			t.Errorf("CheckMTU(%d, ipv6 %v) = %v, want an error containing %q", c.mtu, c.ipv6, err, c.err)
-		}
-		o := DefaultOptions()
-		o.MTU, o.IPv6 = c.mtu, c.ipv6
-		if verr := o.validate(); (verr == nil) != (err == nil) {
-			t.Errorf("Options{MTU: %d, IPv6: %v}.validate() = %v, but CheckMTU = %v", c.mtu, c.ipv6, verr, err)
-		}
-	}
-}
-
 // TestAutoMTUFloor: an automatic MTU below the floor is raised to it, on
 // either underlay family, with one warning in Status and the log that says
 // how much, why and what to do; with IPv6 off the IPv4 floor applies.

@@ -88,13 +88,13 @@ func TestHostTableOptions(t *testing.T) {
 		want string
 	}{
 		{func(o *Options) { o.HostTable = o.Table }, "must differ from the route table"},
-		{func(o *Options) { o.HostTable = 254 }, "host route table 254"},
-		{func(o *Options) { o.HostTable = 0 }, "host route table 0"},
-		{func(o *Options) { o.Priority = 1 }, "rule priority 1: must be between 2 and 32765"},
+		{func(o *Options) { o.HostTable = 254 }, "HostTable 254"},
+		{func(o *Options) { o.HostTable = 0 }, "HostTable 0"},
+		{func(o *Options) { o.Priority = 1 }, "Priority 1: want 2-32765"},
 	} {
-		err := opts(c.f).validate()
+		err := opts(c.f).Validate()
 		if err == nil || !strings.Contains(err.Error(), c.want) {
-			t.Errorf("validate: %v, want an error containing %q", err, c.want)
+			t.Errorf("Validate: %v, want an error containing %q", err, c.want)
 		}
 	}
 }

@@ -272,7 +272,7 @@ func strictlySortedDsts(rs []mesh.Route) bool {
 
 // tunnelMTU is the MTU the tunnel interface should have: Options.MTU,
 // else AutoMTU of the underlay (see underlay; own are the node's own
-// addresses, mesh.Desired.Underlay) raised to the floor of CheckMTU, in
+// addresses, mesh.Desired.Underlay) raised to the floor Options.Validate applies to a fixed --mtu, in
 // which case warn says so (how much, why, and what to do about it). 0
 // (with an error naming the addresses looked for, or saying which input
 // would give one) means the underlay could not be found and the MTU is

@@ -101,7 +101,7 @@ func (l *lab) routeGet(args ...string) (string, bool) {
 // router returns a kernel router inside the lab namespace.
 func (l *lab) router(o Options) (*router, *kernel) {
 	l.t.Helper()
-	if err := o.validate(); err != nil {
+	if err := o.Validate(); err != nil {
 		l.t.Fatal(err)
 	}
 	k, err := newKernel(o, l.h)

@@ -56,7 +56,7 @@ const warnEvery = 10 * time.Minute
 var _ Router = (*router)(nil)
 
 func newRouter(o Options, sys system) *router {
-	return &router{o: o, sys: sys, log: o.logger(), optErr: o.validate()}
+	return &router{o: o, sys: sys, log: o.logger(), optErr: o.Validate()}
 }
 
 // Apply implements Router.

@@ -38,7 +38,6 @@ package routing
 
 import (
 	"context"
-	"fmt"
 	"log/slog"
 	"net/netip"
 
@@ -116,7 +115,8 @@ const (
 	LegacyNFTTable = "wgmesh"
 )
 
-// Options configure a Router. Start from DefaultOptions.
+// Options configure a Router. Start from DefaultOptions; New, Cleanup and
+// NewFake check them with Validate.
 type Options struct {
 	// Interface is the WireGuard interface routes point at.
 	Interface string
@@ -133,7 +133,7 @@ type Options struct {
 	// sources of a disabled family are ignored.
 	IPv4, IPv6 bool
 	// MTU fixes the link MTU; 0 derives it from the underlay (AutoMTU).
-	// One rule holds for both (CheckMTU): with IPv6 on, the tunnel MTU is
+	// One rule holds for both (Validate): with IPv6 on, the tunnel MTU is
 	// never below 1280, IPv6's minimum link MTU, below which the kernel
 	// removes IPv6 from the interface. A fixed MTU below it is refused; an
 	// automatic one below it is raised to 1280 with a Status warning, and
@@ -169,59 +169,6 @@ func DefaultOptions() Options {
 		IPv4:      true,
 		IPv6:      true,
 	}
-}
-
-// validate rejects options that would hijack or shadow system routing.
-func (o Options) validate() error {
-	switch {
-	case o.Interface == "" || len(o.Interface) > 15:
-		return fmt.Errorf("routing options: interface %q: must be 1-15 characters", o.Interface)
-	case o.Table <= 0 || o.Table == 253 || o.Table == 254 || o.Table == 255:
-		return fmt.Errorf("routing options: route table %d: must be positive and not one of the kernel's tables default (253), main (254), local (255)", o.Table)
-	case o.HostTable <= 0 || o.HostTable == 253 || o.HostTable == 254 || o.HostTable == 255:
-		return fmt.Errorf("routing options: host route table %d: must be positive and not one of the kernel's tables default (253), main (254), local (255)", o.HostTable)
-	case o.HostTable == o.Table:
-		return fmt.Errorf("routing options: host route table %d: must differ from the route table %d (the tables hold different routes for different sources)", o.HostTable, o.Table)
-	case o.Priority <= 1 || o.Priority >= 32766:
-		return fmt.Errorf("routing options: rule priority %d: must be between 2 and 32765 (after the local table, before main; the host-route rules take priority %d)", o.Priority, o.Priority-1)
-	case o.FwMark == 0:
-		return fmt.Errorf("routing options: fwmark 0: must have at least one bit set, or encrypted packets loop into the tunnel")
-	case !o.IPv4 && !o.IPv6:
-		return fmt.Errorf("routing options: both IPv4 and IPv6 are disabled: enable at least one family")
-	}
-	if err := CheckMTU(o.MTU, o.IPv6); err != nil {
-		return fmt.Errorf("routing options: %w", err)
-	}
-	return nil
-}
-
-// CheckMTU is the rule for a fixed tunnel MTU (--mtu): 0 (automatic), or
-// between the family floor and 65535, where the floor is 1280 with IPv6 on
-// (MinMTUIPv6) and 576 without (MinMTUIPv4). The error names the value, the
-// floor and the remedies. The automatic MTU obeys the same floor by being
-// raised to it (see Options.MTU).
-func CheckMTU(mtu int, ipv6 bool) error {
-	switch {
-	case mtu == 0:
-		return nil
-	case mtu < 0 || mtu > 65535:
-		return fmt.Errorf("tunnel MTU %d: want 0 (automatic) or %d-65535", mtu, minMTU(ipv6))
-	case ipv6 && mtu < MinMTUIPv6:
-		return fmt.Errorf("tunnel MTU %d < %d needed for IPv6; set it to %d or more (outer packets then fragment on a small underlay), "+
-			"leave it automatic, or run with --ipv6=false", mtu, MinMTUIPv6, MinMTUIPv6)
-	case mtu < MinMTUIPv4:
-		return fmt.Errorf("tunnel MTU %d < %d, the smallest datagram every IPv4 host must accept; set it to %d or more, or leave it automatic",
-			mtu, MinMTUIPv4, MinMTUIPv4)
-	}
-	return nil
-}
-
-// minMTU is the smallest tunnel MTU allowed with IPv6 on or off.
-func minMTU(ipv6 bool) int {
-	if ipv6 {
-		return MinMTUIPv6
-	}
-	return MinMTUIPv4
 }
 
 // nftTableName is the name of the instance's nftables table (family inet).
@@ -328,7 +275,7 @@ const (
 	overheadIPv6 = 40 + 8 + 16 + 16
 )
 
-// The smallest tunnel MTUs (CheckMTU).
+// The smallest tunnel MTUs (Options.Validate).
 const (
 	// MinMTUIPv6 is IPv6's minimum link MTU (RFC 8200): the kernel removes
 	// IPv6 from an interface with a smaller MTU, addresses and routes
@@ -341,7 +288,7 @@ const (
 
 // AutoMTU is the tunnel MTU for an underlay of the given MTU: minus 60 bytes
 // of encapsulation over IPv4, 80 over IPv6 (the same values wg-quick uses).
-// It does not apply the floor of CheckMTU; the router does, and raises a
+// It does not apply the floor of Options.Validate; the router does, and raises a
 // result below it to the floor: full-sized outer packets are then larger
 // than the underlay MTU and are fragmented by the sender. Both backends
 // allow that: the kernel module sends with DF clear and skb->ignore_df set
@@ -361,7 +308,7 @@ func AutoMTU(underlayMTU int, ipv6Underlay bool) int {
 // New returns the kernel Router: netlink for links, addresses, rules and
 // routes, nftables for the ingress filter.
 func New(o Options) (Router, error) {
-	if err := o.validate(); err != nil {
+	if err := o.Validate(); err != nil {
 		return nil, err
 	}
 	sys, err := newKernel(o, nsCurrent)
@@ -374,7 +321,7 @@ func New(o Options) (Router, error) {
 // Cleanup removes everything wgmesh's router installed for o's interface,
 // table and priority, without needing a running agent (`wgmesh cleanup`).
 func Cleanup(ctx context.Context, o Options) error {
-	if err := o.validate(); err != nil {
+	if err := o.Validate(); err != nil {
 		return err
 	}
 	sys, err := newKernel(o, nsCurrent)

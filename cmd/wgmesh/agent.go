@@ -144,11 +144,9 @@ func (a *app) runAgent(ctx context.Context, cfg agentConfig) (err error) {
 	// dropped).
 	_, lerr := netlink.LinkByName(cfg.Interface)
 	created := lerr != nil
-	dev, err := device.Open(ctx, device.Options{
-		Name: cfg.Interface, Backend: cfg.Backend, MTU: cfg.MTU,
-		DisableOffloads: cfg.DisableOffloads, InflightPackets: cfg.InflightPackets,
-		Alias: inst.Alias(), Logger: log,
-	})
+	devOpts := cfg.deviceOptions()
+	devOpts.Alias, devOpts.Logger = inst.Alias(), log
+	dev, err := device.Open(ctx, devOpts)
 	if err != nil {
 		return fmt.Errorf("open WireGuard interface %s (--interface, --backend): %w", cfg.Interface, err)
 	}
@@ -174,7 +172,9 @@ func (a *app) runAgent(ctx context.Context, cfg agentConfig) (err error) {
 	}()
 	log.Info("WireGuard interface ready", "interface", dev.Name(), "backend", dev.Backend())
 
-	router, err := routing.New(routerOptions(cfg, log))
+	routerOpts := cfg.routingOptions()
+	routerOpts.Logger = log
+	router, err := routing.New(routerOpts)
 	if err != nil {
 		return fmt.Errorf("routing for %s (--route-table, --host-route-table, --rule-priority, --fwmark, --mtu): %w", cfg.Interface, err)
 	}
@@ -306,7 +306,7 @@ type startedSource struct {
 
 // newSource builds the source of nodes cfg selects. It reads cfg and
 // returns what it learned; the caller builds the other parts' options
-// from both (routerOptions, the reconciler's Derive options).
+// from both (agentConfig.routingOptions, the reconciler's Derive options).
 func (a *app) newSource(ctx context.Context, cfg agentConfig, log *slog.Logger) (startedSource, error) {
 	if cfg.Source == sourcePeersFile {
 		s, err := file.New(file.Options{Path: cfg.PeersFile, NodeName: cfg.NodeName, Logger: log})
@@ -326,28 +326,6 @@ func (a *app) newSource(ctx context.Context, cfg agentConfig, log *slog.Logger) 
 		return startedSource{}, err
 	}
 	return startedSource{Source: s, KeepOutside: keep}, nil
-}
-
-// routerOptions are the router's options, from the flags alone: the one
-// place they are put together.
-//
-// The underlay address (whose interface's MTU bounds the tunnel's) is
-// --endpoint's at start; the own entry's endpoint and InternalIP reach the
-// router with every reconcile (mesh.Desired.Underlay), so an address the
-// source learns after the start is used too.
-func routerOptions(cfg agentConfig, log *slog.Logger) routing.Options {
-	return routing.Options{
-		Interface:    cfg.Interface,
-		Table:        cfg.Table,
-		HostTable:    cfg.HostTable,
-		Priority:     cfg.Priority,
-		FwMark:       cfg.FwMark,
-		IPv4:         cfg.Derive.IPv4,
-		IPv6:         cfg.Derive.IPv6,
-		MTU:          cfg.MTU,
-		UnderlayAddr: cfg.Endpoint.Addr(),
-		Logger:       log,
-	}
 }
 
 // warnPreviousRun warns when the instance's interface records (in its alias)

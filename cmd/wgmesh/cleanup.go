@@ -24,8 +24,8 @@ import (
 func (a *app) cleanupCommand() *cobra.Command {
 	var (
 		iface             string
-		table             int64
-		hostTable         int64
+		table             int
+		hostTable         int
 		priority          int
 		fwmark            string
 		removeAnnotations bool
@@ -59,16 +59,22 @@ refuses while an agent runs for the interface, and refuses an interface
 wgmesh did not create.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			// The agent's own rules for these flags: a value the agent
-			// would refuse cannot name one of its instances.
-			if err := validateInterface(iface); err != nil {
+			// The router's own rule (routing.Options.Validate), as for
+			// the agent: a value the agent would refuse cannot name one
+			// of its instances.
+			ro := routing.DefaultOptions()
+			ro.Interface, ro.Table, ro.HostTable, ro.Priority = iface, table, hostTable, priority
+			names := optionFlags
+			if hostTable == 0 {
+				ro.HostTable = table + 1
+				names = withFlag(names, "HostTable", fmt.Sprintf("--host-route-table (default: --route-table %d + 1)", table))
+			}
+			var err error
+			if ro.FwMark, err = parseFwMark(fwmark); err != nil {
 				return err
 			}
-			ro := routing.DefaultOptions()
-			ro.Interface = iface
-			var err error
-			if ro.Table, ro.HostTable, ro.Priority, ro.FwMark, err = validateRouting(table, hostTable, priority, fwmark); err != nil {
-				return err
+			if err := ro.Validate(); err != nil {
+				return flagged(err, names)
 			}
 			ro.Logger = a.log
 			if removeAnnotations && strings.TrimSpace(nodeName) == "" {
@@ -161,8 +167,8 @@ wgmesh did not create.`,
 	}
 	f := cmd.Flags()
 	f.StringVar(&iface, "interface", device.DefaultName, "WireGuard interface")
-	f.Int64Var(&table, "route-table", int64(d.Table), "the agent's --route-table (read from the interface when not given; 1-4294967295, not 253-255)")
-	f.Int64Var(&hostTable, "host-route-table", 0, "the agent's --host-route-table (0 = --route-table + 1)")
+	f.IntVar(&table, "route-table", d.Table, "the agent's --route-table (read from the interface when not given; 1-4294967295, not 253-255)")
+	f.IntVar(&hostTable, "host-route-table", 0, "the agent's --host-route-table (0 = --route-table + 1)")
 	f.IntVar(&priority, "rule-priority", d.Priority, "the agent's --rule-priority (2-32765)")
 	f.StringVar(&fwmark, "fwmark", fmt.Sprintf("%#x", d.FwMark), "the agent's --fwmark (a single bit)")
 	f.BoolVar(&removeAnnotations, "remove-annotations", false, "also remove the wgmesh.io/ annotations of the Node")

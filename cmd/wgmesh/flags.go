@@ -1,9 +1,10 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
-	"math/bits"
+	"maps"
 	"net/netip"
 	"os"
 	"strconv"
@@ -14,6 +15,7 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 
 	"github.com/wgmesh/wgmesh/device"
+	"github.com/wgmesh/wgmesh/internal/option"
 	"github.com/wgmesh/wgmesh/mesh"
 	"github.com/wgmesh/wgmesh/mesh/agent"
 	"github.com/wgmesh/wgmesh/mesh/metrics"
@@ -32,9 +34,6 @@ const (
 	// pair they use; Cilium uses 51871. README, "Running next to other software", lists
 	// them. mesh/kube.DefaultListenPort must agree (a test checks).
 	defaultListenPort = 51822
-	// maxKeepalive is the largest persistent keepalive WireGuard accepts
-	// (a 16-bit number of seconds).
-	maxKeepalive = 65535 * time.Second
 	// maxNodeName is the longest Kubernetes object name (DNS subdomain).
 	maxNodeName = 253
 )
@@ -57,8 +56,8 @@ type agentFlags struct {
 	allowUnencrypted bool
 	ipv4, ipv6       bool
 	keepalive        string
-	routeTable       int64
-	hostRouteTable   int64
+	routeTable       int
+	hostRouteTable   int
 	rulePriority     int
 	fwmark           string
 	tunnelAddress    string
@@ -123,14 +122,14 @@ func (f *agentFlags) register(fs *pflag.FlagSet, getenv func(string) string) {
 	fs.IntVar(&f.listenPort, "listen-port", defaultListenPort, "UDP port the interface listens on (1-65535)")
 	fs.StringVar(&f.endpoint, "endpoint", "", "endpoint to publish, IP or IP:port (default: the Node's InternalIP and --listen-port; with --peers-file, the file's entry)")
 	fs.StringVar(&f.keyFile, "key-file", agent.DefaultKeyFile, "private key file, created (0600) if absent; a file readable by group or others is refused")
-	fs.IntVar(&f.mtu, "mtu", 0, "interface MTU; 0 = underlay MTU minus WireGuard overhead (the underlay is the peers file entry's endpoint address, else the default route); a fixed MTU must be 1280-65535 with IPv6, 576-65535 without")
+	fs.IntVar(&f.mtu, "mtu", 0, fmt.Sprintf("interface MTU; 0 = underlay MTU minus WireGuard overhead (the underlay is the peers file entry's endpoint address, else the default route); a fixed MTU must be %d-65535 with IPv6, %d-65535 without", routing.MinMTUIPv6, routing.MinMTUIPv4))
 	fs.BoolVar(&f.hostEncryption, "host-encryption", false, "also encrypt traffic between the nodes' own addresses (InternalIP)")
 	fs.BoolVar(&f.allowUnencrypted, "allow-unencrypted", false, "send pod traffic to nodes without a key in plaintext instead of dropping it (reported loudly)")
 	fs.BoolVar(&f.ipv4, "ipv4", true, "mesh IPv4 pod CIDRs")
 	fs.BoolVar(&f.ipv6, "ipv6", true, "mesh IPv6 pod CIDRs (at least one of --ipv4 and --ipv6)")
 	fs.StringVar(&f.keepalive, "keepalive", "0", "persistent keepalive, seconds or a duration such as 25s; 0 disables")
-	fs.Int64Var(&f.routeTable, "route-table", int64(d.Table), "routing table for wgmesh routes (1-4294967295, not 253-255)")
-	fs.Int64Var(&f.hostRouteTable, "host-route-table", 0, "routing table for pod traffic to other nodes' addresses; 0 = --route-table + 1; not 253-255, not --route-table")
+	fs.IntVar(&f.routeTable, "route-table", d.Table, "routing table for wgmesh routes (1-4294967295, not 253-255)")
+	fs.IntVar(&f.hostRouteTable, "host-route-table", 0, "routing table for pod traffic to other nodes' addresses; 0 = --route-table + 1; not 253-255, not --route-table")
 	fs.IntVar(&f.rulePriority, "rule-priority", d.Priority, "priority of the policy rule that selects the wgmesh table (2-32765; the host-route rules take one less)")
 	fs.StringVar(&f.fwmark, "fwmark", fmt.Sprintf("%#x", d.FwMark), "firewall mark bit of encrypted packets, so they skip the wgmesh table (exactly one bit)")
 	fs.StringVar(&f.tunnelAddress, "tunnel-address", string(mesh.TunnelAddressAuto), "interface address: auto (IPv4: the own pod CIDR's first address; IPv6: its first address + 1, not the subnet-router anycast address), first (the first address of both; the old default), none, or IPs (comma-separated, one per family)")
@@ -148,20 +147,32 @@ func newAgentFlagSet(f *agentFlags, getenv func(string) string) *pflag.FlagSet {
 	return fs
 }
 
-// validate checks every flag and returns the configuration. inCluster
+// validate parses every flag and returns the configuration. inCluster
 // reports whether the process runs in a Kubernetes pod (consulted only when
 // neither --kubeconfig nor --peers-file is set). Every error names its flag.
+//
+// It checks only what the flags' text must be (syntax) and what no package
+// owns; the bounds are the packages' rules: routing.Options.Validate,
+// device.Options.Validate, mesh.Options.Validate and mesh.ValidateEndpoint,
+// called here on the options the agent will build, so a bad value is
+// refused before anything is touched, in the flag's name.
 func (f *agentFlags) validate(inCluster bool) (agentConfig, error) {
 	c := agentConfig{
 		NodeName:    strings.TrimSpace(f.nodeName),
 		Kubeconfig:  f.kubeconfig,
 		PeersFile:   f.peersFile,
 		Interface:   f.iface,
+		Backend:     device.Choice(f.backend),
 		ListenPort:  f.listenPort,
 		KeyFile:     f.keyFile,
 		MTU:         f.mtu,
+		Table:       f.routeTable,
+		HostTable:   f.hostRouteTable,
 		Priority:    f.rulePriority,
 		MetricsAddr: f.metricsAddr,
+
+		DisableOffloads: !f.offloads,
+		InflightPackets: f.inflightPackets,
 	}
 	switch {
 	case c.NodeName == "":
@@ -183,26 +194,11 @@ func (f *agentFlags) validate(inCluster bool) (agentConfig, error) {
 		return c, usagef("no source of nodes: give --kubeconfig or --peers-file (in-cluster configuration needs KUBERNETES_SERVICE_HOST, which is not set)")
 	}
 
-	if err := validateInterface(c.Interface); err != nil {
+	// The port the reconciler publishes and the device listens on; the
+	// reconciler's options hold the same rule.
+	if err := flagged(agent.ValidateListenPort(c.ListenPort), optionFlags); err != nil {
 		return c, err
 	}
-
-	switch b := device.Choice(f.backend); b {
-	case device.ChoiceAuto, device.ChoiceUserspace, device.ChoiceKernel:
-		c.Backend = b
-	default:
-		return c, usagef("--backend %q: want auto, userspace or kernel", f.backend)
-	}
-	c.DisableOffloads = !f.offloads
-	if f.inflightPackets < 0 {
-		return c, usagef("--inflight-packets %d: want 0 (no bound) or more", f.inflightPackets)
-	}
-	c.InflightPackets = f.inflightPackets
-
-	if c.ListenPort < 1 || c.ListenPort > 65535 {
-		return c, usagef("--listen-port %d: want 1-65535", c.ListenPort)
-	}
-
 	if f.endpoint != "" {
 		ep, err := parseEndpoint(f.endpoint, c.ListenPort)
 		if err != nil {
@@ -210,28 +206,19 @@ func (f *agentFlags) validate(inCluster bool) (agentConfig, error) {
 		}
 		c.Endpoint = ep
 	}
-
 	if c.KeyFile == "" {
 		return c, usagef("--key-file must not be empty")
 	}
-
-	if !f.ipv4 && !f.ipv6 {
-		return c, usagef("--ipv4=false and --ipv6=false: enable at least one family")
+	// --host-route-table 0 is the table after --route-table, so that a
+	// second instance with its own --route-table gets its own host table
+	// without another flag.
+	names := optionFlags
+	if c.HostTable == 0 {
+		c.HostTable = c.Table + 1
+		names = withFlag(names, "HostTable", fmt.Sprintf("--host-route-table (default: --route-table %d + 1)", c.Table))
 	}
-
-	// The router owns the MTU rule (the same floor for a fixed and an
-	// automatic MTU); checking it here only reports it before anything
-	// is touched.
-	if err := routing.CheckMTU(c.MTU, f.ipv6); err != nil {
-		return c, usagef("--mtu %d: %v", c.MTU, err)
-	}
-
-	keepalive, err := parseKeepalive(f.keepalive)
-	if err != nil {
-		return c, usagef("--keepalive %q: %v", f.keepalive, err)
-	}
-
-	if c.Table, c.HostTable, c.Priority, c.FwMark, err = validateRouting(f.routeTable, f.hostRouteTable, f.rulePriority, f.fwmark); err != nil {
+	var err error
+	if c.FwMark, err = parseFwMark(f.fwmark); err != nil {
 		return c, err
 	}
 
@@ -240,149 +227,189 @@ func (f *agentFlags) validate(inCluster bool) (agentConfig, error) {
 		IPv6:             f.ipv6,
 		HostEncryption:   f.hostEncryption,
 		AllowUnencrypted: f.allowUnencrypted,
-		Keepalive:        keepalive,
 	}
-	mode, addrs, err := parseTunnelAddress(f.tunnelAddress, f.ipv4, f.ipv6)
-	if err != nil {
+	if c.Derive.Keepalive, err = parseKeepalive(f.keepalive); err != nil {
+		return c, usagef("--keepalive %q: %v", f.keepalive, err)
+	}
+	if c.Derive.TunnelAddress, c.Derive.TunnelAddrs, err = parseTunnelAddress(f.tunnelAddress); err != nil {
 		return c, usagef("--tunnel-address %q: %v", f.tunnelAddress, err)
 	}
-	c.Derive.TunnelAddress, c.Derive.TunnelAddrs = mode, addrs
-
 	sel, err := parseUnmanaged(f.unmanagedNodes)
 	if err != nil {
 		return c, err
 	}
 	c.Unmanaged, c.Derive.Unmanaged = sel, unmanagedFunc(sel)
-
-	cidrs, err := mesh.ParseClusterCIDRs(f.clusterCIDRs)
-	if err != nil {
+	if c.Derive.ClusterCIDRs, err = mesh.ParseClusterCIDRs(f.clusterCIDRs); err != nil {
 		return c, usagef("--cluster-cidrs %q: %v", f.clusterCIDRs, err)
 	}
-	for _, p := range cidrs {
-		if (p.Addr().Is4() && !f.ipv4) || (p.Addr().Is6() && !f.ipv6) {
-			return c, usagef("--cluster-cidrs %q: %s is of a family switched off by --ipv4/--ipv6", f.clusterCIDRs, p)
-		}
-	}
-	c.Derive.ClusterCIDRs = cidrs
-
 	if c.MetricsAddr != "" {
 		if _, err := metricsURL(c.MetricsAddr); err != nil {
 			return c, usagef("--metrics-addr %q: %v", c.MetricsAddr, err)
 		}
 	}
+
+	// The packages' rules. Routing's first: its MTU rule is the tunnel's
+	// (it knows the families), the device's only what a link can take.
+	if err := c.routingOptions().Validate(); err != nil {
+		return c, flagged(err, names)
+	}
+	if err := c.deviceOptions().Validate(); err != nil {
+		return c, flagged(err, names)
+	}
+	if c.Backend == "" {
+		c.Backend = device.ChoiceAuto
+	}
+	if err := c.Derive.Validate(); err != nil {
+		return c, flagged(err, names)
+	}
+	if c.Endpoint.IsValid() {
+		if err := mesh.ValidateEndpoint(c.Endpoint); err != nil {
+			return c, flagged(err, names)
+		}
+	}
 	return c, nil
 }
 
-// hostRouteTable validates --host-route-table against a valid --route-table:
-// 0 means the table after the route table, so that a second instance with
-// its own --route-table gets its own host table without another flag.
-func hostRouteTable(routeTable, hostTable int64) (int, error) {
-	what := "--host-route-table"
-	if hostTable == 0 {
-		hostTable = routeTable + 1
-		what = fmt.Sprintf("--host-route-table (default: --route-table %d + 1)", routeTable)
+// routingOptions are the router's options as the flags give them, the one
+// place they are put together; the agent adds the logger.
+//
+// The underlay address (whose interface's MTU bounds the tunnel's) is
+// --endpoint's at start; the own entry's endpoint and InternalIP reach the
+// router with every reconcile (mesh.Desired.Underlay), so an address the
+// source learns after the start is used too.
+func (c agentConfig) routingOptions() routing.Options {
+	return routing.Options{
+		Interface:    c.Interface,
+		Table:        c.Table,
+		HostTable:    c.HostTable,
+		Priority:     c.Priority,
+		FwMark:       c.FwMark,
+		IPv4:         c.Derive.IPv4,
+		IPv6:         c.Derive.IPv6,
+		MTU:          c.MTU,
+		UnderlayAddr: c.Endpoint.Addr(),
 	}
-	switch {
-	case hostTable < 0 || hostTable > 0xffffffff || (hostTable >= 253 && hostTable <= 255):
-		return 0, usagef("%s %d: want 1-4294967295 except 253, 254 and 255 (the kernel's default, main and local tables); set --host-route-table", what, hostTable)
-	case hostTable == routeTable:
-		return 0, usagef("%s %d: must differ from --route-table (the host table holds other routes, for pod-sourced traffic only)", what, hostTable)
+}
+
+// deviceOptions are the device's options as the flags give them; the agent
+// adds the instance's alias and the logger.
+func (c agentConfig) deviceOptions() device.Options {
+	return device.Options{
+		Name: c.Interface, Backend: c.Backend, MTU: c.MTU,
+		DisableOffloads: c.DisableOffloads, InflightPackets: c.InflightPackets,
 	}
-	return int(hostTable), nil
+}
+
+// optionFlags name the flag that sets each field of device.Options,
+// routing.Options and mesh.Options (and mesh.ValidateEndpoint's Endpoint),
+// by the Field of the *option.Error their Validate returns. Fields no flag
+// sets are absent: their errors are not the user's.
+var optionFlags = map[string]string{
+	"ListenPort":      "--listen-port", // agent.ValidateListenPort
+	"Name":            "--interface",   // device.Options
+	"Interface":       "--interface",   // routing.Options
+	"Backend":         "--backend",
+	"MTU":             "--mtu",
+	"InflightPackets": "--inflight-packets",
+	"Table":           "--route-table",
+	"HostTable":       "--host-route-table",
+	"Priority":        "--rule-priority",
+	"FwMark":          "--fwmark",
+	"IPv4/IPv6":       "--ipv4=false and --ipv6=false",
+	"Keepalive":       "--keepalive",
+	"TunnelAddress":   "--tunnel-address",
+	"TunnelAddrs":     "--tunnel-address",
+	"ClusterCIDRs":    "--cluster-cidrs",
+	"Endpoint":        "--endpoint",
+}
+
+// withFlag returns names with field's flag replaced by flag.
+func withFlag(names map[string]string, field, flag string) map[string]string {
+	out := maps.Clone(names)
+	out[field] = flag
+	return out
+}
+
+// flagged returns err, a package's Validate error, as a usage error in the
+// words of the flag that set the wrong field ("--mtu 1000: below 1280, …");
+// nil stays nil, and an error on a field no flag sets is returned as it is.
+func flagged(err error, names map[string]string) error {
+	var oe *option.Error
+	if err == nil || !errors.As(err, &oe) {
+		return err
+	}
+	name, ok := names[oe.Field]
+	if !ok {
+		return err
+	}
+	if oe.Value == "" {
+		return usagef("%s: %s", name, oe.Reason)
+	}
+	return usagef("%s %s: %s", name, oe.Value, oe.Reason)
+}
+
+// checkInterfaceFlag applies the interface-name rule (device.Options) to the
+// --interface of the commands that only read an interface (status, verify,
+// graph). An empty value is refused here: for the device it means the
+// default interface, which the user did not ask for.
+func checkInterfaceFlag(iface string) error {
+	if iface == "" {
+		return usagef("--interface must not be empty")
+	}
+	return flagged(device.Options{Name: iface}.Validate(), optionFlags)
+}
+
+// parseFwMark parses --fwmark as a 32-bit number (decimal, 0x hex or 0
+// octal); which marks are allowed is routing's rule.
+func parseFwMark(s string) (uint32, error) {
+	m, err := strconv.ParseUint(strings.TrimSpace(s), 0, 32)
+	if err != nil {
+		return 0, usagef("--fwmark %q: want a 32-bit number such as 0x2000", s)
+	}
+	return uint32(m), nil
 }
 
 // parseEndpoint accepts IP:port, [IPv6]:port or a bare IP (port = the
-// listen port).
+// listen port). Which endpoints are allowed is mesh.ValidateEndpoint's rule.
 func parseEndpoint(s string, port int) (netip.AddrPort, error) {
 	if ap, err := netip.ParseAddrPort(s); err == nil {
-		if ap.Port() == 0 {
-			return netip.AddrPort{}, fmt.Errorf("port 0: want 1-65535")
-		}
-		return netip.AddrPortFrom(ap.Addr().Unmap().WithZone(""), ap.Port()), checkEndpointAddr(ap.Addr())
+		return netip.AddrPortFrom(unmap(ap.Addr()), ap.Port()), nil
 	}
 	a, err := netip.ParseAddr(s)
 	if err != nil {
 		return netip.AddrPort{}, fmt.Errorf("want IP, IP:port or [IPv6]:port")
 	}
-	return netip.AddrPortFrom(a.Unmap(), uint16(port)), checkEndpointAddr(a)
+	return netip.AddrPortFrom(unmap(a), uint16(port)), nil
 }
 
-func checkEndpointAddr(a netip.Addr) error {
+// unmap writes an IPv4-mapped IPv6 address as IPv4; a zoned one stays as it
+// is, for the rules to refuse the zone rather than lose it.
+func unmap(a netip.Addr) netip.Addr {
 	if a.Zone() != "" {
-		return fmt.Errorf("zoned addresses are not reachable from other nodes")
+		return a
 	}
-	if a.IsUnspecified() || a.IsMulticast() {
-		return fmt.Errorf("%s is not a unicast address other nodes can reach", a)
-	}
-	return nil
+	return a.Unmap()
 }
 
 // parseKeepalive accepts whole seconds ("25") or a Go duration ("25s").
+// Which keepalives are allowed is mesh.Options.Validate's rule.
 func parseKeepalive(s string) (time.Duration, error) {
 	s = strings.TrimSpace(s)
-	var d time.Duration
+	// 32 bits of seconds fit a Duration.
 	if n, err := strconv.ParseUint(s, 10, 32); err == nil {
-		if n > uint64(maxKeepalive/time.Second) {
-			return 0, fmt.Errorf("at most %d seconds", int(maxKeepalive/time.Second))
-		}
-		d = time.Duration(n) * time.Second
-	} else {
-		var perr error
-		d, perr = time.ParseDuration(s)
-		if perr != nil {
-			return 0, fmt.Errorf("want seconds (25) or a duration (25s)")
-		}
+		return time.Duration(n) * time.Second, nil
 	}
-	switch {
-	case d < 0:
-		return 0, fmt.Errorf("must not be negative")
-	case d > maxKeepalive:
-		return 0, fmt.Errorf("at most %s", maxKeepalive)
-	case d%time.Second != 0:
-		return 0, fmt.Errorf("WireGuard counts keepalive in whole seconds")
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return 0, fmt.Errorf("want seconds (25) or a duration (25s)")
 	}
 	return d, nil
 }
 
-// validateInterface checks --interface the same way for the agent and
-// cleanup.
-func validateInterface(name string) error {
-	if name == "" || len(name) > 15 || strings.ContainsAny(name, " /\t\n:") || name == "." || name == ".." {
-		return usagef("--interface %q: want a Linux interface name of 1-15 characters without spaces, '/' or ':'", name)
-	}
-	return nil
-}
-
-// validateRouting checks --route-table, --host-route-table, --rule-priority
-// and --fwmark, the same way for the agent and cleanup, and returns them
-// (the host table's 0 resolved to --route-table + 1).
-func validateRouting(routeTable, hostTable int64, priority int, fwmark string) (table, host, prio int, mark uint32, err error) {
-	// Tables 253-255 are the kernel's default, main and local; 0 is
-	// "unspecified". Table IDs are 32-bit.
-	if routeTable <= 0 || routeTable > 0xffffffff || (routeTable >= 253 && routeTable <= 255) {
-		return 0, 0, 0, 0, usagef("--route-table %d: want 1-4294967295 except 253, 254 and 255 (the kernel's default, main and local tables)", routeTable)
-	}
-	if host, err = hostRouteTable(routeTable, hostTable); err != nil {
-		return 0, 0, 0, 0, err
-	}
-	// The rules must come after the local table (priority 0) and before
-	// main (32766); the host-route rules take the priority before.
-	if priority < 2 || priority > 32765 {
-		return 0, 0, 0, 0, usagef("--rule-priority %d: want 2-32765 (after the local table at 0, before main at 32766; the host-route rules take --rule-priority - 1)", priority)
-	}
-	m, perr := strconv.ParseUint(strings.TrimSpace(fwmark), 0, 32)
-	if perr != nil {
-		return 0, 0, 0, 0, usagef("--fwmark %q: want a number such as 0x2000", fwmark)
-	}
-	if bits.OnesCount64(m) != 1 {
-		return 0, 0, 0, 0, usagef("--fwmark %#x: must be a single nonzero bit such as 0x2000 (the rule tests exactly that bit)", m)
-	}
-	return int(routeTable), host, priority, uint32(m), nil
-}
-
-// parseTunnelAddress parses auto, first, none, or a comma-separated list of at
-// most one address per enabled family.
-func parseTunnelAddress(s string, ipv4, ipv6 bool) (mesh.TunnelAddressMode, []netip.Addr, error) {
+// parseTunnelAddress parses auto, first, none, or a comma-separated list of
+// IP addresses (fixed). Which addresses are allowed is
+// mesh.Options.Validate's rule.
+func parseTunnelAddress(s string) (mesh.TunnelAddressMode, []netip.Addr, error) {
 	switch strings.TrimSpace(s) {
 	case "", string(mesh.TunnelAddressAuto):
 		return mesh.TunnelAddressAuto, nil, nil
@@ -392,26 +419,12 @@ func parseTunnelAddress(s string, ipv4, ipv6 bool) (mesh.TunnelAddressMode, []ne
 		return mesh.TunnelAddressNone, nil, nil
 	}
 	var addrs []netip.Addr
-	var have4, have6 bool
 	for _, part := range strings.Split(s, ",") {
 		a, err := netip.ParseAddr(strings.TrimSpace(part))
 		if err != nil {
 			return "", nil, fmt.Errorf("want auto, first, none or IP addresses separated by commas; %q is not an IP address", part)
 		}
-		a = a.Unmap()
-		switch {
-		case a.Zone() != "" || a.IsUnspecified() || a.IsMulticast() || a.IsLoopback():
-			return "", nil, fmt.Errorf("%s cannot be a tunnel address", a)
-		case a.Is4() && have4, a.Is6() && have6:
-			return "", nil, fmt.Errorf("more than one address of the family of %s", a)
-		case a.Is4() && !ipv4:
-			return "", nil, fmt.Errorf("%s is IPv4 but --ipv4=false", a)
-		case a.Is6() && !ipv6:
-			return "", nil, fmt.Errorf("%s is IPv6 but --ipv6=false", a)
-		}
-		have4 = have4 || a.Is4()
-		have6 = have6 || a.Is6()
-		addrs = append(addrs, a)
+		addrs = append(addrs, unmap(a))
 	}
 	return mesh.TunnelAddressFixed, addrs, nil
 }

@@ -1,13 +1,20 @@
 package main
 
 import (
+	"errors"
 	"strings"
 	"testing"
+
+	"github.com/wgmesh/wgmesh/device"
+	"github.com/wgmesh/wgmesh/mesh"
 )
 
 // FuzzAgentFlags feeds arbitrary values to the agent's flag set and
-// validation: both must return an error or a configuration, never panic, and
-// a configuration must satisfy the invariants the rest of the agent relies on.
+// validation: both must return an error or a configuration, never panic. An
+// error is a usage error naming a flag (a package's Validate error on a
+// field no flag sets would not be); a configuration must satisfy the
+// invariants the rest of the agent relies on and pass the packages' own
+// Validate, which the agent's constructors apply again.
 func FuzzAgentFlags(f *testing.F) {
 	type seed struct {
 		fwmark, tunnel, unmanaged, keepalive, endpoint, metricsAddr, extra string
@@ -26,6 +33,25 @@ func FuzzAgentFlags(f *testing.F) {
 		{"0x20000", "first", "", "0", "", ":9587", "--peers-file=p\n--mtu=1240\n--ipv6=false", false},
 		{"0x20000", "first", "", "0", "", ":9587", "--peers-file=p\n--cluster-cidrs=10.244.0.0/16, fd00:10:244::/48", false},
 		{"0x20000", "first", "", "0", "", ":9587", "--peers-file=p\n--ipv6=false\n--cluster-cidrs=10.244.0.1/16,::/0,fd00::/8,,", false},
+		// The packages' rules, one at or past a bound in each seed, so that
+		// every field's error is seen mapped to its flag.
+		{"0x2000", "auto", "", "65536", "", ":9587", "--peers-file=p", false},
+		{"0x2000", "auto", "", "1.5s", "", ":9587", "--peers-file=p", false},
+		{"0x2000", "auto", "", "65535", "198.18.0.1:0", ":9587", "--peers-file=p", false},
+		{"0x2000", "auto", "", "0", "[fe80::1%eth0]:1", ":9587", "--peers-file=p", false},
+		{"0x2000", "auto", "", "0", "::ffff:198.18.0.1%eth0", ":9587", "--peers-file=p", false},
+		{"0x2000", "auto", "", "0", "", ":9587", "--peers-file=p\n--mtu=1279", false},
+		{"0x2000", "auto", "", "0", "", ":9587", "--peers-file=p\n--ipv6=false\n--mtu=575", false},
+		{"0x2000", "auto", "", "0", "", ":9587", "--peers-file=p\n--mtu=67", false},
+		{"0x3000", "auto", "", "0", "", ":9587", "--peers-file=p", false},
+		{"0x2000", "auto", "", "0", "", ":9587", "--peers-file=p\n--interface=wg%0", false},
+		{"0x2000", "auto", "", "0", "", ":9587", "--peers-file=p\n--backend=", false},
+		{"0x2000", "auto", "", "0", "", ":9587", "--peers-file=p\n--inflight-packets=-1", false},
+		{"0x2000", "fd00::1", "", "0", "", ":9587", "--peers-file=p\n--ipv6=false", false},
+		{"0x2000", "10.244.1.1,::ffff:10.0.0.1", "", "0", "", ":9587", "--peers-file=p", false},
+		{"0x80000000", "auto", "", "0", "198.18.0.1", ":9587", "--peers-file=p\n--route-table=4294967295\n--host-route-table=254", false},
+		{"0x80000000", "auto", "", "0", "", ":9587", "--peers-file=p\n--route-table=4294967296", false},
+		{"1", "first", "", "0", "", ":9587", "--peers-file=p\n--ipv4=false\n--cluster-cidrs=10.244.0.0/16", false},
 	} {
 		f.Add(s.fwmark, s.tunnel, s.unmanaged, s.keepalive, s.endpoint, s.metricsAddr, s.extra, s.inCluster)
 	}
@@ -44,10 +70,26 @@ func FuzzAgentFlags(f *testing.F) {
 		}
 		c, err := fl.validate(inCluster)
 		if err != nil {
-			if !strings.Contains(err.Error(), "--") {
-				t.Errorf("error does not name a flag: %v", err)
+			var ue usageError
+			if !strings.Contains(err.Error(), "--") || !errors.As(err, &ue) {
+				t.Errorf("not a usage error naming a flag: %v", err)
 			}
 			return
+		}
+		for what, err := range map[string]error{
+			"routing": c.routingOptions().Validate(), "device": c.deviceOptions().Validate(), "mesh": c.Derive.Validate(),
+		} {
+			if err != nil {
+				t.Errorf("valid configuration with invalid %s options: %v", what, err)
+			}
+		}
+		if c.Endpoint.IsValid() {
+			if err := mesh.ValidateEndpoint(c.Endpoint); err != nil {
+				t.Errorf("valid configuration with invalid endpoint: %v", err)
+			}
+		}
+		if c.Backend != device.ChoiceAuto && c.Backend != device.ChoiceUserspace && c.Backend != device.ChoiceKernel {
+			t.Errorf("valid configuration with backend %q", c.Backend)
 		}
 		switch {
 		case c.NodeName == "":

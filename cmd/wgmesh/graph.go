@@ -351,6 +351,9 @@ The output is Graphviz DOT; -o svg renders it with Graphviz's dot.`,
 			if output != "dot" && output != "svg" {
 				return usagef("-o %q: want dot or svg", output)
 			}
+			if err := checkInterfaceFlag(iface); err != nil {
+				return err
+			}
 			if output == "svg" {
 				// Fail before reading anything: the answer would be lost.
 				if _, err := exec.LookPath("dot"); err != nil {

@@ -47,6 +47,9 @@ With -o json, a failure prints {"kind": "Error", "error": ...} and exits 1.`,
 			if output != "table" && output != "json" {
 				return usagef("-o %q: want table or json", output)
 			}
+			if err := checkInterfaceFlag(iface); err != nil {
+				return err
+			}
 			base, err := metricsURL(metricsAddr)
 			if err != nil {
 				return usagef("--metrics-addr %q: %v", metricsAddr, err)

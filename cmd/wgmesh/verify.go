@@ -65,6 +65,9 @@ such; they still count as unencrypted.`,
 			if err != nil {
 				return err
 			}
+			if err := checkInterfaceFlag(iface); err != nil {
+				return err
+			}
 			base, err := metricsURL(metricsAddr)
 			if err != nil {
 				return usagef("--metrics-addr %q: %v", metricsAddr, err)
@@ -133,7 +136,9 @@ func clusterOptions(unmanaged string, allowUnenc bool) (mesh.Options, error) {
 	if err != nil {
 		return mesh.Options{}, err
 	}
-	return mesh.Options{IPv4: true, IPv6: true, AllowUnencrypted: allowUnenc, Unmanaged: unmanagedFunc(sel)}, nil
+	o := mesh.Options{IPv4: true, IPv6: true, AllowUnencrypted: allowUnenc, Unmanaged: unmanagedFunc(sel)}
+	// The agents' rule for their options, as for `wgmesh agent`.
+	return o, flagged(o.Validate(), optionFlags)
 }
 
 // coverageNote says what "encrypted" means for a node without problems.

@@ -25,6 +25,7 @@ import (
 
 	"github.com/fsnotify/fsnotify"
 
+	"github.com/wgmesh/wgmesh/internal/option"
 	"github.com/wgmesh/wgmesh/mesh"
 )
 
@@ -127,7 +128,18 @@ type Reconciler struct {
 	pubSince time.Time
 }
 
-// New checks o and fills its defaults.
+// ValidateListenPort is the rule for the device's UDP port: 1-65535 (0
+// would let the kernel pick one, which no peer could know). The error wraps
+// an *option.Error naming ListenPort.
+func ValidateListenPort(port int) error {
+	if port < 1 || port > 65535 {
+		return option.Errorf("ListenPort", port, "want 1-65535")
+	}
+	return nil
+}
+
+// New checks o (the required ports and key, ValidateListenPort and
+// mesh.Options.Validate for o.Derive) and fills its defaults.
 func New(o Options) (*Reconciler, error) {
 	var missing []string
 	for name, isNil := range map[string]bool{
@@ -142,8 +154,11 @@ func New(o Options) (*Reconciler, error) {
 		slices.Sort(missing)
 		return nil, fmt.Errorf("reconciler: options %s are required", strings.Join(missing, ", "))
 	}
-	if o.ListenPort < 1 || o.ListenPort > 65535 {
-		return nil, fmt.Errorf("reconciler: listen port %d is not in 1-65535", o.ListenPort)
+	if err := ValidateListenPort(o.ListenPort); err != nil {
+		return nil, fmt.Errorf("reconciler: %w", err)
+	}
+	if err := o.Derive.Validate(); err != nil {
+		return nil, fmt.Errorf("reconciler: %w", err)
 	}
 	if o.Resync <= 0 {
 		o.Resync = DefaultResync

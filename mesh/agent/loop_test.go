@@ -133,9 +133,25 @@ func TestNewReconcilerChecksOptions(t *testing.T) {
 		t.Errorf("err = %v", err)
 	}
 	src := agenttest.NewSource()
-	_, err = agent.New(agent.Options{NodeName: "n", Nodes: src, Publisher: src, Device: &agenttest.Device{}, Router: &agenttest.Router{}, Key: mesh.Key{1}, Keys: agent.NewKeyStore("k")})
-	if err == nil || !strings.Contains(err.Error(), "listen port 0") {
-		t.Errorf("err = %v", err)
+	ok := agent.Options{NodeName: "n", Nodes: src, Publisher: src, Device: &agenttest.Device{}, Router: &agenttest.Router{},
+		Key: mesh.Key{1}, Keys: agent.NewKeyStore("k"), ListenPort: 51820, Derive: mesh.Options{IPv4: true}}
+	if _, err := agent.New(ok); err != nil {
+		t.Fatalf("valid options: %v", err)
+	}
+	for _, tc := range []struct {
+		name string
+		mod  func(*agent.Options)
+		want string
+	}{
+		{"port 0", func(o *agent.Options) { o.ListenPort = 0 }, "ListenPort 0: want 1-65535"},
+		{"port 65536", func(o *agent.Options) { o.ListenPort = 65536 }, "ListenPort 65536: want 1-65535"},
+		{"no family", func(o *agent.Options) { o.Derive.IPv4 = false }, "IPv4/IPv6: both disabled"},
+	} {
+		o := ok
+		tc.mod(&o)
+		if _, err := agent.New(o); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: err = %v, want %q", tc.name, err, tc.want)
+		}
 	}
 }
 
