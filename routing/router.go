@@ -36,7 +36,8 @@ type router struct {
 	sys system
 	log *slog.Logger
 	// optErr is reported by every Apply when the options are invalid (only
-	// reachable through NewFake, which cannot return an error).
+	// reachable through the tests' fake, whose constructor cannot return an
+	// error).
 	optErr error
 
 	mu     sync.Mutex // serialises Apply and Cleanup; guards the rest
