@@ -108,7 +108,7 @@ type Options struct {
 // Device is the local WireGuard interface.
 //
 // Configure may be called any number of times and is safe for concurrent use
-// with Stats. After Close or Destroy every method but Name and Backend
+// with Stats. After Close every method but Name and Backend
 // returns an error wrapping net.ErrClosed.
 type Device interface {
 	// Configure makes the interface's WireGuard state equal cfg and touches
@@ -137,10 +137,9 @@ type Device interface {
 	Offloads() []OffloadState
 	// Close releases the device: wireguard-go and the UAPI socket stop, the
 	// interface and its routes stay (a userspace interface then drops every
-	// packet until an agent re-attaches). Idempotent.
+	// packet until an agent re-attaches). Idempotent. Removing the
+	// interface as well is Remove's job, after Close.
 	Close() error
-	// Destroy closes the device and removes the interface. Idempotent.
-	Destroy() error
 }
 
 // PeerStats are one peer's counters as the device reports them.

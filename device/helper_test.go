@@ -6,6 +6,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -52,8 +53,9 @@ type helperConfig struct {
 	Backend         Choice
 	DisableOffloads bool
 	InflightPackets int
-	// Destroy removes the interface on SIGTERM instead of closing.
-	Destroy        bool
+	// Remove removes the interface on SIGTERM after closing (what the
+	// agent does after a failed start).
+	Remove         bool
 	PrivateKeyFile string
 	ListenPort     int
 	FwMark         uint32
@@ -163,8 +165,8 @@ func helperDevice(path string) error {
 			}
 		}
 	}
-	if hc.Destroy {
-		return d.Destroy()
+	if hc.Remove {
+		return errors.Join(d.Close(), Remove(d.Name()))
 	}
 	return d.Close()
 }

@@ -87,14 +87,14 @@ func TestKernelBackendLifecycle(t *testing.T) {
 	if err := d.Configure(ctx, cfg); !errors.Is(err, net.ErrClosed) {
 		t.Fatalf("configure after close = %v, want net.ErrClosed", err)
 	}
-	if err := d.Destroy(); err != nil {
-		t.Fatalf("destroy: %v", err)
+	if err := remove("wgk0", fakeEnv(nl, wg)); err != nil {
+		t.Fatalf("remove: %v", err)
 	}
 	if nl.has("wgk0") {
-		t.Fatal("Destroy left the interface")
+		t.Fatal("Remove left the interface")
 	}
-	if err := d.Destroy(); err != nil {
-		t.Fatalf("second destroy: %v", err)
+	if err := remove("wgk0", fakeEnv(nl, wg)); err != nil {
+		t.Fatalf("second remove: %v", err)
 	}
 	if wg.closed != 1 {
 		t.Fatalf("wgctrl client closed %d times, want 1", wg.closed)

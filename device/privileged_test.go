@@ -292,7 +292,7 @@ func TestPrivilegedInteropWireguardGo(t *testing.T) {
 // with SIGKILL: the interface and its route stay, traffic into it is dropped
 // (nothing reaches the underlay in plaintext), and a new process re-attaches
 // to the same interface and traffic flows again. A second process cannot
-// take an interface that is in use, and Destroy removes it.
+// take an interface that is in use, and Close then Remove removes it.
 func TestPrivilegedKillReattach(t *testing.T) {
 	m := newMeshLab(t)
 	var owner *helperProc
@@ -363,7 +363,7 @@ func TestPrivilegedKillReattach(t *testing.T) {
 	// A new process re-attaches to the same interface; this one destroys
 	// it when stopped.
 	hc := m.helperConfig(0)
-	hc.Destroy = true
+	hc.Remove = true
 	// Also switch the offloads off, which a re-attach must clear on the
 	// device the first agent set them on.
 	hc.DisableOffloads = true
@@ -382,10 +382,10 @@ func TestPrivilegedKillReattach(t *testing.T) {
 		t.Fatalf("destroying helper: %v\n%s", err, again.stderr)
 	}
 	if out, err := m.Try(0, "ip", "link", "show", name); err == nil {
-		t.Fatalf("Destroy left the interface: %s", out)
+		t.Fatalf("Close and Remove left the interface: %s", out)
 	}
 	if _, err := os.Lstat(sockPath(name)); err == nil {
-		t.Fatalf("Destroy left the UAPI socket %s", sockPath(name))
+		t.Fatalf("Close and Remove left the UAPI socket %s", sockPath(name))
 	}
 }
 

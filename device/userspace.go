@@ -3,7 +3,6 @@ package device
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"net"
 	"os"
@@ -384,25 +383,4 @@ func (u *userspace) Close() error {
 		u.log.Info("userspace WireGuard device closed", "interface_kept", u.nl != nil)
 	})
 	return u.closeErr
-}
-
-// Destroy closes the device and deletes the interface.
-func (u *userspace) Destroy() error {
-	if u.nl == nil {
-		return u.Close()
-	}
-	var errs []error
-	if !u.closing.Load() {
-		// While we hold the descriptor, clearing persist makes Close remove
-		// the interface even if the netlink delete below fails.
-		if err := setPersist(u.tun, false); err != nil {
-			errs = append(errs, opError(u.name, "destroy: clear TUN persist", err))
-		}
-	}
-	errs = append(errs, u.Close())
-	if err := deleteLink(u.nl, u.name); err != nil {
-		errs = append(errs, fmt.Errorf("destroy: %w", err))
-	}
-	u.log.Info("interface removed")
-	return errors.Join(errs...)
 }

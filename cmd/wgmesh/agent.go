@@ -145,12 +145,12 @@ func (a *app) runAgent(ctx context.Context, cfg agentConfig) (err error) {
 	// check sees it.
 	claim.Started()
 	running := false
-	// Close, never Destroy once running: the interface, its peers and
+	// Close, never Remove once running: the interface, its peers and
 	// routes stay so that traffic stays encrypted (or dropped) until the
 	// next agent.
 	defer func() {
 		if !running && created {
-			if derr := dev.Destroy(); derr != nil {
+			if derr := errors.Join(dev.Close(), device.Remove(cfg.Interface)); derr != nil {
 				err = errors.Join(err, fmt.Errorf("remove interface %s after the failed start: %w", cfg.Interface, derr))
 			} else {
 				log.Info("start failed; removed the interface this run created", "interface", cfg.Interface)
