@@ -99,8 +99,9 @@ type Options struct {
 	// TUN and Bind, set together, make Open build a userspace device on them
 	// instead of a kernel TUN device and UDP sockets: the in-memory pairs of
 	// package devicetest (tuntest.ChannelTUN, bindtest.ChannelBind). No
-	// kernel interface exists then; Name only names the UAPI socket, which
-	// must be unique on the host, and Destroy is Close.
+	// kernel interface and no UAPI socket exist then: Configure and Stats
+	// speak UAPI to wireguard-go in process, so it runs without root; Name
+	// is only a label.
 	TUN  tun.Device
 	Bind conn.Bind
 }
