@@ -4,10 +4,13 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -296,8 +299,12 @@ func TestReadinessWarnings(t *testing.T) {
 	}
 }
 
+var update = flag.Bool("update", false, "rewrite testdata/status.json")
+
 // TestStatusSchema pins the /status JSON field names: `wgmesh status` and
-// scripts depend on them, so a rename must fail here.
+// scripts depend on them, so a rename must fail here. The whole document is
+// also compared byte for byte with testdata/status.json (-update rewrites
+// it), so a change of the types behind it cannot change what is served.
 func TestStatusSchema(t *testing.T) {
 	kA, kSelf := key(t, 1), key(t, 9)
 	hs := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
@@ -312,6 +319,9 @@ func TestStatusSchema(t *testing.T) {
 		Stats: dev.Stats,
 		Router: func() RouterStatus {
 			return RouterStatus{LinkMTU: 1440, PodMTU: 1440, IngressDropped: 3, EgressDropped: 2, Warnings: []string{"src_valid_mark: read-only"}}
+		},
+		Offloads: func() []OffloadStatus {
+			return []OffloadStatus{{Kind: "tun_gso", Reason: "refused", Fallbacks: 2, LastFallback: &hs}, {Kind: "udp_gso", Active: true}}
 		},
 		PublicKey: func() (mesh.Key, error) { return kSelf, nil },
 		Ready:     func() bool { return true },
@@ -341,6 +351,17 @@ func TestStatusSchema(t *testing.T) {
 	if ct := resp.Header.Get("Content-Type"); ct != "application/json" {
 		t.Errorf("Content-Type = %q", ct)
 	}
+	golden := filepath.Join("testdata", "status.json")
+	if *update {
+		if err := os.WriteFile(golden, body, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if wantBody, err := os.ReadFile(golden); err != nil {
+		t.Fatal(err)
+	} else if diff := cmp.Diff(string(wantBody), string(body)); diff != "" {
+		t.Errorf("/status bytes differ from %s (-want +got):\n%s", golden, diff)
+	}
 	var got map[string]any
 	if err := json.Unmarshal(body, &got); err != nil {
 		t.Fatalf("decode %s: %v", body, err)
@@ -355,6 +376,10 @@ func TestStatusSchema(t *testing.T) {
 		"ingressDroppedPackets": 3.0,
 		"egressDroppedPackets":  2.0,
 		"routingWarnings":       []any{"src_valid_mark: read-only"},
+		"offloads": []any{
+			map[string]any{"kind": "tun_gso", "active": false, "reason": "refused", "fallbacks": 2.0, "lastFallback": "2026-01-02T03:04:05Z"},
+			map[string]any{"kind": "udp_gso", "active": true, "fallbacks": 0.0},
+		},
 		"peers": []any{map[string]any{
 			"node": "node-a", "publicKey": kA.String(), "endpoint": "198.18.0.2:51820",
 			"allowedIPs":    []any{"10.244.2.0/24", "fd00:10:244:2::/64"},
