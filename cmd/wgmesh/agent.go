@@ -190,20 +190,9 @@ func (a *app) runAgent(ctx context.Context, cfg agentConfig) (err error) {
 		Commit:     rev,
 		// What /status reports as encrypted.
 		HostEncryption: cfg.Derive.HostEncryption,
-		Stats: func(ctx context.Context) ([]metrics.PeerStats, error) {
-			ps, err := dev.Stats(ctx)
-			out := make([]metrics.PeerStats, 0, len(ps))
-			for _, p := range ps {
-				out = append(out, toMetricsStats(p))
-			}
-			return out, err
-		},
-		Offloads: func() []metrics.OffloadStatus { return toMetricsOffloads(dev.Offloads()) },
-		Router: func() metrics.RouterStatus {
-			s := router.Status()
-			return metrics.RouterStatus{LinkMTU: s.LinkMTU, PodMTU: s.PodMTU, IngressDropped: s.IngressDropped,
-				EgressDropped: s.EgressDropped, Warnings: s.Warnings}
-		},
+		Stats:          dev.Stats,
+		Offloads:       dev.Offloads,
+		Router:         router.Status,
 		PublicKey: func() (mesh.Key, error) {
 			k, err := keys.Load()
 			return k.PublicKey(), err
