@@ -329,28 +329,6 @@ func TestPeerStatsHandshake(t *testing.T) {
 	}
 }
 
-func TestRateLimiter(t *testing.T) {
-	r := &rateLimiter{seen: map[string]*window{}}
-	now := time.Unix(1000, 0)
-	for i := 0; i < logBurst; i++ {
-		if ok, _ := r.allow("f", now); !ok {
-			t.Fatalf("event %d suppressed within the burst", i)
-		}
-	}
-	for i := 0; i < 5; i++ {
-		if ok, _ := r.allow("f", now); ok {
-			t.Fatal("event beyond the burst allowed")
-		}
-	}
-	if ok, _ := r.allow("other", now); !ok {
-		t.Fatal("formats must be limited separately")
-	}
-	ok, dropped := r.allow("f", now.Add(logWindow))
-	if !ok || dropped != 5 {
-		t.Fatalf("after the window: ok=%v dropped=%d, want true 5", ok, dropped)
-	}
-}
-
 func TestHints(t *testing.T) {
 	err := tunOpenError("wgmesh0", syscall.ENOENT)
 	if !strings.Contains(err.Error(), "device wgmesh0: open /dev/net/tun") || !strings.Contains(err.Error(), "mount /dev/net/tun into the container") {
