@@ -319,8 +319,8 @@ func (l *Lab) newNode(k int) *Node {
 // plug connects namespace ns to the switch with a veth named eth0 on its side
 // and gives it its underlay addresses.
 func (l *Lab) plug(ctx context.Context, port, ns string, addr netip.Prefix, linkLocal netip.Addr) error {
-	if err := ipn(ctx, l.Switch, "link", "add", "name", port, "type", "veth", "peer", "name", "eth0", "netns", ns); err != nil {
-		return err
+	if err := netnslab.Veth(ctx, port, l.Switch, "eth0", ns); err != nil {
+		return fmt.Errorf("lab: %w", err)
 	}
 	if err := ipn(ctx, l.Switch, "link", "set", port, "master", l.Bridge, "up"); err != nil {
 		return err
