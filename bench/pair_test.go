@@ -1,28 +1,20 @@
 package bench
 
 import (
-	"context"
-	"encoding/hex"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
-	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/conn/bindtest"
-	wgdevice "golang.zx2c4.com/wireguard/device"
 	"golang.zx2c4.com/wireguard/tun"
 
-	"github.com/wgmesh/wgmesh/device"
 	"github.com/wgmesh/wgmesh/device/devicetest"
-	"github.com/wgmesh/wgmesh/mesh"
 )
 
 // batchTUN is an in-memory TUN device that hands wireguard-go whole batches
@@ -194,76 +186,15 @@ func (c *batchBind) ParseEndpoint(s string) (conn.Endpoint, error) {
 // batchPair is two devices joined by batchTUNs and batchBinds.
 type batchPair struct {
 	tuns [2]*batchTUN
-	// backend says which device carries the packets: wgmesh's (device.Open
-	// and Configure, the agent's path) or, without root, a bare
-	// wireguard-go device configured over IPC.
-	backend string
 }
 
-// newBatchPair opens the pair. As root it uses device.Open and Configure;
-// otherwise UAPI sockets cannot be served and it falls back to wireguard-go
-// configured directly, which is the same data path.
+// newBatchPair opens the pair with device.Open and Configure, the agent's
+// path, configured in process (no root needed).
 func newBatchPair(b *testing.B, batch int) *batchPair {
-	p := &batchPair{}
+	p := &batchPair{tuns: [2]*batchTUN{newBatchTUN(batch), newBatchTUN(batch)}}
 	binds := newBatchBinds(batch)
-	var keys [2]mesh.Key
-	for i := range keys {
-		k, err := mesh.GeneratePrivateKey()
-		if err != nil {
-			b.Fatal(err)
-		}
-		keys[i] = k
-		p.tuns[i] = newBatchTUN(batch)
-	}
-	prefix := func(i int) netip.Prefix {
-		return netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 244, byte(i + 1), 0}), 24)
-	}
-	root := os.MkdirAll(devicetest.UAPIDir, 0o755) == nil && unix.Access(devicetest.UAPIDir, unix.W_OK) == nil
-	for i := range 2 {
-		peer := mesh.Peer{
-			Node:       fmt.Sprintf("end%d", 1-i),
-			PublicKey:  keys[1-i].PublicKey(),
-			Endpoint:   netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), uint16(2-i)),
-			AllowedIPs: []netip.Prefix{prefix(1 - i)},
-		}
-		if root {
-			p.backend = "wgmesh device"
-			d, err := device.Open(context.Background(), device.Options{
-				Name:    fmt.Sprintf("wgmb%d%s%c", batch, randomName(b), 'a'+i),
-				Backend: device.ChoiceUserspace,
-				TUN:     p.tuns[i],
-				Bind:    binds[i],
-			})
-			if err != nil {
-				b.Fatalf("open in-memory device %d: %v", i, err)
-			}
-			b.Cleanup(func() { d.Close() })
-			if err := d.Configure(context.Background(), mesh.DeviceConfig{PrivateKey: keys[i], Peers: []mesh.Peer{peer}}); err != nil {
-				b.Fatalf("configure in-memory device %d: %v", i, err)
-			}
-			continue
-		}
-		p.backend = "wireguard-go (not root: no UAPI socket for device.Open)"
-		dev := wgdevice.NewDevice(p.tuns[i], binds[i], wgdevice.NewLogger(wgdevice.LogLevelSilent, ""))
-		b.Cleanup(dev.Close)
-		cfg := strings.Join([]string{
-			"private_key=" + hex.EncodeToString(keys[i][:]),
-			"public_key=" + hex.EncodeToString(peer.PublicKey[:]),
-			"endpoint=" + peer.Endpoint.String(),
-			"allowed_ip=" + peer.AllowedIPs[0].String(),
-		}, "\n")
-		if err := dev.IpcSet(cfg); err != nil {
-			b.Fatalf("configure wireguard-go %d: %v", i, err)
-		}
-		if err := dev.Up(); err != nil {
-			b.Fatal(err)
-		}
-	}
+	devicetest.NewPairOn(b, [2]tun.Device{p.tuns[0], p.tuns[1]}, [2]conn.Bind{binds[0], binds[1]}, devicetest.Options{})
 	return p
-}
-
-func randomName(b *testing.B) string {
-	return strconv.FormatInt(int64(os.Getpid()%100000), 36) + strconv.FormatInt(int64(len(b.Name())), 36)
 }
 
 // window is how many packets may be in flight, like a TCP window of about
@@ -367,7 +298,6 @@ func BenchmarkInMemoryPair(b *testing.B) {
 			b.ReportMetric(delivered*packetSize*8/sec/1e9, "Gbit/s")
 			b.ReportMetric(sec*1e9/delivered, "ns/packet")
 			b.ReportMetric(float64(lost)/float64(b.N), "lost/op")
-			b.Logf("data path: %s", p.backend)
 		})
 	}
 }

@@ -98,8 +98,9 @@ type Options struct {
 	// TUN and Bind, set together, make Open build a userspace device on them
 	// instead of a kernel TUN device and UDP sockets: the in-memory pairs of
 	// package devicetest (tuntest.ChannelTUN, bindtest.ChannelBind). No
-	// kernel interface exists then; Name only names the UAPI socket, which
-	// must be unique on the host, and Destroy is Close.
+	// kernel interface and no UAPI socket exist then: Configure and Stats
+	// speak UAPI to wireguard-go in process, so it runs without root; Name
+	// is only a label.
 	TUN  tun.Device
 	Bind conn.Bind
 }
@@ -107,7 +108,7 @@ type Options struct {
 // Device is the local WireGuard interface.
 //
 // Configure may be called any number of times and is safe for concurrent use
-// with Stats. After Close or Destroy every method but Name and Backend
+// with Stats. After Close every method but Name and Backend
 // returns an error wrapping net.ErrClosed.
 type Device interface {
 	// Configure makes the interface's WireGuard state equal cfg and touches
@@ -136,10 +137,9 @@ type Device interface {
 	Offloads() []OffloadState
 	// Close releases the device: wireguard-go and the UAPI socket stop, the
 	// interface and its routes stay (a userspace interface then drops every
-	// packet until an agent re-attaches). Idempotent.
+	// packet until an agent re-attaches). Idempotent. Removing the
+	// interface as well is Remove's job, after Close.
 	Close() error
-	// Destroy closes the device and removes the interface. Idempotent.
-	Destroy() error
 }
 
 // PeerStats are one peer's counters as the device reports them.

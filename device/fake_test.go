@@ -184,7 +184,6 @@ func (s *stubDevice) Backend() mesh.Backend                              { retur
 func (s *stubDevice) Stats(context.Context) ([]PeerStats, error)         { return nil, nil }
 func (s *stubDevice) Offloads() []OffloadState                           { return nil }
 func (s *stubDevice) Close() error                                       { return nil }
-func (s *stubDevice) Destroy() error                                     { return nil }
 
 // fakeEnv wires the fakes together; creating a wireguard link also creates
 // its fake WireGuard device, as the kernel does.

@@ -6,6 +6,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -23,7 +24,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/wgmesh/wgmesh/device/internal/nstest"
+	"github.com/wgmesh/wgmesh/internal/netnslab"
 	"github.com/wgmesh/wgmesh/mesh"
 )
 
@@ -52,8 +53,9 @@ type helperConfig struct {
 	Backend         Choice
 	DisableOffloads bool
 	InflightPackets int
-	// Destroy removes the interface on SIGTERM instead of closing.
-	Destroy        bool
+	// Remove removes the interface on SIGTERM after closing (what the
+	// agent does after a failed start).
+	Remove         bool
 	PrivateKeyFile string
 	ListenPort     int
 	FwMark         uint32
@@ -163,8 +165,8 @@ func helperDevice(path string) error {
 			}
 		}
 	}
-	if hc.Destroy {
-		return d.Destroy()
+	if hc.Remove {
+		return errors.Join(d.Close(), Remove(d.Name()))
 	}
 	return d.Close()
 }
@@ -235,7 +237,7 @@ type helperProc struct {
 }
 
 // startHelper runs the test binary in mode inside namespace ns of lab.
-func startHelper(t *testing.T, lab *nstest.Lab, ns int, mode, arg string, extraEnv ...string) *helperProc {
+func startHelper(t *testing.T, lab *netnslab.Lab, ns int, mode, arg string, extraEnv ...string) *helperProc {
 	t.Helper()
 	cmd := lab.Cmd(ns, os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), helperEnv+"="+mode, helperArgEnv+"="+arg)
@@ -353,7 +355,7 @@ func writeHelperConfig(t *testing.T, hc helperConfig, priv mesh.Key) string {
 
 // transfer sends size bytes over TCP from namespace from to dst (listening
 // in namespace to) and checks that they arrive intact.
-func transfer(t *testing.T, lab *nstest.Lab, from, to int, dst netip.AddrPort, size int) {
+func transfer(t *testing.T, lab *netnslab.Lab, from, to int, dst netip.AddrPort, size int) {
 	t.Helper()
 	recv := startHelper(t, lab, to, "tcp-recv", dst.String())
 	if l := recv.line(t, 20*time.Second); l != "listening" {

@@ -93,19 +93,3 @@ func (k *kernel) Close() error {
 	k.once.Do(func() { k.closeErr = k.conf.close() })
 	return k.closeErr
 }
-
-func (k *kernel) Destroy() error {
-	err := k.Close()
-	link, lerr := k.nl.LinkByName(k.name)
-	switch {
-	case isLinkNotFound(lerr):
-		return err
-	case lerr != nil:
-		return errors.Join(err, opError(k.name, "destroy: look up link", lerr))
-	}
-	if derr := k.nl.LinkDel(link); derr != nil && !isLinkNotFound(derr) {
-		return errors.Join(err, opError(k.name, "destroy: delete link", derr))
-	}
-	k.log.Info("interface removed")
-	return err
-}

@@ -4,10 +4,11 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"sync"
 	"time"
 
 	wgdevice "golang.zx2c4.com/wireguard/device"
+
+	"github.com/wgmesh/wgmesh/internal/ratelog"
 )
 
 // Rate limit for wireguard-go's log lines: some are per packet (a failed
@@ -24,13 +25,15 @@ const (
 // prints peers as abbreviated public keys and never prints private keys.
 func newWGLogger(l *slog.Logger) *wgdevice.Logger {
 	l = l.With("source", "wireguard-go")
-	rl := &rateLimiter{seen: map[string]*window{}}
+	// wireguard-go has a few dozen distinct formats; the limiter's map stays
+	// small.
+	rl := &ratelog.Limiter[string]{Burst: logBurst, Window: logWindow}
 	emit := func(level slog.Level) func(string, ...any) {
 		return func(format string, args ...any) {
 			if !l.Enabled(context.Background(), level) {
 				return
 			}
-			ok, dropped := rl.allow(format, time.Now())
+			ok, dropped := rl.Allow(format, time.Now())
 			if !ok {
 				return
 			}
@@ -42,40 +45,4 @@ func newWGLogger(l *slog.Logger) *wgdevice.Logger {
 		}
 	}
 	return &wgdevice.Logger{Verbosef: emit(slog.LevelDebug), Errorf: emit(slog.LevelWarn)}
-}
-
-// rateLimiter allows logBurst events per key in each logWindow and counts
-// the rest.
-type rateLimiter struct {
-	mu   sync.Mutex
-	seen map[string]*window
-}
-
-type window struct {
-	start   time.Time
-	n       int
-	dropped int
-}
-
-// allow reports whether an event for key may be logged now and how many
-// were suppressed since the last logged one.
-func (r *rateLimiter) allow(key string, now time.Time) (ok bool, dropped int) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	w := r.seen[key]
-	if w == nil {
-		// wireguard-go has a few dozen distinct formats; the map stays small.
-		w = &window{start: now}
-		r.seen[key] = w
-	}
-	if now.Sub(w.start) >= logWindow {
-		w.start, w.n = now, 0
-	}
-	if w.n >= logBurst {
-		w.dropped++
-		return false, 0
-	}
-	w.n++
-	dropped, w.dropped = w.dropped, 0
-	return true, dropped
 }

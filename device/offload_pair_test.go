@@ -2,10 +2,7 @@ package device_test
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
-	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -21,7 +18,6 @@ import (
 
 	"github.com/wgmesh/wgmesh/device"
 	"github.com/wgmesh/wgmesh/device/devicetest"
-	"github.com/wgmesh/wgmesh/mesh"
 )
 
 // pairBatch is how many packets the fakes below move per call, like TUN
@@ -198,44 +194,10 @@ func (c *batchBind) ParseEndpoint(s string) (conn.Endpoint, error) {
 
 // openBatchPair opens two userspace devices on tuns and binds, each the
 // other's peer, with the given in-flight bound; closed in t.Cleanup.
-func openBatchPair(ctx context.Context, t *testing.T, tuns [2]*refusingTUN, binds [2]*batchBind, inflight int) ([2]device.Device, [2]netip.Addr) {
+func openBatchPair(t *testing.T, tuns [2]*refusingTUN, binds [2]*batchBind, inflight int) ([2]device.Device, [2]netip.Addr) {
 	t.Helper()
-	devicetest.SkipUnlessUAPIWritable(t)
-	var sfx [3]byte
-	if _, err := rand.Read(sfx[:]); err != nil {
-		t.Fatal(err)
-	}
-	addr := [2]netip.Addr{netip.MustParseAddr("10.244.1.1"), netip.MustParseAddr("10.244.2.1")}
-	var keys [2]mesh.Key
-	var devs [2]device.Device
-	for i := range devs {
-		k, err := mesh.GeneratePrivateKey()
-		if err != nil {
-			t.Fatal(err)
-		}
-		keys[i] = k
-		d, err := device.Open(ctx, device.Options{
-			Name: fmt.Sprintf("wgmo%s%c", hex.EncodeToString(sfx[:]), 'a'+i), Backend: device.ChoiceUserspace,
-			TUN: tuns[i], Bind: binds[i], InflightPackets: inflight,
-		})
-		if err != nil {
-			t.Fatalf("open device %d: %v", i, err)
-		}
-		t.Cleanup(func() { d.Close() })
-		devs[i] = d
-	}
-	for i, d := range devs {
-		err := d.Configure(ctx, mesh.DeviceConfig{PrivateKey: keys[i], Peers: []mesh.Peer{{
-			Node: fmt.Sprintf("end%d", 1-i), PublicKey: keys[1-i].PublicKey(),
-			// bindtest's convention: bind 0 reaches bind 1 as port 1.
-			Endpoint:   netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(i+1)),
-			AllowedIPs: []netip.Prefix{netip.PrefixFrom(addr[1-i], 24).Masked()},
-		}}})
-		if err != nil {
-			t.Fatalf("configure device %d: %v", i, err)
-		}
-	}
-	return devs, addr
+	p := devicetest.NewPairOn(t, [2]tun.Device{tuns[0], tuns[1]}, [2]conn.Bind{binds[0], binds[1]}, devicetest.Options{InflightPackets: inflight})
+	return [2]device.Device{p[0].Device, p[1].Device}, [2]netip.Addr{p[0].Addr, p[1].Addr}
 }
 
 // TestOffloadFallbackDeliversBatches is the scenario of a kernel that
@@ -249,7 +211,7 @@ func TestOffloadFallbackDeliversBatches(t *testing.T) {
 	binds := newBatchBinds()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	devs, addr := openBatchPair(ctx, t, tuns, binds, 0)
+	devs, addr := openBatchPair(t, tuns, binds, 0)
 
 	// The first packet starts the handshake; wait for it to arrive alone so
 	// that the batches below travel on an established session.

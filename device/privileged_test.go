@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/wgmesh/wgmesh/device/internal/nstest"
+	"github.com/wgmesh/wgmesh/internal/netnslab"
 	"github.com/wgmesh/wgmesh/mesh"
 )
 
@@ -28,14 +28,14 @@ const (
 // peered with each other: namespace i has tunnel address 10.244.(i+1).1 and
 // routes the other's 10.244.(2-i).0/24 through its device.
 type meshLab struct {
-	*nstest.Lab
+	*netnslab.Pair
 	spec [2]deviceSpec
 }
 
 func newMeshLab(t *testing.T) *meshLab {
 	t.Helper()
-	nstest.SkipUnlessRoot(t)
-	m := &meshLab{Lab: nstest.New(t)}
+	netnslab.SkipUnlessRoot(t, "tcpdump", "ping")
+	m := &meshLab{Pair: netnslab.NewPair(t, "wgmdev")}
 	for i := range m.spec {
 		priv, err := mesh.GeneratePrivateKey()
 		if err != nil {
@@ -44,7 +44,7 @@ func newMeshLab(t *testing.T) *meshLab {
 		m.spec[i] = deviceSpec{
 			ns: i,
 			// Global names: UAPI sockets share /var/run/wireguard.
-			name:   fmt.Sprintf("wgm%s%c", m.Suffix, 'a'+i),
+			name:   fmt.Sprintf("wgm%s%c", m.ID, 'a'+i),
 			priv:   priv,
 			inner:  netip.AddrFrom4([4]byte{10, 244, byte(i + 1), 1}),
 			routes: netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 244, byte(i + 1), 0}), 24),
@@ -94,7 +94,7 @@ func (m *meshLab) addressAndRoute(t *testing.T, i int) {
 
 // checkCiphertextOnly asserts that the capture holds encrypted WireGuard
 // traffic and nothing with an inner address or any other IPv4 payload.
-func checkCiphertextOnly(t *testing.T, c *nstest.Capture, minEncrypted int) {
+func checkCiphertextOnly(t *testing.T, c *netnslab.Capture, minEncrypted int) {
 	t.Helper()
 	encrypted := c.Count(t, fmt.Sprintf("udp port %d", labPort))
 	inner := c.Count(t, "net 10.244.0.0/16")
@@ -122,7 +122,7 @@ func TestPrivilegedUserspaceTransfer(t *testing.T) {
 	}
 	m.WaitPing(t, 0, m.spec[1].inner, 20*time.Second)
 
-	capture := m.StartCapture(t, 0, nstest.UnderlayIface)
+	capture := m.StartCapture(t, 0, netnslab.UnderlayIface)
 	transfer(t, m.Lab, 0, 1, netip.AddrPortFrom(m.spec[1].inner, 5201), transferSize)
 	capture.Stop(t)
 	// 16 MiB is at least 256 packets even if every one were a 64 KiB GSO
@@ -292,7 +292,7 @@ func TestPrivilegedInteropWireguardGo(t *testing.T) {
 // with SIGKILL: the interface and its route stay, traffic into it is dropped
 // (nothing reaches the underlay in plaintext), and a new process re-attaches
 // to the same interface and traffic flows again. A second process cannot
-// take an interface that is in use, and Destroy removes it.
+// take an interface that is in use, and Close then Remove removes it.
 func TestPrivilegedKillReattach(t *testing.T) {
 	m := newMeshLab(t)
 	var owner *helperProc
@@ -341,7 +341,7 @@ func TestPrivilegedKillReattach(t *testing.T) {
 		return n
 	}
 	droppedBefore := dropped()
-	capture := m.StartCapture(t, 0, nstest.UnderlayIface)
+	capture := m.StartCapture(t, 0, netnslab.UnderlayIface)
 	if out, err := m.Try(0, "ping", "-n", "-c", "3", "-i", "0.3", "-W", "1", m.spec[1].inner.String()); err == nil {
 		t.Fatalf("ping through a device without its process succeeded:\n%s", out)
 	}
@@ -363,7 +363,7 @@ func TestPrivilegedKillReattach(t *testing.T) {
 	// A new process re-attaches to the same interface; this one destroys
 	// it when stopped.
 	hc := m.helperConfig(0)
-	hc.Destroy = true
+	hc.Remove = true
 	// Also switch the offloads off, which a re-attach must clear on the
 	// device the first agent set them on.
 	hc.DisableOffloads = true
@@ -382,10 +382,10 @@ func TestPrivilegedKillReattach(t *testing.T) {
 		t.Fatalf("destroying helper: %v\n%s", err, again.stderr)
 	}
 	if out, err := m.Try(0, "ip", "link", "show", name); err == nil {
-		t.Fatalf("Destroy left the interface: %s", out)
+		t.Fatalf("Close and Remove left the interface: %s", out)
 	}
 	if _, err := os.Lstat(sockPath(name)); err == nil {
-		t.Fatalf("Destroy left the UAPI socket %s", sockPath(name))
+		t.Fatalf("Close and Remove left the UAPI socket %s", sockPath(name))
 	}
 }
 
@@ -451,7 +451,7 @@ func TestPrivilegedDisableOffloads(t *testing.T) {
 func TestPrivilegedBackendChoice(t *testing.T) {
 	m := newMeshLab(t)
 	name := m.spec[0].name
-	probe := "wgp" + m.Suffix
+	probe := "wgp" + m.ID
 	_, probeErr := m.Try(0, "ip", "link", "add", probe, "type", "wireguard")
 	kernelWG := probeErr == nil
 	if kernelWG {

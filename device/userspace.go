@@ -3,7 +3,6 @@ package device
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"net"
 	"os"
@@ -27,14 +26,15 @@ import (
 const tunPath = "/dev/net/tun"
 
 // userspace is wireguard-go on a persistent kernel TUN device (or on an
-// in-memory TUN for tests), with its UAPI socket served for wg(8) and wgctrl.
+// in-memory TUN for tests), with its UAPI socket served for wg(8) and wgctrl
+// (in-memory devices are configured in process instead, see ipcClient).
 type userspace struct {
 	name   string
 	log    *slog.Logger
 	nl     netlinkOps // nil for an in-memory device
 	dev    *wgdevice.Device
 	tun    tun.Device
-	uapi   net.Listener
+	uapi   net.Listener  // nil for an in-memory device (configured in process)
 	served chan struct{} // closed when the UAPI accept loop ends
 	conf   *wgconf
 	off    *offloadTracker
@@ -97,17 +97,25 @@ func openUserspace(ctx context.Context, o Options, e *env, link netlink.Link) (D
 	if err := ctx.Err(); err != nil {
 		return fail(opError(o.Name, "open", err))
 	}
-	uapi, err := listenUAPI(o.Name)
-	if err != nil {
-		return fail(err)
-	}
-	wg, err := e.newWG()
-	if err != nil {
-		uapi.Close()
-		return fail(opError(o.Name, "open wgctrl", err))
+	// An in-memory device is configured in process: no UAPI socket, so
+	// no root and no /var/run/wireguard (see ipcClient).
+	var (
+		uapi net.Listener
+		wg   wgClient = ipcClient{dev}
+	)
+	if o.TUN == nil {
+		if uapi, err = listenUAPI(o.Name); err != nil {
+			return fail(err)
+		}
+		if wg, err = e.newWG(); err != nil {
+			uapi.Close()
+			return fail(opError(o.Name, "open wgctrl", err))
+		}
 	}
 	if err := dev.Up(); err != nil {
-		uapi.Close()
+		if uapi != nil {
+			uapi.Close()
+		}
 		wg.Close()
 		return fail(opError(o.Name, "start wireguard-go", err))
 	}
@@ -124,10 +132,16 @@ func openUserspace(ctx context.Context, o Options, e *env, link netlink.Link) (D
 		tx:     tx,
 		rx:     rx,
 	}
-	go u.serveUAPI()
+	uapiAt := "in process"
+	if uapi != nil {
+		uapiAt = sockPath(o.Name)
+		go u.serveUAPI()
+	} else {
+		close(u.served)
+	}
 	o.Logger.Info("userspace WireGuard device open",
 		"created", created, "reattached", link != nil, "offloads", !o.DisableOffloads && o.TUN == nil,
-		"uapi", sockPath(o.Name))
+		"uapi", uapiAt)
 	return u, nil
 }
 
@@ -372,8 +386,10 @@ func (u *userspace) Close() error {
 	u.once.Do(func() {
 		u.closing.Store(true)
 		var errs []error
-		if err := u.uapi.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
-			errs = append(errs, opError(u.name, "close UAPI socket", err))
+		if u.uapi != nil {
+			if err := u.uapi.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+				errs = append(errs, opError(u.name, "close UAPI socket", err))
+			}
 		}
 		<-u.served
 		if err := u.conf.close(); err != nil {
@@ -384,25 +400,4 @@ func (u *userspace) Close() error {
 		u.log.Info("userspace WireGuard device closed", "interface_kept", u.nl != nil)
 	})
 	return u.closeErr
-}
-
-// Destroy closes the device and deletes the interface.
-func (u *userspace) Destroy() error {
-	if u.nl == nil {
-		return u.Close()
-	}
-	var errs []error
-	if !u.closing.Load() {
-		// While we hold the descriptor, clearing persist makes Close remove
-		// the interface even if the netlink delete below fails.
-		if err := setPersist(u.tun, false); err != nil {
-			errs = append(errs, opError(u.name, "destroy: clear TUN persist", err))
-		}
-	}
-	errs = append(errs, u.Close())
-	if err := deleteLink(u.nl, u.name); err != nil {
-		errs = append(errs, fmt.Errorf("destroy: %w", err))
-	}
-	u.log.Info("interface removed")
-	return errors.Join(errs...)
 }

@@ -25,6 +25,7 @@ import (
 
 	"github.com/wgmesh/wgmesh/deploy"
 	"github.com/wgmesh/wgmesh/e2e/apiserver"
+	"github.com/wgmesh/wgmesh/internal/netnslab"
 	"github.com/wgmesh/wgmesh/mesh"
 	meshagent "github.com/wgmesh/wgmesh/mesh/agent"
 	"github.com/wgmesh/wgmesh/mesh/kube"
@@ -434,22 +435,10 @@ func TestPrivilegedK8sAPIServerInNetNS(t *testing.T) {
 	if _, err := exec.LookPath("ip"); err != nil {
 		t.Skip("privileged: ip not installed")
 	}
-	ns := fmt.Sprintf("wgmk8s%d", os.Getpid())
-	run := func(args ...string) {
-		t.Helper()
-		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
-			t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
-		}
-	}
-	run("netns", "add", ns)
-	t.Cleanup(func() {
-		if out, err := exec.Command("ip", "netns", "del", ns).CombinedOutput(); err != nil {
-			t.Errorf("remove network namespace %s: %v: %s", ns, err, out)
-		}
-	})
-	// The underlay address sits on the namespace's loopback (Start brings it
-	// up): no dummy module is needed, and it is reachable only from inside.
-	run("-n", ns, "addr", "add", "198.18.255.1/32", "dev", "lo")
+	ns := netnslab.New(t, "wgmk8s", "api").NS[0]
+	// The underlay address sits on the namespace's loopback: no dummy
+	// module is needed, and it is reachable only from inside.
+	netnslab.MustRun(t, "ip", "-n", ns, "addr", "add", "198.18.255.1/32", "dev", "lo")
 
 	bctx, bcancel := context.WithTimeout(context.Background(), k8sBuildTimeout)
 	defer bcancel()

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strconv"
+	"strings"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
@@ -670,4 +672,20 @@ func sumCounters(rules []*nftables.Rule) uint64 {
 		}
 	}
 	return n
+}
+
+// ruleIface extracts the tunnel interface from a rule signature of family f
+// made by sig.
+func ruleIface(rule string, f family, sig func(family, string) string) (string, bool) {
+	prefix := sig(f, "")
+	prefix = prefix[:strings.Index(prefix, `""`)]
+	if !strings.HasPrefix(rule, prefix) {
+		return "", false
+	}
+	q, err := strconv.QuotedPrefix(rule[len(prefix):])
+	if err != nil {
+		return "", false
+	}
+	name, err := strconv.Unquote(q)
+	return name, err == nil && rule == sig(f, name)
 }

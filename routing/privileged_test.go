@@ -2,7 +2,6 @@ package routing
 
 import (
 	"context"
-	"fmt"
 	"math/rand/v2"
 	"net/netip"
 	"os"
@@ -16,6 +15,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/vishvananda/netns"
 
+	"github.com/wgmesh/wgmesh/internal/netnslab"
 	"github.com/wgmesh/wgmesh/mesh"
 )
 
@@ -39,18 +39,13 @@ func requireRoot(t testing.TB) {
 
 func newLab(t testing.TB) *lab {
 	requireRoot(t)
-	suffix := fmt.Sprintf("%d-%06x", os.Getpid(), rand.Uint32()&0xffffff)
-	l := &lab{t: t, ns: "wgrt-" + suffix, peer: "wgrp-" + suffix}
-	for _, ns := range []string{l.ns, l.peer} {
-		l.run("ip", "netns", "add", ns)
-		t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", ns).Run() })
-	}
+	nl := netnslab.New(t, "wgrt", "host", "peer")
+	l := &lab{t: t, ns: nl.NS[0], peer: nl.NS[1]}
 	// New namespaces inherit the host's net.ipv4.conf.{all,default}: make
 	// src_valid_mark start at 0 whatever the host has, so the tests can
 	// tell that the router leaves it alone.
 	l.run("ip", "netns", "exec", l.ns, "sysctl", "-q", "-w",
 		"net.ipv4.conf.all.src_valid_mark=0", "net.ipv4.conf.default.src_valid_mark=0")
-	l.ip("link", "set", "lo", "up")
 	// No dummy module on every machine: a veth pair stands in for the tunnel.
 	l.ip("link", "add", DefaultInterface, "type", "veth", "peer", "name", "wgpeer")
 	l.ip("link", "set", "wgpeer", "up")
@@ -59,7 +54,6 @@ func newLab(t testing.TB) *lab {
 	l.ip("addr", "add", "198.18.0.1/24", "dev", "ul0")
 	l.ip("link", "set", "ul0", "up")
 	l.ip("route", "add", "default", "via", "198.18.0.2", "dev", "ul0")
-	l.peerIP("link", "set", "lo", "up")
 	l.peerIP("addr", "add", "198.18.0.2/24", "dev", "ul1")
 	l.peerIP("addr", "add", "10.244.2.5/32", "dev", "ul1")
 	l.peerIP("link", "set", "ul1", "up")

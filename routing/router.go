@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/wgmesh/wgmesh/internal/ratelog"
 	"github.com/wgmesh/wgmesh/mesh"
 )
 
@@ -36,17 +37,18 @@ type router struct {
 	sys system
 	log *slog.Logger
 	// optErr is reported by every Apply when the options are invalid (only
-	// reachable through NewFake, which cannot return an error).
+	// reachable through the tests' fake, whose constructor cannot return an
+	// error).
 	optErr error
 
 	mu     sync.Mutex // serialises Apply and Cleanup; guards the rest
 	status Status
-	// lastWarn and warnedAt rate-limit logging of unchanged warnings.
-	lastWarn string
-	warnedAt time.Time
-	// egressLogged is the egress drop count last logged, at egressAt.
+	// warned rate-limits logging of unchanged warnings.
+	warned ratelog.Changes[string]
+	// egressLogged is the egress drop count last logged; egressLog lets
+	// one line through per warnEvery.
 	egressLogged uint64
-	egressAt     time.Time
+	egressLog    ratelog.Limiter[struct{}]
 }
 
 // warnEvery is how often a warning that persists from Apply to Apply is
@@ -56,7 +58,9 @@ const warnEvery = 10 * time.Minute
 var _ Router = (*router)(nil)
 
 func newRouter(o Options, sys system) *router {
-	return &router{o: o, sys: sys, log: o.logger(), optErr: o.Validate()}
+	return &router{o: o, sys: sys, log: o.logger(), optErr: o.Validate(),
+		warned:    ratelog.Changes[string]{Every: warnEvery},
+		egressLog: ratelog.Limiter[struct{}]{Burst: 1, Window: warnEvery}}
 }
 
 // Apply implements Router.
@@ -105,7 +109,10 @@ func (r *router) logEgress(have observed) {
 		r.egressLogged = d.Egress
 		return
 	}
-	if d.Egress == r.egressLogged || (!r.egressAt.IsZero() && time.Since(r.egressAt) < warnEvery) {
+	if d.Egress == r.egressLogged {
+		return
+	}
+	if ok, _ := r.egressLog.Allow(struct{}{}, time.Now()); !ok {
 		return
 	}
 	cause := fmt.Sprintf("a policy rule, route or mark of other software sends traffic to remote pods around table %d; "+
@@ -119,7 +126,7 @@ func (r *router) logEgress(have observed) {
 	}
 	r.log.Warn("egress guard dropped packets to remote pods that were about to leave outside the tunnel in plaintext",
 		"dropped_total", d.Egress, "new", d.Egress-r.egressLogged, "likely_cause", cause)
-	r.egressLogged, r.egressAt = d.Egress, time.Now()
+	r.egressLogged = d.Egress
 }
 
 // warnings are the Status warnings of an Apply that observed w and left
@@ -142,13 +149,10 @@ func (o Options) warnings(d mesh.Desired, w observed, podMTU int) []string {
 // every warnEvery: they repeat on every Apply (resyncs included) until the
 // cause is fixed.
 func (r *router) logWarnings(warns []string) {
-	key := strings.Join(warns, "\n")
-	now := time.Now()
-	if key == "" || (key == r.lastWarn && now.Sub(r.warnedAt) < warnEvery) {
-		r.lastWarn = key
+	// A cleared set counts as a change, so the warnings' return is logged.
+	if key := strings.Join(warns, "\n"); !r.warned.Allow(key, time.Now()) || key == "" {
 		return
 	}
-	r.lastWarn, r.warnedAt = key, now
 	for _, w := range warns {
 		r.log.Warn("routing is applied, with a warning", "warning", w)
 	}

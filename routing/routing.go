@@ -10,11 +10,11 @@
 // compares a model of the OS state (rules, routes, addresses, link MTU, the
 // nftables sets) with the state a mesh.Desired asks for and returns an
 // ordered list of operations; a system executes them. The kernel system
-// (netlink + nftables) is what New returns; the in-memory system behind
-// NewFake renders the resulting state as sorted `ip`/`nft` text for golden
-// tests. Both read the current state, filter it to what is ours with the
-// same predicates and go through the same plan, so the fake cannot drift
-// from production.
+// (netlink + nftables) is what New returns; the in-memory system of the
+// package's tests (fakehost_test.go) renders the resulting state as sorted
+// `ip`/`nft` text for golden tests. Both read the current state, filter it
+// to what is ours with the same predicates and go through the same plan, so
+// the fake cannot drift from production.
 //
 // Everything the router installs belongs to one instance, named by its
 // interface, and is recognisable as its own: routes carry the route

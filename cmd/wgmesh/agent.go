@@ -154,12 +154,12 @@ func (a *app) runAgent(ctx context.Context, cfg agentConfig) (err error) {
 	// check sees it.
 	claim.Started()
 	running := false
-	// Close, never Destroy once running: the interface, its peers and
+	// Close, never Remove once running: the interface, its peers and
 	// routes stay so that traffic stays encrypted (or dropped) until the
 	// next agent.
 	defer func() {
 		if !running && created {
-			if derr := dev.Destroy(); derr != nil {
+			if derr := errors.Join(dev.Close(), device.Remove(cfg.Interface)); derr != nil {
 				err = errors.Join(err, fmt.Errorf("remove interface %s after the failed start: %w", cfg.Interface, derr))
 			} else {
 				log.Info("start failed; removed the interface this run created", "interface", cfg.Interface)
@@ -190,20 +190,9 @@ func (a *app) runAgent(ctx context.Context, cfg agentConfig) (err error) {
 		Commit:     rev,
 		// What /status reports as encrypted.
 		HostEncryption: cfg.Derive.HostEncryption,
-		Stats: func(ctx context.Context) ([]metrics.PeerStats, error) {
-			ps, err := dev.Stats(ctx)
-			out := make([]metrics.PeerStats, 0, len(ps))
-			for _, p := range ps {
-				out = append(out, toMetricsStats(p))
-			}
-			return out, err
-		},
-		Offloads: func() []metrics.OffloadStatus { return toMetricsOffloads(dev.Offloads()) },
-		Router: func() metrics.RouterStatus {
-			s := router.Status()
-			return metrics.RouterStatus{LinkMTU: s.LinkMTU, PodMTU: s.PodMTU, IngressDropped: s.IngressDropped,
-				EgressDropped: s.EgressDropped, Warnings: s.Warnings}
-		},
+		Stats:          dev.Stats,
+		Offloads:       dev.Offloads,
+		Router:         router.Status,
 		// The key in use, which the reconciler holds (not a fresh read
 		// of the file, which may hold a rotation not yet applied).
 		PublicKey: func() (mesh.Key, error) {

@@ -18,6 +18,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes/fake"
 
+	"github.com/wgmesh/wgmesh/internal/netnslab"
 	"github.com/wgmesh/wgmesh/mesh"
 	"github.com/wgmesh/wgmesh/mesh/kube"
 	"github.com/wgmesh/wgmesh/mesh/metrics"
@@ -64,7 +65,8 @@ func TestPrivilegedAgentPeersFile(t *testing.T) {
 			t.Skipf("%s not installed", tool)
 		}
 	}
-	id := fmt.Sprintf("%d", os.Getpid()%100000)
+	lab := netnslab.New(t, "wgmc", "a", "b")
+	id := lab.ID
 	dir := t.TempDir()
 	type node struct {
 		name, ns, iface, veth, underlay, pod, cidr string
@@ -73,24 +75,20 @@ func TestPrivilegedAgentPeersFile(t *testing.T) {
 		done                                       chan error
 	}
 	nodes := []*node{
-		{name: "host-a", ns: "wgmc" + id + "a", iface: "wgmc" + id + "a", veth: "wgmv" + id + "a", underlay: "198.18.7.1", pod: "10.244.71.10", cidr: "10.244.71.0/24"},
-		{name: "host-b", ns: "wgmc" + id + "b", iface: "wgmc" + id + "b", veth: "wgmv" + id + "b", underlay: "198.18.7.2", pod: "10.244.72.10", cidr: "10.244.72.0/24"},
+		{name: "host-a", ns: lab.NS[0], iface: "wgmc" + id + "a", veth: "wgmv" + id + "a", underlay: "198.18.7.1", pod: "10.244.71.10", cidr: "10.244.71.0/24"},
+		{name: "host-b", ns: lab.NS[1], iface: "wgmc" + id + "b", veth: "wgmv" + id + "b", underlay: "198.18.7.2", pod: "10.244.72.10", cidr: "10.244.72.0/24"},
 	}
 	for _, n := range nodes {
-		ip(t, "netns", "add", n.ns)
-		t.Cleanup(func() {
-			// Interfaces in the namespace go with it; the UAPI socket
-			// file of the userspace backend does not.
-			exec.Command("ip", "netns", "del", n.ns).Run()
-			os.Remove(filepath.Join("/var/run/wireguard", n.iface+".sock"))
-		})
+		// Interfaces in the namespace go with it (netnslab); the UAPI
+		// socket file of the userspace backend does not.
+		t.Cleanup(func() { os.Remove(filepath.Join("/var/run/wireguard", n.iface+".sock")) })
 	}
-	ip(t, "link", "add", nodes[0].veth, "type", "veth", "peer", "name", nodes[1].veth)
+	if err := netnslab.Veth(context.Background(), nodes[0].veth, nodes[0].ns, nodes[1].veth, nodes[1].ns); err != nil {
+		t.Fatal(err)
+	}
 	for _, n := range nodes {
-		ip(t, "link", "set", n.veth, "netns", n.ns)
 		ip(t, "-n", n.ns, "addr", "add", n.underlay+"/24", "dev", n.veth)
 		ip(t, "-n", n.ns, "link", "set", n.veth, "up")
-		ip(t, "-n", n.ns, "link", "set", "lo", "up")
 		// The pod address lives on lo; no plaintext route to the other
 		// node's pods exists, so a reply can only come through the tunnel.
 		ip(t, "-n", n.ns, "addr", "add", n.pod+"/32", "dev", "lo")

@@ -20,6 +20,7 @@ import (
 	"github.com/wgmesh/wgmesh/mesh/agent"
 	"github.com/wgmesh/wgmesh/mesh/kube"
 	"github.com/wgmesh/wgmesh/mesh/metrics"
+	"github.com/wgmesh/wgmesh/routing"
 )
 
 // result is one in-process run of the CLI.
@@ -338,15 +339,15 @@ func agentServer(t *testing.T) (addr string, m *metrics.Metrics) {
 	k[0] = 7
 	m = metrics.New(metrics.Options{
 		NodeName: "node-self", Interface: "wgmesh0", Backend: mesh.BackendUserspace, ListenPort: 51820, Strict: true,
-		Stats: func(context.Context) ([]metrics.PeerStats, error) {
-			return []metrics.PeerStats{{
+		Stats: func(context.Context) ([]device.PeerStats, error) {
+			return []device.PeerStats{{
 				PublicKey: k, Endpoint: netip.MustParseAddrPort("198.18.0.2:51820"),
 				AllowedIPs:   []netip.Prefix{netip.MustParsePrefix("10.244.2.0/24")},
 				ReceiveBytes: 2048, TransmitBytes: 5 << 20, LastHandshake: time.Now().Add(-42 * time.Second),
 			}}, nil
 		},
-		Router: func() metrics.RouterStatus {
-			return metrics.RouterStatus{LinkMTU: 1440, PodMTU: 1440, Warnings: []string{"tunnel MTU 1240 (underlay eth0 MTU 1300 − 60) < 1280 needed for IPv6: using 1280"}}
+		Router: func() routing.Status {
+			return routing.Status{LinkMTU: 1440, PodMTU: 1440, Warnings: []string{"tunnel MTU 1240 (underlay eth0 MTU 1300 − 60) < 1280 needed for IPv6: using 1280"}}
 		},
 		Ready: func() bool { return true },
 	})

@@ -117,7 +117,7 @@ func (a *app) readStatus(ctx context.Context, base, iface string, inspect inspec
 		st.PublicKey = info.PublicKey.String()
 	}
 	for _, p := range info.Peers {
-		st.Peers = append(st.Peers, metrics.NewPeerStatus("", toMetricsStats(p)))
+		st.Peers = append(st.Peers, metrics.NewPeerStatus("", p))
 	}
 	metrics.SortPeers(st.Peers)
 	return st, nil
@@ -163,35 +163,6 @@ func writeStatusError(w io.Writer, err error) {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	_ = enc.Encode(statusError{APIVersion: metrics.APIVersion, Kind: "Error", Error: err.Error()})
-}
-
-func toMetricsStats(p device.PeerStats) metrics.PeerStats {
-	return metrics.PeerStats{
-		PublicKey:     p.PublicKey,
-		Endpoint:      p.Endpoint,
-		AllowedIPs:    p.AllowedIPs,
-		ReceiveBytes:  p.ReceiveBytes,
-		TransmitBytes: p.TransmitBytes,
-		LastHandshake: p.LastHandshake,
-	}
-}
-
-// toMetricsOffloads converts the device's offload state; nil (kernel
-// backend) stays nil.
-func toMetricsOffloads(states []device.OffloadState) []metrics.OffloadStatus {
-	if len(states) == 0 {
-		return nil
-	}
-	out := make([]metrics.OffloadStatus, 0, len(states))
-	for _, o := range states {
-		s := metrics.OffloadStatus{Kind: string(o.Kind), Active: o.Active, Reason: o.Reason, Fallbacks: o.Fallbacks}
-		if !o.Since.IsZero() {
-			t := o.Since.UTC()
-			s.LastFallback = &t
-		}
-		out = append(out, s)
-	}
-	return out
 }
 
 // offloadText is one offload's line in `wgmesh status`.

@@ -6,7 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/wgmesh/wgmesh/device"
 	"github.com/wgmesh/wgmesh/mesh/metrics"
 )
 
@@ -99,23 +98,5 @@ func TestPrintOffloads(t *testing.T) {
 		if !strings.Contains(buf.String(), want) {
 			t.Errorf("status lacks %q:\n%s", want, buf.String())
 		}
-	}
-}
-
-// TestToMetricsOffloads: the agent's conversion keeps every field and
-// leaves the kernel backend's nil alone.
-func TestToMetricsOffloads(t *testing.T) {
-	if got := toMetricsOffloads(nil); got != nil {
-		t.Errorf("kernel backend: %v, want nil", got)
-	}
-	when := time.Date(2026, 11, 30, 16, 0, 0, 0, time.FixedZone("CET", 3600))
-	got := toMetricsOffloads([]device.OffloadState{
-		{Kind: device.OffloadTUNGSO, Reason: "r", Fallbacks: 2, Since: when},
-		{Kind: device.OffloadUDPGSO, Active: true},
-	})
-	if len(got) != 2 || got[0].Kind != "tun_gso" || got[0].Active || got[0].Reason != "r" || got[0].Fallbacks != 2 ||
-		got[0].LastFallback == nil || !got[0].LastFallback.Equal(when) || got[0].LastFallback.Location() != time.UTC ||
-		got[1].Kind != "udp_gso" || !got[1].Active || got[1].LastFallback != nil {
-		t.Errorf("converted %+v", got)
 	}
 }

@@ -2,13 +2,11 @@
 // TUN devices, sockets or network namespaces: each runs wireguard-go on a
 // channel TUN (tuntest) and the two talk over a channel bind (bindtest), as
 // wireguard-go's own tests do. Everything else is the production path: the
-// devices are opened with device.Open and configured with Configure through
-// wgctrl and their UAPI sockets, so tests and benchmarks exercise the same
-// diff and configuration code as the agent.
-//
-// wgctrl finds userspace devices only in /var/run/wireguard, so each pair
-// serves its two UAPI sockets there under unique names; NewPair skips the
-// test when that directory is not writable.
+// devices are opened with device.Open and configured with Configure, so
+// tests and benchmarks exercise the same diff and wgctrl configuration as
+// the agent. Only the transport differs: an in-memory device speaks UAPI to
+// wireguard-go in process instead of over /var/run/wireguard, so a pair
+// needs no root and runs anywhere.
 package devicetest
 
 import (
@@ -17,20 +15,18 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
-	"os"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
+	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/conn/bindtest"
+	"golang.zx2c4.com/wireguard/tun"
 	"golang.zx2c4.com/wireguard/tun/tuntest"
 
 	"github.com/wgmesh/wgmesh/device"
 	"github.com/wgmesh/wgmesh/mesh"
 )
-
-// UAPIDir is where the pair's UAPI sockets live (fixed by wgctrl and wg(8)).
-const UAPIDir = "/var/run/wireguard"
 
 // Options shape a pair.
 type Options struct {
@@ -38,13 +34,16 @@ type Options struct {
 	Logger *slog.Logger
 	// Keepalive is the persistent keepalive of both peers; 0 disables it.
 	Keepalive time.Duration
+	// InflightPackets is both devices' device.Options.InflightPackets.
+	InflightPackets int
 }
 
 // End is one side of a pair.
 type End struct {
 	Device device.Device
-	// TUN is the in-memory TUN: write IP packets to TUN.Outbound to send them
-	// through the tunnel, read the peer's from TUN.Inbound.
+	// TUN is the in-memory TUN of NewPair (nil from NewPairOn): write IP
+	// packets to TUN.Outbound to send them through the tunnel, read the
+	// peer's from TUN.Inbound.
 	TUN        *tuntest.ChannelTUN
 	PrivateKey mesh.Key
 	// Addr is this end's inner IPv4 address, inside Prefix.
@@ -58,12 +57,23 @@ type End struct {
 // Pair is two devices configured as each other's only peer.
 type Pair [2]*End
 
-// NewPair opens and configures two in-memory devices, closed in tb.Cleanup.
-// End i has address 10.244.(i+1).1 and routes 10.244.(i+1).0/24.
+// NewPair opens and configures two in-memory devices on channel TUNs and
+// binds, closed in tb.Cleanup. End i has address 10.244.(i+1).1 and routes
+// 10.244.(i+1).0/24.
 func NewPair(tb testing.TB, o Options) Pair {
 	tb.Helper()
-	SkipUnlessUAPIWritable(tb)
+	ch := [2]*tuntest.ChannelTUN{tuntest.NewChannelTUN(), tuntest.NewChannelTUN()}
 	binds := bindtest.NewChannelBinds()
+	p := NewPairOn(tb, [2]tun.Device{ch[0].TUN(), ch[1].TUN()}, [2]conn.Bind{binds[0], binds[1]}, o)
+	p[0].TUN, p[1].TUN = ch[0], ch[1]
+	return p
+}
+
+// NewPairOn is NewPair on the caller's TUNs and binds (batching or
+// misbehaving fakes). The binds follow bindtest's endpoint convention: end
+// i's peer is at 127.0.0.1 port i+1.
+func NewPairOn(tb testing.TB, tuns [2]tun.Device, binds [2]conn.Bind, o Options) Pair {
+	tb.Helper()
 	suffix := randomSuffix(tb)
 	var p Pair
 	for i := range p {
@@ -72,17 +82,17 @@ func NewPair(tb testing.TB, o Options) Pair {
 			tb.Fatal(err)
 		}
 		e := &End{
-			TUN:        tuntest.NewChannelTUN(),
 			PrivateKey: priv,
 			Addr:       netip.AddrFrom4([4]byte{10, 244, byte(i + 1), 1}),
 			Prefix:     netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 244, byte(i + 1), 0}), 24),
 		}
 		d, err := device.Open(tb.Context(), device.Options{
-			Name:    fmt.Sprintf("wgmt%s%c", suffix, 'a'+i),
-			Backend: device.ChoiceUserspace,
-			Logger:  o.Logger,
-			TUN:     e.TUN.TUN(),
-			Bind:    binds[i],
+			Name:            fmt.Sprintf("wgmt%s%c", suffix, 'a'+i),
+			Backend:         device.ChoiceUserspace,
+			Logger:          o.Logger,
+			TUN:             tuns[i],
+			Bind:            binds[i],
+			InflightPackets: o.InflightPackets,
 		})
 		if err != nil {
 			tb.Fatalf("open in-memory device %d: %v", i, err)
@@ -111,17 +121,6 @@ func NewPair(tb testing.TB, o Options) Pair {
 		}
 	}
 	return p
-}
-
-// SkipUnlessUAPIWritable skips tb when UAPI sockets cannot be created.
-func SkipUnlessUAPIWritable(tb testing.TB) {
-	tb.Helper()
-	if err := os.MkdirAll(UAPIDir, 0o755); err != nil {
-		tb.Skipf("in-memory devices serve UAPI in %s for wgctrl, which cannot be created: %v", UAPIDir, err)
-	}
-	if err := unix.Access(UAPIDir, unix.W_OK); err != nil {
-		tb.Skipf("in-memory devices serve UAPI in %s for wgctrl, which is not writable (run as root): %v", UAPIDir, err)
-	}
 }
 
 func randomSuffix(tb testing.TB) string {

@@ -135,9 +135,6 @@ func TestCloseIsIdempotent(t *testing.T) {
 		if err := e.Device.Close(); err != nil {
 			t.Fatal(err)
 		}
-		if err := e.Device.Destroy(); err != nil {
-			t.Fatal(err)
-		}
 		if _, err := e.Device.Stats(context.Background()); err == nil {
 			t.Fatal("stats after close succeeded")
 		}

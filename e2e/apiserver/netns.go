@@ -4,51 +4,14 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"os"
-	"path/filepath"
-	"runtime"
 
-	"golang.org/x/sys/unix"
+	"github.com/wgmesh/wgmesh/internal/netnslab"
 )
 
 // inNetNS runs fn on a thread switched into the named network namespace (as
 // created by `ip netns add`), so sockets fn creates live there. An empty name
 // runs fn in place.
-func inNetNS(name string, fn func() error) error {
-	if name == "" {
-		return fn()
-	}
-	target, err := os.Open(filepath.Join("/run/netns", name))
-	if err != nil {
-		return fmt.Errorf("open network namespace %q: %w", name, err)
-	}
-	defer target.Close()
-
-	errc := make(chan error, 1)
-	go func() {
-		// The thread is never unlocked: if switching back fails it must die
-		// with this goroutine rather than serve others in the wrong netns.
-		runtime.LockOSThread()
-		orig, err := os.Open(fmt.Sprintf("/proc/%d/task/%d/ns/net", os.Getpid(), unix.Gettid()))
-		if err != nil {
-			errc <- fmt.Errorf("open current network namespace: %w", err)
-			return
-		}
-		defer orig.Close()
-		if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
-			errc <- fmt.Errorf("enter network namespace %q: %w", name, err)
-			return
-		}
-		ferr := fn()
-		if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
-			errc <- fmt.Errorf("leave network namespace %q: %w", name, err)
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
-}
+func inNetNS(name string, fn func() error) error { return netnslab.Do(name, fn) }
 
 // dialer returns a DialContext that opens connections from inside the named
 // network namespace, so the test process can reach an API server whose

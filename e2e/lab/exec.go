@@ -5,14 +5,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"os/exec"
-	"path/filepath"
-	"runtime"
 	"strings"
-	"syscall"
 
-	"golang.org/x/sys/unix"
+	"github.com/wgmesh/wgmesh/internal/netnslab"
 )
 
 // run executes a command and returns its standard output. The error names the
@@ -60,50 +56,18 @@ func lastLines(s string, n int) string {
 	return strings.Join(lines, "\n")
 }
 
-func killPid(pid int) error { return syscall.Kill(pid, syscall.SIGKILL) }
-
-func processAlive(pid int) bool {
-	err := syscall.Kill(pid, 0)
-	return err == nil || errors.Is(err, syscall.EPERM)
-}
-
 // InNetNS is inNetNS for tests that open their own sockets inside a lab
 // namespace (a transparent listener, a raw probe).
 func InNetNS(ns string, fn func() error) error { return inNetNS(ns, fn) }
 
-// inNetNS runs fn on an OS thread switched into the named namespace. Sockets
-// created by fn stay in that namespace for their whole life, so the caller
-// can use them from any goroutine afterwards; that is how the traffic helpers
-// talk from one pod to another without a helper process.
+// inNetNS runs fn on an OS thread switched into the named namespace
+// (netnslab.Do). Sockets created by fn stay in that namespace for their
+// whole life, so the caller can use them from any goroutine afterwards;
+// that is how the traffic helpers talk from one pod to another without a
+// helper process.
 func inNetNS(ns string, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		// The thread is only returned to the scheduler once it is back in
-		// its original namespace; otherwise it exits with this goroutine.
-		runtime.LockOSThread()
-		orig, err := os.Open("/proc/thread-self/ns/net")
-		if err != nil {
-			errc <- fmt.Errorf("lab: open own network namespace: %w", err)
-			return
-		}
-		defer orig.Close()
-		target, err := os.Open(filepath.Join(netnsDir, ns))
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("lab: namespace %s: %w", ns, err)
-			return
-		}
-		defer target.Close()
-		if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("lab: enter namespace %s: %w", ns, err)
-			return
-		}
-		ferr := fn()
-		if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err == nil {
-			runtime.UnlockOSThread()
-		}
-		errc <- ferr
-	}()
-	return <-errc
+	if err := netnslab.Do(ns, fn); err != nil {
+		return fmt.Errorf("lab: %w", err)
+	}
+	return nil
 }

@@ -33,18 +33,15 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
-	"time"
+
+	"github.com/wgmesh/wgmesh/internal/netnslab"
 )
 
 // DefaultPrefix starts the names of labs whose Options leave Prefix empty.
 const DefaultPrefix = "wgmlab"
-
-// netnsDir is where `ip netns` keeps its named namespaces.
-const netnsDir = "/var/run/netns"
 
 // wireguardRunDir is where wireguard-go puts its UAPI sockets; the directory is
 // shared by all namespaces, which is why every lab node gets its own interface
@@ -153,7 +150,7 @@ func New(ctx context.Context, o Options) (*Lab, error) {
 		return nil, fmt.Errorf("lab: random id: %w", err)
 	}
 	l := &Lab{opts: o, id: hex.EncodeToString(rnd[:])}
-	l.base = fmt.Sprintf("%s-%d-%s", o.Prefix, os.Getpid(), l.id)
+	l.base = netnslab.Base(o.Prefix, l.id)
 	l.Switch = l.base + "-sw"
 	l.Bridge = "br0"
 	if o.Dir == "" {
@@ -215,15 +212,12 @@ func (l *Lab) logf(format string, args ...any) { l.opts.Logf(format, args...) }
 
 // addNS creates one namespace with its loopback up and records it for Close.
 func (l *Lab) addNS(ctx context.Context, name string) error {
-	if _, err := run(ctx, "ip", "netns", "add", name); err != nil {
-		return err
+	if err := netnslab.Add(ctx, name); err != nil {
+		return fmt.Errorf("lab: %w", err)
 	}
 	l.mu.Lock()
 	l.nsList = append(l.nsList, name)
 	l.mu.Unlock()
-	if _, err := run(ctx, "ip", "-n", name, "link", "set", "lo", "up"); err != nil {
-		return err
-	}
 	// No duplicate address detection: every address in the lab is unique by
 	// construction, and DAD would leave link-local addresses unusable for
 	// the first second or two, making the first IPv6 packets fail.
@@ -325,8 +319,8 @@ func (l *Lab) newNode(k int) *Node {
 // plug connects namespace ns to the switch with a veth named eth0 on its side
 // and gives it its underlay addresses.
 func (l *Lab) plug(ctx context.Context, port, ns string, addr netip.Prefix, linkLocal netip.Addr) error {
-	if err := ipn(ctx, l.Switch, "link", "add", "name", port, "type", "veth", "peer", "name", "eth0", "netns", ns); err != nil {
-		return err
+	if err := netnslab.Veth(ctx, port, l.Switch, "eth0", ns); err != nil {
+		return fmt.Errorf("lab: %w", err)
 	}
 	if err := ipn(ctx, l.Switch, "link", "set", port, "master", l.Bridge, "up"); err != nil {
 		return err
@@ -418,12 +412,9 @@ func (l *Lab) Close() error {
 			errs = append(errs, err)
 		}
 	}
-	// Remove the deepest namespaces (pods) first, the switch last.
-	sort.SliceStable(nsList, func(i, j int) bool { return len(nsList[i]) > len(nsList[j]) })
-	for _, ns := range nsList {
-		if err := removeNS(ns); err != nil {
-			errs = append(errs, err)
-		}
+	// The deepest namespaces (pods) go first, the switch last.
+	if err := netnslab.RemoveAll(nsList); err != nil {
+		errs = append(errs, err)
 	}
 	for _, n := range l.Nodes {
 		removeUAPISocket(n.Interface)
@@ -436,49 +427,6 @@ func (l *Lab) Close() error {
 	return errors.Join(errs...)
 }
 
-// removeNS kills every process in namespace ns and deletes it. A namespace that
-// does not exist is not an error.
-func removeNS(ns string) error {
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	if _, err := os.Stat(filepath.Join(netnsDir, ns)); errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	killNS(ctx, ns)
-	if _, err := run(ctx, "ip", "netns", "del", ns); err != nil {
-		if _, serr := os.Stat(filepath.Join(netnsDir, ns)); errors.Is(serr, os.ErrNotExist) {
-			return nil
-		}
-		return err
-	}
-	return nil
-}
-
-// killNS sends SIGKILL to every process inside ns and waits briefly for them
-// to go, so the namespace really disappears with its last reference.
-func killNS(ctx context.Context, ns string) {
-	for range 20 {
-		out, err := run(ctx, "ip", "netns", "pids", ns)
-		if err != nil {
-			return
-		}
-		pids := strings.Fields(out)
-		if len(pids) == 0 {
-			return
-		}
-		for _, p := range pids {
-			if pid, err := strconv.Atoi(p); err == nil && pid != os.Getpid() {
-				_ = killPid(pid)
-			}
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
-}
-
 func removeUAPISocket(iface string) {
 	if iface == "" || strings.ContainsAny(iface, "/.") {
 		return
@@ -489,36 +437,18 @@ func removeUAPISocket(iface string) {
 
 // RemoveStale removes labs with the given prefix (DefaultPrefix when empty)
 // whose creating process no longer runs: their namespaces, the processes in
-// them and their agents' UAPI sockets. It returns the namespaces removed.
-// Labs of live processes, including this one, are left alone.
+// them (netnslab.RemoveStale) and their agents' UAPI sockets. It returns the
+// namespaces removed. Labs of live processes, including this one, are left
+// alone.
 func RemoveStale(prefix string) ([]string, error) {
 	if prefix == "" {
 		prefix = DefaultPrefix
 	}
-	entries, err := os.ReadDir(netnsDir)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("lab: list %s: %w", netnsDir, err)
-	}
-	var stale []string
-	for _, e := range entries {
-		pid, _, ok := parseNSName(prefix, e.Name())
-		if !ok || pid == os.Getpid() || processAlive(pid) {
-			continue
-		}
-		stale = append(stale, e.Name())
-	}
-	sort.SliceStable(stale, func(i, j int) bool { return len(stale[i]) > len(stale[j]) })
-	var errs []error
+	stale, err := netnslab.RemoveStale(prefix)
 	for _, ns := range stale {
-		if err := removeNS(ns); err != nil {
-			errs = append(errs, err)
-		}
 		// A node namespace "...-nK" had an agent on interface wg<id>nK
 		// whose UAPI socket may have outlived it.
-		if _, id, ok := parseNSName(prefix, ns); ok {
+		if _, id, ok := netnslab.ParseName(prefix, ns); ok {
 			if k, found := strings.CutPrefix(ns[strings.LastIndex(ns, "-")+1:], "n"); found {
 				if _, err := strconv.Atoi(k); err == nil {
 					removeUAPISocket("wg" + id + "n" + k)
@@ -526,24 +456,7 @@ func RemoveStale(prefix string) ([]string, error) {
 			}
 		}
 	}
-	return stale, errors.Join(errs...)
-}
-
-// parseNSName splits "prefix-pid-id-role" into pid and id.
-func parseNSName(prefix, name string) (pid int, id string, ok bool) {
-	rest, found := strings.CutPrefix(name, prefix+"-")
-	if !found {
-		return 0, "", false
-	}
-	parts := strings.SplitN(rest, "-", 3)
-	if len(parts) != 3 {
-		return 0, "", false
-	}
-	pid, err := strconv.Atoi(parts[0])
-	if err != nil || pid <= 0 {
-		return 0, "", false
-	}
-	return pid, parts[1], true
+	return stale, err
 }
 
 // AddHost adds a namespace on the switch at addr (a /15 in 198.18.0.0/15,

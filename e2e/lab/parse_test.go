@@ -70,15 +70,3 @@ func FuzzParsePing(f *testing.F) {
 		}
 	})
 }
-
-func FuzzParseNSName(f *testing.F) {
-	f.Add("wgmlab-123-abcdef-n1")
-	f.Add("wgmlab-0-x-")
-	f.Add("wgmlab--")
-	f.Fuzz(func(t *testing.T, name string) {
-		pid, id, ok := parseNSName("wgmlab", name)
-		if ok && (pid <= 0 || strings.Contains(id, "-") || !strings.HasPrefix(name, "wgmlab-")) {
-			t.Fatalf("parseNSName(%q) = %d, %q, true", name, pid, id)
-		}
-	})
-}

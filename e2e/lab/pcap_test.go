@@ -160,27 +160,6 @@ func FuzzCountPcap(f *testing.F) {
 	})
 }
 
-func TestParseNSName(t *testing.T) {
-	for _, tc := range []struct {
-		name string
-		pid  int
-		id   string
-		ok   bool
-	}{
-		{"wgmlab-123-abcdef-n1", 123, "abcdef", true},
-		{"wgmlab-123-abcdef-n1-p2", 123, "abcdef", true},
-		{"wgmlab-123-abcdef", 0, "", false},
-		{"wgmlabx-123-abcdef-sw", 0, "", false},
-		{"wgmlab-x-abcdef-sw", 0, "", false},
-		{"other-1-a-b", 0, "", false},
-	} {
-		pid, id, ok := parseNSName("wgmlab", tc.name)
-		if pid != tc.pid || id != tc.id || ok != tc.ok {
-			t.Errorf("parseNSName(%q) = %d, %q, %v; want %d, %q, %v", tc.name, pid, id, ok, tc.pid, tc.id, tc.ok)
-		}
-	}
-}
-
 func TestRenderPeersFile(t *testing.T) {
 	got := string(RenderPeersFile([]PeerEntry{{
 		Name:      "node1",

@@ -19,9 +19,11 @@ import (
 	"github.com/prometheus/prometheus/promql/parser"
 
 	"github.com/wgmesh/wgmesh/deploy/monitoring"
+	"github.com/wgmesh/wgmesh/device"
 	"github.com/wgmesh/wgmesh/mesh"
 	"github.com/wgmesh/wgmesh/mesh/agent"
 	"github.com/wgmesh/wgmesh/mesh/metrics"
+	"github.com/wgmesh/wgmesh/routing"
 )
 
 // targetLabels are the labels Prometheus adds to every scraped series.
@@ -39,10 +41,10 @@ func exported(t *testing.T) map[string][]string {
 	m := metrics.New(metrics.Options{
 		NodeName: "node1", Interface: "wgmesh0", Backend: mesh.Backend("userspace"), ListenPort: 51820,
 		Version: "v0", Commit: "c0",
-		Stats: func(context.Context) ([]metrics.PeerStats, error) {
-			return []metrics.PeerStats{{PublicKey: k, ReceiveBytes: 1, TransmitBytes: 2, LastHandshake: time.Unix(1, 0)}}, nil
+		Stats: func(context.Context) ([]device.PeerStats, error) {
+			return []device.PeerStats{{PublicKey: k, ReceiveBytes: 1, TransmitBytes: 2, LastHandshake: time.Unix(1, 0)}}, nil
 		},
-		Router:     func() metrics.RouterStatus { return metrics.RouterStatus{IngressDropped: 1, EgressDropped: 1} },
+		Router:     func() routing.Status { return routing.Status{IngressDropped: 1, EgressDropped: 1} },
 		PublicKey:  func() (mesh.Key, error) { return k, nil },
 		Ready:      func() bool { return true },
 		Conditions: func() []agent.Condition { return nil },

@@ -31,20 +31,14 @@ const reportersPerNode = 2
 // broadcaster additionally aggregates and rate-limits per Node.
 func (s *Source) Report(problems []mesh.Problem) {
 	now := s.now()
-	s.mu.Lock()
-	for p, t := range s.reported {
-		if now.Sub(t) >= s.o.ReportInterval {
-			delete(s.reported, p)
-		}
-	}
+	s.reported.Prune(now)
 	var fresh []mesh.Problem
 	for _, p := range problems {
-		if _, seen := s.reported[p]; seen {
-			continue
+		if ok, _ := s.reported.Allow(p, now); ok {
+			fresh = append(fresh, p)
 		}
-		s.reported[p] = now
-		fresh = append(fresh, p)
 	}
+	s.mu.Lock()
 	closed := s.closed
 	s.mu.Unlock()
 

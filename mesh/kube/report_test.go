@@ -68,10 +68,7 @@ func TestReportRateLimits(t *testing.T) {
 	// Forgotten entries are pruned so the map does not grow forever.
 	now = now.Add(time.Hour)
 	s.Report(nil)
-	s.mu.Lock()
-	n := len(s.reported)
-	s.mu.Unlock()
-	if n != 0 {
+	if n := s.reported.Len(); n != 0 {
 		t.Errorf("%d remembered problems after an hour of silence", n)
 	}
 

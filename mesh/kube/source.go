@@ -22,6 +22,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/wgmesh/wgmesh/internal/ratelog"
 	"github.com/wgmesh/wgmesh/mesh"
 	"github.com/wgmesh/wgmesh/mesh/agent"
 	"golang.org/x/time/rate"
@@ -96,8 +97,9 @@ type Source struct {
 	pubMu sync.Mutex // serialises patches of the own Node
 	mu    sync.Mutex
 	self  *agent.Self // last Self given to Publish; nil before the first
-	// reported remembers when each (node, reason, detail) was last reported.
-	reported map[mesh.Problem]time.Time
+	// reported lets each (node, reason, detail) through once per
+	// Options.ReportInterval.
+	reported *ratelog.Limiter[mesh.Problem]
 	now      func() time.Time
 
 	// nodesMu guards the converted nodes: the event handlers convert each
@@ -162,7 +164,7 @@ func New(o Options) (*Source, error) {
 		lost:      make(chan struct{}, 1),
 		// Three immediate republishes, then one every ten seconds.
 		republishLimit: rate.NewLimiter(rate.Every(10*time.Second), 3),
-		reported:       make(map[mesh.Problem]time.Time),
+		reported:       &ratelog.Limiter[mesh.Problem]{Burst: 1, Window: o.ReportInterval},
 		byName:         make(map[string]mesh.Node),
 		now:            time.Now,
 		recorder:       o.Recorder,

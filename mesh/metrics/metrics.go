@@ -11,7 +11,6 @@ package metrics
 import (
 	"context"
 	"log/slog"
-	"net/netip"
 	"runtime"
 	"sync"
 	"time"
@@ -19,49 +18,17 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/wgmesh/wgmesh/device"
 	"github.com/wgmesh/wgmesh/mesh"
 	"github.com/wgmesh/wgmesh/mesh/agent"
+	"github.com/wgmesh/wgmesh/routing"
 )
 
 // Namespace prefixes every wgmesh metric name.
 const Namespace = "wgmesh"
 
-// PeerStats is one peer as the device reports it. cmd/wgmesh converts the
-// device package's statistics into this type so that this package stays
-// independent of the data plane.
-type PeerStats struct {
-	PublicKey     mesh.Key
-	Endpoint      netip.AddrPort
-	AllowedIPs    []netip.Prefix
-	ReceiveBytes  int64
-	TransmitBytes int64
-	// LastHandshake is the zero time when no handshake has completed yet.
-	LastHandshake time.Time
-}
-
-// RouterStatus is what the router reports about the local data plane.
-type RouterStatus struct {
-	// LinkMTU is the MTU of the WireGuard interface.
-	LinkMTU int
-	// PodMTU is the MTU the CNI should give pods so that their packets fit
-	// through the tunnel without fragmentation.
-	PodMTU int
-	// IngressDropped counts plaintext packets from remote pod CIDRs that
-	// strict mode dropped because they did not arrive through the tunnel.
-	IngressDropped uint64
-	// EgressDropped counts packets to remote pod CIDRs that the egress
-	// guard dropped because they were about to leave on an interface other
-	// than the tunnel (other software's marks, rules or routes).
-	EgressDropped uint64
-	// Warnings are problems of the last routing apply that did not fail it
-	// but leave the host short of the intended state (for example a tunnel
-	// MTU raised to IPv6's 1280 over a small underlay). /status, /readyz
-	// and wgmesh_routing_warnings report them.
-	Warnings []string
-}
-
-// OffloadStatus is one offload of the userspace data path as the device
-// reports it (device.OffloadState; cmd/wgmesh converts).
+// OffloadStatus is one offload of the userspace data path in the /status
+// document: device.OffloadState as JSON (see NewOffloadStatus).
 type OffloadStatus struct {
 	// Kind is tun_gso (coalesced GSO writes to the TUN device) or udp_gso
 	// (UDP GSO sends).
@@ -93,14 +60,16 @@ type Options struct {
 	// HostEncryption is the agent's --host-encryption, for /status's
 	// coverage.
 	HostEncryption bool
-	// Stats reads the device's peers; called on every scrape and /status.
-	Stats func(ctx context.Context) ([]PeerStats, error)
-	// Router reads the router's status; called on every scrape and /status.
-	Router func() RouterStatus
+	// Stats reads the device's peers (device.Device.Stats); called on every
+	// scrape and /status.
+	Stats func(ctx context.Context) ([]device.PeerStats, error)
+	// Router reads the router's status (routing.Router.Status); called on
+	// every scrape and /status.
+	Router func() routing.Status
 	// Offloads reads the data path's offload state (userspace backend
 	// only; nil or an empty result for the kernel backend); called on every
 	// scrape and /status.
-	Offloads func() []OffloadStatus
+	Offloads func() []device.OffloadState
 	// PublicKey returns the local node's current public key.
 	PublicKey func() (mesh.Key, error)
 	// Ready reports whether the agent is ready: device up, source synced and
@@ -379,8 +348,8 @@ func (c *scrapeCollector) Collect(ch chan<- prometheus.Metric) {
 			if o.Active {
 				v = 1
 			}
-			ch <- prometheus.MustNewConstMetric(descOffload, prometheus.GaugeValue, v, o.Kind)
-			ch <- prometheus.MustNewConstMetric(descOffloadFallbacks, prometheus.CounterValue, float64(o.Fallbacks), o.Kind)
+			ch <- prometheus.MustNewConstMetric(descOffload, prometheus.GaugeValue, v, string(o.Kind))
+			ch <- prometheus.MustNewConstMetric(descOffloadFallbacks, prometheus.CounterValue, float64(o.Fallbacks), string(o.Kind))
 		}
 	}
 	if m.o.Conditions != nil {

@@ -4,10 +4,13 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -18,27 +21,29 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
+	"github.com/wgmesh/wgmesh/device"
 	"github.com/wgmesh/wgmesh/mesh"
 	"github.com/wgmesh/wgmesh/mesh/agent"
+	"github.com/wgmesh/wgmesh/routing"
 )
 
-// fakeDevice serves PeerStats like device.Device.Stats would.
+// fakeDevice serves device.PeerStats like device.Device.Stats would.
 type fakeDevice struct {
 	mu    sync.Mutex
-	peers []PeerStats
+	peers []device.PeerStats
 	err   error
 }
 
-func (d *fakeDevice) set(ps []PeerStats, err error) {
+func (d *fakeDevice) set(ps []device.PeerStats, err error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.peers, d.err = ps, err
 }
 
-func (d *fakeDevice) Stats(context.Context) ([]PeerStats, error) {
+func (d *fakeDevice) Stats(context.Context) ([]device.PeerStats, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return append([]PeerStats(nil), d.peers...), d.err
+	return append([]device.PeerStats(nil), d.peers...), d.err
 }
 
 func key(t *testing.T, b byte) mesh.Key {
@@ -109,8 +114,8 @@ func TestPeerSeriesFollowPeers(t *testing.T) {
 	hs := time.Unix(1_700_000_000, 500_000_000)
 	dev := &fakeDevice{}
 	m := New(Options{Interface: "wgmesh0", Backend: mesh.BackendUserspace, Stats: dev.Stats,
-		Router: func() RouterStatus {
-			return RouterStatus{IngressDropped: 7, EgressDropped: 5, Warnings: []string{"w1", "w2"}}
+		Router: func() routing.Status {
+			return routing.Status{IngressDropped: 7, EgressDropped: 5, Warnings: []string{"w1", "w2"}}
 		}})
 	h := m.Handler()
 
@@ -136,7 +141,7 @@ func TestPeerSeriesFollowPeers(t *testing.T) {
 		mesh.Peer{Node: "node-a", PublicKey: kA},
 		mesh.Peer{Node: "node-b", PublicKey: kB},
 	), Duration: 3 * time.Millisecond})
-	dev.set([]PeerStats{
+	dev.set([]device.PeerStats{
 		{PublicKey: kA, ReceiveBytes: 100, TransmitBytes: 200, LastHandshake: hs},
 		{PublicKey: kB, ReceiveBytes: 1, TransmitBytes: 2},
 		// A peer the reconciler did not program has no node name: left out.
@@ -158,7 +163,7 @@ func TestPeerSeriesFollowPeers(t *testing.T) {
 
 	// node-b leaves the mesh: its series vanish with the next scrape.
 	m.Observe(agent.Result{Desired: desired(mesh.Peer{Node: "node-a", PublicKey: kA})})
-	dev.set([]PeerStats{{PublicKey: kA, ReceiveBytes: 150}}, nil)
+	dev.set([]device.PeerStats{{PublicKey: kA, ReceiveBytes: 150}}, nil)
 	fams = scrape(t, h)
 	if diff := cmp.Diff(map[string]float64{"node-a": 150}, series(fams, "wgmesh_peer_receive_bytes_total")); diff != "" {
 		t.Errorf("receive bytes after node-b left (-want +got):\n%s", diff)
@@ -186,7 +191,7 @@ func TestDuplicateNodeNamesDoNotBreakScrape(t *testing.T) {
 	// must still succeed rather than fail with a duplicate series error.
 	kA, kB := key(t, 1), key(t, 2)
 	dev := &fakeDevice{}
-	dev.set([]PeerStats{{PublicKey: kA, ReceiveBytes: 1}, {PublicKey: kB, ReceiveBytes: 2}}, nil)
+	dev.set([]device.PeerStats{{PublicKey: kA, ReceiveBytes: 1}, {PublicKey: kB, ReceiveBytes: 2}}, nil)
 	m := New(Options{Stats: dev.Stats})
 	m.Observe(agent.Result{Desired: desired(mesh.Peer{Node: "same", PublicKey: kA}, mesh.Peer{Node: "same", PublicKey: kB})})
 	if got := series(scrape(t, m.Handler()), "wgmesh_peer_receive_bytes_total"); len(got) != 1 {
@@ -281,7 +286,7 @@ func TestReadinessWarnings(t *testing.T) {
 	warn := "tunnel MTU 1240 (underlay eth0 MTU 1300 − 60) < 1280 needed for IPv6: using 1280, outer packets fragment"
 	m := New(Options{
 		Ready:  func() bool { return ready },
-		Router: func() RouterStatus { return RouterStatus{LinkMTU: 1280, PodMTU: 1280, Warnings: []string{warn}} },
+		Router: func() routing.Status { return routing.Status{LinkMTU: 1280, PodMTU: 1280, Warnings: []string{warn}} },
 	})
 	for _, r := range []bool{false, true} {
 		ready = r
@@ -297,13 +302,17 @@ func TestReadinessWarnings(t *testing.T) {
 	}
 }
 
+var update = flag.Bool("update", false, "rewrite testdata/status.json")
+
 // TestStatusSchema pins the /status JSON field names: `wgmesh status` and
-// scripts depend on them, so a rename must fail here.
+// scripts depend on them, so a rename must fail here. The whole document is
+// also compared byte for byte with testdata/status.json (-update rewrites
+// it), so a change of the types behind it cannot change what is served.
 func TestStatusSchema(t *testing.T) {
 	kA, kSelf := key(t, 1), key(t, 9)
 	hs := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 	dev := &fakeDevice{}
-	dev.set([]PeerStats{{
+	dev.set([]device.PeerStats{{
 		PublicKey: kA, Endpoint: netip.MustParseAddrPort("198.18.0.2:51820"),
 		AllowedIPs:   []netip.Prefix{netip.MustParsePrefix("10.244.2.0/24"), netip.MustParsePrefix("fd00:10:244:2::/64")},
 		ReceiveBytes: 10, TransmitBytes: 20, LastHandshake: hs,
@@ -311,8 +320,11 @@ func TestStatusSchema(t *testing.T) {
 	m := New(Options{
 		NodeName: "node-self", Interface: "wgmesh0", Backend: mesh.BackendKernel, ListenPort: 51820, Strict: true,
 		Stats: dev.Stats,
-		Router: func() RouterStatus {
-			return RouterStatus{LinkMTU: 1440, PodMTU: 1440, IngressDropped: 3, EgressDropped: 2, Warnings: []string{"src_valid_mark: read-only"}}
+		Router: func() routing.Status {
+			return routing.Status{LinkMTU: 1440, PodMTU: 1440, IngressDropped: 3, EgressDropped: 2, Warnings: []string{"src_valid_mark: read-only"}}
+		},
+		Offloads: func() []device.OffloadState {
+			return []device.OffloadState{{Kind: device.OffloadTUNGSO, Reason: "refused", Fallbacks: 2, Since: hs}, {Kind: device.OffloadUDPGSO, Active: true}}
 		},
 		PublicKey: func() (mesh.Key, error) { return kSelf, nil },
 		Ready:     func() bool { return true },
@@ -342,6 +354,17 @@ func TestStatusSchema(t *testing.T) {
 	if ct := resp.Header.Get("Content-Type"); ct != "application/json" {
 		t.Errorf("Content-Type = %q", ct)
 	}
+	golden := filepath.Join("testdata", "status.json")
+	if *update {
+		if err := os.WriteFile(golden, body, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if wantBody, err := os.ReadFile(golden); err != nil {
+		t.Fatal(err)
+	} else if diff := cmp.Diff(string(wantBody), string(body)); diff != "" {
+		t.Errorf("/status bytes differ from %s (-want +got):\n%s", golden, diff)
+	}
 	var got map[string]any
 	if err := json.Unmarshal(body, &got); err != nil {
 		t.Fatalf("decode %s: %v", body, err)
@@ -356,6 +379,10 @@ func TestStatusSchema(t *testing.T) {
 		"ingressDroppedPackets": 3.0,
 		"egressDroppedPackets":  2.0,
 		"routingWarnings":       []any{"src_valid_mark: read-only"},
+		"offloads": []any{
+			map[string]any{"kind": "tun_gso", "active": false, "reason": "refused", "fallbacks": 2.0, "lastFallback": "2026-01-02T03:04:05Z"},
+			map[string]any{"kind": "udp_gso", "active": true, "fallbacks": 0.0},
+		},
 		"peers": []any{map[string]any{
 			"node": "node-a", "publicKey": kA.String(), "endpoint": "198.18.0.2:51820",
 			"allowedIPs":    []any{"10.244.2.0/24", "fd00:10:244:2::/64"},

@@ -7,6 +7,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/wgmesh/wgmesh/device"
 )
 
 // TestOffloads: the data path's offload state shows in /status and as
@@ -16,11 +18,11 @@ import (
 func TestOffloads(t *testing.T) {
 	var mu sync.Mutex
 	when := time.Date(2026, 11, 30, 15, 0, 0, 0, time.UTC)
-	state := []OffloadStatus{{Kind: "tun_gso", Active: true}, {Kind: "udp_gso", Active: true}}
-	m := New(Options{Offloads: func() []OffloadStatus {
+	state := []device.OffloadState{{Kind: device.OffloadTUNGSO, Active: true}, {Kind: device.OffloadUDPGSO, Active: true}}
+	m := New(Options{Offloads: func() []device.OffloadState {
 		mu.Lock()
 		defer mu.Unlock()
-		return append([]OffloadStatus(nil), state...)
+		return append([]device.OffloadState(nil), state...)
 	}})
 	fams := scrape(t, m.Handler())
 	if got := series(fams, "wgmesh_datapath_offload"); len(got) != 2 || got["tun_gso"] != 1 || got["udp_gso"] != 1 {
@@ -31,7 +33,7 @@ func TestOffloads(t *testing.T) {
 	}
 
 	mu.Lock()
-	state[0] = OffloadStatus{Kind: "tun_gso", Reason: "the kernel refused a coalesced TUN write (write /dev/net/tun: invalid argument); writing packets one by one", Fallbacks: 1, LastFallback: &when}
+	state[0] = device.OffloadState{Kind: device.OffloadTUNGSO, Reason: "the kernel refused a coalesced TUN write (write /dev/net/tun: invalid argument); writing packets one by one", Fallbacks: 1, Since: when}
 	mu.Unlock()
 	fams = scrape(t, m.Handler())
 	if got := series(fams, "wgmesh_datapath_offload"); got["tun_gso"] != 0 || got["udp_gso"] != 1 {
@@ -64,5 +66,23 @@ func TestOffloads(t *testing.T) {
 	}
 	if st, _ := plain.Status(context.Background()); st.Offloads != nil {
 		t.Errorf("without Offloads: /status has %v", st.Offloads)
+	}
+}
+
+// TestNewOffloadStatus: the /status rendering keeps every field, in UTC,
+// and leaves the kernel backend's nil alone.
+func TestNewOffloadStatus(t *testing.T) {
+	if got := NewOffloadStatus(nil); got != nil {
+		t.Errorf("kernel backend: %v, want nil", got)
+	}
+	when := time.Date(2026, 11, 30, 16, 0, 0, 0, time.FixedZone("CET", 3600))
+	got := NewOffloadStatus([]device.OffloadState{
+		{Kind: device.OffloadTUNGSO, Reason: "r", Fallbacks: 2, Since: when},
+		{Kind: device.OffloadUDPGSO, Active: true},
+	})
+	if len(got) != 2 || got[0].Kind != "tun_gso" || got[0].Active || got[0].Reason != "r" || got[0].Fallbacks != 2 ||
+		got[0].LastFallback == nil || !got[0].LastFallback.Equal(when) || got[0].LastFallback.Location() != time.UTC ||
+		got[1].Kind != "udp_gso" || !got[1].Active || got[1].LastFallback != nil {
+		t.Errorf("converted %+v", got)
 	}
 }

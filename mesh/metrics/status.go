@@ -10,6 +10,7 @@ import (
 	"sort"
 	"time"
 
+	"github.com/wgmesh/wgmesh/device"
 	"github.com/wgmesh/wgmesh/mesh"
 )
 
@@ -54,7 +55,7 @@ type Status struct {
 	// udp_gso); absent for the kernel backend and without an agent.
 	Offloads []OffloadStatus `json:"offloads,omitempty"`
 	// RoutingWarnings are the router's problems that did not fail the last
-	// reconcile (see RouterStatus.Warnings).
+	// reconcile (see routing.Status.Warnings).
 	RoutingWarnings []string `json:"routingWarnings,omitempty"`
 	// Peers sorted by node name (by public key when names are unknown).
 	Peers []PeerStatus `json:"peers"`
@@ -119,8 +120,26 @@ type ProblemStatus struct {
 	Warning bool `json:"warning,omitempty"`
 }
 
-// NewPeerStatus converts device statistics; node may be "".
-func NewPeerStatus(node string, s PeerStats) PeerStatus {
+// NewOffloadStatus renders the device's offload state for /status; nil or
+// empty (kernel backend) gives nil, which the document omits.
+func NewOffloadStatus(states []device.OffloadState) []OffloadStatus {
+	if len(states) == 0 {
+		return nil
+	}
+	out := make([]OffloadStatus, 0, len(states))
+	for _, o := range states {
+		s := OffloadStatus{Kind: string(o.Kind), Active: o.Active, Reason: o.Reason, Fallbacks: o.Fallbacks}
+		if !o.Since.IsZero() {
+			t := o.Since.UTC()
+			s.LastFallback = &t
+		}
+		out = append(out, s)
+	}
+	return out
+}
+
+// NewPeerStatus renders device statistics for /status; node may be "".
+func NewPeerStatus(node string, s device.PeerStats) PeerStatus {
 	p := PeerStatus{
 		Node:          node,
 		PublicKey:     s.PublicKey.String(),
@@ -189,7 +208,7 @@ func (m *Metrics) Status(ctx context.Context) (Status, error) {
 		st.RoutingWarnings = slices.Clone(rs.Warnings)
 	}
 	if m.o.Offloads != nil {
-		st.Offloads = m.o.Offloads()
+		st.Offloads = NewOffloadStatus(m.o.Offloads())
 	}
 	if m.o.ClusterRangesPending != nil {
 		if p, why := m.o.ClusterRangesPending(); p {
@@ -213,7 +232,7 @@ func (m *Metrics) Status(ctx context.Context) (Status, error) {
 	}
 	var err error
 	if m.o.Stats != nil {
-		var stats []PeerStats
+		var stats []device.PeerStats
 		stats, err = m.o.Stats(ctx)
 		for _, s := range stats {
 			st.Peers = append(st.Peers, NewPeerStatus(m.nodeName(s.PublicKey), s))
@@ -224,7 +243,7 @@ func (m *Metrics) Status(ctx context.Context) (Status, error) {
 	} else if ok {
 		// Without device access the desired peers are the best answer.
 		for _, p := range last.Desired.Peers {
-			st.Peers = append(st.Peers, NewPeerStatus(p.Node, PeerStats{PublicKey: p.PublicKey, Endpoint: p.Endpoint, AllowedIPs: p.AllowedIPs}))
+			st.Peers = append(st.Peers, NewPeerStatus(p.Node, device.PeerStats{PublicKey: p.PublicKey, Endpoint: p.Endpoint, AllowedIPs: p.AllowedIPs}))
 		}
 	}
 	SortPeers(st.Peers)

@@ -1,12 +1,15 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/wgmesh/wgmesh/internal/netnslab"
 )
 
 // backend is one way of joining the two namespaces.
@@ -191,11 +194,11 @@ func pipe(stdin string, args ...string) (string, error) {
 // noKernelWireGuard says why this host cannot run kernel WireGuard ("" when
 // it can): it tries to create a wireguard link in a scratch namespace.
 func noKernelWireGuard() string {
-	ns := fmt.Sprintf("wgmbench-kprobe-%d", os.Getpid())
-	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
-		return fmt.Sprintf("cannot create a namespace to probe for kernel WireGuard: %v: %s", err, strings.TrimSpace(string(out)))
+	ns := netnslab.Base(labPrefix, "kprobe") + "-probe"
+	if err := netnslab.Add(context.Background(), ns); err != nil {
+		return fmt.Sprintf("cannot create a namespace to probe for kernel WireGuard: %v", err)
 	}
-	defer exec.Command("ip", "netns", "del", ns).Run()
+	defer netnslab.Remove(ns)
 	if out, err := exec.Command("ip", "-n", ns, "link", "add", "wgprobe", "type", "wireguard").CombinedOutput(); err != nil {
 		return fmt.Sprintf("this host's kernel has no WireGuard module (ip link add type wireguard: %s); "+
 			"kernel WireGuard in the e2e lab's UML guests runs at UML speed (about 0.35 Gbit/s), so it is not compared here",

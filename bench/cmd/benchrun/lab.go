@@ -3,8 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"math"
@@ -14,6 +12,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/wgmesh/wgmesh/internal/netnslab"
 )
 
 // Addressing of the two-host lab. The underlay is inside 198.18.0.0/15 (the
@@ -42,33 +42,44 @@ type lab struct {
 	pinned bool
 }
 
+// labPrefix names the benchmark's namespaces (netnslab): a lab a killed
+// run left behind is removed by the next one.
+const labPrefix = "wgbench"
+
 func newLab(pinned bool) (*lab, error) {
-	b := make([]byte, 3)
-	if _, err := rand.Read(b); err != nil {
+	if stale, err := netnslab.RemoveStale(labPrefix); err != nil {
+		return nil, fmt.Errorf("remove the stale labs %v: %w", stale, err)
+	}
+	id, err := netnslab.NewID()
+	if err != nil {
 		return nil, err
 	}
-	id := hex.EncodeToString(b)
 	dir, err := os.MkdirTemp("", "wgmesh-bench-")
 	if err != nil {
 		return nil, err
 	}
-	l := &lab{id: id, nsA: "wgbench-a-" + id, nsB: "wgbench-b-" + id, dir: dir, pinned: pinned}
+	base := netnslab.Base(labPrefix, id)
+	l := &lab{id: id, nsA: base + "-a", nsB: base + "-b", dir: dir, pinned: pinned}
+	ctx := context.Background()
+	err = errors.Join(netnslab.Add(ctx, l.nsA), netnslab.Add(ctx, l.nsB))
+	if err == nil {
+		err = netnslab.Veth(ctx, "wbv-a-"+id, l.nsA, "wbv-b-"+id, l.nsB)
+	}
 	steps := [][]string{
-		{"ip", "netns", "add", l.nsA},
-		{"ip", "netns", "add", l.nsB},
-		{"ip", "link", "add", "wbv-a-" + id, "netns", l.nsA, "type", "veth", "peer", "name", "wbv-b-" + id, "netns", l.nsB},
 		{"ip", "-n", l.nsA, "addr", "add", underlayA + "/24", "dev", "wbv-a-" + id},
 		{"ip", "-n", l.nsB, "addr", "add", underlayB + "/24", "dev", "wbv-b-" + id},
-		{"ip", "-n", l.nsA, "link", "set", "lo", "up"},
-		{"ip", "-n", l.nsB, "link", "set", "lo", "up"},
 		{"ip", "-n", l.nsA, "link", "set", "wbv-a-" + id, "up"},
 		{"ip", "-n", l.nsB, "link", "set", "wbv-b-" + id, "up"},
 	}
 	for _, s := range steps {
-		if err := run(s...); err != nil {
-			l.close()
-			return nil, err
+		if err != nil {
+			break
 		}
+		err = run(s...)
+	}
+	if err != nil {
+		l.close()
+		return nil, err
 	}
 	return l, nil
 }
@@ -96,7 +107,7 @@ func (l *lab) close() {
 				_ = exec.Command("ip", "-n", ns, "link", "del", name).Run()
 			}
 		}
-		_ = exec.Command("ip", "netns", "del", ns).Run()
+		_ = netnslab.Remove(ns)
 	}
 	for _, name := range l.sockets() {
 		_ = os.Remove(name)

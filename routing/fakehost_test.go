@@ -7,7 +7,6 @@ import (
 	"maps"
 	"net/netip"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 
@@ -16,7 +15,9 @@ import (
 	"github.com/wgmesh/wgmesh/mesh"
 )
 
-// Fake is a Router over an in-memory host. It runs the same observe, plan
+// Fake is a Router over an in-memory host, for this package's tests only:
+// it needs the unexported model (system, op, observed), and no package
+// outside routing uses it, so it is test code rather than exported API. It runs the same observe, plan
 // and ownership logic as the kernel Router and differs only in where ops
 // land, so what its Render shows is what the kernel would hold.
 //
@@ -279,22 +280,6 @@ func (s *fakeHost) guard(table, chain string, a netip.Addr, dev string, sig func
 		}
 	}
 	return false
-}
-
-// ruleIface extracts the tunnel interface from a rule signature of family f
-// made by sig.
-func ruleIface(rule string, f family, sig func(family, string) string) (string, bool) {
-	prefix := sig(f, "")
-	prefix = prefix[:strings.Index(prefix, `""`)]
-	if !strings.HasPrefix(rule, prefix) {
-		return "", false
-	}
-	q, err := strconv.QuotedPrefix(rule[len(prefix):])
-	if err != nil {
-		return "", false
-	}
-	name, err := strconv.Unquote(q)
-	return name, err == nil && rule == sig(f, name)
 }
 
 // fakeHost is the in-memory host behind a Fake. Several routers (with

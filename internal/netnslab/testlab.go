@@ -1,14 +1,9 @@
-// Package nstest builds the small network-namespace labs of the device
-// package's privileged tests: two namespaces joined by a veth pair on the
-// 198.18.0.0/24 underlay, commands run inside them with `ip netns exec`, and
-// tcpdump captures. Everything it creates carries a unique suffix and is
-// removed in t.Cleanup. Tests using it must skip unless root.
-package nstest
+package netnslab
 
 import (
 	"bufio"
 	"bytes"
-	"crypto/rand"
+	"context"
 	"fmt"
 	"io"
 	"net/netip"
@@ -22,80 +17,95 @@ import (
 	"time"
 )
 
-// UnderlayIface is the veth end's name inside each namespace.
-const UnderlayIface = "ul0"
+// The test side of the package: labs owned by one test, removed in its
+// Cleanup, with stale labs of the same prefix (a killed earlier run)
+// removed first. Tests using them must call SkipUnlessRoot.
 
-// Lab is two namespaces joined by a veth pair.
-type Lab struct {
-	// Suffix is unique to this lab; use it in every name that is global
-	// to the host (interface names of userspace devices, because their
-	// UAPI sockets share /var/run/wireguard).
-	Suffix string
-	NS     [2]string
-	// Underlay[i] is the address of namespace i on UnderlayIface.
-	Underlay [2]netip.Addr
-}
-
-// SkipUnlessRoot skips t unless it runs as root with the tools the labs
-// need.
-func SkipUnlessRoot(t testing.TB) {
-	t.Helper()
+// SkipUnlessRoot skips tb unless it runs as root with ip(8) and the tools
+// named.
+func SkipUnlessRoot(tb testing.TB, tools ...string) {
+	tb.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("privileged test: needs root (network namespaces, TUN devices)")
+		tb.Skip("privileged test: needs root (network namespaces)")
 	}
-	for _, tool := range []string{"ip", "tcpdump", "ping"} {
+	for _, tool := range append([]string{"ip"}, tools...) {
 		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("privileged test: %s not installed", tool)
+			tb.Skipf("privileged test: %s not installed", tool)
 		}
 	}
 }
 
-// NewSuffix returns 6 random lower-case letters and digits.
-func NewSuffix(t testing.TB) string {
-	const alphabet = "0123456789abcdefghijklmnopqrstuvwxyz"
-	var b [6]byte
-	if _, err := rand.Read(b[:]); err != nil {
-		t.Fatal(err)
-	}
-	for i := range b {
-		b[i] = alphabet[int(b[i])%len(alphabet)]
-	}
-	return string(b[:])
+// Lab is the namespaces of one test.
+type Lab struct {
+	// ID is unique to this lab (6 characters of [0-9a-z]); use it in every
+	// name that is global to the host, such as the interface names of
+	// userspace devices, whose UAPI sockets share /var/run/wireguard.
+	ID string
+	// NS[i] is the namespace of the i-th role given to New.
+	NS []string
 }
 
-// New creates the lab: namespaces wgmdev-<pid>-<suffix>-{0,1}, loopback up,
-// veth UnderlayIface in each with 198.18.0.1/24 and 198.18.0.2/24.
-func New(t testing.TB) *Lab {
-	t.Helper()
-	l := &Lab{Suffix: NewSuffix(t)}
-	for i := range l.NS {
-		l.NS[i] = fmt.Sprintf("wgmdev-%d-%s-%d", os.Getpid(), l.Suffix, i)
-		l.Underlay[i] = netip.AddrFrom4([4]byte{198, 18, 0, byte(i + 1)})
-		Run(t, "ip", "netns", "add", l.NS[i])
-		ns := l.NS[i]
-		t.Cleanup(func() {
-			// Deleting the namespace destroys its interfaces (veth, TUN).
-			if out, err := exec.Command("ip", "netns", "del", ns).CombinedOutput(); err != nil {
-				t.Logf("cleanup: ip netns del %s: %v: %s", ns, err, out)
+// New removes stale labs of prefix, then creates one namespace per role,
+// named Base(prefix, ID)+"-"+role with its loopback up; tb.Cleanup removes
+// them with every process inside.
+func New(tb testing.TB, prefix string, roles ...string) *Lab {
+	tb.Helper()
+	if stale, err := RemoveStale(prefix); err != nil {
+		tb.Logf("removing stale labs %v: %v", stale, err)
+	}
+	id, err := NewID()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	l := &Lab{ID: id}
+	for _, role := range roles {
+		ns := Base(prefix, id) + "-" + role
+		if err := Add(context.Background(), ns); err != nil {
+			tb.Fatal(err)
+		}
+		tb.Cleanup(func() {
+			if err := Remove(ns); err != nil {
+				tb.Logf("cleanup: %v", err)
 			}
 		})
-		l.Run(t, i, "ip", "link", "set", "lo", "up")
-	}
-	Run(t, "ip", "link", "add", "name", UnderlayIface, "netns", l.NS[0], "type", "veth",
-		"peer", "name", UnderlayIface, "netns", l.NS[1])
-	for i := range l.NS {
-		l.Run(t, i, "ip", "addr", "add", l.Underlay[i].String()+"/24", "dev", UnderlayIface)
-		l.Run(t, i, "ip", "link", "set", UnderlayIface, "up")
+		l.NS = append(l.NS, ns)
 	}
 	return l
 }
 
-// Run runs a command and fails t on error, returning its output.
-func Run(t testing.TB, name string, args ...string) string {
-	t.Helper()
+// UnderlayIface is the veth end's name inside each namespace of a Pair.
+const UnderlayIface = "ul0"
+
+// Pair is two namespaces joined by a veth pair, UnderlayIface in each, on
+// the 198.18.0.0/24 underlay.
+type Pair struct {
+	*Lab
+	// Underlay[i] is the address of namespace i on UnderlayIface.
+	Underlay [2]netip.Addr
+}
+
+// NewPair creates the pair: namespaces <prefix>-<pid>-<id>-{0,1}, veth
+// UnderlayIface in each, up, with 198.18.0.1/24 and 198.18.0.2/24.
+func NewPair(tb testing.TB, prefix string) *Pair {
+	tb.Helper()
+	p := &Pair{Lab: New(tb, prefix, "0", "1")}
+	if err := Veth(context.Background(), UnderlayIface, p.NS[0], UnderlayIface, p.NS[1]); err != nil {
+		tb.Fatal(err)
+	}
+	for i := range 2 {
+		p.Underlay[i] = netip.AddrFrom4([4]byte{198, 18, 0, byte(i + 1)})
+		p.Run(tb, i, "ip", "addr", "add", p.Underlay[i].String()+"/24", "dev", UnderlayIface)
+		p.Run(tb, i, "ip", "link", "set", UnderlayIface, "up")
+	}
+	return p
+}
+
+// MustRun runs a command and fails tb on error, returning its output.
+func MustRun(tb testing.TB, name string, args ...string) string {
+	tb.Helper()
 	out, err := exec.Command(name, args...).CombinedOutput()
 	if err != nil {
-		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+		tb.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
 	}
 	return string(out)
 }
@@ -105,10 +115,10 @@ func (l *Lab) Cmd(i int, name string, args ...string) *exec.Cmd {
 	return exec.Command("ip", append([]string{"netns", "exec", l.NS[i], name}, args...)...)
 }
 
-// Run runs a command inside namespace i and fails t on error.
-func (l *Lab) Run(t testing.TB, i int, name string, args ...string) string {
-	t.Helper()
-	return Run(t, "ip", append([]string{"netns", "exec", l.NS[i], name}, args...)...)
+// Run runs a command inside namespace i and fails tb on error.
+func (l *Lab) Run(tb testing.TB, i int, name string, args ...string) string {
+	tb.Helper()
+	return MustRun(tb, "ip", append([]string{"netns", "exec", l.NS[i], name}, args...)...)
 }
 
 // Try runs a command inside namespace i and returns its output and error.
