@@ -42,7 +42,7 @@ func Cluster(n int) []mesh.Node {
 func BenchmarkDerive(b *testing.B) {
 	for _, n := range clusterSizes {
 		nodes := Cluster(n)
-		opts := mesh.Options{IPv4: true, IPv6: true, HostEncryption: true}
+		opts := mesh.DeriveOptions{IPv4: true, IPv6: true, HostEncryption: true}
 		b.Run(fmt.Sprintf("nodes=%d", n), func(b *testing.B) {
 			b.ReportAllocs()
 			var d mesh.Desired

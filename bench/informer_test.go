@@ -284,7 +284,7 @@ func BenchmarkKubeSourceHeap(b *testing.B) {
 			time.Sleep(10 * time.Millisecond)
 		}
 		meshNodes := src.Nodes()
-		d := mesh.Derive(meshNodes[0], meshNodes, mesh.Options{IPv4: true, IPv6: true})
+		d := mesh.Derive(meshNodes[0], meshNodes, mesh.DeriveOptions{IPv4: true, IPv6: true})
 		b.StopTimer()
 		if len(d.Peers) != informerNodes-1 {
 			b.Fatalf("derived %d peers from %d nodes", len(d.Peers), informerNodes)

@@ -393,7 +393,7 @@ func k8sMatchesDerive(ctx context.Context, k *k8sLab, n *lab.Node) (peerCount, r
 	if !found {
 		return 0, 0, fmt.Errorf("node %s has no Node object", n.Name)
 	}
-	want := mesh.Derive(self, nodes, mesh.Options{IPv4: true, IPv6: true, KeepOutside: []netip.Addr{k.CP.Addr}})
+	want := mesh.Derive(self, nodes, mesh.DeriveOptions{IPv4: true, IPv6: true, KeepOutside: []netip.Addr{k.CP.Addr}})
 
 	wantPeers := map[string]string{}
 	for _, p := range want.Peers {

@@ -308,7 +308,7 @@ func TestK8sKubeSourceAgainstAPIServer(t *testing.T) {
 
 	// Derive from what the source sees: node-b is a peer, node-c is not.
 	selfNode, _ := k8sFind(nodes, "node-a")
-	d := mesh.Derive(selfNode, nodes, mesh.Options{IPv4: true, IPv6: true})
+	d := mesh.Derive(selfNode, nodes, mesh.DeriveOptions{IPv4: true, IPv6: true})
 	if peers := k8sPeerNames(d); !slices.Equal(peers, []string{"node-b"}) {
 		t.Errorf("derived peers %v, want [node-b]", peers)
 	}
@@ -404,7 +404,7 @@ func TestK8sNodeChurn(t *testing.T) {
 		want = append(want, kube.NodeFromObject(&list.Items[i]))
 	}
 	selfWant, _ := k8sFind(want, "node-a")
-	opts := mesh.Options{IPv4: true, IPv6: true}
+	opts := mesh.DeriveOptions{IPv4: true, IPv6: true}
 	wantD := mesh.Derive(selfWant, want, opts)
 	if len(wantD.Peers) != len(live) {
 		t.Fatalf("derived %d peers from the live nodes, want %d (test setup)", len(wantD.Peers), len(live))

@@ -53,7 +53,7 @@ const maxNamesInDetail = 3
 //     ViaTunnel routes and StrictSources. Its host IPs become ViaTunnel
 //     HostRoutes, which only traffic from the local pod CIDRs (PodSources)
 //     consults, and with HostEncryption also ViaTunnel routes.
-//   - unmanaged (Options.Unmanaged matches its labels, key or not): its pod
+//   - unmanaged (DeriveOptions.Unmanaged matches its labels, key or not): its pod
 //     CIDRs get Throw routes, it is listed in Unencrypted and reported.
 //   - left out because of a Problem (NoKey, InvalidKey, NoEndpoint,
 //     InvalidEndpoint, DuplicateKey, InvalidName, DuplicateName): in strict
@@ -105,7 +105,7 @@ const maxNamesInDetail = 3
 //     encrypted ones. With HostEncryption, peers' endpoints and KeepOutside
 //     addresses get Throw routes.
 //
-// Cluster ranges (Options.ClusterCIDRs) cover what no node claims: each gets
+// Cluster ranges (DeriveOptions.ClusterCIDRs) cover what no node claims: each gets
 // an Unreachable route (Throw with AllowUnencrypted) owned by no node, every
 // route above is more specific, every keep-outside address inside it (the
 // local node's included) gets a Throw route unless the tunnel carries it,
@@ -120,7 +120,7 @@ const maxNamesInDetail = 3
 // disabled address family is ignored entirely: its pod CIDRs, host IPs,
 // tunnel addresses and keep-outside routes are not considered.
 // Problems carried in Node.Problems are copied to the output.
-func Derive(self Node, nodes []Node, o Options) Desired {
+func Derive(self Node, nodes []Node, o DeriveOptions) Desired {
 	d := &deriver{o: o, selfName: self.Name, selfKey: self.PublicKey}
 	d.collectSelf(self, nodes)
 	d.collectOthers(nodes)
@@ -135,7 +135,7 @@ func Derive(self Node, nodes []Node, o Options) Desired {
 
 // deriver holds the intermediate state of one Derive call.
 type deriver struct {
-	o        Options
+	o        DeriveOptions
 	selfName string
 	selfKey  Key
 
@@ -160,7 +160,7 @@ type deriver struct {
 	// keys that searchKeep compares without calls.
 	keepKeys []prefixes.Key
 
-	// cluster are the cluster ranges in force: Options.ClusterCIDRs that
+	// cluster are the cluster ranges in force: DeriveOptions.ClusterCIDRs that
 	// are valid, of an enabled family, not inside a pod CIDR claim and not
 	// inside one another; sorted.
 	cluster []netip.Prefix
@@ -210,7 +210,7 @@ type claim struct {
 }
 
 // keepOut is an address that must stay outside the tunnel: an endpoint, a
-// host IP, or an Options.KeepOutside address.
+// host IP, or an DeriveOptions.KeepOutside address.
 type keepOut struct {
 	addr netip.Addr
 	// cand indexes deriver.cands for another node's address; it is keepSelf
@@ -231,7 +231,7 @@ type keepOut struct {
 
 const (
 	keepSelf   = -1 // the local node's endpoint or host IP
-	keepOption = -2 // Options.KeepOutside
+	keepOption = -2 // DeriveOptions.KeepOutside
 )
 
 func (d *deriver) collectSelf(self Node, nodes []Node) {
@@ -514,8 +514,8 @@ func (d *deriver) collectKeepOutside() {
 		addHosts(i, c.node.HostIPs)
 	}
 	slices.SortFunc(d.keep, func(a, b keepOut) int {
-		// Options first, then the local node, then by node name, so this
-		// order does not depend on the input's.
+		// DeriveOptions.KeepOutside first, then the local node, then by node
+		// name, so this order does not depend on the input's.
 		if c := a.addr.Compare(b.addr); c != 0 {
 			return c
 		}

@@ -28,9 +28,9 @@ func (f *fuzzInput) next() byte {
 	return v
 }
 
-func (f *fuzzInput) options() Options {
+func (f *fuzzInput) options() DeriveOptions {
 	b := f.next()
-	o := Options{
+	o := DeriveOptions{
 		IPv4:             b&1 != 0,
 		IPv6:             b&2 != 0,
 		HostEncryption:   b&4 != 0,

@@ -18,7 +18,7 @@ import (
 
 // sweptDeriver runs Derive's steps up to and including the overlap sweep
 // and returns the deriver with the sweep's problems only.
-func sweptDeriver(self Node, nodes []Node, o Options) *deriver {
+func sweptDeriver(self Node, nodes []Node, o DeriveOptions) *deriver {
 	d := &deriver{o: o, selfName: self.Name, selfKey: self.PublicKey}
 	d.collectSelf(self, nodes)
 	d.collectOthers(nodes)
@@ -36,7 +36,7 @@ func sweptDeriver(self Node, nodes []Node, o Options) *deriver {
 // kind; a claim is contested exactly when a claim of another node
 // overlaps it; and each contested claim is reported once, in that order,
 // naming one such claim.
-func checkSweep(t *testing.T, self Node, nodes []Node, o Options) {
+func checkSweep(t *testing.T, self Node, nodes []Node, o DeriveOptions) {
 	t.Helper()
 	d := sweptDeriver(self, nodes, o)
 	owner := func(i int) string { return d.cands[d.claims[i].owner].node.Name }
@@ -99,7 +99,7 @@ func checkSweep(t *testing.T, self Node, nodes []Node, o Options) {
 
 // sweepFuzzInput turns fuzz bytes into Derive arguments with FuzzDerive's
 // generator: few names, keys and prefixes, so overlaps are common.
-func sweepFuzzInput(data []byte) (Node, []Node, Options) {
+func sweepFuzzInput(data []byte) (Node, []Node, DeriveOptions) {
 	in := &fuzzInput{b: data}
 	o := in.options()
 	self := in.node()
@@ -114,8 +114,8 @@ func sweepFuzzInput(data []byte) (Node, []Node, Options) {
 // CIDRs and host IPs fall in a small range at many lengths, so equal,
 // nested and disjoint claims are all common, and both of sortClaims' ways
 // (merging up to maxRuns sorted runs, or one plain sort) are taken.
-func randomSweepCluster(r *rand.Rand) (Node, []Node, Options) {
-	o := Options{IPv4: true, IPv6: r.IntN(2) == 0, HostEncryption: r.IntN(2) == 0}
+func randomSweepCluster(r *rand.Rand) (Node, []Node, DeriveOptions) {
+	o := DeriveOptions{IPv4: true, IPv6: r.IntN(2) == 0, HostEncryption: r.IntN(2) == 0}
 	maxClaims := []int{1, 2, 4, maxRuns, maxRuns + 3}[r.IntN(5)]
 	pod := func() netip.Prefix {
 		if r.IntN(4) == 0 {

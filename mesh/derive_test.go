@@ -118,8 +118,8 @@ func withProblems(n Node, ps ...Problem) Node {
 	return n
 }
 
-func defaultOptions() Options {
-	return Options{IPv4: true, IPv6: true}
+func defaultOptions() DeriveOptions {
+	return DeriveOptions{IPv4: true, IPv6: true}
 }
 
 func windowsUnmanaged(labels map[string]string) bool {
@@ -136,7 +136,7 @@ type deriveCase struct {
 	name  string
 	self  Node
 	nodes []Node
-	opts  func(*Options)
+	opts  func(*DeriveOptions)
 	// Hand-written expectations, checked in addition to the golden file.
 	peers       []string          // names of the peers
 	problems    []string          // "node Reason" of every problem, sorted
@@ -156,7 +156,7 @@ func deriveCases() []deriveCase {
 		},
 		{
 			name:     "zero-self-zero-options",
-			opts:     func(o *Options) { *o = Options{} },
+			opts:     func(o *DeriveOptions) { *o = DeriveOptions{} },
 			problems: []string{"- SelfMissing"},
 		},
 		{
@@ -198,7 +198,7 @@ func deriveCases() []deriveCase {
 			name:    "ipv4-only",
 			self:    self,
 			nodes:   []Node{self, nodeA},
-			opts:    func(o *Options) { o.IPv6 = false },
+			opts:    func(o *DeriveOptions) { o.IPv6 = false },
 			peers:   []string{"a"},
 			allowed: map[string][]string{"a": {"10.244.1.0/24"}},
 			noRoute: []string{"fd00:10:244:1::/64", "fd00:10:244::/64"},
@@ -207,7 +207,7 @@ func deriveCases() []deriveCase {
 			name:    "ipv6-only",
 			self:    self,
 			nodes:   []Node{self, nodeA},
-			opts:    func(o *Options) { o.IPv4 = false },
+			opts:    func(o *DeriveOptions) { o.IPv4 = false },
 			peers:   []string{"a"},
 			allowed: map[string][]string{"a": {"fd00:10:244:1::/64"}},
 			noRoute: []string{"10.244.1.0/24", "10.244.0.0/24"},
@@ -216,7 +216,7 @@ func deriveCases() []deriveCase {
 			name:    "ipv6-endpoint-with-ipv6-disabled",
 			self:    self,
 			nodes:   []Node{self, node("a", 2, "[fd00:198:18::2]:51820", "10.244.1.0/24", "fd00:10:244:1::/64")},
-			opts:    func(o *Options) { o.IPv6 = false },
+			opts:    func(o *DeriveOptions) { o.IPv6 = false },
 			peers:   []string{"a"},
 			allowed: map[string][]string{"a": {"10.244.1.0/24"}},
 		},
@@ -232,7 +232,7 @@ func deriveCases() []deriveCase {
 			name:        "no-key-allow-unencrypted",
 			self:        self,
 			nodes:       []Node{self, nodeA, node("c", 0, "198.18.0.4:51820", "10.244.3.0/24")},
-			opts:        func(o *Options) { o.AllowUnencrypted = true },
+			opts:        func(o *DeriveOptions) { o.AllowUnencrypted = true },
 			peers:       []string{"a"},
 			problems:    []string{"c NoKey"},
 			unencrypted: []string{"c"},
@@ -306,7 +306,7 @@ func deriveCases() []deriveCase {
 				node("b", 9, "198.18.0.3:51820", "10.244.2.0/24"),
 				node("c", 9, "198.18.0.4:51820", "10.244.3.0/24"),
 			},
-			opts:        func(o *Options) { o.AllowUnencrypted = true },
+			opts:        func(o *DeriveOptions) { o.AllowUnencrypted = true },
 			peers:       []string{"b"},
 			problems:    []string{"c DuplicateKey"},
 			unencrypted: []string{"c"},
@@ -460,7 +460,7 @@ func deriveCases() []deriveCase {
 				node("a", 2, "198.18.0.2:51820", "10.245.0.0/16"),
 				node("b", 3, "198.18.0.3:51820", "10.245.7.0/24"),
 			},
-			opts:     func(o *Options) { o.AllowUnencrypted = true },
+			opts:     func(o *DeriveOptions) { o.AllowUnencrypted = true },
 			peers:    []string{"a", "b"},
 			problems: []string{"a CIDROverlap", "b CIDROverlap"},
 			routes:   map[string]string{"10.245.0.0/16": "throw -", "10.245.7.0/24": "throw -"},
@@ -537,7 +537,7 @@ func deriveCases() []deriveCase {
 			nodes: []Node{self, nodeA,
 				withLabels(node("win", 5, "198.18.0.5:51820", "10.244.5.0/24"), "kubernetes.io/os", "windows"),
 			},
-			opts:        func(o *Options) { o.Unmanaged = windowsUnmanaged },
+			opts:        func(o *DeriveOptions) { o.Unmanaged = windowsUnmanaged },
 			peers:       []string{"a"},
 			problems:    []string{"win Unmanaged"},
 			unencrypted: []string{"win"},
@@ -550,7 +550,7 @@ func deriveCases() []deriveCase {
 				withLabels(node("win", 0, "", "10.244.5.0/24"), "kubernetes.io/os", "windows"),
 				withLabels(node("linux", 0, "", "10.244.6.0/24"), "kubernetes.io/os", "linux"),
 			},
-			opts:        func(o *Options) { o.Unmanaged = windowsUnmanaged },
+			opts:        func(o *DeriveOptions) { o.Unmanaged = windowsUnmanaged },
 			problems:    []string{"linux NoKey", "win Unmanaged"},
 			unencrypted: []string{"win"},
 			routes:      map[string]string{"10.244.5.0/24": "throw win", "10.244.6.0/24": "unreachable linux"},
@@ -562,7 +562,7 @@ func deriveCases() []deriveCase {
 				node("a", 9, "198.18.0.2:51820", "10.244.1.0/24"),
 				withLabels(node("win", 9, "198.18.0.2:51820", "10.244.5.0/24"), "kubernetes.io/os", "windows"),
 			},
-			opts:        func(o *Options) { o.Unmanaged = windowsUnmanaged },
+			opts:        func(o *DeriveOptions) { o.Unmanaged = windowsUnmanaged },
 			peers:       []string{"a"},
 			problems:    []string{"win Unmanaged"},
 			unencrypted: []string{"win"},
@@ -575,7 +575,7 @@ func deriveCases() []deriveCase {
 				withHosts(nodeA, "198.18.0.2", "192.0.2.2", "fd00:198:18::2"),
 				withHosts(node("keyless", 0, "", "10.244.3.0/24"), "192.0.2.3"),
 			},
-			opts: func(o *Options) {
+			opts: func(o *DeriveOptions) {
 				o.HostEncryption = true
 				o.KeepOutside = []netip.Addr{netip.MustParseAddr("192.0.2.100")}
 			},
@@ -597,7 +597,7 @@ func deriveCases() []deriveCase {
 			nodes: []Node{self,
 				withHosts(nodeA, "198.18.0.2", "192.0.2.2"),
 			},
-			opts: func(o *Options) {
+			opts: func(o *DeriveOptions) {
 				o.HostEncryption = true
 				o.KeepOutside = []netip.Addr{netip.MustParseAddr("192.0.2.2")}
 			},
@@ -615,7 +615,7 @@ func deriveCases() []deriveCase {
 				withHosts(nodeA, "192.0.2.50"),
 				withHosts(nodeB, "192.0.2.50"),
 			},
-			opts:     func(o *Options) { o.HostEncryption = true },
+			opts:     func(o *DeriveOptions) { o.HostEncryption = true },
 			peers:    []string{"a", "b"},
 			problems: []string{"a CIDROverlap", "b CIDROverlap"},
 			noRoute:  []string{"192.0.2.50/32"},
@@ -627,7 +627,7 @@ func deriveCases() []deriveCase {
 				withHosts(nodeA, "10.244.2.9"),
 				nodeB,
 			},
-			opts:     func(o *Options) { o.HostEncryption = true },
+			opts:     func(o *DeriveOptions) { o.HostEncryption = true },
 			peers:    []string{"a", "b"},
 			problems: []string{"a CIDROverlap", "b CIDROverlap", "b CIDROverlap"},
 			routes:   map[string]string{"10.244.2.0/24": "unreachable -", "10.244.2.9/32": "throw a"},
@@ -639,7 +639,7 @@ func deriveCases() []deriveCase {
 				node("a", 2, "198.18.0.2:51820", "198.18.0.0/24", "10.244.1.0/24"),
 				node("b", 3, "198.19.0.3:51820", "192.0.2.0/24", "10.244.2.0/24"),
 			},
-			opts:     func(o *Options) { o.KeepOutside = []netip.Addr{netip.MustParseAddr("192.0.2.10")} },
+			opts:     func(o *DeriveOptions) { o.KeepOutside = []netip.Addr{netip.MustParseAddr("192.0.2.10")} },
 			peers:    []string{"a", "b"},
 			problems: []string{"a CIDROverlap", "b CIDROverlap"},
 			routes: map[string]string{
@@ -665,7 +665,7 @@ func deriveCases() []deriveCase {
 				withHosts(nodeB, "10.250.0.3"),
 				node("c", 4, "198.18.0.4:51820", "10.250.0.0/28"),
 			},
-			opts:  func(o *Options) { o.AllowUnencrypted = true },
+			opts:  func(o *DeriveOptions) { o.AllowUnencrypted = true },
 			peers: []string{"a", "b", "c"},
 			// b's host IP inside c's pod CIDR is contested: neither is
 			// programmed, b's pod CIDRs are.
@@ -694,7 +694,7 @@ func deriveCases() []deriveCase {
 				withHosts(node("c", 4, "198.18.0.4:51820", "10.244.4.0/24"), "198.18.0.4", "192.0.2.50", "198.18.0.1", "10.244.0.7"),
 				withHosts(node("keyless", 0, "", "10.244.3.0/24"), "198.18.0.5"),
 			},
-			opts:     func(o *Options) { o.KeepOutside = []netip.Addr{netip.MustParseAddr("192.0.2.100")} },
+			opts:     func(o *DeriveOptions) { o.KeepOutside = []netip.Addr{netip.MustParseAddr("192.0.2.100")} },
 			peers:    []string{"a", "b", "c"},
 			problems: []string{"b CIDROverlap", "c CIDROverlap", "c OwnCIDROverlap", "c OwnCIDROverlap", "keyless NoKey"},
 			allowed: map[string][]string{
@@ -715,14 +715,14 @@ func deriveCases() []deriveCase {
 			name:  "tunnel-address-none",
 			self:  self,
 			nodes: []Node{self, nodeA},
-			opts:  func(o *Options) { o.TunnelAddress = TunnelAddressNone },
+			opts:  func(o *DeriveOptions) { o.TunnelAddress = TunnelAddressNone },
 			peers: []string{"a"},
 		},
 		{
 			name:  "tunnel-address-fixed",
 			self:  self,
 			nodes: []Node{self, nodeA},
-			opts: func(o *Options) {
+			opts: func(o *DeriveOptions) {
 				o.IPv6 = false
 				o.TunnelAddress = TunnelAddressFixed
 				o.TunnelAddrs = []netip.Addr{netip.MustParseAddr("fd00:10:244::1"), netip.MustParseAddr("::ffff:10.244.0.1"), {}}
@@ -733,7 +733,7 @@ func deriveCases() []deriveCase {
 			name:  "tunnel-address-from-host-sized-and-several-cidrs",
 			self:  node("self", 1, "198.18.0.1:51820", "10.244.9.0/24", "10.244.0.5/32", "fd00:10:244::/64", "fd00:10:243::/64"),
 			nodes: []Node{nodeA},
-			opts:  func(o *Options) { o.TunnelAddress = TunnelAddressFirst },
+			opts:  func(o *DeriveOptions) { o.TunnelAddress = TunnelAddressFirst },
 			peers: []string{"a"},
 			problems: []string{
 				"self SelfMissing",
@@ -746,7 +746,7 @@ func deriveCases() []deriveCase {
 			name:  "tunnel-address-auto-from-host-sized-and-several-cidrs",
 			self:  node("self", 1, "198.18.0.1:51820", "10.244.9.0/24", "10.244.0.5/32", "fd00:10:244::/64", "fd00:10:243::/64"),
 			nodes: []Node{nodeA},
-			opts:  func(o *Options) { o.TunnelAddress = TunnelAddressAuto },
+			opts:  func(o *DeriveOptions) { o.TunnelAddress = TunnelAddressAuto },
 			peers: []string{"a"},
 			problems: []string{
 				"self SelfMissing",
@@ -765,7 +765,7 @@ func deriveCases() []deriveCase {
 			name:  "unknown-tunnel-mode-and-negative-keepalive",
 			self:  self,
 			nodes: []Node{self, nodeA},
-			opts: func(o *Options) {
+			opts: func(o *DeriveOptions) {
 				o.TunnelAddress = "bogus"
 				o.Keepalive = -time.Second
 			},
@@ -775,7 +775,7 @@ func deriveCases() []deriveCase {
 			name:  "keepalive",
 			self:  self,
 			nodes: []Node{self, nodeA, nodeB},
-			opts:  func(o *Options) { o.Keepalive = 25 * time.Second },
+			opts:  func(o *DeriveOptions) { o.Keepalive = 25 * time.Second },
 			peers: []string{"a", "b"},
 		},
 		{
@@ -811,7 +811,7 @@ func deriveCases() []deriveCase {
 			name:  "cluster-range-self-only",
 			self:  self,
 			nodes: []Node{self},
-			opts:  func(o *Options) { o.ClusterCIDRs = clusterRanges },
+			opts:  func(o *DeriveOptions) { o.ClusterCIDRs = clusterRanges },
 			routes: map[string]string{
 				"10.244.0.0/16":    "unreachable -",
 				"fd00:10:244::/48": "unreachable -",
@@ -826,7 +826,7 @@ func deriveCases() []deriveCase {
 			name:  "cluster-range-strict",
 			self:  self,
 			nodes: []Node{self, nodeA},
-			opts:  func(o *Options) { o.ClusterCIDRs = clusterRanges },
+			opts:  func(o *DeriveOptions) { o.ClusterCIDRs = clusterRanges },
 			peers: []string{"a"},
 			routes: map[string]string{
 				"10.244.0.0/16": "unreachable -",
@@ -838,7 +838,7 @@ func deriveCases() []deriveCase {
 			name:  "cluster-range-allow-unencrypted",
 			self:  self,
 			nodes: []Node{self, nodeA},
-			opts: func(o *Options) {
+			opts: func(o *DeriveOptions) {
 				o.ClusterCIDRs = clusterRanges
 				o.AllowUnencrypted = true
 			},
@@ -856,7 +856,7 @@ func deriveCases() []deriveCase {
 				withHosts(nodeA, "198.18.0.2", "198.19.0.2"),
 				withHosts(node("keyless", 0, "", "10.244.3.0/24"), "198.18.0.3"),
 			},
-			opts: func(o *Options) {
+			opts: func(o *DeriveOptions) {
 				o.HostEncryption = true
 				o.KeepOutside = []netip.Addr{netip.MustParseAddr("198.18.0.100")}
 				o.ClusterCIDRs = []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16"), netip.MustParsePrefix("198.18.0.0/15")}
@@ -881,7 +881,7 @@ func deriveCases() []deriveCase {
 			nodes: []Node{self, nodeA,
 				withLabels(node("win", 0, "198.18.0.5:51820", "10.244.5.0/24"), "kubernetes.io/os", "windows"),
 			},
-			opts: func(o *Options) {
+			opts: func(o *DeriveOptions) {
 				o.Unmanaged = windowsUnmanaged
 				o.ClusterCIDRs = clusterRanges
 			},
@@ -897,7 +897,7 @@ func deriveCases() []deriveCase {
 			name:  "cluster-range-ignored-and-nested",
 			self:  self,
 			nodes: []Node{self, nodeA},
-			opts: func(o *Options) {
+			opts: func(o *DeriveOptions) {
 				o.IPv6 = false
 				o.ClusterCIDRs = []netip.Prefix{
 					netip.MustParsePrefix("10.244.1.0/25"), netip.MustParsePrefix("10.244.0.0/24"),
@@ -1034,7 +1034,7 @@ func overlaps(a, b netip.Prefix) bool { return a.Overlaps(b) }
 
 // checkInvariants asserts what must hold for every input. It uses naive,
 // quadratic algorithms on purpose: it must not share Derive's cleverness.
-func checkInvariants(t *testing.T, self Node, nodes []Node, o Options, d Desired) {
+func checkInvariants(t *testing.T, self Node, nodes []Node, o DeriveOptions, d Desired) {
 	t.Helper()
 	famOK := func(a netip.Addr) bool { return (a.Is4() && o.IPv4) || (a.Is6() && !a.Is4In6() && o.IPv6) }
 
@@ -1382,7 +1382,7 @@ func checkInvariants(t *testing.T, self Node, nodes []Node, o Options, d Desired
 // nodes publishing one usable key, the local node included, only the senior
 // one may be a peer and every other one is reported with DuplicateKey; the
 // local node reports itself when it is not the senior one.
-func checkDuplicateKeys(t *testing.T, self Node, nodes []Node, o Options, d Desired) {
+func checkDuplicateKeys(t *testing.T, self Node, nodes []Node, o DeriveOptions, d Desired) {
 	t.Helper()
 	type holder struct {
 		name    string
@@ -1602,12 +1602,12 @@ func TestDerivePodCIDRs(t *testing.T) {
 	others := []Node{entry, node("node-2", 2, "198.18.0.2:51820", "10.244.2.0/24")}
 	for _, c := range []struct {
 		name string
-		opts func(*Options)
+		opts func(*DeriveOptions)
 		want []netip.Prefix
 	}{
 		{"dual", nil, []netip.Prefix{pfxT("10.244.1.0/24"), pfxT("10.245.1.0/24"), pfxT("fd00:10:244:1::/64")}},
-		{"ipv4-only", func(o *Options) { o.IPv6 = false }, []netip.Prefix{pfxT("10.244.1.0/24"), pfxT("10.245.1.0/24")}},
-		{"host-encryption", func(o *Options) { o.HostEncryption = true }, []netip.Prefix{pfxT("10.244.1.0/24"), pfxT("10.245.1.0/24"), pfxT("fd00:10:244:1::/64")}},
+		{"ipv4-only", func(o *DeriveOptions) { o.IPv6 = false }, []netip.Prefix{pfxT("10.244.1.0/24"), pfxT("10.245.1.0/24")}},
+		{"host-encryption", func(o *DeriveOptions) { o.HostEncryption = true }, []netip.Prefix{pfxT("10.244.1.0/24"), pfxT("10.245.1.0/24"), pfxT("fd00:10:244:1::/64")}},
 	} {
 		o := defaultOptions()
 		if c.opts != nil {
@@ -1645,7 +1645,7 @@ func TestDeriveUnderlay(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			d := Derive(tc.self, tc.nodes, Options{IPv4: true, IPv6: true})
+			d := Derive(tc.self, tc.nodes, DeriveOptions{IPv4: true, IPv6: true})
 			if diff := cmp.Diff(tc.want, d.Underlay, cmp.Comparer(func(a, b netip.Addr) bool { return a == b })); diff != "" {
 				t.Errorf("Underlay (-want +got):\n%s", diff)
 			}

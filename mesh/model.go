@@ -177,7 +177,7 @@ type Desired struct {
 	// or a KeepOutside address, so the device's own encrypted UDP and the
 	// agent's way to the API server are never dropped.
 	EncryptOnly []netip.Prefix
-	// ClusterCIDRs are the cluster's pod ranges in force (Options.ClusterCIDRs
+	// ClusterCIDRs are the cluster's pod ranges in force (DeriveOptions.ClusterCIDRs
 	// as Derive used them: valid, of an enabled family, masked, sorted, none
 	// inside another or inside a node's pod CIDR). Empty means pod traffic to
 	// a node this agent does not know (removed from its input, or not yet
@@ -218,13 +218,13 @@ const (
 	TunnelAddressFirst TunnelAddressMode = "first"
 	// TunnelAddressNone puts no address on the interface.
 	TunnelAddressNone TunnelAddressMode = "none"
-	// TunnelAddressFixed uses Options.TunnelAddrs.
+	// TunnelAddressFixed uses DeriveOptions.TunnelAddrs.
 	TunnelAddressFixed TunnelAddressMode = "fixed"
 )
 
-// Options steer Derive. Validate is the rule for them as an operator gives
+// DeriveOptions steer Derive. Validate is the rule for them as an operator gives
 // them (Derive itself skips what it cannot use).
-type Options struct {
+type DeriveOptions struct {
 	IPv4, IPv6       bool
 	HostEncryption   bool
 	AllowUnencrypted bool

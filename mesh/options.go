@@ -19,14 +19,14 @@ const MaxKeepalive = 65535 * time.Second
 // skips what it cannot use (a tunnel address or a range of a disabled
 // family) and treats a negative keepalive as 0, so the ranges a source adds
 // to ClusterCIDRs at run time need not pass.
-func (o Options) Validate() error {
+func (o DeriveOptions) Validate() error {
 	if err := o.check(); err != nil {
 		return fmt.Errorf("mesh options: %w", err)
 	}
 	return nil
 }
 
-func (o Options) check() error {
+func (o DeriveOptions) check() error {
 	if !o.IPv4 && !o.IPv6 {
 		return option.Errorf("IPv4/IPv6", nil, "both disabled: enable at least one family")
 	}

@@ -34,7 +34,7 @@ func derivedMesh(n int, moved int) mesh.Desired {
 			HostIPs: []netip.Addr{host},
 		}
 	}
-	return mesh.Derive(nodes[0], nodes, mesh.Options{IPv4: true, IPv6: true, HostEncryption: true})
+	return mesh.Derive(nodes[0], nodes, mesh.DeriveOptions{IPv4: true, IPv6: true, HostEncryption: true})
 }
 
 // BenchmarkRouteDiff is the router half of a reconcile at 100, 1,000 and

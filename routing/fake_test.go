@@ -149,7 +149,7 @@ func clusterRange() mesh.Desired {
 		PodCIDRs: []netip.Prefix{pfx("10.244.1.0/24"), pfx("fd00:10:244:1::/64")}}
 	peer := mesh.Node{Name: "node-2", PublicKey: key(2), Endpoint: netip.MustParseAddrPort("198.18.0.2:51820"),
 		PodCIDRs: []netip.Prefix{pfx("10.244.2.0/24"), pfx("fd00:10:244:2::/64")}}
-	return mesh.Derive(self, []mesh.Node{self, peer}, mesh.Options{IPv4: true, IPv6: true,
+	return mesh.Derive(self, []mesh.Node{self, peer}, mesh.DeriveOptions{IPv4: true, IPv6: true,
 		ClusterCIDRs: []netip.Prefix{pfx("10.244.0.0/16"), pfx("fd00:10:244::/48")}})
 }
 

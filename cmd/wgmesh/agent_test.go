@@ -247,7 +247,7 @@ func TestClusterRangesFromKubeadm(t *testing.T) {
 		Data:       map[string]string{"ClusterConfiguration": "networking:\n  podSubnet: 10.244.0.0/16,fd00:10:244::/48\n"},
 	}
 	log := slog.New(slog.DiscardHandler)
-	cfg := agentConfig{NodeName: "node1", ListenPort: 51820, Derive: mesh.Options{IPv4: true, IPv6: true,
+	cfg := agentConfig{NodeName: "node1", ListenPort: 51820, Derive: mesh.DeriveOptions{IPv4: true, IPv6: true,
 		ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16"), netip.MustParsePrefix("10.245.0.0/16")}}}
 	src, err := newKubeSource(fake.NewClientset(cm), cfg, log)
 	if err != nil {

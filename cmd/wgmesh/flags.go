@@ -102,7 +102,7 @@ type agentConfig struct {
 	// and the unmanaged-node selector. KeepOutside stays empty: what the
 	// source learns at start (the API server's addresses) is added in
 	// runAgent, which never changes agentConfig.
-	Derive mesh.Options
+	Derive mesh.DeriveOptions
 	// Unmanaged is the parsed --unmanaged-nodes selector (nil: none), kept
 	// for logging.
 	Unmanaged labels.Selector
@@ -153,7 +153,7 @@ func newAgentFlagSet(f *agentFlags, getenv func(string) string) *pflag.FlagSet {
 //
 // It checks only what the flags' text must be (syntax) and what no package
 // owns; the bounds are the packages' rules: routing.Options.Validate,
-// device.Options.Validate, mesh.Options.Validate and mesh.ValidateEndpoint,
+// device.Options.Validate, mesh.DeriveOptions.Validate and mesh.ValidateEndpoint,
 // called here on the options the agent will build, so a bad value is
 // refused before anything is touched, in the flag's name.
 func (f *agentFlags) validate(inCluster bool) (agentConfig, error) {
@@ -222,7 +222,7 @@ func (f *agentFlags) validate(inCluster bool) (agentConfig, error) {
 		return c, err
 	}
 
-	c.Derive = mesh.Options{
+	c.Derive = mesh.DeriveOptions{
 		IPv4:             f.ipv4,
 		IPv6:             f.ipv6,
 		HostEncryption:   f.hostEncryption,
@@ -301,7 +301,7 @@ func (c agentConfig) deviceOptions() device.Options {
 }
 
 // optionFlags name the flag that sets each field of device.Options,
-// routing.Options and mesh.Options (and mesh.ValidateEndpoint's Endpoint),
+// routing.Options and mesh.DeriveOptions (and mesh.ValidateEndpoint's Endpoint),
 // by the Field of the *option.Error their Validate returns. Fields no flag
 // sets are absent: their errors are not the user's.
 var optionFlags = map[string]string{
@@ -392,7 +392,7 @@ func unmap(a netip.Addr) netip.Addr {
 }
 
 // parseKeepalive accepts whole seconds ("25") or a Go duration ("25s").
-// Which keepalives are allowed is mesh.Options.Validate's rule.
+// Which keepalives are allowed is mesh.DeriveOptions.Validate's rule.
 func parseKeepalive(s string) (time.Duration, error) {
 	s = strings.TrimSpace(s)
 	// 32 bits of seconds fit a Duration.
@@ -408,7 +408,7 @@ func parseKeepalive(s string) (time.Duration, error) {
 
 // parseTunnelAddress parses auto, first, none, or a comma-separated list of
 // IP addresses (fixed). Which addresses are allowed is
-// mesh.Options.Validate's rule.
+// mesh.DeriveOptions.Validate's rule.
 func parseTunnelAddress(s string) (mesh.TunnelAddressMode, []netip.Addr, error) {
 	switch strings.TrimSpace(s) {
 	case "", string(mesh.TunnelAddressAuto):

@@ -120,7 +120,7 @@ func parseUnmanaged(s string) (labels.Selector, error) {
 	return sel, nil
 }
 
-// unmanagedFunc is sel as mesh.Options.Unmanaged wants it; nil for none.
+// unmanagedFunc is sel as mesh.DeriveOptions.Unmanaged wants it; nil for none.
 func unmanagedFunc(sel labels.Selector) func(map[string]string) bool {
 	if sel == nil {
 		return nil
@@ -131,12 +131,12 @@ func unmanagedFunc(sel labels.Selector) func(map[string]string) bool {
 // clusterOptions are the rules verify and graph --cluster judge the cluster
 // by: both families, and the agents' --unmanaged-nodes and
 // --allow-unencrypted as given to the command.
-func clusterOptions(unmanaged string, allowUnenc bool) (mesh.Options, error) {
+func clusterOptions(unmanaged string, allowUnenc bool) (mesh.DeriveOptions, error) {
 	sel, err := parseUnmanaged(unmanaged)
 	if err != nil {
-		return mesh.Options{}, err
+		return mesh.DeriveOptions{}, err
 	}
-	o := mesh.Options{IPv4: true, IPv6: true, AllowUnencrypted: allowUnenc, Unmanaged: unmanagedFunc(sel)}
+	o := mesh.DeriveOptions{IPv4: true, IPv6: true, AllowUnencrypted: allowUnenc, Unmanaged: unmanagedFunc(sel)}
 	// The agents' rule for their options, as for `wgmesh agent`.
 	return o, flagged(o.Validate(), optionFlags)
 }

@@ -70,7 +70,7 @@ type Options struct {
 	// Keys is the key file, watched for rotations (`wgmesh rotate-key`).
 	Keys *KeyStore
 	// Derive steers Derive.
-	Derive mesh.Options
+	Derive mesh.DeriveOptions
 	// ListenPort is the device's UDP port.
 	ListenPort int
 	// FwMark marks the device's encrypted packets so they skip the wgmesh
@@ -139,7 +139,7 @@ func ValidateListenPort(port int) error {
 }
 
 // New checks o (the required ports and key, ValidateListenPort and
-// mesh.Options.Validate for o.Derive) and fills its defaults.
+// mesh.DeriveOptions.Validate for o.Derive) and fills its defaults.
 func New(o Options) (*Reconciler, error) {
 	var missing []string
 	for name, isNil := range map[string]bool{

@@ -46,7 +46,7 @@ func newRig(t *testing.T, src *agenttest.Source, edit func(*agent.Options)) *rig
 	}
 	o := agent.Options{
 		NodeName: "self", Nodes: src, Publisher: src, Device: g.dev, Router: g.router, Sink: g.sink, Key: key, Keys: g.keys,
-		Derive:     mesh.Options{IPv4: true, IPv6: true},
+		Derive:     mesh.DeriveOptions{IPv4: true, IPv6: true},
 		ListenPort: 51820, FwMark: 0x20000, Backend: mesh.BackendUserspace,
 		Endpoint: netip.MustParseAddrPort("198.18.0.1:51820"),
 		Resync:   time.Hour, Debounce: 10 * time.Millisecond,
@@ -134,7 +134,7 @@ func TestNewReconcilerChecksOptions(t *testing.T) {
 	}
 	src := agenttest.NewSource()
 	ok := agent.Options{NodeName: "n", Nodes: src, Publisher: src, Device: &agenttest.Device{}, Router: &agenttest.Router{},
-		Key: mesh.Key{1}, Keys: agent.NewKeyStore("k"), ListenPort: 51820, Derive: mesh.Options{IPv4: true}}
+		Key: mesh.Key{1}, Keys: agent.NewKeyStore("k"), ListenPort: 51820, Derive: mesh.DeriveOptions{IPv4: true}}
 	if _, err := agent.New(ok); err != nil {
 		t.Fatalf("valid options: %v", err)
 	}

@@ -57,7 +57,7 @@ type Reloader interface {
 
 // ClusterRanger is a NodeSource that knows the cluster's pod ranges itself:
 // the peers file's clusterCIDRs field, the cluster's kubeadm configuration.
-// The reconciler adds them to mesh.Options.ClusterCIDRs on every reconcile.
+// The reconciler adds them to mesh.DeriveOptions.ClusterCIDRs on every reconcile.
 type ClusterRanger interface {
 	// ClusterCIDRs returns the ranges of the configuration in force (nil:
 	// none known). The caller must not modify the slice.

@@ -290,7 +290,7 @@ func TestParseEarlierEntryKeepsSharedKey(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d := mesh.Derive(mesh.Node{Name: "self", PublicKey: mustKey(t, keyB)}, nodes, mesh.Options{IPv4: true})
+	d := mesh.Derive(mesh.Node{Name: "self", PublicKey: mustKey(t, keyB)}, nodes, mesh.DeriveOptions{IPv4: true})
 	if len(d.Peers) != 1 || d.Peers[0].Node != "zz-first" {
 		t.Errorf("peers = %+v, want only zz-first", d.Peers)
 	}

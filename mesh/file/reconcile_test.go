@@ -39,7 +39,7 @@ func TestReconcilerWithFileSource(t *testing.T) {
 	dev := &agenttest.Device{}
 	rec, err := agent.New(agent.Options{
 		NodeName: "host-a", Nodes: src, Publisher: src, Device: dev, Router: &agenttest.Router{}, Key: priv, Keys: keys,
-		Derive: mesh.Options{IPv4: true, IPv6: true}, ListenPort: 51820, Resync: 50 * time.Millisecond,
+		Derive: mesh.DeriveOptions{IPv4: true, IPv6: true}, ListenPort: 51820, Resync: 50 * time.Millisecond,
 		Debounce: 10 * time.Millisecond, MinBackoff: 20 * time.Millisecond, MaxBackoff: 50 * time.Millisecond, Logger: log,
 	})
 	if err != nil {

@@ -4,7 +4,7 @@
 // The file lists every host of the mesh, the local one included, and
 // optionally the cluster's pod ranges:
 //
-//	clusterCIDRs: ["10.244.0.0/16", "fd00:10:244::/48"]   # optional, before nodes: see mesh.Options.ClusterCIDRs
+//	clusterCIDRs: ["10.244.0.0/16", "fd00:10:244::/48"]   # optional, before nodes: see mesh.DeriveOptions.ClusterCIDRs
 //	nodes:
 //	  - name: host-a
 //	    publicKey: "<base64>"          # optional for the agent's own entry; must match its key if set

@@ -46,7 +46,7 @@ func (r VerifyReport) OK() bool { return len(r.Problems) == 0 && len(r.Unencrypt
 // of no node in particular, with the same rules as the agents (mesh.Derive):
 // what it reports is what some agent would leave out of the mesh. If o
 // enables neither address family, both are checked.
-func Verify(ctx context.Context, client kubernetes.Interface, o mesh.Options) (VerifyReport, error) {
+func Verify(ctx context.Context, client kubernetes.Interface, o mesh.DeriveOptions) (VerifyReport, error) {
 	var nodes []mesh.Node
 	opts := metav1.ListOptions{Limit: verifyPageSize}
 	for {
@@ -66,7 +66,7 @@ func Verify(ctx context.Context, client kubernetes.Interface, o mesh.Options) (V
 }
 
 // verifyNodes is Verify without the API server.
-func verifyNodes(nodes []mesh.Node, o mesh.Options) VerifyReport {
+func verifyNodes(nodes []mesh.Node, o mesh.DeriveOptions) VerifyReport {
 	if !o.IPv4 && !o.IPv6 {
 		o.IPv4, o.IPv6 = true, true
 	}

@@ -36,7 +36,7 @@ func TestVerify(t *testing.T) {
 	tests := []struct {
 		name        string
 		nodes       []*corev1.Node
-		opts        mesh.Options
+		opts        mesh.DeriveOptions
 		problems    []string // "node Reason"
 		warnings    []string // "node Reason"
 		unencrypted []string
@@ -51,7 +51,7 @@ func TestVerify(t *testing.T) {
 		{
 			name:        "keyless node with allow-unencrypted is still a problem",
 			nodes:       []*corev1.Node{meshNode("a", 1), with(meshNode("b", 2), func(n *corev1.Node) { delete(n.Annotations, AnnotationPublicKey) })},
-			opts:        mesh.Options{IPv4: true, IPv6: true, AllowUnencrypted: true},
+			opts:        mesh.DeriveOptions{IPv4: true, IPv6: true, AllowUnencrypted: true},
 			problems:    []string{"b NoKey"},
 			unencrypted: []string{"b"},
 		},
@@ -61,7 +61,7 @@ func TestVerify(t *testing.T) {
 				n.Labels["kubernetes.io/os"] = "windows"
 				n.Spec.PodCIDRs = []string{"10.244.9.0/24"}
 			})},
-			opts:        mesh.Options{IPv4: true, IPv6: true, Unmanaged: windows},
+			opts:        mesh.DeriveOptions{IPv4: true, IPv6: true, Unmanaged: windows},
 			unencrypted: []string{"win"},
 		},
 		{
@@ -102,7 +102,7 @@ func TestVerify(t *testing.T) {
 			nodes: []*corev1.Node{meshNode("a", 1), with(meshNode("b", 2), func(n *corev1.Node) {
 				n.Spec.PodCIDRs = []string{"10.244.2.0/24", "fd00:10:244::/48"}
 			})},
-			opts: mesh.Options{IPv4: true},
+			opts: mesh.DeriveOptions{IPv4: true},
 		},
 		{
 			name: "invalid annotations and no endpoint",
@@ -175,7 +175,7 @@ func TestVerifyPaginates(t *testing.T) {
 		}
 		return true, l, nil
 	})
-	r, err := Verify(context.Background(), client, mesh.Options{})
+	r, err := Verify(context.Background(), client, mesh.DeriveOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -187,7 +187,7 @@ func TestVerifyPaginates(t *testing.T) {
 	failing.PrependReactor("list", "nodes", func(ktesting.Action) (bool, runtime.Object, error) {
 		return true, nil, fmt.Errorf("connection refused")
 	})
-	if _, err := Verify(context.Background(), failing, mesh.Options{}); err == nil || !strings.Contains(err.Error(), "list nodes") {
+	if _, err := Verify(context.Background(), failing, mesh.DeriveOptions{}); err == nil || !strings.Contains(err.Error(), "list nodes") {
 		t.Errorf("err = %v", err)
 	}
 }
