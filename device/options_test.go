@@ -1,14 +1,13 @@
 package device
 
 import (
-	"errors"
 	"strings"
 	"testing"
 
 	"golang.zx2c4.com/wireguard/conn/bindtest"
 	"golang.zx2c4.com/wireguard/tun/tuntest"
 
-	"github.com/wgmesh/wgmesh/internal/option"
+	"github.com/wgmesh/wgmesh/internal/option/optiontest"
 )
 
 // TestOptionsValidateFields: Validate is the one rule Open applies; zero
@@ -53,20 +52,9 @@ func TestOptionsValidateFields(t *testing.T) {
 		{"in-memory kernel", Options{Backend: ChoiceKernel, TUN: tuntest.NewChannelTUN().TUN(), Bind: pair[0]}, "TUN/Bind", "needs the userspace backend"},
 	} {
 		err := c.o.Validate()
-		if c.field == "" {
-			if err != nil {
-				t.Errorf("%s: Validate() = %v, want nil", c.name, err)
-			}
+		optiontest.Check(t, c.name, err, c.field, c.want)
+		if c.field == "" || err == nil {
 			continue
-		}
-		var oe *option.Error
-		switch {
-		case err == nil:
-			t.Errorf("%s: Validate() = nil, want an error on %s", c.name, c.field)
-		case !errors.As(err, &oe) || oe.Field != c.field:
-			t.Errorf("%s: Validate() = %v, want an *option.Error on %s", c.name, err, c.field)
-		case !strings.Contains(err.Error(), c.want):
-			t.Errorf("%s: Validate() = %q, want it to contain %q", c.name, err, c.want)
 		}
 		// Open applies the same rule before it touches anything.
 		if _, oerr := open(t.Context(), c.o, fakeEnv(newFakeNetlink(), newFakeWG())); oerr == nil || oerr.Error() != err.Error() {

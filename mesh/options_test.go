@@ -1,13 +1,11 @@
 package mesh
 
 import (
-	"errors"
 	"net/netip"
-	"strings"
 	"testing"
 	"time"
 
-	"github.com/wgmesh/wgmesh/internal/option"
+	"github.com/wgmesh/wgmesh/internal/option/optiontest"
 )
 
 // TestOptionsValidate: Validate is the rule for Derive's options as an
@@ -82,7 +80,7 @@ func TestOptionsValidate(t *testing.T) {
 		{"keep outside", with(func(o *DeriveOptions) { o.KeepOutside = addrs("198.18.0.10", "fd00::10") }), "", ""},
 		{"keep outside invalid", with(func(o *DeriveOptions) { o.KeepOutside = []netip.Addr{{}} }), "KeepOutside", "not an IP address"},
 	} {
-		checkOptionError(t, c.name, c.o.Validate(), c.field, c.want)
+		optiontest.Check(t, c.name, c.o.Validate(), c.field, c.want)
 	}
 }
 
@@ -102,25 +100,6 @@ func TestValidateEndpoint(t *testing.T) {
 		{netip.MustParseAddrPort("[::ffff:198.18.0.1]:51822"), "Endpoint", "IPv4-mapped"},
 		{netip.AddrPort{}, "Endpoint", "not IP:port"},
 	} {
-		checkOptionError(t, c.ep.String(), ValidateEndpoint(c.ep), c.field, c.want)
-	}
-}
-
-func checkOptionError(t *testing.T, name string, err error, field, want string) {
-	t.Helper()
-	if field == "" {
-		if err != nil {
-			t.Errorf("%s: %v, want nil", name, err)
-		}
-		return
-	}
-	var oe *option.Error
-	switch {
-	case err == nil:
-		t.Errorf("%s: nil, want an error on %s", name, field)
-	case !errors.As(err, &oe) || oe.Field != field:
-		t.Errorf("%s: %v, want an *option.Error on %s", name, err, field)
-	case !strings.Contains(err.Error(), want):
-		t.Errorf("%s: %q, want it to contain %q", name, err, want)
+		optiontest.Check(t, c.ep.String(), ValidateEndpoint(c.ep), c.field, c.want)
 	}
 }

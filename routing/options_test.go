@@ -1,11 +1,10 @@
 package routing
 
 import (
-	"errors"
 	"strings"
 	"testing"
 
-	"github.com/wgmesh/wgmesh/internal/option"
+	"github.com/wgmesh/wgmesh/internal/option/optiontest"
 )
 
 // TestOptionsValidateFields: Validate is the one rule for the router's options;
@@ -65,20 +64,9 @@ func TestOptionsValidateFields(t *testing.T) {
 		o := DefaultOptions()
 		c.f(&o)
 		err := o.Validate()
-		if c.field == "" {
-			if err != nil {
-				t.Errorf("%s: Validate() = %v, want nil", c.name, err)
-			}
-			continue
-		}
-		var oe *option.Error
-		switch {
-		case err == nil:
-			t.Errorf("%s: Validate() = nil, want an error on %s", c.name, c.field)
-		case !errors.As(err, &oe) || oe.Field != c.field:
-			t.Errorf("%s: Validate() = %v, want an *option.Error on %s", c.name, err, c.field)
-		case !strings.Contains(err.Error(), c.want) || !strings.HasPrefix(err.Error(), "routing options: "):
-			t.Errorf("%s: Validate() = %q, want \"routing options: …%s…\"", c.name, err, c.want)
+		optiontest.Check(t, c.name, err, c.field, c.want)
+		if err != nil && !strings.HasPrefix(err.Error(), "routing options: ") {
+			t.Errorf("%s: Validate() = %q, want the prefix \"routing options: \"", c.name, err)
 		}
 	}
 }
