@@ -136,8 +136,8 @@ func New(o Options) (*Source, error) {
 	if o.ListenPort == 0 {
 		o.ListenPort = DefaultListenPort
 	}
-	if o.ListenPort < 0 || o.ListenPort > 65535 {
-		return nil, fmt.Errorf("kube source: listen port %d is out of range 1-65535", o.ListenPort)
+	if err := agent.ValidateListenPort(o.ListenPort); err != nil {
+		return nil, fmt.Errorf("kube source: %w", err)
 	}
 	if o.ReportInterval <= 0 {
 		o.ReportInterval = DefaultReportInterval
