@@ -11,7 +11,8 @@
 //     /var/run/wireguard/<iface>.sock, so `wg show` and wgctrl work.
 //   - kernel: a `wireguard` link created over rtnetlink.
 //
-// Both backends are configured through wgctrl (one code path, see Configure):
+// Both backends are configured through wgctrl (one code path, see Configure;
+// in-memory devices, Options.TUN and Bind, speak the same UAPI in process):
 // the desired configuration is diffed against the device's current state and
 // only what differs is sent, so unchanged peers keep their sessions.
 //

@@ -353,7 +353,7 @@ func validate(want mesh.DeviceConfig, cur *wgtypes.Device, index map[wgtypes.Key
 			return valid{}, fmt.Errorf("peer %s: has this device's own public key", peerName(pe))
 		case first >= 0:
 			return valid{}, fmt.Errorf("peers %s and %s have the same public key", peerName(&want.Peers[first]), peerName(pe))
-		case pe.Keepalive < 0 || pe.Keepalive > 65535*time.Second:
+		case pe.Keepalive < 0 || pe.Keepalive > mesh.MaxKeepalive:
 			return valid{}, fmt.Errorf("peer %s: keepalive %v: want 0..65535s", peerName(pe), pe.Keepalive)
 		case pe.Endpoint.IsValid() && pe.Endpoint.Port() == 0:
 			return valid{}, fmt.Errorf("peer %s: endpoint %v has port 0", peerName(pe), pe.Endpoint)

@@ -103,7 +103,7 @@ func ValidateEndpoint(ep netip.AddrPort) error {
 		return option.Errorf("Endpoint", ep, "zoned addresses are not reachable from other nodes")
 	case a.Is4In6():
 		return option.Errorf("Endpoint", ep, "an IPv4-mapped IPv6 address; write the IPv4 address")
-	case a.IsUnspecified() || a.IsMulticast():
+	case !usableEndpointAddr(a): // Derive's rule for the endpoints it programs
 		return option.Errorf("Endpoint", ep, "%s is not a unicast address other nodes can reach", a)
 	case ep.Port() == 0:
 		return option.Errorf("Endpoint", ep, "port 0: want 1-65535")

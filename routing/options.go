@@ -8,7 +8,7 @@ import (
 	"github.com/wgmesh/wgmesh/internal/option"
 )
 
-// Validate is the rule for o, the one New, Cleanup and NewFake apply: it
+// Validate is the rule for o, the one New and Cleanup apply: it
 // returns nil or an error wrapping an *option.Error that names the first
 // field that would hijack or shadow the host's routing (Interface, Table,
 // HostTable, Priority, FwMark, IPv4/IPv6, MTU) and the reason.

@@ -115,8 +115,8 @@ const (
 	LegacyNFTTable = "wgmesh"
 )
 
-// Options configure a Router. Start from DefaultOptions; New, Cleanup and
-// NewFake check them with Validate.
+// Options configure a Router. Start from DefaultOptions; New and Cleanup
+// check them with Validate.
 type Options struct {
 	// Interface is the WireGuard interface routes point at.
 	Interface string
