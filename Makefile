@@ -17,6 +17,7 @@ help:
 	@echo "make build     build $(BIN)"
 	@echo "make bench     benchmarks; writes bench/RESULTS.md"
 	@echo "make lint      gofmt + go vet"
+	@echo "make fuzz      every Fuzz test of both modules, 20 s each"
 	@echo "make e2e       end-to-end scenarios against a real kube-apiserver"
 	@echo "make manifests regenerate deploy/kubernetes (the kustomize base) from the Helm chart deploy/helm/wgmesh"
 	@echo "make graph-example  redraw docs/mesh.svg (the README's picture) from the graph golden test (needs Graphviz)"

@@ -369,16 +369,7 @@ func (s *fakeHost) observe(o Options) observed {
 		w.Ours.Routes = make([]route, 0, len(s.routes))
 	}
 	for _, r := range s.sortedRoutes() {
-		switch {
-		case r.Table != unix.RT_TABLE_MAIN:
-		case r.Dst.Bits() == 0:
-			w.Defaults = append(w.Defaults, r)
-		case r.Type == typeUnicast && r.Dev != "" && !r.Gw.IsValid():
-			w.Connected = append(w.Connected, r)
-		}
-		if o.ownsRoute(r) {
-			w.Ours.Routes = append(w.Ours.Routes, r)
-		}
+		o.sortObserved(r, &w.Defaults, &w.Connected, &w.Ours.Routes)
 	}
 	if len(w.Ours.Routes) == 0 {
 		w.Ours.Routes = nil

@@ -145,16 +145,7 @@ func (k *kernel) observe(ctx context.Context) (observed, error) {
 				if !ok {
 					return true
 				}
-				switch {
-				case rt.Table != unix.RT_TABLE_MAIN:
-				case rt.Dst.Bits() == 0:
-					d.defaults = append(d.defaults, rt)
-				case rt.Type == typeUnicast && rt.Dev != "" && !rt.Gw.IsValid():
-					d.connected = append(d.connected, rt)
-				}
-				if k.o.ownsRoute(rt) {
-					d.ours = append(d.ours, rt)
-				}
+				k.o.sortObserved(rt, &d.defaults, &d.connected, &d.ours)
 				return true
 			})
 		return d, err

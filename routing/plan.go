@@ -6,6 +6,8 @@ import (
 	"net/netip"
 	"slices"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/wgmesh/wgmesh/internal/prefixes"
 	"github.com/wgmesh/wgmesh/mesh"
 )
@@ -32,6 +34,22 @@ func (o Options) ownsRule(r rule) bool {
 // ownsRoute: our routes carry our protocol and live in one of our tables.
 func (o Options) ownsRoute(r route) bool {
 	return r.Protocol == RouteProtocol && o.ownsTable(r.Table)
+}
+
+// sortObserved files a route read from the host (the kernel's or the
+// in-memory host's, so both see the same): main-table default routes and
+// connected routes (they locate the underlay and its MTU), and ours.
+func (o Options) sortObserved(r route, defaults, connected, ours *[]route) {
+	switch {
+	case r.Table != unix.RT_TABLE_MAIN:
+	case r.Dst.Bits() == 0:
+		*defaults = append(*defaults, r)
+	case r.Type == typeUnicast && r.Dev != "" && !r.Gw.IsValid():
+		*connected = append(*connected, r)
+	}
+	if o.ownsRoute(r) {
+		*ours = append(*ours, r)
+	}
 }
 
 // ownsAddr: every address on our interface is ours except the link-local

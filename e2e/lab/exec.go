@@ -1,7 +1,6 @@
 package lab
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -14,13 +13,11 @@ import (
 // run executes a command and returns its standard output. The error names the
 // command and carries its standard error, which is what tells the reader why.
 func run(ctx context.Context, name string, args ...string) (string, error) {
-	cmd := exec.CommandContext(ctx, name, args...)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
-		return stdout.String(), fmt.Errorf("lab: %s %s: %w: %s", name, strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
+	out, err := netnslab.Run(ctx, name, args...)
+	if err != nil {
+		return out, fmt.Errorf("lab: %w", err)
 	}
-	return stdout.String(), nil
+	return out, nil
 }
 
 // ipn runs `ip -n ns args...`.
