@@ -112,7 +112,7 @@ func MustRun(tb testing.TB, name string, args ...string) string {
 
 // Cmd returns a command that runs inside namespace i.
 func (l *Lab) Cmd(i int, name string, args ...string) *exec.Cmd {
-	return exec.Command("ip", append([]string{"netns", "exec", l.NS[i], name}, args...)...)
+	return Command(context.Background(), l.NS[i], name, args...)
 }
 
 // Run runs a command inside namespace i and fails tb on error.
