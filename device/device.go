@@ -55,6 +55,12 @@ const DefaultName = "wgmesh0"
 // routing layer sets the real MTU (derived from the underlay) afterwards.
 const DefaultMTU = 1420
 
+// DefaultInflightPackets is the agent's default for Options.InflightPackets
+// (its --inflight-packets): with it the userspace data path held 80-99 MiB
+// under one and eight TCP streams where wireguard-go alone held 186-236 MiB,
+// at twice the throughput (bench/README.md, "The window by default").
+const DefaultInflightPackets = 128
+
 // linkAlias marks interfaces created by wgmesh (IFLA_IFALIAS) when
 // Options.Alias is empty, so an interface of the same name that belongs to
 // someone else is never adopted or deleted. Any alias whose first word is
@@ -81,10 +87,11 @@ type Options struct {
 	// InflightPackets bounds, per direction, the packets wireguard-go holds
 	// between taking them in and handing them on (TUN read to UDP send,
 	// UDP receive to TUN write); 0 means no bound (wireguard-go's own
-	// behaviour). Each held packet costs a 64 KiB buffer, so the bound
-	// caps that memory at about 2 × (InflightPackets + 128) × 64 KiB;
-	// the excess waits in the TUN queue and the socket buffer, in the
-	// kernel. Userspace backend only.
+	// behaviour); the agent's default is DefaultInflightPackets. Each
+	// held packet costs a 64 KiB buffer, so the bound caps that memory at
+	// about 2 × (InflightPackets + 128) × 64 KiB; the excess waits in the
+	// TUN queue and the socket buffer, in the kernel. Userspace backend
+	// only.
 	InflightPackets int
 	// Alias is the link alias the interface carries: the instance's
 	// parameters as instance.Params.Alias renders them; "" means the bare
@@ -136,6 +143,10 @@ type Device interface {
 	// itself when the kernel refuses it at run time. The kernel backend
 	// returns nil. Safe for concurrent use, also after Close.
 	Offloads() []OffloadState
+	// Inflight reports the userspace data path's in-flight windows, tx
+	// then rx (Options.InflightPackets); nil without a bound and for the
+	// kernel backend. Safe for concurrent use, also after Close.
+	Inflight() []InflightState
 	// Close releases the device: wireguard-go and the UAPI socket stop, the
 	// interface and its routes stay (a userspace interface then drops every
 	// packet until an agent re-attaches). Idempotent. Removing the

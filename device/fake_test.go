@@ -183,6 +183,7 @@ func (s *stubDevice) Name() string                                       { retur
 func (s *stubDevice) Backend() mesh.Backend                              { return mesh.BackendUserspace }
 func (s *stubDevice) Stats(context.Context) ([]PeerStats, error)         { return nil, nil }
 func (s *stubDevice) Offloads() []OffloadState                           { return nil }
+func (s *stubDevice) Inflight() []InflightState                          { return nil }
 func (s *stubDevice) Close() error                                       { return nil }
 
 // fakeEnv wires the fakes together; creating a wireguard link also creates

@@ -2,6 +2,7 @@ package device_test
 
 import (
 	"context"
+	"encoding/binary"
 	"net/netip"
 	"sync/atomic"
 	"testing"
@@ -161,4 +162,51 @@ func TestInflightBoundHoldsSender(t *testing.T) {
 		waiting: func() int { return len(tuns[0].in) },
 		open:    func() { close(binds[0].sendGate) },
 	})
+}
+
+// TestInflightForgedDatagramsLeaveWindow: datagrams that look like
+// transport data but carry no index of this device's sessions (garbage
+// from anyone who can reach the UDP port) are dropped by wireguard-go
+// before they reach the TUN; the receiver's window must not count them, or
+// a few hundred of them would hold the data path until the stall reset.
+// The stall is an hour here, so a window they filled would stop the real
+// packets for good.
+func TestInflightForgedDatagramsLeaveWindow(t *testing.T) {
+	defer device.SetInflightStallForTest(time.Hour)()
+	tuns := [2]*refusingTUN{newRefusingTUN(), newRefusingTUN()}
+	tuns[0].refuse, tuns[1].refuse = false, false
+	binds := newBatchBinds()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	_, addr := openBatchPair(t, tuns, binds, inflightLimit)
+	handshakeBatchPair(ctx, t, tuns, addr)
+	const forged = 20 // batches
+	for i := range forged {
+		var b [][]byte
+		for j := range pairBatch {
+			d := make([]byte, 200)
+			d[0] = 4 // transport data
+			binary.LittleEndian.PutUint32(d[4:8], uint32(0xf0000000+i*pairBatch+j))
+			b = append(b, d)
+		}
+		binds[1].rx <- b
+	}
+	const real = 10 // batches
+	for range real {
+		var b [][]byte
+		for range pairBatch {
+			b = append(b, devicetest.UDPPacket(addr[0], addr[1], 1000))
+		}
+		tuns[0].in <- b
+	}
+	want := int64(1 + real*pairBatch)
+	timeout := time.NewTimer(30 * time.Second)
+	defer timeout.Stop()
+	for tuns[1].written.Load() < want {
+		select {
+		case <-time.After(10 * time.Millisecond):
+		case <-timeout.C:
+			t.Fatalf("%d of %d packets written after %d forged datagrams: the window counted them", tuns[1].written.Load(), want, forged*pairBatch)
+		}
+	}
 }

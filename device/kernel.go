@@ -89,6 +89,9 @@ func (k *kernel) Stats(ctx context.Context) ([]PeerStats, error) { return k.conf
 // kernel's own business, nothing for the agent to fall back from.
 func (k *kernel) Offloads() []OffloadState { return nil }
 
+// Inflight implements Device: the kernel module queues on its own.
+func (k *kernel) Inflight() []InflightState { return nil }
+
 func (k *kernel) Close() error {
 	k.once.Do(func() { k.closeErr = k.conf.close() })
 	return k.closeErr

@@ -38,6 +38,10 @@ type oversizeBind struct {
 	// releases tx, the receive functions wait for and fill rx. Nil: no
 	// bound.
 	tx, rx *inflight
+	// idx are the receiver indices of this device's handshakes, learnt
+	// from what Send sends; the rx window counts only datagrams addressed
+	// to them. Set with rx.
+	idx *localIndices
 	// split[0] is set for IPv4 endpoints, split[1] for IPv6 ones.
 	split [2]atomic.Bool
 }
@@ -62,7 +66,7 @@ func (b *oversizeBind) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
 		fns[i] = func(bufs [][]byte, sizes []int, eps []conn.Endpoint) (int, error) {
 			b.rx.wait()
 			n, err := f(bufs, sizes, eps)
-			b.rx.add(dataPackets(bufs[:n], sizes[:n]))
+			b.rx.add(b.idx.dataPackets(bufs[:n], sizes[:n]))
 			return n, err
 		}
 	}
@@ -76,6 +80,9 @@ func (b *oversizeBind) Send(bufs [][]byte, ep conn.Endpoint) error {
 		fam = 1
 	}
 	defer b.tx.release(len(bufs))
+	if b.rx != nil {
+		b.idx.learn(bufs)
+	}
 	if len(bufs) > 1 && b.split[fam].Load() {
 		return b.sendEach(bufs, ep)
 	}
@@ -120,20 +127,6 @@ const (
 	messageTransportType = 4
 	messageKeepaliveSize = 32
 )
-
-// dataPackets counts the datagrams that wireguard-go will write to the TUN
-// if they decrypt: transport messages with a payload. Handshake messages
-// and keepalives never reach the TUN, so counting them in the rx window
-// would leak.
-func dataPackets(bufs [][]byte, sizes []int) int {
-	n := 0
-	for i, b := range bufs {
-		if sizes[i] > messageKeepaliveSize && len(b) > 0 && b[0] == messageTransportType {
-			n++
-		}
-	}
-	return n
-}
 
 // sendEach sends bufs one datagram per call, so none is coalesced; it
 // returns the first error and keeps going after it.

@@ -78,9 +78,12 @@ func openUserspace(ctx context.Context, o Options, e *env, link netlink.Link) (D
 	// Batches of datagrams larger than the underlay's MTU must still leave,
 	// and offloads the kernel refuses are given up for the plain path (see
 	// oversizeBind and offloadTUN).
-	tx, rx := newInflight(o.InflightPackets, inflightStall), newInflight(o.InflightPackets, inflightStall)
+	tx, rx := newInflight(o.InflightPackets, inflightMinStall, inflightMaxStall), newInflight(o.InflightPackets, inflightMinStall, inflightMaxStall)
 	ob := newOversizeBind(bind, o.Logger, off)
 	ob.tx, ob.rx = tx, rx
+	if rx != nil {
+		ob.idx = newLocalIndices()
+	}
 	bind = ob
 	// From here the wireguard-go device owns tdev and bind: dev.Close closes
 	// both. A persistent TUN survives that; a half-created one is deleted.
@@ -379,6 +382,18 @@ func (u *userspace) Stats(ctx context.Context) ([]PeerStats, error) { return u.c
 // Offloads implements Device.
 func (u *userspace) Offloads() []OffloadState { return u.off.snapshot() }
 
+// Inflight implements Device.
+func (u *userspace) Inflight() []InflightState {
+	var out []InflightState
+	if s, ok := u.tx.state("tx"); ok {
+		out = append(out, s)
+	}
+	if s, ok := u.rx.state("rx"); ok {
+		out = append(out, s)
+	}
+	return out
+}
+
 // Close stops serving UAPI and stops wireguard-go. A kernel TUN interface
 // stays (persistent) with its addresses and routes; packets routed to it are
 // dropped by the kernel until an agent re-attaches.
@@ -395,6 +410,10 @@ func (u *userspace) Close() error {
 		if err := u.conf.close(); err != nil {
 			errs = append(errs, opError(u.name, "close wgctrl", err))
 		}
+		// A read waiting for the window would hold wireguard-go's close
+		// up to a stall.
+		u.tx.stop()
+		u.rx.stop()
 		u.dev.Close()
 		u.closeErr = errors.Join(errs...)
 		u.log.Info("userspace WireGuard device closed", "interface_kept", u.nl != nil)
