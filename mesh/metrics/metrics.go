@@ -12,6 +12,7 @@ import (
 	"context"
 	"log/slog"
 	"runtime"
+	"strconv"
 	"sync"
 	"time"
 
@@ -70,6 +71,10 @@ type Options struct {
 	// only; nil or an empty result for the kernel backend); called on every
 	// scrape and /status.
 	Offloads func() []device.OffloadState
+	// Inflight reads the data path's in-flight windows (userspace backend
+	// with --inflight-packets; nil or an empty result otherwise); called on
+	// every scrape.
+	Inflight func() []device.InflightState
 	// PublicKey returns the local node's current public key.
 	PublicKey func() (mesh.Key, error)
 	// Ready reports whether the agent is ready: device up, source synced and
@@ -306,6 +311,10 @@ var (
 		"1 while the userspace data path uses the offload (tun_gso: coalesced GSO writes to the TUN device; udp_gso: UDP GSO sends), 0 when it is off by configuration, not offered by the kernel, or was refused by the kernel at run time and the data path fell back to one packet at a time.", []string{"kind"}, nil)
 	descOffloadFallbacks = prometheus.NewDesc(Namespace+"_datapath_offload_fallbacks_total",
 		"Times the userspace data path stopped using the offload because the kernel refused it (EINVAL, EIO, EMSGSIZE).", []string{"kind"}, nil)
+	descInflightHeld = prometheus.NewDesc(Namespace+"_datapath_inflight_packets",
+		"Packets the userspace data path holds in flight now, per direction (tx: read from the TUN and not yet sent; rx: received and not yet written), bounded by --inflight-packets (the limit label).", []string{"direction", "limit"}, nil)
+	descInflightResets = prometheus.NewDesc(Namespace+"_datapath_inflight_resets_total",
+		"Times a full in-flight window waited a stall (10-250 ms) and started its count afresh, presuming packets wireguard-go dropped unseen: traffic to a peer without a session, or datagrams that failed to decrypt. Each cost the direction one such pause.", []string{"direction"}, nil)
 	// staleReasons are always exported, 0 or 1, so that an alert on
 	// wgmesh_stale > 0 has a series from the first scrape.
 	staleReasons        = []agent.ConditionReason{agent.ConditionSourceInvalid, agent.ConditionSelfMismatch, agent.ConditionPublishFailed}
@@ -329,6 +338,8 @@ func (c *scrapeCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descRangesPending
 	ch <- descOffload
 	ch <- descOffloadFallbacks
+	ch <- descInflightHeld
+	ch <- descInflightResets
 }
 
 func (c *scrapeCollector) Collect(ch chan<- prometheus.Metric) {
@@ -350,6 +361,12 @@ func (c *scrapeCollector) Collect(ch chan<- prometheus.Metric) {
 			}
 			ch <- prometheus.MustNewConstMetric(descOffload, prometheus.GaugeValue, v, string(o.Kind))
 			ch <- prometheus.MustNewConstMetric(descOffloadFallbacks, prometheus.CounterValue, float64(o.Fallbacks), string(o.Kind))
+		}
+	}
+	if m.o.Inflight != nil {
+		for _, w := range m.o.Inflight() {
+			ch <- prometheus.MustNewConstMetric(descInflightHeld, prometheus.GaugeValue, float64(w.Held), w.Direction, strconv.Itoa(w.Limit))
+			ch <- prometheus.MustNewConstMetric(descInflightResets, prometheus.CounterValue, float64(w.Resets), w.Direction)
 		}
 	}
 	if m.o.Conditions != nil {

@@ -86,3 +86,29 @@ func TestNewOffloadStatus(t *testing.T) {
 		t.Errorf("converted %+v", got)
 	}
 }
+
+// TestInflight: the data path's in-flight windows show as
+// wgmesh_datapath_inflight_packets{direction,limit} and
+// wgmesh_datapath_inflight_resets_total{direction}; without the func
+// (kernel backend) or without a bound, neither is exported.
+func TestInflight(t *testing.T) {
+	m := New(Options{Inflight: func() []device.InflightState {
+		return []device.InflightState{
+			{Direction: "tx", Limit: 128, Held: 17, Peak: 130, Resets: 3},
+			{Direction: "rx", Limit: 128, Held: 0, Peak: 99},
+		}
+	}})
+	fams := scrape(t, m.Handler())
+	if got := series(fams, "wgmesh_datapath_inflight_packets"); len(got) != 2 || got["tx128"] != 17 || got["rx128"] != 0 {
+		t.Errorf("wgmesh_datapath_inflight_packets = %v, want tx 17, rx 0 (limit 128)", got)
+	}
+	if got := series(fams, "wgmesh_datapath_inflight_resets_total"); len(got) != 2 || got["tx"] != 3 || got["rx"] != 0 {
+		t.Errorf("wgmesh_datapath_inflight_resets_total = %v, want tx 3, rx 0", got)
+	}
+	for _, o := range []Options{{}, {Inflight: func() []device.InflightState { return nil }}} {
+		fams = scrape(t, New(o).Handler())
+		if got := series(fams, "wgmesh_datapath_inflight_packets"); len(got) != 0 {
+			t.Errorf("without a window: %v, want no series", got)
+		}
+	}
+}
