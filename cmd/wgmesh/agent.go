@@ -65,6 +65,7 @@ func (a *app) runAgent(ctx context.Context, cfg agentConfig) (err error) {
 		stop()
 	}()
 	ctx = sigCtx
+	a.tuneMemory(log)
 	ver, rev := buildVersion()
 	log.Info("starting wgmesh agent", "version", ver, "commit", rev, "node", cfg.NodeName, "source", cfg.Source,
 		"interface", cfg.Interface, "backend", cfg.Backend, "strict", !cfg.Derive.AllowUnencrypted)
@@ -192,6 +193,7 @@ func (a *app) runAgent(ctx context.Context, cfg agentConfig) (err error) {
 		HostEncryption: cfg.Derive.HostEncryption,
 		Stats:          dev.Stats,
 		Offloads:       dev.Offloads,
+		Inflight:       dev.Inflight,
 		Router:         router.Status,
 		// The key in use, which the reconciler holds (not a fresh read
 		// of the file, which may hold a rotation not yet applied).

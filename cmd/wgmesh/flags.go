@@ -118,7 +118,7 @@ func (f *agentFlags) register(fs *pflag.FlagSet, getenv func(string) string) {
 	fs.StringVar(&f.iface, "interface", device.DefaultName, "WireGuard interface name")
 	fs.StringVar(&f.backend, "backend", string(device.ChoiceAuto), "WireGuard backend: auto (kernel if available), userspace or kernel")
 	fs.BoolVar(&f.offloads, "offloads", true, "userspace backend: TUN segmentation offloads (TSO/GRO); turn off only to work around a kernel's TUN offload bugs")
-	fs.IntVar(&f.inflightPackets, "inflight-packets", 0, "userspace backend: most packets wireguard-go holds per direction (each in a 64 KiB buffer), the rest waits in the kernel's TUN queue and socket buffer; bounds the agent's memory under load; 0 = no bound")
+	fs.IntVar(&f.inflightPackets, "inflight-packets", device.DefaultInflightPackets, "userspace backend: most packets wireguard-go holds per direction (each in a 64 KiB buffer), the rest waits in the kernel's TUN queue and socket buffer; bounds the agent's memory and queueing delay under load; 0 = no bound (wireguard-go's own behaviour, hundreds of MiB per busy stream)")
 	fs.IntVar(&f.listenPort, "listen-port", defaultListenPort, "UDP port the interface listens on (1-65535)")
 	fs.StringVar(&f.endpoint, "endpoint", "", "endpoint to publish, IP or IP:port (default: the Node's InternalIP and --listen-port; with --peers-file, the file's entry)")
 	fs.StringVar(&f.keyFile, "key-file", agent.DefaultKeyFile, "private key file, created (0600) if absent; a file readable by group or others is refused")

@@ -164,7 +164,7 @@ func TestAgentFlagsValidate(t *testing.T) {
 	}
 	if c.NodeName != "node-1" || c.Source != sourceInCluster || c.Interface != "wgmesh0" || c.Backend != device.ChoiceAuto ||
 		c.ListenPort != 51822 || c.KeyFile != agent.DefaultKeyFile || c.MTU != 0 || c.Table != 51820 || c.HostTable != 51821 || c.Priority != 99 ||
-		c.FwMark != 0x2000 || c.MetricsAddr != ":9587" || c.Endpoint.IsValid() || c.DisableOffloads || c.InflightPackets != 0 {
+		c.FwMark != 0x2000 || c.MetricsAddr != ":9587" || c.Endpoint.IsValid() || c.DisableOffloads || c.InflightPackets != device.DefaultInflightPackets {
 		t.Errorf("defaults: %+v", c)
 	}
 	if c.ListenPort != kube.DefaultListenPort {
