@@ -313,13 +313,30 @@ func experimentBackends(bin string) []backend {
 		// Latency: a queue the kernel manages (CoDel) on the TUN device
 		// instead of its default FIFO.
 		wgmeshVariant("X8", "B3 with fq_codel on the TUN device", bin, variant{after: [][]string{{"ip", "netns", "exec", "{ns}", "tc", "qdisc", "replace", "dev", "{if}", "root", "fq_codel"}}}),
-		// Memory: a bound on the packets wireguard-go holds per direction.
-		wgmeshVariant("X9", "B3 with --inflight-packets=256", bin, variant{}, "--inflight-packets=256"),
-		wgmeshVariant("X10", "B3 with --inflight-packets=1024", bin, variant{}, "--inflight-packets=1024"),
+		// Memory: a bound on the packets wireguard-go holds per direction
+		// (the agent's default is --inflight-packets=128 with GOGC=50;
+		// these keep the Go default GOGC=100 so that each changes one
+		// thing against the run that chose the default).
+		wgmeshVariant("X9", "B3 with --inflight-packets=256 and GOGC=100", bin, variant{env: []string{"GOGC=100"}}, "--inflight-packets=256"),
+		wgmeshVariant("X10", "B3 with --inflight-packets=1024 and GOGC=100", bin, variant{env: []string{"GOGC=100"}}, "--inflight-packets=1024"),
 		// Both: the excess the window leaves in the TUN queue is managed by
 		// CoDel instead of waiting in a FIFO.
-		wgmeshVariant("X11", "B3 with --inflight-packets=256 and fq_codel on the TUN device", bin,
-			variant{after: [][]string{{"ip", "netns", "exec", "{ns}", "tc", "qdisc", "replace", "dev", "{if}", "root", "fq_codel"}}}, "--inflight-packets=256"),
+		wgmeshVariant("X11", "B3 with fq_codel on the TUN device", bin,
+			variant{after: [][]string{{"ip", "netns", "exec", "{ns}", "tc", "qdisc", "replace", "dev", "{if}", "root", "fq_codel"}}}),
+		// Memory: the window with a smaller Go heap headroom; with the
+		// window the live heap is bounded, so the collector is not asked
+		// to run over an ever larger live set.
+		wgmeshVariant("X12", "B3 with --inflight-packets=256", bin, variant{}, "--inflight-packets=256"),
+		wgmeshVariant("X13", "B3 with GOGC=100", bin, variant{env: []string{"GOGC=100"}}),
+		wgmeshVariant("X15", "B3 with --inflight-packets=256 and GOMEMLIMIT=64MiB", bin, variant{env: []string{"GOMEMLIMIT=64MiB", "GOGC=100"}}, "--inflight-packets=256"),
+		// Before: the agent's defaults until the window became one,
+		// wireguard-go's own behaviour.
+		wgmeshVariant("X16", "B3 with --inflight-packets=0 and GOGC=100 (the defaults before)", bin, variant{env: []string{"GOGC=100"}}, "--inflight-packets=0"),
+		// Latency: a shorter TUN queue (the kernel's ring and the pfifo
+		// qdisc above it) leaves the excess with TCP, whose small-queue
+		// limit and local congestion control keep it short.
+		wgmeshVariant("X17", "B3 with TUN txqueuelen 64", bin, variant{after: [][]string{{"ip", "-n", "{ns}", "link", "set", "{if}", "txqueuelen", "64"}}}),
+		wgmeshVariant("X18", "B3 with TUN txqueuelen 16", bin, variant{after: [][]string{{"ip", "-n", "{ns}", "link", "set", "{if}", "txqueuelen", "16"}}}),
 	}
 }
 
