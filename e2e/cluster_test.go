@@ -198,6 +198,10 @@ func (r *clusterRun) services(t *testing.T, ctx context.Context) {
 	})
 }
 
+// agentSoftMemoryLimit is 90 % of the DaemonSet's memory limit (256Mi), in
+// bytes: the Go soft memory limit the agent takes from its cgroup.
+const agentSoftMemoryLimit = (256 << 20) * 9 / 10
+
 // logsExec is scenario 8: what an operator does first works against the
 // agent pods — kubectl logs and kubectl exec … wgmesh status.
 func (r *clusterRun) logsExec(t *testing.T, ctx context.Context) {
@@ -208,6 +212,10 @@ func (r *clusterRun) logsExec(t *testing.T, ctx context.Context) {
 			t.Errorf("kubectl logs %s: %v", p.Name, err)
 		} else if !strings.Contains(logs, `"msg"`) {
 			t.Errorf("kubectl logs %s: no JSON log lines:\n%s", p.Name, lastN(logs, 10))
+		} else if want := fmt.Sprintf(`"limit_bytes":%d`, agentSoftMemoryLimit); !strings.Contains(logs, want) {
+			// The DaemonSet's memory limit reaches the agent through its
+			// cgroup: the Go soft limit is 90 % of it.
+			t.Errorf("kubectl logs %s: no Go memory limit from the container's (%s):\n%s", p.Name, want, lastN(logs, 20))
 		}
 		status, err := c.Kubectl(ctx, "-n", "wgmesh", "exec", p.Name, "--", "wgmesh", "status")
 		if err != nil {
