@@ -44,7 +44,10 @@ func exported(t *testing.T) map[string][]string {
 		Stats: func(context.Context) ([]device.PeerStats, error) {
 			return []device.PeerStats{{PublicKey: k, ReceiveBytes: 1, TransmitBytes: 2, LastHandshake: time.Unix(1, 0)}}, nil
 		},
-		Router:     func() routing.Status { return routing.Status{IngressDropped: 1, EgressDropped: 1} },
+		Router: func() routing.Status { return routing.Status{IngressDropped: 1, EgressDropped: 1} },
+		Inflight: func() []device.InflightState {
+			return []device.InflightState{{Direction: "tx", Limit: 128}, {Direction: "rx", Limit: 128}}
+		},
 		PublicKey:  func() (mesh.Key, error) { return k, nil },
 		Ready:      func() bool { return true },
 		Conditions: func() []agent.Condition { return nil },
