@@ -195,9 +195,8 @@ type InflightState struct {
 	Direction string
 	// Limit is the window, in packets.
 	Limit int
-	// Held is the packets counted in flight now; Peak the most counted
-	// after a read, since Open.
-	Held, Peak int64
+	// Held is the packets counted in flight now.
+	Held int64
 	// Resets counts the waits that lasted a stall and started the count
 	// afresh, presuming packets the library dropped unseen (to a peer
 	// without a session, or datagrams that failed to decrypt); each cost
@@ -210,5 +209,5 @@ func (w *inflight) state(dir string) (InflightState, bool) {
 	if w == nil {
 		return InflightState{}, false
 	}
-	return InflightState{Direction: dir, Limit: int(w.limit), Held: w.n.Load(), Peak: w.peak.Load(), Resets: w.resets.Load()}, true
+	return InflightState{Direction: dir, Limit: int(w.limit), Held: w.n.Load(), Resets: w.resets.Load()}, true
 }

@@ -94,8 +94,8 @@ func TestNewOffloadStatus(t *testing.T) {
 func TestInflight(t *testing.T) {
 	m := New(Options{Inflight: func() []device.InflightState {
 		return []device.InflightState{
-			{Direction: "tx", Limit: 128, Held: 17, Peak: 130, Resets: 3},
-			{Direction: "rx", Limit: 128, Held: 0, Peak: 99},
+			{Direction: "tx", Limit: 128, Held: 17, Resets: 3},
+			{Direction: "rx", Limit: 128, Held: 0},
 		}
 	}})
 	fams := scrape(t, m.Handler())
